@@ -1,0 +1,78 @@
+"""What the engine needs from an encoder, whatever family it comes from.
+
+Decoding and model-specific preprocessing (``prepare``) run in worker threads;
+``encode`` runs one batched forward pass. Splitting them lets decoding overlap encoding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+Modality = Literal["image", "text", "audio"]
+MODALITIES: tuple[Modality, ...] = ("image", "text", "audio")
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    spec: str  # canonical spec, recorded in the catalog, e.g. "open_clip:ViT-B-32@laion2b_s34b_b79k"
+    space: str  # embedding space name: "clip" or "clap"
+    dim: int
+    modalities: tuple[Modality, ...]  # what it embeds, text included
+    batch_size: int
+    device: str
+
+    def prepare(self, modality: Modality, decoded: Any) -> Any:
+        """CPU preprocessing of one decoded item (PIL image, str, or mono float32 window)."""
+
+    def encode(self, modality: Modality, prepared: Sequence[Any]) -> np.ndarray:
+        """One batch -> float32 array (n, dim), rows L2-normalised."""
+
+
+@dataclass(frozen=True)
+class Spec:
+    family: str  # "open_clip" or "clap"
+    name: str  # architecture or HF id / local dir
+    pretrained: str | None  # open_clip only: tag, checkpoint path or "random"
+
+    @classmethod
+    def parse(cls, spec: str) -> "Spec":
+        from mmsearch.errors import BadInput
+
+        family, sep, rest = spec.partition(":")
+        if not sep or not rest or family not in ("open_clip", "clap"):
+            raise BadInput(
+                f"bad model spec {spec!r}: expected 'open_clip:ARCH@PRETRAINED' or 'clap:HF_ID_OR_DIR'"
+            )
+        if family == "open_clip":
+            name, at, pretrained = rest.partition("@")
+            if not at or not name or not pretrained:
+                raise BadInput(
+                    f"bad model spec {spec!r}: open_clip specs are 'open_clip:ARCH@PRETRAINED' where "
+                    "PRETRAINED is a pretrained tag, a local checkpoint file, or 'random'"
+                )
+            return cls(family, name, pretrained)
+        return cls(family, rest, None)
+
+    def __str__(self) -> str:
+        return f"{self.family}:{self.name}" + (f"@{self.pretrained}" if self.pretrained else "")
+
+
+def pick_device(setting: str) -> str:
+    import torch
+
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if setting == "cuda" and not torch.cuda.is_available():
+        from mmsearch.errors import BadInput
+
+        raise BadInput("device 'cuda' was asked for but torch sees no GPU")
+    return setting
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)

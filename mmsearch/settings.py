@@ -1,0 +1,54 @@
+"""The one settings object. Every value has a default that works with no config file;
+environment variables (``MMSEARCH_*``) and CLI flags override them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_IMAGE_MODEL = "open_clip:ViT-B-32@laion2b_s34b_b79k"
+DEFAULT_AUDIO_MODEL = "clap:laion/clap-htsat-unfused"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MMSEARCH_", extra="ignore")
+
+    catalog: Path = Field(Path(".mmsearch"), description="Catalog directory.")
+    db_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite inside the catalog.")
+    model: str = Field(DEFAULT_IMAGE_MODEL, description="Image/text encoder spec.")
+    audio_model: str = Field(DEFAULT_AUDIO_MODEL, description="Audio/text encoder spec.")
+    audio: bool = Field(True, description="Index and search audio (loads the audio model).")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = Field(32, ge=1, le=4096)
+    decode_workers: int = Field(default_factory=lambda: max(1, min(8, (os.cpu_count() or 2))), ge=1)
+    model_config_dirs: list[Path] = Field(
+        default_factory=list, description="Extra open_clip architecture JSON files or folders."
+    )
+
+    # Ingestion guards.
+    max_image_pixels: int = Field(89_478_485, description="Decompression-bomb limit (Pillow's default).")
+    max_text_bytes: int = Field(1_000_000, description="Larger .txt/.md files are recorded as failed.")
+    commit_every: int = Field(256, ge=1, description="Items per durable commit during ingest.")
+
+    # Index choice (see search/ann.py for the FAISS guideline rules).
+    ivf_min_vectors: int = Field(50_000, ge=1, description="Below this, exact IndexFlatIP.")
+    retrain_growth: float = Field(4.0, gt=1.0, description="Retrain IVF-PQ when N grows by this factor.")
+    nprobe: int | None = Field(None, description="IVF lists probed; default from nlist.")
+    faiss_gpu: bool = Field(True, description="Use a GPU for FAISS when faiss sees one.")
+
+    # Query.
+    rerank_factor: int = Field(10, ge=1, description="ANN candidates per result, rescored exactly.")
+
+    # HTTP service.
+    api_key: str | None = Field(None, description="Required for writes when set.")
+    max_upload_bytes: int = Field(25 * 1024 * 1024, ge=1)
+    index_roots: list[Path] = Field(default_factory=list, description="Folders the API may index.")
+
+    def resolved_db_url(self) -> str:
+        if self.db_url:
+            return self.db_url
+        return f"sqlite:///{(Path(self.catalog) / 'catalog.db').resolve()}"

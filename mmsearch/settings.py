@@ -19,8 +19,12 @@ class Settings(BaseSettings):
 
     catalog: Path = Field(Path(".mmsearch"), description="Catalog directory.")
     db_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite inside the catalog.")
-    model: str = Field(DEFAULT_IMAGE_MODEL, description="Image/text encoder spec.")
-    audio_model: str = Field(DEFAULT_AUDIO_MODEL, description="Audio/text encoder spec.")
+    model: str | None = Field(
+        None, description=f"Image/text encoder spec; default: the catalog's own, else {DEFAULT_IMAGE_MODEL}."
+    )
+    audio_model: str | None = Field(
+        None, description=f"Audio/text encoder spec; default: the catalog's own, else {DEFAULT_AUDIO_MODEL}."
+    )
     audio: bool = Field(True, description="Index and search audio (loads the audio model).")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = Field(32, ge=1, le=4096)

@@ -1,0 +1,213 @@
+"""The command line: a thin face over mmsearch.engine. ``--json`` prints machine-readable output."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from mmsearch.errors import MMSearchError, NotFound
+from mmsearch.settings import Settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Cross-modal semantic search over a media folder: images, audio and text.")
+
+CatalogOpt = Annotated[Path, typer.Option("--catalog", "-c", help="Catalog directory.", envvar="MMSEARCH_CATALOG")]
+DbOpt = Annotated[Optional[str], typer.Option("--db", help="SQLAlchemy URL (default: SQLite in the catalog).",
+                                              envvar="MMSEARCH_DB_URL")]
+ModelOpt = Annotated[Optional[str], typer.Option("--model", help="Image/text model spec, open_clip:ARCH@PRETRAINED.")]
+AudioModelOpt = Annotated[Optional[str], typer.Option("--audio-model", help="Audio/text model spec, clap:HF_ID_OR_DIR.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+KOpt = Annotated[int, typer.Option("-k", "--k", min=1, max=1000, help="Number of results.")]
+ToOpt = Annotated[Optional[str], typer.Option("--to", help="Return only: image, text, audio (default: all media).")]
+DEFAULT_CATALOG = Path(".mmsearch")
+
+
+def _settings(catalog: Path, db: str | None, model: str | None = None, audio_model: str | None = None,
+              **extra: Any) -> Settings:
+    values: dict[str, Any] = {"catalog": catalog, **{k: v for k, v in extra.items() if v is not None}}
+    if db:
+        values["db_url"] = db
+    if model:
+        values["model"] = model
+    if audio_model:
+        values["audio_model"] = audio_model
+    return Settings(**values)
+
+
+@contextmanager
+def _engine(settings: Settings, reembed: bool = False) -> Iterator[Any]:
+    from mmsearch.engine import Engine
+
+    try:
+        with Engine.open(settings, reembed=reembed) as engine:
+            yield engine
+    except NotFound as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(3) from None
+    except MMSearchError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=None) + "\n")
+
+
+@app.command()
+def index(
+    paths: Annotated[list[Path], typer.Argument(help="Folders to index (recursively).")],
+    catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, model: ModelOpt = None,
+    audio_model: AudioModelOpt = None,
+    audio: Annotated[bool, typer.Option("--audio/--no-audio", help="Index sound files (CLAP).")] = True,
+    reembed: Annotated[bool, typer.Option("--reembed", help="Re-embed everything with the given model(s).")] = False,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1)] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu or cuda.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Scan folders, embed new and changed files, drop deleted ones, update the indexes."""
+    from tqdm import tqdm
+
+    settings = _settings(catalog, db, model, audio_model, audio=audio, batch_size=batch_size, device=device)
+    with _engine(settings, reembed=reembed) as engine:
+        bar = tqdm(total=0, unit="file", desc="indexing", file=sys.stderr, disable=None, dynamic_ncols=True)
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        try:
+            report = engine.index(paths, progress=progress)
+        finally:
+            bar.close()
+    if as_json:
+        _print_json(report.as_dict())
+        return
+    typer.echo(f"added {report.added}, updated {report.updated}, removed {report.removed}, "
+               f"unchanged {report.unchanged}, failed {report.failed} "
+               f"({report.items} items, {report.seconds:.1f} s)")
+    for path, reason in report.failures[:20]:
+        typer.echo(f"  failed: {path}: {reason}", err=True)
+    if len(report.failures) > 20:
+        typer.echo(f"  ... and {len(report.failures) - 20} more (see `mmsearch stats`)", err=True)
+    if report.skipped_audio:
+        typer.echo(f"warning: audio left out: {report.skipped_audio}", err=True)
+
+
+def _read(path: Path | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        typer.echo(f"error: cannot read {path}: {e.strerror}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _show(response: Any, as_json: bool) -> None:
+    if as_json:
+        _print_json(response.model_dump(exclude_none=True))
+        return
+    if not response.results:
+        typer.echo("no results")
+    for h in response.results:
+        where = f" [{h.start:.1f}-{h.end:.1f}s]" if h.start is not None else ""
+        text = f"  \"{h.text[:80]}\"" if h.text and h.modality == "text" else ""
+        typer.echo(f"{h.score:7.4f}  {h.modality:<5}  #{h.id:<7} {h.path}{where}{text}")
+    t = response.timings_ms
+    typer.echo(f"({len(response.results)} results in {t.get('total', 0):.1f} ms)", err=True)
+
+
+@app.command()
+def search(
+    text: Annotated[Optional[str], typer.Argument(help="Text query.")] = None,
+    image: Annotated[Optional[Path], typer.Option("--image", help="Image file as the query.")] = None,
+    audio_file: Annotated[Optional[Path], typer.Option("--audio", help="Audio file as the query.")] = None,
+    to: ToOpt = None, k: KOpt = 10,
+    offset: Annotated[int, typer.Option("--offset", min=0, help="Skip this many results (paging).")] = 0,
+    path: Annotated[Optional[str], typer.Option("--path", help="Only under this prefix, or matching a glob.")] = None,
+    min_score: Annotated[Optional[float], typer.Option("--min-score", help="Drop results below this cosine.")] = None,
+    negative: Annotated[Optional[list[str]], typer.Option("--not", help="Steer away from this text.")] = None,
+    diversity: Annotated[float, typer.Option("--diversity", min=0.0, max=1.0, help="MMR diversity, 0..1.")] = 0.0,
+    catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, model: ModelOpt = None,
+    audio_model: AudioModelOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Search by text, an image, a sound, or a mix of them."""
+    from pydantic import ValidationError
+
+    from mmsearch.search.query import Query
+
+    try:
+        q = Query(text=text, image=_read(image), audio=_read(audio_file), to=to, k=k, offset=offset, path=path,
+                  min_score=min_score, negative_text=negative or [], diversity=diversity)
+    except ValidationError as e:
+        typer.echo(f"error: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}", err=True)
+        raise typer.Exit(2) from None
+    with _engine(_settings(catalog, db, model, audio_model)) as engine:
+        response = engine.search(q)
+    _show(response, as_json)
+
+
+@app.command()
+def similar(
+    item_ids: Annotated[list[int], typer.Argument(help="Item ids (from search results).")],
+    to: ToOpt = None, k: KOpt = 10,
+    catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Items like the given ones (by default in their own modality)."""
+    with _engine(_settings(catalog, db)) as engine:
+        response = engine.similar(item_ids, to=to, k=k)
+    _show(response, as_json)
+
+
+@app.command()
+def embed(
+    text: Annotated[Optional[str], typer.Option("--text", help="Text to embed.")] = None,
+    image: Annotated[Optional[Path], typer.Option("--image", help="Image file to embed.")] = None,
+    audio_file: Annotated[Optional[Path], typer.Option("--audio", help="Audio file to embed.")] = None,
+    space: Annotated[Optional[str], typer.Option("--space", help="For text: clip (default) or clap.")] = None,
+    catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, model: ModelOpt = None,
+    audio_model: AudioModelOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Print the raw embedding vector, for other systems."""
+    with _engine(_settings(catalog, db, model, audio_model)) as engine:
+        result = engine.embed(text=text, image=_read(image), audio=_read(audio_file), space=space)
+    if as_json:
+        _print_json(result.model_dump())
+    else:
+        typer.echo(f"# {result.space} {result.model} dim={len(result.vector)}", err=True)
+        typer.echo(" ".join(f"{x:.6f}" for x in result.vector))
+
+
+@app.command()
+def stats(catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, as_json: JsonOpt = False) -> None:
+    """What is indexed: files, items, models, index types and sizes."""
+    with _engine(_settings(catalog, db)) as engine:
+        info = engine.stats()
+    if as_json:
+        _print_json(info)
+        return
+    typer.echo(f"catalog   {info['catalog']}  (schema {info['schema_version']})")
+    typer.echo(f"database  {info['database']}")
+    for name, m in info["models"].items():
+        typer.echo(f"model     {name}: {m['spec']} (dim {m['dim']})")
+    typer.echo(f"roots     {', '.join(info['roots']) or '-'}")
+    typer.echo("files     " + ", ".join(f"{v} {k}" for k, v in info["files"].items()))
+    typer.echo("items     " + ", ".join(f"{v} {k}" for k, v in info["items"].items()))
+    for name, c in info["collections"].items():
+        idx = c["index"] or {}
+        typer.echo(f"index     {name}: {idx.get('factory', 'none')} ntotal={idx.get('ntotal', 0)} "
+                   f"{idx.get('bytes', 0) / 1e6:.1f} MB; vectors {c['vectors']['stored']} "
+                   f"({c['vectors']['bytes'] / 1e6:.1f} MB float16)")
+    for f in info["failures"]:
+        typer.echo(f"failed    {f['path']}: {f['reason']}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,140 @@
+"""Turn a file into the units an encoder embeds: an image, a text, caption rows, audio windows.
+
+Every failure becomes ``DecodeError`` with a reason a person can read; the pipeline records it
+against the file and carries on with the rest.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from mmsearch.indexer.scan import caption_columns
+
+
+class DecodeError(Exception):
+    """A file that cannot be indexed; the message is recorded as the reason."""
+
+
+@dataclass
+class Unit:
+    """One thing to embed, with what the catalog stores about it."""
+
+    modality: str  # image | text | audio
+    payload: Any  # PIL image, str, or mono float32 window
+    ordinal: int = 0
+    text: str | None = None
+    ref_path: str | None = None
+    start: float | None = None
+    end: float | None = None
+    duration: float | None = None
+
+
+def _enable_heif() -> bool:
+    try:
+        import pillow_heif
+    except ImportError:
+        return False
+    pillow_heif.register_heif_opener()
+    return True
+
+
+HEIF = _enable_heif()
+
+
+def load_image(source: str | Path | Any, max_pixels: int) -> Image.Image:
+    """Decode fully (so truncation is caught here, not in a worker later), first frame, upright, RGB."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as img:
+                w, h = img.size
+                if w * h > max_pixels:
+                    raise DecodeError(f"image of {w}x{h} pixels is over the limit of {max_pixels} "
+                                      "(decompression bomb guard)")
+                img.seek(0)
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                return img.convert("RGB")
+    except DecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DecodeError(f"decompression bomb: {e}") from e
+    except UnidentifiedImageError:
+        raise DecodeError("not a readable image (unknown or corrupt format)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise DecodeError(f"corrupt or truncated image: {e}") from e
+
+
+def read_text(path: str, max_bytes: int) -> str:
+    size = os.path.getsize(path)
+    if size > max_bytes:
+        raise DecodeError(f"text file of {size} bytes is over the limit of {max_bytes}")
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    if b"\x00" in raw[:4096]:
+        raise DecodeError("binary content in a text file")
+    text = raw.decode("utf-8", errors="replace").strip()
+    if not text:
+        raise DecodeError("empty text file")
+    return text
+
+
+def read_captions(path: str, max_bytes: int) -> Iterator[Unit]:
+    """Caption rows become text items linked to the media file they describe."""
+    if os.path.getsize(path) > max_bytes * 100:
+        raise DecodeError("captions file too large")
+    base = Path(path).parent
+    try:
+        with open(path, encoding="utf-8", errors="replace", newline="") as fh:
+            if path.lower().endswith(".jsonl"):
+                rows: Iterator[dict] = (json.loads(line) for line in fh if line.strip())
+                first = next(rows, None)
+                if not isinstance(first, dict):
+                    raise DecodeError("JSONL captions file with no records")
+                cols = caption_columns(list(first))
+                rows = _chain(first, rows)
+            else:
+                reader = csv.DictReader(fh)
+                cols = caption_columns(list(reader.fieldnames or []))
+                rows = reader
+            if cols is None:
+                raise DecodeError("captions file without a media column and a caption column")
+            media_col, text_col = cols
+            n = 0
+            for i, row in enumerate(rows):
+                if not isinstance(row, dict):
+                    continue
+                text = str(row.get(text_col) or "").strip()
+                media = str(row.get(media_col) or "").strip()
+                if not text:
+                    continue
+                n += 1
+                yield Unit("text", text, ordinal=i, text=text, ref_path=resolve_ref(base, media) if media else None)
+            if n == 0:
+                raise DecodeError("captions file with no captions")
+    except (OSError, ValueError, csv.Error) as e:
+        raise DecodeError(f"unreadable captions file: {e}") from e
+
+
+def _chain(first: dict, rest: Iterator[dict]) -> Iterator[dict]:
+    yield first
+    yield from rest
+
+
+def resolve_ref(base: Path, media: str) -> str:
+    """A caption names its media relative to the captions file, or to an images/ or audio/ folder
+    beside it (the Flickr8k and Tux Paint layouts)."""
+    candidates = [base / media, base / "images" / media, base / "audio" / media]
+    for c in candidates:
+        if c.is_file():
+            return str(c)
+    return str(candidates[0])

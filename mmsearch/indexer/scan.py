@@ -1,0 +1,103 @@
+"""Walk media folders: which files exist, what kind they are, and their size and mtime.
+
+A re-scan of an unchanged folder costs one stat per file (os.scandir caches it), so
+incremental runs are fast.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif"})
+AUDIO_EXTS = frozenset({".wav", ".flac", ".ogg", ".oga", ".mp3"})
+TEXT_EXTS = frozenset({".txt", ".md"})
+CAPTION_EXTS = frozenset({".csv", ".jsonl"})
+
+MEDIA_COLUMNS = ("image", "file", "filename", "path", "audio")
+CAPTION_COLUMNS = ("caption", "text", "description")
+
+
+@dataclass(frozen=True)
+class FoundFile:
+    path: str  # absolute
+    kind: str  # image | audio | text | captions
+    size: int
+    mtime_ns: int
+
+
+def kind_of(name: str, *, audio: bool = True) -> str | None:
+    ext = os.path.splitext(name)[1].lower()
+    if ext in IMAGE_EXTS:
+        return "image"
+    if ext in TEXT_EXTS:
+        return "text"
+    if ext in AUDIO_EXTS:
+        return "audio" if audio else None
+    if ext in CAPTION_EXTS:
+        return "captions"
+    return None
+
+
+def scan(root: Path, *, audio: bool = True, exclude: Path | None = None) -> Iterator[FoundFile]:
+    """Yield media files under root, recursively; hidden entries are skipped and symlinked
+    folders are followed once (a loop is cut where a folder would be visited twice)."""
+    seen: set[tuple[int, int]] = set()
+    stack = [str(root)]
+    excluded = str(exclude) if exclude else None
+    while stack:
+        folder = stack.pop()
+        try:
+            st = os.stat(folder)
+        except OSError:
+            continue
+        key = (st.st_dev, st.st_ino)
+        if key in seen or folder == excluded:
+            continue
+        seen.add(key)
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in sorted(entries, key=lambda e: e.name):
+            if entry.name.startswith("."):
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=True):
+                    stack.append(entry.path)
+                    continue
+                if not entry.is_file(follow_symlinks=True):
+                    continue
+                kind = kind_of(entry.name, audio=audio)
+                if kind is None:
+                    continue
+                info = entry.stat(follow_symlinks=True)
+            except OSError:
+                continue  # vanished or unreadable between listing and stat
+            if kind == "captions" and not is_captions_file(entry.path):
+                continue
+            yield FoundFile(entry.path, kind, info.st_size, info.st_mtime_ns)
+
+
+def caption_columns(fields: list[str]) -> tuple[str, str] | None:
+    lower = {f.strip().lower(): f for f in fields}
+    media = next((lower[c] for c in MEDIA_COLUMNS if c in lower), None)
+    text = next((lower[c] for c in CAPTION_COLUMNS if c in lower), None)
+    return (media, text) if media and text else None
+
+
+def is_captions_file(path: str) -> bool:
+    """A CSV with a header, or JSONL whose first record, names a media column and a caption column."""
+    try:
+        with open(path, encoding="utf-8", errors="replace", newline="") as fh:
+            if path.lower().endswith(".jsonl"):
+                first = json.loads(fh.readline() or "null")
+                return isinstance(first, dict) and caption_columns(list(first)) is not None
+            header = next(csv.reader(fh), [])
+            return caption_columns(header) is not None
+    except (OSError, ValueError, csv.Error):
+        return True  # let decoding record it as failed, with the reason

@@ -1,0 +1,277 @@
+"""query -> embed -> ANN -> exact rerank -> filters and diversity -> hydrate from SQL.
+
+Scores are cosines. When one query searches several collections (no ``to``: images, texts and
+sounds together), cosines from different spaces and modalities are not comparable, so each
+list is put on one scale first: every candidate's cosine becomes a z-score against the same
+query's scores over a fixed random sample of that collection (its background), and the
+lists merge by that calibrated score (see docs/search.md).
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from mmsearch.encoders.base import l2_normalise
+from mmsearch.encoders.encoder_set import EncoderSet
+from mmsearch.errors import BadInput
+from mmsearch.search.index_set import IndexSet
+from mmsearch.search.rerank import exact_rescore, mmr
+from mmsearch.settings import Settings
+from mmsearch.storage.catalog import Catalog
+
+Target = Literal["image", "text", "audio", "all"]
+EXACT_SUBSET_MAX = 20_000  # a path filter selecting fewer vectors is searched exactly
+BACKGROUND_SAMPLE = 1_000
+
+
+class Query(BaseModel):
+    """What to look for and where. Positive parts are summed per space, negatives subtracted."""
+
+    text: str | None = Field(None, description="Text query.")
+    image: bytes | None = Field(None, description="Image file content.", exclude=True)
+    audio: bytes | None = Field(None, description="Audio file content.", exclude=True)
+    item_ids: list[int] = Field(default_factory=list, description="Items whose vectors are the query.")
+    negative_text: list[str] = Field(default_factory=list, description="Texts to steer away from.")
+    text_weight: float = 1.0
+    image_weight: float = 1.0
+    audio_weight: float = 1.0
+    negative_weight: float = 0.5
+    to: Target | None = Field(None, description="Modality to return; none: all media in one list.")
+    k: int = Field(10, ge=1, le=1000)
+    offset: int = Field(0, ge=0, le=10_000)
+    path: str | None = Field(None, description="Only files under this prefix or matching this glob.")
+    min_score: float | None = Field(None, ge=-1.0, le=1.0)
+    diversity: float = Field(0.0, ge=0.0, le=1.0, description="0: pure relevance; >0: MMR diversity.")
+    exclude_ids: list[int] = Field(default_factory=list, description="Items never returned.")
+
+
+class Hit(BaseModel):
+    id: int
+    path: str
+    modality: str
+    score: float = Field(description="Cosine similarity in the result's embedding space.")
+    calibrated: float | None = Field(None, description="Score on the cross-collection scale, when merged.")
+    collection: str
+    text: str | None = None
+    ref_path: str | None = Field(None, description="For captions: the media file they describe.")
+    start: float | None = Field(None, description="Audio: where the best-matching window starts (s).")
+    end: float | None = None
+    duration: float | None = None
+
+
+class SearchResponse(BaseModel):
+    results: list[Hit]
+    timings_ms: dict[str, float]
+
+
+@dataclass
+class _Candidate:
+    item_id: int
+    embedding_id: int
+    score: float
+    rank_score: float
+    collection: str
+    start: float | None
+    end: float | None
+
+
+class QueryRunner:
+    """Runs queries against one catalog; caches only per-collection background samples."""
+
+    def __init__(self, catalog: Catalog, indexes: IndexSet, encoders: EncoderSet, settings: Settings) -> None:
+        self.catalog, self.indexes, self.encoders, self.settings = catalog, indexes, encoders, settings
+        self._background: dict[tuple[str, int], np.ndarray] = {}
+
+    # -- embedding ------------------------------------------------------------------------------
+
+    def embed_query(self, q: Query, spaces: Sequence[str]) -> dict[str, np.ndarray]:
+        """One unit vector per reachable space."""
+        out: dict[str, np.ndarray] = {}
+        for space in spaces:
+            parts: list[np.ndarray] = []
+            mods = set(self._space_modalities(space))
+            if q.text and "text" in mods:
+                parts.append(q.text_weight * self.embed_text(space, [q.text])[0])
+            if q.image is not None and "image" in mods:
+                parts.append(q.image_weight * self.embed_image(q.image))
+            if q.audio is not None and "audio" in mods:
+                parts.append(q.audio_weight * self.embed_audio(q.audio))
+            for item_id in q.item_ids:
+                vec = self.item_vector(item_id, space)
+                if vec is not None:
+                    parts.append(vec)
+            if not parts:
+                continue
+            v = np.sum(parts, axis=0)
+            if q.negative_text and "text" in mods:
+                v = v - q.negative_weight * self.embed_text(space, q.negative_text).sum(axis=0)
+            out[space] = l2_normalise(v[None, :])[0]
+        return out
+
+    def _space_modalities(self, space: str) -> tuple[str, ...]:
+        from mmsearch.encoders.encoder_set import SPACES
+
+        return SPACES[space][0]
+
+    def embed_text(self, space: str, texts: list[str]) -> np.ndarray:
+        enc = self.encoders.get(space)
+        return enc.encode("text", [enc.prepare("text", t) for t in texts])
+
+    def embed_image(self, data: bytes) -> np.ndarray:
+        from mmsearch.indexer.decode import DecodeError, load_image
+
+        enc = self.encoders.get("clip")
+        try:
+            img = load_image(io.BytesIO(data), self.settings.max_image_pixels)
+        except DecodeError as e:
+            raise BadInput(f"query image: {e}") from e
+        return enc.encode("image", [enc.prepare("image", img)])[0]
+
+    def embed_audio(self, data: bytes) -> np.ndarray:
+        """A query clip longer than one window is the mean of its windows."""
+        from mmsearch.indexer.audio import AudioDecodeError, iter_windows
+
+        enc = self.encoders.get("clap")
+        try:
+            windows = list(iter_windows(io.BytesIO(data), enc.sample_rate, enc.window_seconds,  # type: ignore[attr-defined]
+                                        max_seconds=600))
+        except AudioDecodeError as e:
+            raise BadInput(f"query audio: {e}") from e
+        vecs = enc.encode("audio", [enc.prepare("audio", w.samples) for w in windows])
+        return l2_normalise(vecs.mean(axis=0, keepdims=True))[0]
+
+    def item_vector(self, item_id: int, space: str) -> np.ndarray | None:
+        rows = [(e, c) for e, c in self.catalog.item_embeddings(item_id) if c.startswith(space + ".")]
+        if not rows:
+            return None
+        collection = rows[0][1]
+        dim = self.catalog.spaces()[space][1]
+        vecs = self.indexes.store(collection, dim).get(np.array([e for e, _ in rows], dtype=np.int64))
+        return l2_normalise(vecs.mean(axis=0, keepdims=True))[0]
+
+    # -- search ---------------------------------------------------------------------------------
+
+    def targets(self, q: Query, query_spaces: set[str]) -> list[str]:
+        """Collections to search: the modality asked for, in a space the query can reach."""
+        existing = set(self.indexes.stored_collections())
+        mods = ["image", "text", "audio"] if q.to in (None, "all") else [q.to]
+        out = []
+        for m in mods:
+            if m == "text":
+                # one text collection: the space of the query's own media (CLIP unless it is audio)
+                space = "clip" if "clip" in query_spaces and q.audio is None else "clap"
+                cands = [f"{space}.text"] if space in query_spaces else []
+            else:
+                cands = [f"{s}.{m}" for s in query_spaces if f"{s}.{m}" in {"clip.image", "clap.audio"}]
+            out += [c for c in cands if c in existing]
+        if not out and q.to not in (None, "all"):
+            if not any(f.endswith("." + q.to) for f in existing):
+                return []
+            raise BadInput(f"this query cannot search {q.to}: its media and {q.to} live in different "
+                           "embedding spaces (images: CLIP, sounds: CLAP); add a text query")
+        return out
+
+    def query_spaces(self, q: Query) -> list[str]:
+        if not (q.text or q.image is not None or q.audio is not None or q.item_ids):
+            raise BadInput("empty query: give text, an image, an audio clip or item ids")
+        spaces = []
+        if q.text or q.image is not None or q.item_ids:
+            spaces.append("clip")
+        if (q.text or q.audio is not None or q.item_ids) and self.encoders.enabled("clap"):
+            if q.audio is not None or q.item_ids or "clap" in self.catalog.spaces():
+                spaces.append("clap")
+        if q.to == "image" or (q.to == "text" and q.audio is None and q.text):
+            spaces = [s for s in spaces if s == "clip"] or spaces
+        if q.to == "audio":
+            spaces = [s for s in spaces if s == "clap"] or spaces
+        return spaces
+
+    def run(self, q: Query) -> SearchResponse:
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+        vectors = self.embed_query(q, self.query_spaces(q))
+        timings["embed"] = _ms(t0)
+        targets = self.targets(q, set(vectors))
+        want = (q.offset + q.k) * self.settings.rerank_factor
+        exclude = set(q.exclude_ids) | set(q.item_ids)
+        merged: list[_Candidate] = []
+        t_ann = t_rerank = 0.0
+        for collection in targets:
+            space = collection.split(".")[0]
+            qv = vectors[space]
+            t1 = time.perf_counter()
+            cand_ids = self._candidates(collection, qv, want + len(exclude) * 4, q.path)
+            t_ann += time.perf_counter() - t1
+            t2 = time.perf_counter()
+            store = self.indexes.store(collection, qv.shape[0])
+            ids, scores = exact_rescore(qv, cand_ids, store)
+            if q.diversity > 0 and len(ids):
+                ids, scores = mmr(qv, ids, scores, store, min(len(ids), want), q.diversity)
+            cands = self._by_item(collection, ids, scores, exclude, q.min_score)
+            if len(targets) > 1:
+                mu, sigma = self._calibration(collection, store, qv)
+                for c in cands:
+                    c.rank_score = (c.score - mu) / sigma
+            merged += cands
+            t_rerank += time.perf_counter() - t2
+        timings["ann"] = t_ann * 1000
+        timings["rerank"] = t_rerank * 1000
+        merged.sort(key=lambda c: -c.rank_score)
+        page = merged[q.offset: q.offset + q.k]
+        t3 = time.perf_counter()
+        rows = self.catalog.items([c.item_id for c in page])
+        hits = [Hit(id=c.item_id, path=r.path, modality=r.modality, score=round(c.score, 6),
+                    calibrated=round(c.rank_score, 4) if len(targets) > 1 else None, collection=c.collection,
+                    text=r.text, ref_path=r.ref_path, start=c.start, end=c.end, duration=r.duration)
+                for c in page if (r := rows.get(c.item_id)) is not None]
+        timings["hydrate"] = _ms(t3)
+        timings["total"] = _ms(t0)
+        return SearchResponse(results=hits, timings_ms={k: round(v, 3) for k, v in timings.items()})
+
+    def _candidates(self, collection: str, qv: np.ndarray, want: int, path: str | None) -> np.ndarray:
+        allowed = self.catalog.ids_under(collection, path) if path else None
+        if allowed is not None and len(allowed) <= EXACT_SUBSET_MAX:
+            return allowed  # exact_rescore scores them all
+        idx = self.indexes.index(collection)
+        if idx is None or idx.ntotal == 0:
+            return np.zeros(0, dtype=np.int64)
+        _, ids = idx.search(qv[None, :].astype(np.float32), min(want, idx.ntotal), allowed_ids=allowed)
+        return ids[0][ids[0] >= 0]
+
+    def _by_item(self, collection: str, ids: np.ndarray, scores: np.ndarray, exclude: set[int],
+                 min_score: float | None) -> list[_Candidate]:
+        """Audio items have one vector per window: an item scores as its best window."""
+        owners = self.catalog.embedding_items(ids.tolist())
+        best: dict[int, _Candidate] = {}
+        for eid, score in zip(ids.tolist(), scores.tolist()):
+            owner = owners.get(eid)
+            if owner is None:
+                continue  # deleted since the index was built
+            item_id, start, end = owner
+            if item_id in exclude or (min_score is not None and score < min_score):
+                continue
+            if item_id not in best:  # ids arrive best first
+                best[item_id] = _Candidate(item_id, eid, score, score, collection, start, end)
+        return list(best.values())
+
+    def _calibration(self, collection: str, store, qv: np.ndarray) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+        key = (collection, len(store))
+        sample = self._background.get(key)
+        if sample is None:
+            all_ids = np.asarray(store.ids())
+            rng = np.random.default_rng(0)
+            pick = np.sort(rng.choice(all_ids, size=min(BACKGROUND_SAMPLE, len(all_ids)), replace=False))
+            sample = self._background[key] = store.get(pick)
+        s = sample @ qv
+        return float(s.mean()), float(max(s.std(), 1e-6))
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000

@@ -1,0 +1,93 @@
+"""Shared fixtures: a tiny random CLIP built and saved by the tests, real media from ../shared/data."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+FLICKR = DATA / "flickr8k-1k"
+TUXPAINT = DATA / "tuxpaint"
+ANIMALS = DATA / "animals-cc0"
+CONFIG_DIR = Path(__file__).parent / "assets"
+TINY_ARCH = "mmtest-tiny"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not FLICKR.is_dir():
+        raise pytest.UsageError(f"test media missing: {DATA} (see ../shared/data/README.md)")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised tiny open_clip model saved as a local checkpoint file."""
+    import open_clip
+
+    open_clip.add_model_config(CONFIG_DIR)
+    torch.manual_seed(1234)
+    model = open_clip.create_model(TINY_ARCH, pretrained=None)
+    path = tmp_path_factory.mktemp("clip") / "tiny-clip.pt"
+    torch.save({"state_dict": model.state_dict()}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def clip_spec(tiny_clip_checkpoint: Path) -> str:
+    return f"open_clip:{TINY_ARCH}@{tiny_clip_checkpoint}"
+
+
+@pytest.fixture(scope="session")
+def tiny_clap_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.tiny_clap import make_tiny_clap
+
+    return make_tiny_clap(tmp_path_factory.mktemp("clap"))
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, clip_spec: str):  # type: ignore[no-untyped-def]
+    from mmsearch.settings import Settings
+
+    def make(**overrides):  # type: ignore[no-untyped-def]
+        values = dict(catalog=tmp_path / "catalog", model=clip_spec, model_config_dirs=[CONFIG_DIR],
+                      audio=False, batch_size=16, decode_workers=2, device="cpu")
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+def flickr_images(n: int) -> list[Path]:
+    return sorted((FLICKR / "images").glob("*.jpg"))[:n]
+
+
+@pytest.fixture
+def photo_dir(tmp_path: Path) -> Path:
+    """A small media folder: 24 Flickr8k photos in two sub-folders, their captions, two notes."""
+    root = tmp_path / "media"
+    images = flickr_images(24)
+    for i, src in enumerate(images):
+        dest = root / ("beach" if i % 2 else "city") / src.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dest)
+    names = {p.name for p in images}
+    with open(FLICKR / "captions.csv", newline="") as fh, open(root / "captions.csv", "w", newline="") as out:
+        reader = csv.DictReader(fh)
+        writer = csv.writer(out)
+        writer.writerow(["image", "caption"])
+        seen: set[str] = set()
+        for row in reader:
+            if row["image"] in names and row["image"] not in seen:  # first caption of each image
+                seen.add(row["image"])
+                sub = "beach" if images.index(FLICKR / "images" / row["image"]) % 2 else "city"
+                writer.writerow([f"{sub}/{row['image']}", row["caption"]])
+    (root / "notes").mkdir()
+    (root / "notes" / "dogs.txt").write_text("Two dogs play fetch on a sandy beach at sunset.")
+    (root / "notes" / "städte.md").write_text("# Städte\n\nA busy city street with yellow taxis.")
+    os.utime(root, None)
+    return root

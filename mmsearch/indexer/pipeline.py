@@ -146,7 +146,7 @@ class _Ingest:
             w.start()
         alive = n_workers
         try:
-            while alive:
+            while alive and not self.stop.is_set():
                 try:
                     ev = events.get(timeout=0.05)
                 except queue.Empty:
@@ -165,7 +165,8 @@ class _Ingest:
                     p = work[idx]
                     p.decoded, p.error = True, error or (None if n else "nothing to index in this file")
                     self._maybe_ready(idx)
-            self._flush(partial=True)
+            if not self.stop.is_set():
+                self._flush(partial=True)
             self._commit()
         finally:
             self.stop.set()
@@ -210,6 +211,8 @@ class _Ingest:
 
     def _decode(self, f: FoundFile) -> Iterator[Unit]:
         s = self.settings
+        if f.size == 0:
+            raise DecodeError("empty file (0 bytes)")
         if f.kind == "image":
             yield Unit("image", load_image(f.path, s.max_image_pixels))
         elif f.kind == "text":

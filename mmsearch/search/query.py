@@ -43,7 +43,8 @@ class Query(BaseModel):
     image_weight: float = 1.0
     audio_weight: float = 1.0
     negative_weight: float = 0.5
-    to: Target | None = Field(None, description="Modality to return; none: all media in one list.")
+    to: Target | None = Field(None, description="Modality to return. Default: all media for a text "
+                              "query (one calibrated list), the query's own modality for an image or sound.")
     k: int = Field(10, ge=1, le=1000)
     offset: int = Field(0, ge=0, le=10_000)
     path: str | None = Field(None, description="Only files under this prefix or matching this glob.")
@@ -161,7 +162,7 @@ class QueryRunner:
     def targets(self, q: Query, query_spaces: set[str]) -> list[str]:
         """Collections to search: the modality asked for, in a space the query can reach."""
         existing = set(self.indexes.stored_collections())
-        mods = ["image", "text", "audio"] if q.to in (None, "all") else [q.to]
+        mods = ["image", "text", "audio"] if default_target(q) == "all" else [default_target(q)]
         out = []
         for m in mods:
             if m == "text":
@@ -171,10 +172,11 @@ class QueryRunner:
             else:
                 cands = [f"{s}.{m}" for s in query_spaces if f"{s}.{m}" in {"clip.image", "clap.audio"}]
             out += [c for c in cands if c in existing]
-        if not out and q.to not in (None, "all"):
-            if not any(f.endswith("." + q.to) for f in existing):
+        to = default_target(q)
+        if not out and to != "all":
+            if not any(f.endswith("." + to) for f in existing):
                 return []
-            raise BadInput(f"this query cannot search {q.to}: its media and {q.to} live in different "
+            raise BadInput(f"this query cannot search {to}: its media and {to} live in different "
                            "embedding spaces (images: CLIP, sounds: CLAP); add a text query")
         return out
 
@@ -187,9 +189,10 @@ class QueryRunner:
         if (q.text or q.audio is not None or q.item_ids) and self.encoders.enabled("clap"):
             if q.audio is not None or q.item_ids or "clap" in self.catalog.spaces():
                 spaces.append("clap")
-        if q.to == "image" or (q.to == "text" and q.audio is None and q.text):
+        to = default_target(q)
+        if to == "image" or (to == "text" and q.audio is None and q.text):
             spaces = [s for s in spaces if s == "clip"] or spaces
-        if q.to == "audio":
+        if to == "audio":
             spaces = [s for s in spaces if s == "clap"] or spaces
         return spaces
 
@@ -271,6 +274,19 @@ class QueryRunner:
             sample = self._background[key] = store.get(pick)
         s = sample @ qv
         return float(s.mean()), float(max(s.std(), 1e-6))
+
+
+def default_target(q: Query) -> str:
+    """Without ``to``, a text query searches all media and a media query its own modality."""
+    if q.to is not None:
+        return q.to
+    if q.text:
+        return "all"
+    if q.image is not None:
+        return "image"
+    if q.audio is not None:
+        return "audio"
+    return "all"
 
 
 def _ms(t0: float) -> float:

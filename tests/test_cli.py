@@ -1,0 +1,165 @@
+"""Every CLI command, in-process through Typer's runner, plus the console script for a kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mmsearch.cli import app
+from tests.conftest import CONFIG_DIR, flickr_images
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, clip_spec: str):  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("MMSEARCH_MODEL_CONFIG_DIRS", json.dumps([str(CONFIG_DIR)]))
+    monkeypatch.setenv("MMSEARCH_DEVICE", "cpu")
+    monkeypatch.setenv("MMSEARCH_AUDIO", "false")
+    catalog = str(tmp_path / "cat")
+    runner = CliRunner()
+
+    def run(*args: str, ok: bool = True):  # type: ignore[no-untyped-def]
+        result = runner.invoke(app, [*args, "--catalog", catalog])
+        if ok:
+            assert result.exit_code == 0, result.output
+        return result
+
+    run.spec = clip_spec  # type: ignore[attr-defined]
+    return run
+
+
+def _json(result) -> dict:  # type: ignore[no-untyped-def]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_index_search_similar_embed_stats(cli, photo_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    out = _json(cli("index", str(photo_dir), "--model", cli.spec, "--json"))
+    assert {k: out[k] for k in ("added", "updated", "removed", "unchanged", "failed")} == \
+        {"added": 27, "updated": 0, "removed": 0, "unchanged": 0, "failed": 0}
+    assert out["seconds"] > 0
+
+    img = sorted(photo_dir.rglob("*.jpg"))[3]
+    res = _json(cli("search", "--image", str(img), "--json", "-k", "5"))
+    assert len(res["results"]) == 5 and res["results"][0]["path"] == str(img)
+    assert {"id", "path", "modality", "score"} <= set(res["results"][0])
+    assert {"embed", "ann", "rerank", "hydrate", "total"} <= set(res["timings_ms"])
+
+    res = _json(cli("search", "a dog running on the beach", "--to", "image", "--json", "-k", "4"))
+    assert [h["modality"] for h in res["results"]] == ["image"] * 4
+
+    res = _json(cli("search", "--image", str(img), "--to", "text", "--json"))
+    assert res["results"] and all(h["modality"] == "text" for h in res["results"])
+
+    note = (photo_dir / "notes" / "dogs.txt").read_text()
+    res = _json(cli("search", note, "--to", "text", "--json"))
+    assert res["results"][0]["path"].endswith("dogs.txt")
+
+    res = _json(cli("search", "street", "--to", "image", "--path", str(photo_dir / "beach"), "--json", "-k", "50"))
+    assert len(res["results"]) == 12 and all("/beach/" in h["path"] for h in res["results"])
+    res = _json(cli("search", "street", "--to", "image", "--path", "*/city/*.jpg", "--json", "-k", "50"))
+    assert len(res["results"]) == 12 and all("/city/" in h["path"] for h in res["results"])
+
+    page1 = _json(cli("search", "x", "--to", "image", "--json", "-k", "5"))["results"]
+    page2 = _json(cli("search", "x", "--to", "image", "--json", "-k", "5", "--offset", "5"))["results"]
+    assert not {h["id"] for h in page1} & {h["id"] for h in page2}
+
+    first = _json(cli("search", "--image", str(img), "--json", "-k", "1"))["results"][0]
+    sim = _json(cli("similar", str(first["id"]), "--json", "-k", "3"))
+    assert len(sim["results"]) == 3 and first["id"] not in {h["id"] for h in sim["results"]}
+    assert all(h["modality"] == "image" for h in sim["results"])
+
+    emb = _json(cli("embed", "--text", "a dog", "--json"))
+    assert emb["space"] == "clip" and emb["model"] == cli.spec and len(emb["vector"]) == 32
+    emb = _json(cli("embed", "--image", str(img), "--json"))
+    assert len(emb["vector"]) == 32
+
+    st = _json(cli("stats", "--json"))
+    assert st["items"] == {"image": 24, "text": 26} and st["models"]["clip"]["spec"] == cli.spec
+    assert st["collections"]["clip.image"]["index"]["kind"] == "flat"
+
+    human = cli("search", "a dog", "--to", "image", "-k", "2")
+    assert "image" in human.stdout and str(photo_dir) in human.stdout
+    assert "catalog" in cli("stats").stdout
+
+
+def test_cli_errors_are_clear(cli, photo_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    r = cli("index", str(photo_dir), "--model", "nonsense", ok=False)
+    assert r.exit_code == 2 and "bad model spec" in r.output
+    cli("index", str(photo_dir), "--model", cli.spec)
+    r = cli("index", str(photo_dir), "--model", "open_clip:mmtest-tiny@random", ok=False)
+    assert r.exit_code == 2 and "--reembed" in r.output
+    r = cli("search", ok=False)
+    assert r.exit_code == 2 and "empty query" in r.output
+    r = cli("similar", "999999", ok=False)
+    assert r.exit_code == 3 and "no item" in r.output
+    r = cli("search", "--image", str(tmp_path / "missing.jpg"), ok=False)
+    assert r.exit_code == 2 and "cannot read" in r.output
+    (tmp_path / "bad.jpg").write_bytes(b"nope")
+    r = cli("search", "--image", str(tmp_path / "bad.jpg"), ok=False)
+    assert r.exit_code == 2 and "query image" in r.output
+    r = cli("search", "x", "--to", "video", ok=False)
+    assert r.exit_code == 2
+    r = cli("embed", ok=False)
+    assert r.exit_code == 2 and "exactly one" in r.output
+
+
+def test_kill_9_mid_ingest_then_resume(tmp_path: Path, clip_spec: str) -> None:
+    folder = tmp_path / "many"
+    folder.mkdir()
+    sources = flickr_images(300)
+    for src in sources:
+        os.symlink(src, folder / src.name)
+    catalog = tmp_path / "cat"
+    env = {**os.environ, "MMSEARCH_MODEL_CONFIG_DIRS": json.dumps([str(CONFIG_DIR)]), "MMSEARCH_AUDIO": "false",
+           "MMSEARCH_COMMIT_EVERY": "8", "MMSEARCH_BATCH_SIZE": "8", "MMSEARCH_DECODE_WORKERS": "1"}
+    cmd = [sys.executable, "-m", "mmsearch.cli", "index", str(folder), "--catalog", str(catalog),
+           "--model", clip_spec, "--json"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    db = catalog / "catalog.db"
+    deadline = time.time() + 120
+    committed = 0
+    while time.time() < deadline and proc.poll() is None:
+        if db.exists():
+            try:
+                with sqlite3.connect(db) as conn:
+                    committed = conn.execute("select count(*) from files").fetchone()[0]
+            except sqlite3.OperationalError:
+                committed = 0
+            if committed >= 16:
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None, "ingest finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 0 < committed < len(sources)
+
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["failed"] == 0 and report["unchanged"] >= committed
+    assert report["added"] + report["unchanged"] == len(sources)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("select count(*) from files").fetchone()[0] == len(sources)
+        assert conn.execute("select count(*) from items").fetchone()[0] == len(sources)
+        assert conn.execute("select count(*), count(distinct item_id) from embeddings").fetchone() == \
+            (len(sources), len(sources))
+    stats = subprocess.run([*cmd[:3], "stats", "--catalog", str(catalog), "--json"], env=env,
+                           capture_output=True, text=True, timeout=120)
+    info = json.loads(stats.stdout)
+    assert info["collections"]["clip.image"]["index"]["ntotal"] == len(sources)
+
+
+def test_console_script_help() -> None:
+    exe = Path(sys.executable).with_name("mmsearch")
+    out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    for command in ("index", "search", "similar", "embed", "stats"):
+        assert command in out.stdout

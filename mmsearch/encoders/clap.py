@@ -1,0 +1,220 @@
+"""CLAP-family audio and text encoder through transformers.
+
+A spec names a Hugging Face id or a local directory written by ``save_pretrained``. Weights are
+looked for in the local directory or the HF cache first; the hub is only asked when a quick
+connection check says it can answer, so an offline machine fails in seconds, with advice,
+instead of spending a minute on download retries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from mmsearch.encoders.base import Modality, Spec, l2_normalise, pick_device
+from mmsearch.errors import ModelUnavailable
+from mmsearch.settings import Settings
+
+DEFAULT_SPEC = "clap:laion/clap-htsat-unfused"
+HUB_CHECK_TIMEOUT_S = 3.0  # bounds DNS and TCP connect; a reachable hub answers far sooner
+_TRUTHY = {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class PreparedAudio:
+    """One window's model input, computed in a decode thread so ``encode`` only stacks."""
+
+    input_features: np.ndarray  # float32 (channels, frames, mel bins)
+    is_longer: bool
+
+
+def is_local_name(name: str) -> bool:
+    """A spec names a directory when one exists or it is spelled like a path, not 'org/model'."""
+    p = Path(name).expanduser()
+    return (
+        p.exists()
+        or p.is_absolute()
+        or name.startswith((".", "~"))
+        or name.count("/") > 1
+        or (os.sep != "/" and os.sep in name)
+    )
+
+
+def canonical_spec(spec: Spec) -> Spec:
+    """Local directories are recorded by absolute path so the catalog can recognise them."""
+    if is_local_name(spec.name):
+        return Spec(spec.family, str(Path(spec.name).expanduser().resolve()), None)
+    return spec
+
+
+class ClapEncoder:
+    space = "clap"
+    modalities: tuple[Modality, ...] = ("audio", "text")
+
+    def __init__(self, spec: Spec, model: torch.nn.Module, processor: Any, device: str,
+                 batch_size: int) -> None:
+        self.spec = str(spec)
+        self.model = model.float().eval().to(device)
+        self.processor = processor
+        self.feature_extractor = processor.feature_extractor
+        self.tokenizer = processor.tokenizer
+        self.device = device
+        self.batch_size = batch_size
+        self.dim = int(model.config.projection_dim)
+        self.sample_rate = int(self.feature_extractor.sampling_rate)
+        self._window_samples = int(self.feature_extractor.nb_max_samples)
+        self.window_seconds = self._window_samples / self.sample_rate
+        # RoBERTa positions start after the padding index, so two positions are not usable.
+        max_positions = int(model.config.text_config.max_position_embeddings) - 2
+        self._max_tokens = min(int(getattr(self.tokenizer, "model_max_length", max_positions)), max_positions)
+
+    @classmethod
+    def from_spec(cls, spec: Spec, settings: Settings) -> "ClapEncoder":
+        spec = canonical_spec(spec)
+        device = pick_device(settings.device)
+        model, processor = _load(spec.name, local=is_local_name(spec.name))
+        return cls(spec, model, processor, device, settings.batch_size)
+
+    def prepare(self, modality: Modality, decoded: Any) -> Any:
+        if modality == "audio":
+            window = np.asarray(decoded, dtype=np.float32)
+            if window.ndim != 1 or window.size == 0:
+                raise ValueError(f"{self.spec} expects a non-empty mono window, got shape {window.shape}")
+            feats = self.feature_extractor(window, sampling_rate=self.sample_rate, return_tensors="np")
+            # The extractor marks a random clip "longer" when none is (a training trick to feed the
+            # fusion branch); at inference a window no longer than the model's is never longer.
+            return PreparedAudio(np.asarray(feats["input_features"][0], dtype=np.float32),
+                                 bool(window.size > self._window_samples))
+        if modality == "text":
+            return str(decoded)
+        raise ValueError(f"{self.spec} does not embed {modality}")
+
+    def encode(self, modality: Modality, prepared: Sequence[Any]) -> np.ndarray:
+        if modality not in self.modalities:
+            raise ValueError(f"{self.spec} does not embed {modality}")
+        if not prepared:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        items = list(prepared)
+        out = [self._encode_batch(modality, items[i:i + self.batch_size])
+               for i in range(0, len(items), self.batch_size)]
+        return l2_normalise(np.concatenate(out))
+
+    def _encode_batch(self, modality: Modality, items: list[Any]) -> np.ndarray:
+        with torch.inference_mode(), self._autocast():
+            if modality == "audio":
+                x = torch.from_numpy(np.stack([p.input_features for p in items]))
+                longer = torch.tensor([[p.is_longer] for p in items], dtype=torch.bool)
+                out = self.model.get_audio_features(input_features=x.to(self.device, non_blocking=True),
+                                                    is_longer=longer.to(self.device))
+            else:
+                tokens = self.tokenizer(items, padding=True, truncation=True, max_length=self._max_tokens,
+                                        return_tensors="pt")
+                out = self.model.get_text_features(input_ids=tokens["input_ids"].to(self.device),
+                                                   attention_mask=tokens["attention_mask"].to(self.device))
+        return _pooled(out).float().cpu().numpy()
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.device.startswith("cuda"):
+            return torch.autocast("cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+
+def _pooled(out: Any) -> torch.Tensor:
+    """transformers 4 returns the projected tensor; 5 returns a model output holding it."""
+    if isinstance(out, torch.Tensor):
+        return out
+    return out.pooler_output
+
+
+def _help(name: str, reason: str) -> str:
+    return (
+        f"could not get the CLAP weights for clap:{name} ({reason}).\n"
+        "Without network access, use a local directory: --audio-model clap:/path/to/dir "
+        "(a downloaded snapshot of the model, or what ClapModel.save_pretrained and "
+        "ClapProcessor.save_pretrained wrote), or populate the Hugging Face cache on a connected "
+        "machine and set HF_HUB_OFFLINE=1 here. To index without audio: MMSEARCH_AUDIO=false."
+    )
+
+
+def _load(name: str, local: bool) -> tuple[torch.nn.Module, Any]:
+    if local:
+        d = Path(name)
+        if not d.is_dir():
+            raise ModelUnavailable(_help(name, "no such directory"))
+        try:
+            return _from_pretrained(str(d), local_files_only=True)
+        except Exception as e:  # noqa: BLE001 - any load failure is a user-facing model problem
+            raise ModelUnavailable(
+                f"could not load a CLAP model from {d} ({type(e).__name__}: {e}); the directory "
+                "needs config.json, the weights and the processor files that save_pretrained writes"
+            ) from e
+    if _in_hf_cache(name):
+        try:
+            return _from_pretrained(name, local_files_only=True)
+        except Exception:  # noqa: BLE001 - a partial cache: the hub may complete it
+            pass
+    if _offline():
+        raise ModelUnavailable(_help(name, "not in the Hugging Face cache and HF_HUB_OFFLINE is set"))
+    reachable, why = _hub_reachable()
+    if not reachable:
+        raise ModelUnavailable(_help(name, f"not in the Hugging Face cache and the hub is unreachable: {why}"))
+    try:
+        return _from_pretrained(name, local_files_only=False)
+    except Exception as e:  # noqa: BLE001 - network, hub and file errors all mean "no weights"
+        raise ModelUnavailable(_help(name, f"{type(e).__name__}: {e}")) from e
+
+
+def _from_pretrained(source: str, local_files_only: bool) -> tuple[torch.nn.Module, Any]:
+    from transformers import ClapModel, ClapProcessor
+
+    model = ClapModel.from_pretrained(source, local_files_only=local_files_only)
+    processor = ClapProcessor.from_pretrained(source, local_files_only=local_files_only)
+    return model, processor
+
+
+def _in_hf_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # noqa: BLE001 - an id the hub would reject is simply not cached
+        return False
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    env = any(os.environ.get(v, "").strip().lower() in _TRUTHY for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return env or bool(getattr(constants, "HF_HUB_OFFLINE", False))
+
+
+def _hub_reachable(timeout: float = HUB_CHECK_TIMEOUT_S) -> tuple[bool, str]:
+    """One HEAD request to the hub through huggingface_hub's own session (its proxies and
+    certificates), in a thread so that slow DNS cannot stall us either. Any HTTP answer counts:
+    a sandbox proxy may accept TCP connections and still never reach the hub."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    url = constants.ENDPOINT
+    result: list[str] = []
+
+    def probe() -> None:
+        try:
+            get_session().head(url, timeout=timeout)
+            result.append("")
+        except Exception as e:  # noqa: BLE001 - every failure means "not reachable"
+            result.append(f"{url}: {type(e).__name__}: {e}")
+
+    t = threading.Thread(target=probe, name="mmsearch-hub-check", daemon=True)
+    t.start()
+    t.join(timeout + 0.5)
+    if not result:
+        return False, f"{url}: no answer within {timeout:.0f} s"
+    return result[0] == "", result[0]

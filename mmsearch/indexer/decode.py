@@ -63,6 +63,8 @@ def load_image(source: str | Path | Any, max_pixels: int) -> Image.Image:
                 img.seek(0)
                 img.load()
                 img = ImageOps.exif_transpose(img)
+                if img.mode == "P" and "transparency" in img.info:
+                    img = img.convert("RGBA")  # what Pillow asks for before dropping alpha
                 return img.convert("RGB")
     except DecodeError:
         raise

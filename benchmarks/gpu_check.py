@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--model", default="open_clip:ViT-B-32@random")
     ap.add_argument("--images", type=Path, default=Path("../shared/data/flickr8k-1k/images"))
     ap.add_argument("--n", type=int, default=64)
+    ap.add_argument("--clap", default=None, help="Also check a CLAP spec, e.g. clap:/path/to/dir.")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("no CUDA device: this check needs a GPU")
@@ -52,7 +53,18 @@ def main() -> None:
     gt, ct = gpu.encode("text", texts), cpu.encode("text", texts)
     cos = min(float((g * c).sum(1).min()), float((gt * ct).sum(1).min()))
     print(f"{torch.cuda.get_device_name()} {args.model}: images {len(images)}", file=sys.stderr)
-    print(f"clip_min_cosine={cos:.6f} clip_gpu_ms_per_image={g_ms:.3f} clip_cpu_ms_per_image={c_ms:.2f}")
+    line = f"clip_min_cosine={cos:.6f} clip_gpu_ms_per_image={g_ms:.3f} clip_cpu_ms_per_image={c_ms:.2f}"
+    if args.clap:
+        gpu_a = load_encoder(args.clap, Settings(device="cuda"))
+        cpu_a = load_encoder(args.clap, Settings(device="cpu"))
+        rng = np.random.default_rng(0)
+        windows = [rng.normal(0, 0.1, int(cpu_a.sample_rate * cpu_a.window_seconds)).astype(np.float32)
+                   for _ in range(16)]  # type: ignore[attr-defined]
+        prep = [cpu_a.prepare("audio", w) for w in windows]
+        a, b = gpu_a.encode("audio", prep), cpu_a.encode("audio", prep)
+        at, bt = gpu_a.encode("text", texts), cpu_a.encode("text", texts)
+        line += f" clap_min_cosine={min(float((a * b).sum(1).min()), float((at * bt).sum(1).min())):.6f}"
+    print(line)
 
 
 if __name__ == "__main__":

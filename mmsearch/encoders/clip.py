@@ -82,6 +82,11 @@ class OpenClipEncoder:
         tokenizer = open_clip.get_tokenizer(arch)
         return cls(spec, model, preprocess, tokenizer, device, settings.batch_size)
 
+    @property
+    def image_transform(self) -> Any:
+        """The picklable image preprocessing, for decode processes; ``prepare`` applies the same."""
+        return self.preprocess
+
     def prepare(self, modality: Modality, decoded: Any) -> Any:
         if modality == "image":
             return self.preprocess(decoded)

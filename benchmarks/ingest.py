@@ -35,7 +35,6 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0, help="Use only the first N files.")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--repeat", type=int, default=1, help="Link each file this many times (more work).")
-    ap.add_argument("--decode-processes", type=int, default=None, help="Default: the engine's choice.")
     args = ap.parse_args()
 
     files = [f for f in scan(args.folder.resolve()) if f.kind == args.modality]
@@ -47,7 +46,6 @@ def main() -> None:
             (media / f"{i:06d}-{Path(f.path).name}").symlink_to(f.path)
         settings = Settings(catalog=Path(tmp) / "catalog", model=args.model, audio_model=args.audio_model,
                             audio=args.modality == "audio", batch_size=args.batch_size, device=args.device,
-                            decode_processes=args.decode_processes,
                             model_config_dirs=[REPO / "tests" / "assets"])
         with Engine.open(settings) as engine:
             space = "clip" if args.modality == "image" else "clap"
@@ -79,7 +77,7 @@ def main() -> None:
             pipeline_s = time.perf_counter() - t0
     n = len(files)
     print(f"files={n} units={len(prepared)} batch={args.batch_size} model={enc.spec} device={enc.device} "
-          f"decode_processes={settings.decode_processes} failed={report.failed}", file=sys.stderr)
+          f"decode_workers={settings.decode_workers} failed={report.failed}", file=sys.stderr)
     if args.modality == "image":
         pipe, alone = n / pipeline_s, n / encoder_s
         print(f"pipeline_items_per_s={pipe:.1f} encoder_items_per_s={alone:.1f} ratio={pipe / alone:.3f}")

@@ -29,9 +29,6 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = Field(32, ge=1, le=4096)
     decode_workers: int = Field(default_factory=lambda: max(1, min(8, (os.cpu_count() or 2))), ge=1)
-    decode_processes: int | None = Field(
-        None, ge=0, description="Image decode processes; default: a pool when the encoder runs on a GPU "
-        "(decoding in threads is GIL-bound there), none on the CPU.")
     model_config_dirs: list[Path] = Field(
         default_factory=list, description="Extra open_clip architecture JSON files or folders."
     )

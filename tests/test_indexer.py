@@ -212,27 +212,3 @@ def _vector_query(e: Engine, q: np.ndarray) -> list[int]:
     ids, _ = exact_rescore(q, cand[0], e.indexes.store("clip.image", 32))
     return ids[:10].tolist()
 
-
-def test_decode_processes_give_the_same_vectors(make_settings, photo_dir: Path, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
-    from mmsearch.indexer import pipeline
-
-    monkeypatch.setattr(pipeline, "POOL_MIN_IMAGES", 1)
-    (photo_dir / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
-    vectors, reasons = {}, {}
-    for name, procs in (("threads", 0), ("processes", 2)):
-        with Engine.open(make_settings(catalog=tmp_path / name, decode_processes=procs)) as e:
-            report = e.index([photo_dir])
-            assert report.added == 27 and [Path(p).name for p, _ in report.failures] == ["corrupt.jpg"]
-            reasons[name] = report.failures[0][1]
-            store = e.indexes.store("clip.image", 32)
-            rows = e.catalog.items(list(range(1, 200)))
-            by_path = {}
-            for eid in np.asarray(store.ids()).tolist():
-                item_id = e.catalog.embedding_items([eid])[eid][0]
-                by_path[rows[item_id].path] = store.get(np.array([eid]))[0]
-            vectors[name] = by_path
-    assert reasons["threads"] == reasons["processes"] and "image" in reasons["threads"]
-    assert vectors["threads"].keys() == vectors["processes"].keys() and len(vectors["threads"]) == 24
-    for path, v in vectors["threads"].items():
-        np.testing.assert_array_equal(v, vectors["processes"][path])

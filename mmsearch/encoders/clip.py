@@ -42,6 +42,7 @@ class OpenClipEncoder:
         self.spec = str(spec)
         self.model = model.eval().to(device)
         self.preprocess = preprocess
+        self._pil_stage, self._norm = _split_preprocess(preprocess)
         self.tokenizer = tokenizer
         self.device = device
         self.batch_size = batch_size
@@ -82,14 +83,17 @@ class OpenClipEncoder:
         tokenizer = open_clip.get_tokenizer(arch)
         return cls(spec, model, preprocess, tokenizer, device, settings.batch_size)
 
-    @property
-    def image_transform(self) -> Any:
-        """The picklable image preprocessing, for decode processes; ``prepare`` applies the same."""
-        return self.preprocess
-
     def prepare(self, modality: Modality, decoded: Any) -> Any:
+        """Images leave here as uint8 after the PIL steps (resize, crop); ``encode`` turns the whole
+        batch into normalised floats at once, on the GPU when there is one. Small per-image torch
+        ops in decode threads would fight the encoder for cores."""
         if modality == "image":
-            return self.preprocess(decoded)
+            if self._pil_stage is None:
+                return self.preprocess(decoded)
+            arr = np.array(self._pil_stage(decoded), dtype=np.uint8)
+            if arr.ndim == 2:
+                arr = arr[:, :, None]
+            return torch.from_numpy(arr).permute(2, 0, 1)
         if modality == "text":
             return str(decoded)
         raise ValueError(f"{self.spec} does not embed {modality}")
@@ -100,6 +104,10 @@ class OpenClipEncoder:
         with torch.inference_mode(), self._autocast():
             if modality == "image":
                 x = torch.stack(list(prepared)).to(self.device, non_blocking=True)
+                if x.dtype == torch.uint8:  # the ToTensor and Normalize steps, for the whole batch
+                    mean, std = (torch.as_tensor(v, dtype=torch.float32, device=x.device).view(-1, 1, 1)
+                                 for v in self._norm)  # type: ignore[union-attr]
+                    x = x.to(torch.float32).div(255).sub_(mean).div_(std)
                 out = self.model.encode_image(x)
             elif modality == "text":
                 tokens = self.tokenizer(list(prepared)).to(self.device)
@@ -112,6 +120,16 @@ class OpenClipEncoder:
         if self.device.startswith("cuda"):
             return torch.autocast("cuda", dtype=torch.float16)
         return contextlib.nullcontext()
+
+
+def _split_preprocess(preprocess: Any) -> tuple[Any, tuple[Any, Any] | None]:
+    """open_clip's transform is [PIL steps..., ToTensor, Normalize]; split it there, or keep it whole."""
+    from torchvision.transforms import Compose, Normalize
+
+    steps = list(getattr(preprocess, "transforms", []))
+    if len(steps) >= 2 and "ToTensor" in type(steps[-2]).__name__ and isinstance(steps[-1], Normalize):
+        return Compose(steps[:-2]), (tuple(steps[-1].mean), tuple(steps[-1].std))
+    return None, None
 
 
 def _probe_dim(model: torch.nn.Module, device: str) -> int:

@@ -8,12 +8,8 @@ re-does every file that did not commit. Nothing is lost and nothing is duplicate
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import queue
 import threading
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -31,12 +27,7 @@ from mmsearch.settings import Settings
 from mmsearch.storage.catalog import Catalog, FileRecord, NewItem
 
 Progress = Callable[[int, int], None]  # (files done, files to do)
-POOL_MIN_IMAGES = 256  # below this a process pool costs more to start than it saves
 
-
-def _prepare_image(path: str, max_pixels: int, transform: Callable[[Any], Any]) -> np.ndarray:
-    """Runs in a decode process: the heavy part of an image's way to the encoder."""
-    return transform(load_image(path, max_pixels)).numpy()
 
 
 @dataclass
@@ -139,7 +130,6 @@ class _Ingest:
         self.ready: list[int] = []
         self.ready_items = 0
         self.done = 0
-        self.pool: ProcessPoolExecutor | None = None
 
     def targets(self, modality: str) -> list[str]:
         return [s for s in self.encoders.spaces_for(modality) if s in self.spaces]
@@ -150,9 +140,7 @@ class _Ingest:
         for i in range(len(work)):
             files.put(i)
         events: queue.Queue[tuple] = queue.Queue(maxsize=max(64, 4 * self.settings.batch_size))
-        self.pool = self._image_pool(sum(p.found.kind == "image" for p in work))
-        pool_size = self.pool._max_workers if self.pool else 0  # type: ignore[attr-defined]
-        n_workers = min(max(self.settings.decode_workers, 2 * pool_size), len(work))
+        n_workers = min(self.settings.decode_workers, len(work))
         workers = [threading.Thread(target=self._decode_worker, args=(files, events), daemon=True)
                    for _ in range(n_workers)]
         for w in workers:
@@ -185,8 +173,6 @@ class _Ingest:
             self.stop.set()
             for w in workers:
                 w.join(timeout=5)
-            if self.pool is not None:
-                self.pool.shutdown(cancel_futures=True)
             self._commit()  # what finished before an interrupt is kept
 
     def _decode_worker(self, files: queue.Queue[int], events: queue.Queue[tuple]) -> None:
@@ -197,15 +183,8 @@ class _Ingest:
                 except queue.Empty:
                     return
                 n, error = 0, None
-                found = self.work[idx].found
                 try:
-                    if self.pool is not None and found.kind == "image" and found.size:
-                        tensor = self._pooled_image(found.path)
-                        if tensor is not None:
-                            self._put(events, ("unit", idx, Unit("image", None), {"clip": tensor}))
-                            self._put(events, ("done", idx, 1, None))
-                            continue
-                    for unit in self._decode(found):
+                    for unit in self._decode(self.work[idx].found):
                         prepared = {s: self.encoders.get(s).prepare(unit.modality, unit.payload)
                                     for s in self.targets(unit.modality)}
                         unit.payload = None
@@ -221,29 +200,6 @@ class _Ingest:
                 self._put(events, ("done", idx, n, error))
         finally:
             self._put(events, ("exit",))
-
-    def _image_pool(self, n_images: int) -> ProcessPoolExecutor | None:
-        n = self.settings.decode_processes
-        clip = self.encoders.get("clip")
-        if n is None:
-            n = min(8, max(1, (os.cpu_count() or 2) - 1)) if clip.device.startswith("cuda") else 0
-        if n == 0 or n_images < POOL_MIN_IMAGES or getattr(clip, "image_transform", None) is None:
-            return None
-        # spawn, not fork: forking a process that holds CUDA or OpenMP state is unsafe
-        return ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("spawn"))
-
-    def _pooled_image(self, path: str) -> Any:
-        """Decode and preprocess in a process; None when the pool broke (the thread decodes it)."""
-        clip = self.encoders.get("clip")
-        try:
-            arr = self.pool.submit(_prepare_image, path, self.settings.max_image_pixels,  # type: ignore[union-attr]
-                                   clip.image_transform).result()  # type: ignore[attr-defined]
-        except BrokenProcessPool:
-            self.pool = None  # a decoder died (e.g. a crashing codec): carry on in threads
-            return None
-        import torch
-
-        return torch.from_numpy(arr)
 
     def _put(self, events: queue.Queue[tuple], ev: tuple) -> None:
         while True:

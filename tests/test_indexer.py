@@ -212,3 +212,47 @@ def _vector_query(e: Engine, q: np.ndarray) -> list[int]:
     ids, _ = exact_rescore(q, cand[0], e.indexes.store("clip.image", 32))
     return ids[:10].tolist()
 
+
+
+def test_jsonl_captions(engine: Engine, tmp_path: Path) -> None:
+    import json
+
+    folder = tmp_path / "j"
+    folder.mkdir()
+    imgs = flickr_images(3)
+    for p in imgs:
+        shutil.copy(p, folder / p.name)
+    with open(folder / "notes.jsonl", "w") as fh:
+        for i, p in enumerate(imgs):
+            fh.write(json.dumps({"file": p.name, "text": f"caption number {i}"}) + "\n")
+    (folder / "other.csv").write_text("a,b\n1,2\n")  # not a captions file: ignored, not failed
+    report = engine.index([folder])
+    assert (report.added, report.failed) == (4, 0)
+    hit = _top(engine, text="caption number 1", to="text", k=1)[0]
+    assert hit.text == "caption number 1" and hit.ref_path == str(folder / imgs[1].name)
+
+
+def test_combined_query_with_weights_and_negatives(engine: Engine, photo_dir: Path) -> None:
+    engine.index([photo_dir])
+    a, b = sorted(photo_dir.rglob("*.jpg"))[:2]
+    only_a = _top(engine, image=a.read_bytes(), to="image", k=1)[0]
+    assert only_a.path == str(a)
+    # an image plus a heavily weighted text: the text now steers the ranking
+    text = "an unrelated description"
+    mixed = [h.path for h in _top(engine, image=a.read_bytes(), text=text, text_weight=50.0, to="image", k=5)]
+    text_only = [h.path for h in _top(engine, text=text, to="image", k=5)]
+    assert mixed == text_only
+    # a negative steers away: the results resemble the negative text less
+    negative = np.array(engine.embed(text="a crowded city street at night").vector, dtype=np.float32)
+    store = engine.indexes.store("clip.image", 32)
+
+    def closeness(hits) -> float:  # type: ignore[no-untyped-def]
+        ids = [engine.catalog.item_embeddings(h.id)[0][0] for h in hits]
+        return float((store.get(np.array(ids)) @ negative).mean())
+
+    plain = _top(engine, text="a dog", to="image", k=5)
+    steered = _top(engine, text="a dog", negative_text=["a crowded city street at night"],
+                   negative_weight=1.0, to="image", k=5)
+    assert closeness(steered) < closeness(plain)
+    with pytest.raises(BadInput, match="empty query"):
+        engine.search(Query(to="image"))

@@ -40,13 +40,18 @@ def _tokenizer(max_tokens: int) -> RobertaTokenizerFast:
         return RobertaTokenizerFast.from_pretrained(d, model_max_length=max_tokens)
 
 
-def make_tiny_clap(directory: Path) -> Path:
-    """Write config, weights, tokenizer and feature extractor into ``directory``; return it."""
+def make_tiny_clap(directory: Path, *, full_size: bool = False) -> Path:
+    """Write config, weights, tokenizer and feature extractor into ``directory``; return it.
+    ``full_size`` keeps the laion/clap-htsat-unfused towers (for benchmarks: the real compute)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     max_tokens = 64
     tokenizer = _tokenizer(max_tokens)
     config = ClapConfig(
+        text_config=dict(vocab_size=len(tokenizer), max_position_embeddings=max_tokens + 2,
+                         pad_token_id=1, bos_token_id=0, eos_token_id=2),
+        audio_config=dict(enable_fusion=False),
+    ) if full_size else ClapConfig(
         text_config=dict(
             vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
             intermediate_size=64, max_position_embeddings=max_tokens + 2,

@@ -82,7 +82,9 @@ class IndexSet:
             if dim is None:
                 continue
             live = catalog.live_ids(collection)
-            idx = sync_index(self.index(collection), self.store(collection, dim), live, self.settings)
+            # a fresh copy from disk: the cached one may be answering queries in other threads
+            idx = sync_index(AnnIndex.load(self.index_path(collection)), self.store(collection, dim), live,
+                             self.settings)
             path = self.index_path(collection)
             idx.save(path)
             self._indexes[collection] = (path.stat().st_mtime_ns, idx)

@@ -1,0 +1,479 @@
+"""Approximate nearest-neighbour index of one collection (FAISS, inner product on L2-normalised
+vectors, i.e. cosine). FAISS ids are the SQL ids. The exact float16 vectors live in the
+collection's VectorStore, so this index is disposable: it can always be rebuilt, and its
+candidates are rescored exactly (see search/rerank.py), which is why a compact PQ code is enough.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import faiss
+import numpy as np
+
+from mmsearch.settings import Settings
+from mmsearch.storage.vectors import VectorStore
+
+log = logging.getLogger(__name__)
+
+# FAISS k-means warns below 39 points per centroid and subsamples above 256 (its
+# ClusteringParameters defaults); the wiki's "30*K to 256*K" training rule is the same range.
+MIN_POINTS_PER_CENTROID = 39
+TRAIN_POINTS_PER_LIST = 64  # where in that range we sit: more buys little, costs k-means time
+MAX_BYTES_PER_VECTOR = 80  # RAM budget per vector: PQ code + the 8-byte id of the inverted list
+ID_BYTES = 8
+SAMPLE_SEED = 1234  # fixed so a rebuild of the same data gives the same index
+_FORMAT = 1
+_BITMAP_MAX_ID = 1 << 24  # filter bitmap <= 2 MiB
+SMALL_TRAIN = 20_000  # below this many training vectors, train single-threaded
+MIN_NPROBE = 16
+
+
+@dataclass(frozen=True)
+class IndexPlan:
+    """What to build for a collection of a given size; see plan_index for the rules."""
+
+    kind: Literal["flat", "ivfpq"]
+    nlist: int = 0
+    m: int = 0
+    nbits: int = 8
+    opq: bool = False
+    train_size: int = 0
+    nprobe: int = 0
+
+    @property
+    def factory(self) -> str:
+        """The faiss index_factory string of the index as built and saved. Flat is wrapped in
+        IDMap to carry ids; IVF-PQ keeps its coarse centroids in float16 (SQfp16)."""
+        if self.kind == "flat":
+            return "Flat"
+        return self._ivfpq_factory(coarse="(SQfp16)")
+
+    def _ivfpq_factory(self, coarse: str) -> str:
+        pq = f"PQ{self.m}" if self.nbits == 8 else f"PQ{self.m}x{self.nbits}"
+        return f"{f'OPQ{self.m},' if self.opq else ''}IVF{self.nlist}{coarse},{pq}"
+
+
+def _pow2_floor(x: float) -> int:
+    return 1 << max(0, math.floor(math.log2(max(x, 1.0))))
+
+
+def default_nprobe(nlist: int) -> int:
+    """Lists probed by default: sqrt(nlist), so the scanned fraction shrinks as the index grows
+    (64 of 4096 lists = 1.6% of a 1M collection), but at least 16: in a small index each list
+    is a large slice of the space, so a few probes cut through neighbourhoods (a 600-vector
+    index with 15 lists: recall@10 0.89 with 4 probes, 0.98 with 8+), and scanning is cheap."""
+    return max(1, min(nlist, max(MIN_NPROBE, round(math.sqrt(nlist)))))
+
+
+def plan_index(n: int, dim: int, settings: Settings) -> IndexPlan:
+    """Choose the index for ``n`` vectors of ``dim``, following the FAISS wiki's
+    "Guidelines to choose an index":
+
+    * ``n < settings.ivf_min_vectors`` (default 50k): exact ``Flat`` (IndexFlatIP). Brute force
+      is fast enough there and needs no training.
+    * Otherwise IVF-PQ:
+
+      - nlist: the power of two in (4*sqrt(n), 8*sqrt(n)], i.e. in the lower half of the
+        wiki's 4*sqrt(n) .. 16*sqrt(n) (fewer, larger lists: cheaper k-means and adds on few
+        cores; 1M -> 4096), but at most n/39 so that every coarse centroid gets the 39 training
+        points FAISS k-means asks for (between ~24k and ~97k vectors that cap gives a
+        non-power-of-two nlist still inside the range; a forced tiny index, e.g. 3k vectors
+        in tests, gets fewer lists rather than an under-trained quantiser).
+      - train_size: 64*nlist, within the wiki's 30*nlist .. 256*nlist (and FAISS's own
+        39 .. 256 points per centroid), capped at n (1M -> 262,144 training vectors, ~2 min
+        of k-means on 2 cores).
+      - m: the largest divisor of dim whose m*nbits-bit code + 8-byte id <= 80 bytes/vector
+        (512-, 768- or 1024-d -> PQ64: 72 bytes, dim/8 for CLIP/CLAP's 512). With fewer bits
+        (small n) that allows more, finer sub-quantisers, down to 1 dim each, which is what
+        keeps small indexes accurate (600 x 32-d, 3 bits: PQ32 recall@10 1.0, PQ8 0.97).
+      - coarse centroids are kept in float16 (``IVF4096(SQfp16)``): nlist*dim*2/n, ~4 B/vector
+        at 1M instead of ~8, which keeps the whole index under 80 B/vector (76.8 measured);
+        their precision does not matter once candidates are rescored exactly.
+      - nbits: 8, reduced when the training sample is too small to give each of the 2**nbits
+        PQ centroids 39 points (3k vectors -> 6 bits).
+      - nprobe: settings.nprobe when set, else sqrt(nlist), at least 16 (4096 -> 64).
+      - opq: off; the rotation costs a long training on few cores and the exact rescoring
+        already recovers what it would gain.
+
+    Measured with benchmarks/ann.py (1M x 512-d, 2 cores, off-distribution queries): nprobe
+    barely matters past 16 there, PQ64 ranking does: exact rescoring of k*10 candidates gives
+    recall@10 ~0.93, of k*20 ~0.98, for ~0.05 ms more; hence rerank_factor 20.
+    """
+    if n < settings.ivf_min_vectors or n < 2:
+        return IndexPlan(kind="flat")
+    nlist = max(1, min(_pow2_floor(8 * math.sqrt(n)), n // MIN_POINTS_PER_CENTROID))
+    train_size = min(n, TRAIN_POINTS_PER_LIST * nlist)  # >= 39*nlist since nlist <= n/39
+    nbits = max(1, min(8, math.floor(math.log2(max(2.0, train_size / MIN_POINTS_PER_CENTROID)))))
+    code_budget_bits = (MAX_BYTES_PER_VECTOR - ID_BYTES) * 8
+    m = max(m for m in range(1, dim + 1) if dim % m == 0 and m * nbits <= code_budget_bits)
+    nprobe = settings.nprobe if settings.nprobe else default_nprobe(nlist)
+    return IndexPlan(
+        kind="ivfpq", nlist=nlist, m=m, nbits=nbits, opq=False, train_size=train_size,
+        nprobe=max(1, min(int(nprobe), nlist)),
+    )
+
+
+def _gpu_available(use_gpu: bool) -> bool:
+    if not use_gpu:
+        return False
+    try:
+        return faiss.get_num_gpus() > 0 and hasattr(faiss, "index_cpu_to_all_gpus")
+    except Exception:  # faiss-cpu builds may lack the GPU entry points entirely
+        return False
+
+
+def _float16_quantizer(ivf: faiss.IndexIVF) -> None:
+    """Swap the IVF's float32 flat quantiser for a float16 copy of the same centroids: half the
+    fixed memory, the same single-query coarse search speed. Ownership moves so that neither
+    quantiser leaks: the IVF frees the new one, Python frees the old one."""
+    old = ivf.quantizer
+    centroids = old.reconstruct_n(0, old.ntotal)
+    q16 = faiss.IndexScalarQuantizer(ivf.d, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+    q16.add(centroids)
+    q16.this.disown()
+    ivf.quantizer = q16
+    ivf.own_fields = True
+    old.this.acquire()
+
+
+@contextlib.contextmanager
+def _omp_threads(threads: int | None) -> Iterator[None]:
+    """Cap faiss's OpenMP threads for a block. The setting is per calling thread in OpenMP, so
+    other threads (another request, the indexer) are unaffected; it is restored on exit."""
+    if threads is None:
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(max(1, int(threads)))
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+def _selector(allowed: np.ndarray) -> faiss.IDSelector:
+    """faiss selector for sorted ids: a bitmap (one bit per id, cheapest membership test) while
+    ids are small enough for it to stay a few MB, else a hash set."""
+    if allowed[0] >= 0 and allowed[-1] < _BITMAP_MAX_ID:
+        bits = np.zeros(int(allowed[-1]) + 1, dtype=bool)
+        bits[allowed] = True
+        return faiss.IDSelectorBitmap(np.packbits(bits, bitorder="little"))
+    return faiss.IDSelectorBatch(allowed)
+
+
+def _as_f32(x: np.ndarray, dim: int) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim == 1:
+        x = x.reshape(1, -1)
+    if x.ndim != 2 or x.shape[1] != dim:
+        raise ValueError(f"expected vectors of dim {dim}, got shape {x.shape}")
+    return x
+
+
+def _as_ids(ids: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(ids).reshape(-1), dtype=np.int64)
+
+
+class AnnIndex:
+    """One FAISS index plus the sorted ids it holds (kept here so membership checks and
+    incremental sync never have to walk the inverted lists).
+
+    search() may run from many threads at once; add/remove (and sync_index) must not run
+    concurrently with anything else on the same object: sync a copy (load) and swap it in."""
+
+    def __init__(self, index: faiss.Index, ids: np.ndarray, plan: IndexPlan, trained_n: int) -> None:
+        self._index = index
+        self._ids = np.sort(_as_ids(ids))
+        self.plan = plan
+        self.trained_n = int(trained_n)
+        self.dim = int(index.d)
+        self._ivf = faiss.downcast_index(faiss.extract_index_ivf(index)) if plan.kind == "ivfpq" else None
+
+    # -- construction --------------------------------------------------------------------
+
+    @classmethod
+    def build(
+        cls, vectors: np.ndarray, ids: np.ndarray, plan: IndexPlan, *, use_gpu: bool = False
+    ) -> AnnIndex:
+        """Train (for IVF-PQ: on a fixed-seed sample of plan.train_size rows) and add everything.
+
+        With ``use_gpu`` and a GPU visible to faiss, k-means runs on the GPU; the index itself
+        stays a CPU index, so what is saved loads anywhere."""
+        vectors = np.asarray(vectors)
+        ids = _as_ids(ids)
+        if vectors.ndim != 2 or vectors.shape[0] != ids.shape[0]:
+            raise ValueError(f"vectors {vectors.shape} do not match {ids.shape[0]} ids")
+        dim = int(vectors.shape[1])
+        if np.unique(ids).size != ids.size:
+            raise ValueError("duplicate ids")
+        if plan.kind == "flat":
+            index = faiss.IndexIDMap(faiss.IndexFlatIP(dim))
+            out = cls(index, np.empty(0, np.int64), plan, trained_n=ids.size)
+            out.add(vectors, ids)
+            return out
+        n = ids.size
+        if n < plan.nlist:
+            raise ValueError(f"{n} vectors cannot train {plan.nlist} lists")
+        # Train and bulk-add with a float32 flat quantiser (BLAS), then shrink it to float16.
+        index = faiss.index_factory(dim, plan._ivfpq_factory(coarse=""), faiss.METRIC_INNER_PRODUCT)
+        ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+        ivf.do_polysemous_training = False  # only used by polysemous search, which we never do
+        ivf.nprobe = plan.nprobe
+        ivf.cp.seed = SAMPLE_SEED
+        clustering = faiss.IndexFlatIP(dim)
+        if _gpu_available(use_gpu):
+            clustering = faiss.index_cpu_to_all_gpus(clustering)
+        ivf.clustering_index = clustering
+        take = min(n, max(plan.train_size, plan.nlist))
+        if take < n:
+            rows = np.sort(np.random.default_rng(SAMPLE_SEED).choice(n, take, replace=False))
+            sample = _as_f32(vectors[rows], dim)
+        else:
+            sample = _as_f32(vectors, dim)
+        # Small trainings are thousands of tiny parallel regions: on few (or busy) cores the
+        # OpenMP barriers cost more than the parallelism gains (measured 2-4x slower).
+        with _omp_threads(1 if take < SMALL_TRAIN else None):
+            index.train(sample)
+            del sample
+            ivf.clustering_index = None  # drop the GPU resource before the index is kept or saved
+            del clustering
+            out = cls(index, np.empty(0, np.int64), plan, trained_n=n)
+            out.add(vectors, ids)
+        _float16_quantizer(ivf)
+        return out
+
+    # -- mutation ------------------------------------------------------------------------
+
+    def add(self, vectors: np.ndarray, ids: np.ndarray, *, chunk: int = 65_536) -> None:
+        """Add rows; an id already present is a ValueError (remove it first)."""
+        ids = _as_ids(ids)
+        if ids.size == 0:
+            return
+        vectors = np.asarray(vectors)
+        if vectors.ndim != 2 or vectors.shape != (ids.size, self.dim):
+            raise ValueError(f"vectors {vectors.shape} do not match ({ids.size}, {self.dim})")
+        order = np.argsort(ids, kind="stable")
+        sorted_ids = ids[order]
+        if (np.diff(sorted_ids) == 0).any() or self._present(sorted_ids).any():
+            raise ValueError("ids already in the index (or duplicated)")
+        for start in range(0, ids.size, chunk):  # bounded float32 copies for float16 input
+            self._index.add_with_ids(_as_f32(vectors[start : start + chunk], self.dim), ids[start : start + chunk])
+        if self._ids.size == 0 or sorted_ids[0] > self._ids[-1]:
+            self._ids = np.concatenate([self._ids, sorted_ids])  # the usual case: new SQL ids
+        else:
+            self._ids = np.union1d(self._ids, sorted_ids)
+
+    def remove(self, ids: np.ndarray) -> None:
+        """Remove ids (absent ones are ignored); they never come back from search."""
+        ids = np.unique(_as_ids(ids))
+        ids = ids[self._present(ids)]
+        if ids.size == 0:
+            return
+        removed = self._index.remove_ids(faiss.IDSelectorBatch(ids))
+        if removed != ids.size:  # pragma: no cover - would mean ids and index drifted apart
+            raise RuntimeError(f"faiss removed {removed} of {ids.size} ids")
+        self._ids = np.delete(self._ids, np.searchsorted(self._ids, ids))
+
+    def _present(self, sorted_ids: np.ndarray) -> np.ndarray:
+        """Membership of sorted ids in the index, by binary search (O(k log N), no N-sized sort)."""
+        if self._ids.size == 0 or sorted_ids.size == 0:
+            return np.zeros(sorted_ids.shape, dtype=bool)
+        pos = np.minimum(np.searchsorted(self._ids, sorted_ids), self._ids.size - 1)
+        return self._ids[pos] == sorted_ids
+
+    # -- queries -------------------------------------------------------------------------
+
+    @property
+    def ntotal(self) -> int:
+        return int(self._index.ntotal)
+
+    def ids(self) -> np.ndarray:
+        return self._ids
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        allowed_ids: np.ndarray | None = None,
+        *,
+        threads: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by inner product: (scores (nq, k) float32, ids (nq, k) int64, -1 padded).
+
+        ``allowed_ids`` restricts results (path filters) via a faiss IDSelector, applied while
+        scanning. For IVF a selective filter would leave the probed lists nearly empty, so
+        nprobe is scaled up by the inverse of the allowed fraction, and a query that still finds
+        fewer than k hits is retried over every list.
+
+        ``threads`` caps OpenMP threads for this call only (the setting is per calling thread
+        and restored afterwards). By default a single query runs single-threaded: faiss gains
+        nothing from threads for one query, and on a busy 2-core box every parallel region
+        waits for a descheduled thread (measured at 1M: p50 1.2 ms with 1 thread, 2.1 ms with
+        2); batches use all threads."""
+        if threads is None and (np.ndim(queries) == 1 or np.shape(queries)[0] == 1):
+            threads = 1
+        with _omp_threads(threads):
+            return self._search(queries, k, allowed_ids)
+
+    def _search(
+        self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        q = _as_f32(queries, self.dim)
+        nq = q.shape[0]
+        k = int(k)
+        scores = np.full((nq, max(k, 0)), -np.inf, dtype=np.float32)
+        labels = np.full((nq, max(k, 0)), -1, dtype=np.int64)
+        if k <= 0 or nq == 0 or self.ntotal == 0:
+            return scores, labels
+        selector = None
+        allowed_n = self.ntotal
+        if allowed_ids is not None:
+            allowed = np.unique(_as_ids(allowed_ids))
+            allowed = allowed[self._present(allowed)]
+            if allowed.size == 0:
+                return scores, labels
+            if allowed.size < self._ids.size:
+                selector = _selector(allowed)
+                allowed_n = allowed.size
+        if self._ivf is None:
+            params = faiss.SearchParameters(sel=selector) if selector is not None else None
+            d, i = self._index.search(q, k, params=params)
+        else:
+            nlist = self._ivf.nlist
+            nprobe = min(nlist, max(1, self.plan.nprobe))
+            if selector is not None:
+                nprobe = min(nlist, math.ceil(nprobe * self.ntotal / allowed_n))
+            d, i = self._search_ivf(q, k, nprobe, selector)
+            short = (i[:, min(k, allowed_n) - 1] < 0) if nprobe < nlist else np.zeros(nq, bool)
+            if short.any():
+                d2, i2 = self._search_ivf(q[short], k, nlist, selector)
+                d[short], i[short] = d2, i2
+        valid = i >= 0
+        scores[:] = np.where(valid, d, -np.inf)
+        labels[:] = np.where(valid, i, -1)
+        return scores, labels
+
+    def _search_ivf(
+        self, q: np.ndarray, k: int, nprobe: int, selector: faiss.IDSelector | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        params = faiss.SearchParametersIVF(nprobe=nprobe)
+        if selector is not None:
+            params.sel = selector
+        return self._index.search(q, k, params=params)
+
+    # -- persistence ---------------------------------------------------------------------
+
+    def save(self, path: Path) -> None:
+        """Write one .npz (serialized index, ids, plan) to a temp file, fsync, then rename over
+        ``path``: readers see the old or the new index, never half of one."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"format": _FORMAT, "plan": dataclasses.asdict(self.plan), "trained_n": self.trained_n}
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                np.savez(
+                    f,
+                    index=faiss.serialize_index(self._index),
+                    ids=self._ids,
+                    meta=np.array(json.dumps(meta)),
+                )
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        try:
+            fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
+
+    @classmethod
+    def load(cls, path: Path) -> AnnIndex | None:
+        """The saved index, or None when missing or unreadable (the caller rebuilds it from the
+        VectorStore). The zip container's CRC rejects corrupt bytes before faiss parses them."""
+        path = Path(path)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta: dict[str, Any] = json.loads(str(z["meta"]))
+                if meta.get("format") != _FORMAT:
+                    raise ValueError(f"unknown index format {meta.get('format')}")
+                ids = np.asarray(z["ids"], dtype=np.int64)
+                raw = np.ascontiguousarray(z["index"], dtype=np.uint8)
+            index = faiss.deserialize_index(raw)
+            plan = IndexPlan(**meta["plan"])
+            is_ivf = faiss.try_extract_index_ivf(index) is not None
+            if index.ntotal != ids.size or (plan.kind == "ivfpq") != is_ivf:
+                raise ValueError("index and metadata disagree")
+            return cls(index, ids, plan, trained_n=int(meta["trained_n"]))
+        except Exception as exc:  # any damage means "rebuild", never a crash at startup
+            log.warning("ignoring unreadable ANN index %s: %s", path, exc)
+            return None
+
+    def describe(self) -> dict[str, Any]:
+        """Figures for `stats`; bytes is the serialized size, i.e. what the index holds in RAM
+        (codes, ids, coarse centroids, PQ codebooks)."""
+        nbytes = int(faiss.serialize_index(self._index).nbytes)
+        return {
+            "kind": self.plan.kind,
+            "factory": self.plan.factory,
+            "ntotal": self.ntotal,
+            "nlist": self.plan.nlist,
+            "m": self.plan.m,
+            "nbits": self.plan.nbits,
+            "nprobe": self.plan.nprobe,
+            "trained_n": self.trained_n,
+            "bytes": nbytes,
+            "bytes_per_vector": nbytes / self.ntotal if self.ntotal else 0.0,
+        }
+
+
+def sync_index(
+    index: AnnIndex | None, store: VectorStore, live_ids: np.ndarray, settings: Settings
+) -> AnnIndex:
+    """Make ``index`` hold exactly ``live_ids`` (the SQL truth), reading vectors from ``store``.
+
+    Rebuilds when there is no usable index, when the planned kind changes (crossing
+    ``ivf_min_vectors`` either way), or when the collection grew ``retrain_growth``-fold since
+    the quantisers were trained (their centroids no longer fit the data). Otherwise it is
+    incremental: remove the ids no longer live, add the live ids missing."""
+    live = np.unique(_as_ids(live_ids))
+    n = int(live.size)
+    planned = plan_index(n, store.dim, settings)
+    rebuild = (
+        index is None
+        or index.dim != store.dim
+        or index.plan.kind != planned.kind
+        or (planned.kind == "ivfpq" and n >= settings.retrain_growth * max(index.trained_n, 1))
+    )
+    if rebuild:
+        return AnnIndex.build(store.get(live), live, planned, use_gpu=settings.faiss_gpu)
+    assert index is not None
+    if index.plan.kind == "ivfpq":
+        nprobe = settings.nprobe if settings.nprobe else default_nprobe(index.plan.nlist)
+        nprobe = max(1, min(int(nprobe), index.plan.nlist))
+        if nprobe != index.plan.nprobe:
+            index.plan = dataclasses.replace(index.plan, nprobe=nprobe)
+    current = index.ids()
+    index.remove(np.setdiff1d(current, live, assume_unique=True))
+    missing = np.setdiff1d(live, index.ids(), assume_unique=True)
+    if missing.size:
+        index.add(store.get(missing), missing)
+    return index

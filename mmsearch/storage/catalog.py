@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from mmsearch.errors import MMSearchError, ModelMismatch, NotFound
@@ -175,23 +175,27 @@ class Catalog:
             return int(s.scalar(select(func.max(Embedding.id))) or 0)
 
     def commit_files(self, records: Sequence[FileRecord]) -> None:
-        """Replace each file's rows with its new items, all in one transaction."""
+        """Replace each file's rows with its new items, all in one transaction (three bulk inserts)."""
         if not records:
             return
         with self.sessions.begin() as s:
             s.execute(delete(File).where(File.path.in_([r.path for r in records])))
-            for r in records:
-                f = File(path=r.path, root_id=r.root_id, kind=r.kind, size=r.size, mtime_ns=r.mtime_ns,
-                         status="failed" if r.error else "ok", error=r.error)
-                s.add(f)
-                s.flush()
-                for it in r.items:
-                    item = Item(file_id=f.id, modality=it.modality, ordinal=it.ordinal, text=it.text,
-                                ref_path=it.ref_path, duration=it.duration)
-                    s.add(item)
-                    s.flush()
-                    s.add_all(Embedding(id=eid, item_id=item.id, collection=c, start_s=a, end_s=b)
-                              for eid, c, a, b in it.embeddings)
+            file_ids = s.scalars(
+                insert(File).returning(File.id, sort_by_parameter_order=True),
+                [dict(path=r.path, root_id=r.root_id, kind=r.kind, size=r.size, mtime_ns=r.mtime_ns,
+                      status="failed" if r.error else "ok", error=r.error) for r in records],
+            ).all()
+            owned = [(fid, it) for fid, r in zip(file_ids, records) for it in r.items]
+            if owned:
+                item_ids = s.scalars(
+                    insert(Item).returning(Item.id, sort_by_parameter_order=True),
+                    [dict(file_id=fid, modality=it.modality, ordinal=it.ordinal, text=it.text,
+                          ref_path=it.ref_path, duration=it.duration) for fid, it in owned],
+                ).all()
+                vectors = [dict(id=eid, item_id=iid, collection=c, start_s=a, end_s=b)
+                           for iid, (_, it) in zip(item_ids, owned) for eid, c, a, b in it.embeddings]
+                if vectors:
+                    s.execute(insert(Embedding), vectors)
             self._bump(s)
 
     def delete_files(self, paths: Iterable[str]) -> int:

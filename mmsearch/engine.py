@@ -6,13 +6,11 @@ Encoders, settings and the catalog are injected, so a test can pass a tiny model
 
 from __future__ import annotations
 
-import io
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from pydantic import BaseModel
 
 from mmsearch.encoders.base import Encoder

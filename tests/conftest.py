@@ -66,6 +66,15 @@ def flickr_images(n: int) -> list[Path]:
     return sorted((FLICKR / "images").glob("*.jpg"))[:n]
 
 
+def linked_photos(folder: Path, n: int) -> list[Path]:
+    """A folder of n Flickr photos behind symlinks (cheap, and real files to decode)."""
+    folder.mkdir(parents=True)
+    sources = flickr_images(n)
+    for src in sources:
+        os.symlink(src, folder / src.name)
+    return sources
+
+
 @pytest.fixture
 def photo_dir(tmp_path: Path) -> Path:
     """A small media folder: 24 Flickr8k photos in two sub-folders, their captions, two notes."""

@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mmsearch.cli import app
-from tests.conftest import CONFIG_DIR, flickr_images
+from tests.conftest import CONFIG_DIR, linked_photos
 
 
 @pytest.fixture
@@ -113,10 +113,7 @@ def test_cli_errors_are_clear(cli, photo_dir: Path, tmp_path: Path) -> None:  # 
 
 def test_kill_9_mid_ingest_then_resume(tmp_path: Path, clip_spec: str) -> None:
     folder = tmp_path / "many"
-    folder.mkdir()
-    sources = flickr_images(300)
-    for src in sources:
-        os.symlink(src, folder / src.name)
+    sources = linked_photos(folder, 300)
     catalog = tmp_path / "cat"
     env = {**os.environ, "MMSEARCH_MODEL_CONFIG_DIRS": json.dumps([str(CONFIG_DIR)]), "MMSEARCH_AUDIO": "false",
            "MMSEARCH_COMMIT_EVERY": "8", "MMSEARCH_BATCH_SIZE": "8", "MMSEARCH_DECODE_WORKERS": "1"}

@@ -13,7 +13,7 @@ from PIL import Image
 
 from mmsearch import Engine, Query
 from mmsearch.errors import BadInput, ModelMismatch
-from tests.conftest import FLICKR, flickr_images
+from tests.conftest import flickr_images, linked_photos
 
 
 @pytest.fixture
@@ -179,9 +179,7 @@ def test_stop_event_keeps_what_was_committed(make_settings, photo_dir: Path) -> 
 
 def test_ivfpq_path_agrees_with_exact_search(make_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     folder = tmp_path / "many"
-    folder.mkdir()
-    for src in flickr_images(600):
-        os.symlink(src, folder / src.name)
+    linked_photos(folder, 600)
     with Engine.open(make_settings(ivf_min_vectors=300, batch_size=64)) as e:
         e.index([folder])
         desc = e.stats()["collections"]["clip.image"]["index"]

@@ -209,5 +209,55 @@ def stats(catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, as_json: Json
         typer.echo(f"failed    {f['path']}: {f['reason']}")
 
 
+@app.command()
+def serve(
+    catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, model: ModelOpt = None,
+    audio_model: AudioModelOpt = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on.")] = 8000,
+    api_key: Annotated[Optional[str], typer.Option(
+        "--api-key", envvar="MMSEARCH_API_KEY", help="Key that writes (indexing, deleting) must send.")] = None,
+    index_root: Annotated[Optional[list[Path]], typer.Option(
+        "--index-root", help="A folder the API may index (repeatable); none: no indexing over HTTP.")] = None,
+    read_only: Annotated[bool, typer.Option("--read-only", help="Refuse every write.")] = False,
+    audio: Annotated[bool, typer.Option("--audio/--no-audio", help="Serve audio search (CLAP).")] = True,
+    batching: Annotated[bool, typer.Option(
+        "--batching/--no-batching", help="Embed concurrent text queries together (micro-batching).")] = True,
+    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
+) -> None:
+    """Run the HTTP API and the search page (http://HOST:PORT/, API docs at /docs)."""
+    import uvicorn
+
+    from mmsearch.api.app import create_app
+    from mmsearch.api.security import check_bind
+
+    roots = [p.expanduser().resolve() for p in index_root or []]
+    for r in roots:
+        if not r.is_dir():
+            typer.echo(f"error: --index-root {r} is not a folder", err=True)
+            raise typer.Exit(2)
+    settings = _settings(catalog, db, model, audio_model, api_key=api_key, audio=audio,
+                         index_roots=roots or None)
+    try:
+        check_bind(host, settings, read_only=read_only)
+    except MMSearchError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    with _engine(settings) as engine:
+        web = create_app(engine, read_only=read_only, batching=batching)
+        try:
+            web.state.service.warm()  # load the models once, before the port opens
+        except MMSearchError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        import gc
+
+        gc.collect()
+        gc.freeze()  # the models' ~10^6 long-lived objects leave the GC's scans: no full-collection stalls
+        typer.echo(f"mmsearch: http://{host if ':' not in host else f'[{host}]'}:{port}/  (API docs at /docs)",
+                   err=True)
+        uvicorn.run(web, host=host, port=port, log_level=log_level, workers=1)
+
+
 if __name__ == "__main__":
     app()

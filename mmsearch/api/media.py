@@ -1,0 +1,145 @@
+"""Serving indexed files and their thumbnails, and nothing else.
+
+A path is served only when (1) it is spelled normally (absolute, no ``..``, no NUL), (2) the
+catalog has items for it, i.e. it was indexed, and (3) after symlinks it still lies under one of
+the catalog's roots. The item-id routes are the main door; the check matters for what the
+catalog itself holds, e.g. a captions file naming ``../../etc/passwd`` as its image, or a
+symlink inside a root that points out of it.
+"""
+
+from __future__ import annotations
+
+import io
+import mimetypes
+import os
+import threading
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from mmsearch.errors import MMSearchError, NotFound
+from mmsearch.storage.catalog import Catalog, ItemRow
+
+# Browsers need exact types to play or show a file; mimetypes' table varies between systems.
+MEDIA_TYPES = {
+    ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
+    ".gif": "image/gif", ".bmp": "image/bmp", ".tif": "image/tiff", ".tiff": "image/tiff",
+    ".heic": "image/heic", ".heif": "image/heif",
+    ".wav": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg", ".oga": "audio/ogg", ".mp3": "audio/mpeg",
+    ".txt": "text/plain; charset=utf-8", ".md": "text/markdown; charset=utf-8",
+    ".csv": "text/csv; charset=utf-8", ".jsonl": "application/jsonl; charset=utf-8",
+}
+THUMB_SIZES = (64, 128, 256, 384, 512, 768, 1024)  # requested sizes round up to one of these
+
+
+class Forbidden(MMSearchError):
+    """A path outside what the server may serve."""
+
+
+class MediaError(MMSearchError):
+    """An indexed file that cannot be read now (changed or damaged since it was indexed)."""
+
+
+def media_type(path: str | Path) -> str:
+    ext = os.path.splitext(str(path))[1].lower()
+    return MEDIA_TYPES.get(ext) or mimetypes.guess_type(str(path))[0] or "application/octet-stream"
+
+
+def _is_under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+class MediaGuard:
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    def check(self, path: str) -> Path:
+        """The real path of an indexed file under a root; Forbidden or NotFound otherwise."""
+        if "\x00" in path or not os.path.isabs(path) or os.path.normpath(path) != path:
+            raise Forbidden("not a plain absolute path")
+        real = os.path.realpath(path)
+        roots = [os.path.realpath(r) for r in self.catalog.roots()]
+        if not any(_is_under(real, r) for r in roots):
+            raise Forbidden("the file is outside the catalog's roots")
+        if not self.catalog.items_for_path(path):
+            raise NotFound("the file is not in the catalog")
+        if not os.path.isfile(real):
+            raise NotFound("the file is gone since it was indexed")
+        return Path(real)
+
+    def picture_of(self, item: ItemRow) -> Path:
+        """The image that shows an item: itself, or the indexed image a caption describes."""
+        if item.modality == "image":
+            return self.check(item.path)
+        if item.ref_path and media_type(item.ref_path).startswith("image/"):
+            return self.check(item.ref_path)
+        raise NotFound(f"item {item.id} ({item.modality}) has no picture")
+
+
+class Thumbnails:
+    """JPEG thumbnails made on demand, kept in a bounded in-memory LRU keyed by file identity."""
+
+    def __init__(self, max_pixels: int, cache_bytes: int = 64 * 1024 * 1024) -> None:
+        self.max_pixels = max_pixels
+        self.cache_bytes = cache_bytes
+        self._cache: OrderedDict[tuple[str, int, int, int], bytes] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def bucket(size: int) -> int:
+        return next((s for s in THUMB_SIZES if s >= size), THUMB_SIZES[-1])
+
+    def get(self, path: Path, size: int) -> tuple[bytes, str]:
+        """(jpeg bytes, etag)."""
+        try:
+            st = path.stat()
+        except OSError:
+            raise NotFound(f"{path.name} is gone since it was indexed") from None
+        size = self.bucket(size)
+        key = (str(path), st.st_mtime_ns, st.st_size, size)
+        etag = f'"t{abs(hash(key)):x}"'
+        with self._lock:
+            data = self._cache.get(key)
+            if data is not None:
+                self._cache.move_to_end(key)
+                return data, etag
+        data = self._make(path, size)
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = data
+                self._size += len(data)
+            while self._size > self.cache_bytes and self._cache:
+                _, old = self._cache.popitem(last=False)
+                self._size -= len(old)
+        return data, etag
+
+    def _make(self, path: Path, size: int) -> bytes:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as source:
+                    w, h = source.size
+                    if w * h > self.max_pixels:
+                        raise MediaError(f"image of {w}x{h} pixels is over the limit of {self.max_pixels}")
+                    source.draft("RGB", (size, size))  # JPEG: decode at a fraction of the size
+                    img: Image.Image = ImageOps.exif_transpose(source)
+                    img.thumbnail((size, size), Image.Resampling.LANCZOS)
+                    if img.mode not in ("RGB", "L"):
+                        img = img.convert("RGBA")
+                        flat = Image.new("RGB", img.size, (255, 255, 255))
+                        flat.paste(img, mask=img.getchannel("A"))
+                        img = flat
+                    out = io.BytesIO()
+                    img.save(out, "JPEG", quality=82, optimize=True)
+                    return out.getvalue()
+        except MediaError:
+            raise
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
+                Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise MediaError(f"cannot make a thumbnail of {path.name}: {e}") from e
+
+
+__all__ = ["Forbidden", "MediaError", "MediaGuard", "Thumbnails", "media_type"]

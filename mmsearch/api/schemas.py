@@ -1,0 +1,244 @@
+"""Request and response models of the HTTP API.
+
+Search reuses the engine's own ``Query``, ``Hit`` and ``SearchResponse``: a request model is
+``Query`` less its raw media fields (those arrive as multipart uploads), with tighter bounds on
+what a stranger may send (ids that fit SQL integers, list lengths, text sizes), so a bad request
+is a 422 with a reason and never reaches the engine.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+
+from mmsearch.engine import Embedding
+from mmsearch.search.query import Hit, Query, SearchResponse, Target
+
+MAX_ID = 2**63 - 1  # SQL BIGINT; larger ids could only be a mistake
+MAX_TEXT = 4_000  # characters; CLIP/CLAP read far fewer tokens anyway
+MAX_QUERY_IDS = 100
+
+
+def _clean_text(value: str | None) -> str | None:
+    """NUL bytes and lone surrogates cannot be stored, tokenised or matched: refuse them here."""
+    if value is None:
+        return value
+    if "\x00" in value:
+        raise ValueError("text must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+CleanStr = Annotated[str, AfterValidator(_clean_text)]
+ItemId = Annotated[int, Field(ge=1, le=MAX_ID)]
+Space = Literal["clip", "clap"]
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+Weight = Annotated[float, Field(ge=-100.0, le=100.0), AfterValidator(_finite)]
+
+
+def _desc(name: str) -> str | None:
+    return Query.model_fields[name].description
+
+
+class Filters(BaseModel):
+    """Where to look and how many: shared by search and similar."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    to: Target | None = Field(None, description=_desc("to"))
+    k: int = Field(10, ge=1, le=1000, description="Number of results (page size).")
+    offset: int = Field(0, ge=0, le=10_000, description="Results to skip: the page start.")
+    path: Annotated[CleanStr, Field(max_length=4096)] | None = Field(None, description=_desc("path"))
+    min_score: float | None = Field(None, ge=-1.0, le=1.0, description="Drop results below this cosine.")
+    diversity: float = Field(0.0, ge=0.0, le=1.0, description=_desc("diversity"))
+    exclude_ids: list[ItemId] = Field(default_factory=list, max_length=1000, description=_desc("exclude_ids"))
+
+    def filters(self) -> dict[str, Any]:
+        return self.model_dump(include={"offset", "path", "min_score", "diversity", "exclude_ids"})
+
+
+class SearchRequest(Filters):
+    """A query: text, item ids, or both (the multipart form adds an image or audio file)."""
+
+    text: Annotated[CleanStr, Field(max_length=MAX_TEXT)] | None = Field(None, description=_desc("text"))
+    item_ids: list[ItemId] = Field(default_factory=list, max_length=MAX_QUERY_IDS, description=_desc("item_ids"))
+    negative_text: list[Annotated[CleanStr, Field(max_length=MAX_TEXT)]] = Field(
+        default_factory=list, max_length=16, description=_desc("negative_text"))
+    text_weight: Weight = 1.0
+    image_weight: Weight = 1.0
+    audio_weight: Weight = 1.0
+    negative_weight: Weight = 0.5
+
+    def to_query(self, image: bytes | None = None, audio: bytes | None = None) -> Query:
+        return Query(**self.model_dump(), image=image, audio=audio)
+
+
+# An optional upload: a plain binary string in the schema, absent when not sent.
+Upload = Annotated[bytes | None, WithJsonSchema({"type": "string", "format": "binary"})]
+
+
+class SearchForm(SearchRequest):
+    """``multipart/form-data`` search: the JSON fields as form fields, plus at most one file each."""
+
+    image: Upload = Field(None, description="Image file as the query (or part of it).")
+    audio: Upload = Field(None, description="Audio file as the query (or part of it).")
+
+
+class SearchPage(SearchResponse):
+    """One page of results; ``next_offset`` is the next page's start, null on the last page."""
+
+    k: int
+    offset: int
+    next_offset: int | None = None
+
+
+class SimilarRequest(Filters):
+    """Items like these: their vectors are averaged into one query."""
+
+    item_ids: list[ItemId] = Field(min_length=1, max_length=MAX_QUERY_IDS)
+
+
+class SimilarBatchRequest(Filters):
+    """One result list per item: e.g. recommendations for a page of items at once."""
+
+    item_ids: list[ItemId] = Field(min_length=1, max_length=MAX_QUERY_IDS)
+    k: int = Field(10, ge=1, le=100, description="Results per item.")
+
+
+class SimilarBatchEntry(BaseModel):
+    item_id: int
+    results: list[Hit] = Field(default_factory=list)
+    error: str | None = Field(None, description="Why this item got no list (e.g. unknown id).")
+
+
+class SimilarBatchResponse(BaseModel):
+    results: list[SimilarBatchEntry]
+    timings_ms: dict[str, float]
+
+
+class EmbedRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: Annotated[CleanStr, Field(max_length=MAX_TEXT)]
+    space: Space = Field("clip", description="clip: compare with images; clap: compare with sounds.")
+
+
+class EmbedForm(BaseModel):
+    """``multipart/form-data`` embed: exactly one of a text field, an image file or an audio file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: Annotated[CleanStr, Field(max_length=MAX_TEXT)] | None = None
+    space: Space | None = None
+    image: Upload = Field(None, description="Image file to embed (CLIP).")
+    audio: Upload = Field(None, description="Audio file to embed (CLAP).")
+
+
+class EmbeddingOut(Embedding):
+    dim: int
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dim(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "dim" not in data:
+            data = {**data, "dim": len(data.get("vector") or [])}
+        return data
+
+
+class ItemOut(BaseModel):
+    id: int
+    path: str
+    modality: str
+    ordinal: int = Field(description="Row of a captions file; 0 otherwise.")
+    text: str | None = None
+    ref_path: str | None = Field(None, description="For captions: the media file they describe.")
+    duration: float | None = Field(None, description="Audio: length in seconds.")
+    size: int = Field(description="File size in bytes.")
+    modified: datetime
+    media_url: str
+    thumbnail_url: str | None = Field(None, description="Null when the item has no picture.")
+    similar_url: str
+
+
+class JobRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: Annotated[CleanStr, Field(min_length=1, max_length=4096)] = Field(
+        description="Folder to index: absolute, or relative to the first configured index root.")
+
+
+JobState = Literal["queued", "running", "done", "failed", "cancelled"]
+
+
+class JobOut(BaseModel):
+    id: str
+    path: str
+    state: JobState
+    done: int = Field(description="Files embedded so far.")
+    total: int = Field(description="Files to embed (known once the scan is over; 0 before).")
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    report: dict[str, Any] | None = Field(None, description="The indexing report, when done.")
+    error: str | None = None
+    url: str
+
+
+class JobList(BaseModel):
+    jobs: list[JobOut]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    ready: bool
+    reason: str | None = None
+    models: dict[str, str] = Field(default_factory=dict, description="Loaded encoders by space.")
+    audio: str | None = Field(None, description="Why audio search is off, when it is.")
+
+
+class Stats(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    catalog: str
+    database: str
+    schema_version: str | None
+    models: dict[str, dict[str, Any]]
+    roots: list[str]
+    files: dict[str, int]
+    items: dict[str, int]
+    collections: dict[str, Any]
+    failures: list[dict[str, str]]
+    service: dict[str, Any] = Field(default_factory=dict, description="This server: jobs, batching, limits.")
+
+
+class CatalogInfo(BaseModel):
+    roots: list[str] = Field(description="Indexed folders; media are served only from under these.")
+    items: dict[str, int] = Field(description="Items by modality.")
+    models: dict[str, str] = Field(description="Model spec of each embedding space.")
+
+
+class ErrorOut(BaseModel):
+    detail: Any = Field(description="Why the request failed: a sentence, or a list of field errors.")
+
+
+__all__ = [
+    "CatalogInfo", "EmbedForm", "EmbedRequest", "EmbeddingOut", "ErrorOut", "Filters", "Health", "Hit", "ItemOut",
+    "JobList", "JobOut", "JobRequest", "Readiness", "SearchForm", "SearchPage", "SearchRequest", "SimilarBatchEntry",
+    "SimilarBatchRequest", "SimilarBatchResponse", "SimilarRequest", "Stats",
+]

@@ -3,7 +3,6 @@ environment variables (``MMSEARCH_*``) and CLI flags override them."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -28,7 +27,9 @@ class Settings(BaseSettings):
     audio: bool = Field(True, description="Index and search audio (loads the audio model).")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = Field(32, ge=1, le=4096)
-    decode_workers: int = Field(default_factory=lambda: max(1, min(8, (os.cpu_count() or 2))), ge=1)
+    decode_workers: int | None = Field(
+        None, ge=1, description="Decode threads; default: up to 8 when the encoder runs on a GPU (decoding "
+        "is the bottleneck there), one per 4 cores on the CPU (more would take cores from the encoder).")
     model_config_dirs: list[Path] = Field(
         default_factory=list, description="Extra open_clip architecture JSON files or folders."
     )

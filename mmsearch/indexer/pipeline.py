@@ -8,6 +8,7 @@ re-does every file that did not commit. Nothing is lost and nothing is duplicate
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -140,7 +141,7 @@ class _Ingest:
         for i in range(len(work)):
             files.put(i)
         events: queue.Queue[tuple] = queue.Queue(maxsize=max(64, 4 * self.settings.batch_size))
-        n_workers = min(self.settings.decode_workers, len(work))
+        n_workers = min(self.settings.decode_workers or self._auto_decode_workers(), len(work))
         workers = [threading.Thread(target=self._decode_worker, args=(files, events), daemon=True)
                    for _ in range(n_workers)]
         for w in workers:
@@ -174,6 +175,11 @@ class _Ingest:
             for w in workers:
                 w.join(timeout=5)
             self._commit()  # what finished before an interrupt is kept
+
+    def _auto_decode_workers(self) -> int:
+        cores = os.cpu_count() or 2
+        on_gpu = any(self.encoders.get(s).device.startswith("cuda") for s in self.spaces)
+        return min(8, cores) if on_gpu else max(1, cores // 4)
 
     def _decode_worker(self, files: queue.Queue[int], events: queue.Queue[tuple]) -> None:
         try:

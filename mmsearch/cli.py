@@ -84,6 +84,11 @@ def index(
 
         try:
             report = engine.index(paths, progress=progress)
+        except KeyboardInterrupt:
+            bar.close()
+            typer.echo("interrupted: the files finished so far are kept; run the same command again to "
+                       "resume", err=True)
+            raise typer.Exit(130) from None
         finally:
             bar.close()
     if as_json:

@@ -111,7 +111,8 @@ def test_cli_errors_are_clear(cli, photo_dir: Path, tmp_path: Path) -> None:  # 
     assert r.exit_code == 2 and "exactly one" in r.output
 
 
-def test_kill_9_mid_ingest_then_resume(tmp_path: Path, clip_spec: str) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
+def test_interrupted_ingest_then_resume(tmp_path: Path, clip_spec: str, sig: signal.Signals) -> None:
     folder = tmp_path / "many"
     sources = linked_photos(folder, 300)
     catalog = tmp_path / "cat"
@@ -133,9 +134,11 @@ def test_kill_9_mid_ingest_then_resume(tmp_path: Path, clip_spec: str) -> None:
             if committed >= 16:
                 break
         time.sleep(0.05)
-    assert proc.poll() is None, "ingest finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert proc.poll() is None, "ingest finished before it could be interrupted"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130 and b"run the same command again" in err
     assert 0 < committed < len(sources)
 
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

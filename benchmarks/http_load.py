@@ -37,6 +37,8 @@ import time  # noqa: E402
 import urllib.parse  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 
+from mmsearch.api.readiness import wait_until_ready  # noqa: E402
+
 FLICKR = REPO.parent / "shared" / "data" / "flickr8k-1k"
 CONFIG_DIR = REPO / "tests" / "assets"
 
@@ -149,19 +151,9 @@ def main() -> None:  # noqa: C901 - one linear script
                    "--port", str(port), "--no-audio", "--log-level", "warning", "--read-only",
                    "--batching" if batching else "--no-batching"]
             proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-            deadline = time.time() + 180
-            while True:
-                try:
-                    c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                    c.request("GET", "/readyz")
-                    if c.getresponse().status == 200:
-                        break
-                except OSError:
-                    pass
-                if proc.poll() is not None or time.time() > deadline:
-                    log.seek(0)
-                    sys.exit(f"the server did not start:\n{log.read()[-2000:]}")
-                time.sleep(0.2)
+            if not wait_until_ready(f"http://127.0.0.1:{port}", proc, timeout=180):
+                log.seek(0)
+                sys.exit(f"the server did not start:\n{log.read()[-2000:]}")
 
             def http_one(i: int, conn: object) -> None:
                 assert isinstance(conn, http.client.HTTPConnection)

@@ -12,14 +12,13 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from mmsearch.api.readiness import wait_until_ready
 from mmsearch.engine import Engine
 
 CHROMIUM = os.environ.get("MMSEARCH_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -63,18 +62,9 @@ def server(make_settings: Any, photo_dir: Path, clip_spec: str, tiny_clap_dir: P
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/readyz", timeout=2) as r:
-                    if json.load(r)["ready"]:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                log.seek(0)
-                pytest.fail(f"the server did not become ready:\n{log.read()[-3000:]}")
-            time.sleep(0.2)
+        if not wait_until_ready(base, proc, timeout=90):
+            log.seek(0)
+            pytest.fail(f"the server did not become ready:\n{log.read()[-3000:]}")
         yield base
     finally:
         proc.terminate()

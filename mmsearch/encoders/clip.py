@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -63,7 +64,7 @@ class OpenClipEncoder:
             )
         device = pick_device(settings.device)
         if pretrained == RANDOM:
-            with torch.random.fork_rng(devices=[]):
+            with torch.random.fork_rng(devices=[]), _quiet_random_init_warning():
                 torch.manual_seed(RANDOM_SEED)
                 model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=None)
         elif Path(pretrained).is_file():
@@ -120,6 +121,19 @@ class OpenClipEncoder:
         if self.device.startswith("cuda"):
             return torch.autocast("cuda", dtype=torch.float16)
         return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _quiet_random_init_warning() -> Any:
+    """open_clip warns that no weights were loaded; with ``@random`` that is what was asked for."""
+    root = logging.getLogger()
+    drop = logging.Filter()
+    drop.filter = lambda record: "No pretrained weights loaded" not in record.getMessage()  # type: ignore[method-assign]
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
 
 
 def _split_preprocess(preprocess: Any) -> tuple[Any, tuple[Any, Any] | None]:

@@ -39,6 +39,18 @@ def test_vectors_equal_open_clip_reference(clip_spec: str, tiny_clip_checkpoint:
     np.testing.assert_allclose(np.linalg.norm(got_img, axis=1), 1.0, atol=1e-5)
 
 
+def test_trimmed_text_batches_equal_the_full_forward(clip_spec: str, tiny_clip_checkpoint: Path) -> None:
+    """Texts of very different lengths, one past the 77-token context: same vectors as open_clip."""
+    enc = load_encoder(clip_spec, _settings())
+    ref, _, _ = open_clip.create_model_and_transforms(TINY_ARCH, pretrained=str(tiny_clip_checkpoint))
+    tokenizer = open_clip.get_tokenizer(TINY_ARCH)
+    texts = ["dog", "a dog running on the beach at sunset with a red ball", "word " * 100, ""]
+    for batch in (texts, texts[:2], texts[:1]):
+        with torch.inference_mode():
+            want = ref.eval().encode_text(tokenizer(batch), normalize=True).numpy()
+        np.testing.assert_allclose(enc.encode("text", batch), want, atol=1e-5)
+
+
 def test_spec_records_absolute_checkpoint_path(tiny_clip_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tiny_clip_checkpoint.parent)
     enc = load_encoder(f"open_clip:{TINY_ARCH}@{tiny_clip_checkpoint.name}", _settings())

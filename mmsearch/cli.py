@@ -66,6 +66,7 @@ def index(
     audio_model: AudioModelOpt = None,
     audio: Annotated[bool, typer.Option("--audio/--no-audio", help="Index sound files (CLAP).")] = True,
     reembed: Annotated[bool, typer.Option("--reembed", help="Re-embed everything with the given model(s).")] = False,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Try failed files again even if unchanged.")] = False,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1)] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu or cuda.")] = None,
     as_json: JsonOpt = False,
@@ -83,7 +84,7 @@ def index(
             bar.refresh()
 
         try:
-            report = engine.index(paths, progress=progress)
+            report = engine.index(paths, progress=progress, retry_failed=retry_failed)
         except KeyboardInterrupt:
             bar.close()
             typer.echo("interrupted: the files finished so far are kept; run the same command again to "

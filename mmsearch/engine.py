@@ -56,9 +56,9 @@ class Engine:
     # -- writes ---------------------------------------------------------------------------------
 
     def index(self, paths: Sequence[str | Path], progress: Progress | None = None,
-              stop: threading.Event | None = None) -> IndexReport:
+              stop: threading.Event | None = None, retry_failed: bool = False) -> IndexReport:
         return index_folders([Path(p) for p in paths], self.catalog, self.encoders, self.indexes,
-                             self.settings, progress, stop)
+                             self.settings, progress, stop, retry_failed=retry_failed)
 
     def delete(self, item_id: int) -> None:
         self.catalog.delete_item(item_id)

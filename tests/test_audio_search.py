@@ -136,3 +136,12 @@ def test_text_to_audio_audio_to_text_and_the_mixed_list(audio_settings) -> None:
             alone = [h.id for h in engine.search(Query(text="a dog barking", to=modality, k=300)).results]
             merged = [h.id for h in mixed if h.modality == modality]
             assert merged == alone[: len(merged)]
+
+
+def test_indexing_without_audio_keeps_the_sounds(audio_settings, make_settings, sound_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    with Engine.open(audio_settings) as engine:
+        engine.index([sound_dir])
+    with Engine.open(make_settings(audio=False, model=None)) as engine:  # --no-audio, or CLAP missing
+        report = engine.index([sound_dir])
+        assert report.removed == 0 and report.unchanged == 24
+        assert engine.stats()["items"]["audio"] == 24

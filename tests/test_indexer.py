@@ -254,3 +254,74 @@ def test_combined_query_with_weights_and_negatives(engine: Engine, photo_dir: Pa
     assert closeness(steered) < closeness(plain)
     with pytest.raises(BadInput, match="empty query"):
         engine.search(Query(to="image"))
+
+
+def test_a_bad_name_or_unstorable_file_does_not_stop_the_run(engine: Engine, photo_dir: Path) -> None:
+    bad = os.fsencode(photo_dir) + b"/caf\xe9.txt"  # Latin-1 name: not valid UTF-8
+    with open(bad, "wb") as fh:
+        fh.write(b"a note with a Latin-1 name")
+    (photo_dir / "late-nul.txt").write_bytes(b"x" * 5000 + b"\x00tail")
+    report = engine.index([photo_dir])
+    assert report.added == 27 and report.failed == 2  # the bad name and late-nul.txt
+    reasons = dict(report.failures)
+    assert any("not valid UTF-8" in r for r in reasons.values())
+    assert reasons[str(photo_dir / "late-nul.txt")] == "binary content in a text file"
+
+
+def test_unstorable_rows_fail_one_file_not_the_batch(engine: Engine, photo_dir: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqlalchemy.exc import StatementError
+
+    from mmsearch.storage.catalog import Catalog
+
+    real = Catalog.commit_files
+
+    def picky(self, records):  # type: ignore[no-untyped-def]
+        if any(r.path.endswith("dogs.txt") and not r.error for r in records):
+            raise StatementError("refused by the database", "INSERT", {}, ValueError("refused"))
+        return real(self, records)
+
+    monkeypatch.setattr(Catalog, "commit_files", picky)
+    report = engine.index([photo_dir])
+    assert report.added == 26 and report.failed == 1
+    assert "could not be stored" in dict(report.failures)[str(photo_dir / "notes" / "dogs.txt")]
+
+
+def test_reembed_covers_every_folder_and_never_reuses_ids(make_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    a, b = tmp_path / "a", tmp_path / "b"
+    linked_photos(a, 4)
+    b.mkdir()
+    for src in flickr_images(8)[4:]:
+        os.symlink(src, b / src.name)
+    with Engine.open(make_settings()) as e:
+        e.index([a])
+        e.index([b])
+        old_max = e.catalog.max_embedding_id()
+    with Engine.open(make_settings(model="open_clip:mmtest-tiny@random"), reembed=True) as e:
+        report = e.index([a])  # only a is named; b is re-embedded too
+        assert report.updated == 8
+        hits = e.search(Query(image=(b / flickr_images(8)[5].name).read_bytes(), to="image", k=8)).results
+        assert len(hits) == 8 and hits[0].path == str(b / flickr_images(8)[5].name)
+        ids = np.asarray(e.indexes.store("clip.image", 32).ids())
+        assert ids.min() > old_max
+
+
+def test_folders_that_differ_only_by_case_stay_apart(engine: Engine, tmp_path: Path) -> None:
+    linked_photos(tmp_path / "Photos", 3)
+    linked_photos(tmp_path / "photos", 2)
+    engine.index([tmp_path / "Photos"])
+    engine.index([tmp_path / "photos"])
+    again = engine.index([tmp_path / "Photos"])
+    assert (again.removed, again.unchanged) == (0, 3)
+    assert engine.stats()["items"]["image"] == 5
+    hits = engine.search(Query(text="x", to="image", k=10, path=str(tmp_path / "photos"))).results
+    assert len(hits) == 2
+
+
+def test_retry_failed(make_settings, photo_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    with Engine.open(make_settings(max_image_pixels=1000)) as e:
+        assert e.index([photo_dir]).failed == 24  # every photo is over a tiny pixel limit
+    with Engine.open(make_settings(model=None)) as e:
+        assert e.index([photo_dir]).failed == 0 and e.stats()["files"]["failed"] == 24  # unchanged: kept
+        report = e.index([photo_dir], retry_failed=True)
+        assert report.updated == 24 and report.failed == 0

@@ -26,6 +26,7 @@ class EncoderSet:
         self.reembed = reembed
         self._loaded: dict[str, Encoder] = {}
         self._checked: set[str] = set()
+        self.redo: set[str] = set()  # spaces whose files must all be embedded again
         for enc in (preloaded or {}).values():
             self._loaded[enc.space] = enc
 
@@ -50,7 +51,8 @@ class EncoderSet:
             self._loaded[space] = load_encoder(self.spec(space), self.settings)
         enc = self._loaded[space]
         if space not in self._checked:
-            self.catalog.ensure_space(space, enc.spec, enc.dim, SPACES[space][1], reembed=self.reembed)
+            if self.catalog.ensure_space(space, enc.spec, enc.dim, SPACES[space][1], reembed=self.reembed):
+                self.redo.add(space)
             self._checked.add(space)
         return enc
 

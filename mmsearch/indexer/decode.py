@@ -82,7 +82,7 @@ def read_text(path: str, max_bytes: int) -> str:
         raise DecodeError(f"text file of {size} bytes is over the limit of {max_bytes}")
     with open(path, "rb") as fh:
         raw = fh.read()
-    if b"\x00" in raw[:4096]:
+    if b"\x00" in raw:
         raise DecodeError("binary content in a text file")
     text = raw.decode("utf-8", errors="replace").strip()
     if not text:
@@ -115,8 +115,8 @@ def read_captions(path: str, max_bytes: int) -> Iterator[Unit]:
             for i, row in enumerate(rows):
                 if not isinstance(row, dict):
                     continue
-                text = str(row.get(text_col) or "").strip()
-                media = str(row.get(media_col) or "").strip()
+                text = str(row.get(text_col) or "").replace("\x00", "").strip()
+                media = str(row.get(media_col) or "").replace("\x00", "").strip()
                 if not text:
                     continue
                 n += 1

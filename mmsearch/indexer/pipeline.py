@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy.exc import SQLAlchemyError
 
 from mmsearch.encoders.encoder_set import EncoderSet
 from mmsearch.errors import BadInput
@@ -66,9 +67,10 @@ class _Pending:
 
 def index_folders(paths: Sequence[Path], catalog: Catalog, encoders: EncoderSet, indexes: IndexSet,
                   settings: Settings, progress: Progress | None = None,
-                  stop: threading.Event | None = None) -> IndexReport:
+                  stop: threading.Event | None = None, retry_failed: bool = False) -> IndexReport:
     """Bring the catalog in line with the folders: add new files, re-embed changed ones, drop
-    deleted ones; then sync the ANN indexes."""
+    deleted ones; then sync the ANN indexes. Files that failed are tried again only when they
+    change, or with ``retry_failed`` (after installing a codec or raising a limit)."""
     t0 = time.perf_counter()
     report = IndexReport()
     roots = [Path(p).expanduser().resolve() for p in paths]
@@ -77,16 +79,25 @@ def index_folders(paths: Sequence[Path], catalog: Catalog, encoders: EncoderSet,
             raise BadInput(f"not a folder: {r}")
     with catalog.write_lock():
         spaces = _load_spaces(encoders, report)
+        if encoders.redo:  # a new or re-embedded space: every folder of the catalog, not just these
+            roots += [r for r in map(Path, catalog.roots()) if r not in roots and r.is_dir()]
         work: list[_Pending] = []
         for root in roots:
             root_id = catalog.ensure_root(root)
             known = catalog.file_states(root)
-            found = {f.path: f for f in scan(root, audio="clap" in spaces, exclude=catalog.root)}
+            # audio files are always scanned: with audio off they are left as they are, not "gone"
+            bad_names: list[str] = []
+            found = {f.path: f for f in scan(root, exclude=catalog.root, bad_names=bad_names)}
+            report.failed += len(bad_names)
+            report.failures += [(name, "file name is not valid UTF-8: rename it to index it") for name in bad_names]
             gone = [p for p in known if p not in found]
             report.removed += catalog.delete_files(gone) and len(gone)
             for path, f in found.items():
                 old = known.get(path)
-                if old is not None and old.size == f.size and old.mtime_ns == f.mtime_ns:
+                if f.kind == "audio" and "clap" not in spaces:
+                    report.unchanged += old is not None
+                elif old is not None and old.size == f.size and old.mtime_ns == f.mtime_ns and not (
+                        retry_failed and old.status == "failed"):
                     report.unchanged += 1
                 else:
                     work.append(_Pending(f, root_id, is_update=old is not None))
@@ -289,7 +300,18 @@ class _Ingest:
             records.append(FileRecord(path=f.path, root_id=p.root_id, kind=f.kind, size=f.size,
                                       mtime_ns=f.mtime_ns, items=[] if p.error else list(p.items.values()),
                                       error=p.error))
-        self.catalog.commit_files(records)
+        try:
+            self.catalog.commit_files(records)
+        except SQLAlchemyError:
+            # something in the batch is unstorable: commit file by file, recording the culprits
+            for i, r in enumerate(records):
+                try:
+                    self.catalog.commit_files([r])
+                except SQLAlchemyError as e:
+                    reason = f"could not be stored: {str(e.orig if hasattr(e, 'orig') else e)[:200]}"
+                    self.work[self.ready[i]].error = reason
+                    self.catalog.commit_files([FileRecord(path=r.path, root_id=r.root_id, kind=r.kind,
+                                                          size=r.size, mtime_ns=r.mtime_ns, error=reason)])
         for idx in self.ready:
             p = self.work[idx]
             if p.error:

@@ -43,9 +43,11 @@ def kind_of(name: str, *, audio: bool = True) -> str | None:
     return None
 
 
-def scan(root: Path, *, audio: bool = True, exclude: Path | None = None) -> Iterator[FoundFile]:
+def scan(root: Path, *, audio: bool = True, exclude: Path | None = None,
+         bad_names: list[str] | None = None) -> Iterator[FoundFile]:
     """Yield media files under root, recursively; hidden entries are skipped and symlinked
-    folders are followed once (a loop is cut where a folder would be visited twice)."""
+    folders are followed once (a loop is cut where a folder would be visited twice). Names that
+    are not valid UTF-8 cannot be stored as text: they are skipped and listed in ``bad_names``."""
     seen: set[tuple[int, int]] = set()
     stack = [str(root)]
     excluded = str(exclude) if exclude else None
@@ -65,6 +67,13 @@ def scan(root: Path, *, audio: bool = True, exclude: Path | None = None) -> Iter
             continue
         for entry in sorted(entries, key=lambda e: e.name):
             if entry.name.startswith("."):
+                continue
+            try:
+                entry.path.encode("utf-8")
+            except UnicodeEncodeError:
+                if bad_names is not None and kind_of(entry.name.encode("utf-8", "surrogateescape")
+                                                     .decode("utf-8", "replace"), audio=audio):
+                    bad_names.append(entry.path.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
                 continue
             try:
                 if entry.is_dir(follow_symlinks=True):

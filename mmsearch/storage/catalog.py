@@ -23,6 +23,7 @@ from mmsearch.storage.db import create_db_engine, migrate, schema_version
 from mmsearch.storage.models import Embedding, File, Item, Meta, Root, Space
 
 GENERATION = "generation"
+ID_FLOOR = "id_floor"
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,9 @@ class Catalog:
                     f"{flag} {spec}` to re-embed everything with the new one."
                 )
             space.spec, space.dim = spec, dim
-            # Every file is embedded again on the next pass; the old model's vectors go.
+            # Every file is embedded again on the next pass; the old model's vectors go, and their
+            # ids stay used: the floor keeps new ids above them.
+            self._set_meta(s, ID_FLOOR, max(self._id_floor(s), int(s.scalar(select(func.max(Embedding.id))) or 0)))
             s.execute(delete(Embedding).where(Embedding.collection.like(f"{name}.%")))
             s.execute(update(File).values(mtime_ns=-1))
             self._bump(s)
@@ -171,8 +174,20 @@ class Catalog:
     # -- writes ---------------------------------------------------------------------------------
 
     def max_embedding_id(self) -> int:
+        """The highest id ever given out, deleted ones included, so ids are never reused."""
         with self.sessions() as s:
-            return int(s.scalar(select(func.max(Embedding.id))) or 0)
+            return max(int(s.scalar(select(func.max(Embedding.id))) or 0), self._id_floor(s))
+
+    def _id_floor(self, s: Session) -> int:
+        meta = s.get(Meta, ID_FLOOR)
+        return int(meta.value) if meta else 0
+
+    def _set_meta(self, s: Session, key: str, value: int) -> None:
+        meta = s.get(Meta, key)
+        if meta is None:
+            s.add(Meta(key=key, value=str(value)))
+        else:
+            meta.value = str(value)
 
     def commit_files(self, records: Sequence[FileRecord]) -> None:
         """Replace each file's rows with its new items, all in one transaction (three bulk inserts)."""
@@ -221,10 +236,7 @@ class Catalog:
 
     def _bump(self, s: Session) -> None:
         meta = s.get(Meta, GENERATION)
-        if meta is None:
-            s.add(Meta(key=GENERATION, value="1"))
-        else:
-            meta.value = str(int(meta.value) + 1)
+        self._set_meta(s, GENERATION, int(meta.value) + 1 if meta else 1)
 
     def generation(self) -> int:
         with self.sessions() as s:

@@ -20,6 +20,7 @@ def create_db_engine(url: str) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA case_sensitive_like=ON")  # paths differ by case, as in PostgreSQL
             cur.close()
 
         return engine

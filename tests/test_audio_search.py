@@ -145,3 +145,19 @@ def test_indexing_without_audio_keeps_the_sounds(audio_settings, make_settings, 
         report = engine.index([sound_dir])
         assert report.removed == 0 and report.unchanged == 24
         assert engine.stats()["items"]["audio"] == 24
+
+
+def test_long_sounds_still_fill_the_page(make_settings, tiny_clap_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Items of many windows: the candidate budget counts windows, the page counts sounds."""
+    sources = sorted((TUXPAINT / "audio").glob("*.ogg"))
+    folder = tmp_path / "long"
+    folder.mkdir()
+    for i in range(4):
+        path, _, _ = _long_file(folder, sources[i * 12:(i + 1) * 12])
+        path.rename(folder / f"long{i}.wav")
+    settings = make_settings(audio=True, audio_model=f"clap:{tiny_clap_dir}", rerank_factor=1)
+    with Engine.open(settings) as engine:
+        engine.index([folder])
+        assert len(engine.indexes.store("clap.audio", 24)) > 16  # several windows per sound
+        hits = engine.search(Query(text="a dog barking", to="audio", k=4)).results
+        assert sorted(Path(h.path).name for h in hits) == [f"long{i}.wav" for i in range(4)]

@@ -325,3 +325,38 @@ def test_retry_failed(make_settings, photo_dir: Path) -> None:  # type: ignore[n
         assert e.index([photo_dir]).failed == 0 and e.stats()["files"]["failed"] == 24  # unchanged: kept
         report = e.index([photo_dir], retry_failed=True)
         assert report.updated == 24 and report.failed == 0
+
+
+def test_diversity_changes_the_list(engine: Engine, photo_dir: Path) -> None:
+    engine.index([photo_dir])
+    img = sorted(photo_dir.rglob("*.jpg"))[0].read_bytes()
+    plain = _top(engine, image=img, to="image", k=6)
+    diverse = _top(engine, image=img, to="image", k=6, diversity=0.9)
+    assert diverse[0].id == plain[0].id and [h.id for h in diverse] != [h.id for h in plain]
+    store = engine.indexes.store("clip.image", 32)
+
+    def redundancy(hits) -> float:  # type: ignore[no-untyped-def]
+        v = store.get(np.array([engine.catalog.item_embeddings(h.id)[0][0] for h in hits]))
+        s = v @ v.T
+        return float(s[np.triu_indices(len(hits), 1)].mean())
+
+    assert redundancy(diverse) < redundancy(plain)
+
+
+def test_a_stale_process_after_a_reembed_gets_a_clear_error(make_settings, photo_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    from mmsearch.errors import ModelMismatch
+
+    stale = Engine.open(make_settings())
+    stale.index([photo_dir])
+    img = sorted(photo_dir.rglob("*.jpg"))[0].read_bytes()
+    stale.search(Query(image=img, k=1))
+    with Engine.open(make_settings(model="open_clip:mmtest-tiny@random"), reembed=True) as other:
+        other.index([photo_dir])
+    with pytest.raises(ModelMismatch, match="restart"):
+        stale.search(Query(image=img, to="image", k=1))
+    with pytest.raises(ModelMismatch):
+        stale.search(Query(text="a dog", to="text", path=str(photo_dir), k=1))
+    stale.close()
+    with Engine.open(make_settings(model=None)) as fresh:  # nothing was truncated
+        assert fresh.search(Query(image=img, to="image", k=1)).results[0].score > 0.999
+        assert len(fresh.search(Query(text="a", to="text", k=50)).results) == 26

@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 
 from mmsearch.encoders.base import l2_normalise
 from mmsearch.encoders.encoder_set import EncoderSet
-from mmsearch.errors import BadInput
+from mmsearch.errors import BadInput, ModelMismatch
 from mmsearch.search.index_set import IndexSet
 from mmsearch.search.rerank import exact_rescore, mmr
 from mmsearch.settings import Settings
@@ -28,6 +28,7 @@ from mmsearch.storage.catalog import Catalog
 
 Target = Literal["image", "text", "audio", "all"]
 EXACT_SUBSET_MAX = 20_000  # a path filter selecting fewer vectors is searched exactly
+MAX_CANDIDATES = 50_000  # per collection and query: bounds the cost of deep pages
 BACKGROUND_SAMPLE = 1_000
 
 
@@ -198,33 +199,49 @@ class QueryRunner:
 
     def run(self, q: Query) -> SearchResponse:
         spaces = self.query_spaces(q)
+        recorded = self.catalog.spaces()
         for space in spaces:
-            self.encoders.get(space)  # a first query loads its models: not part of its timings
+            enc = self.encoders.get(space)  # a first query loads its models: not part of its timings
+            if space in recorded and recorded[space][0] != enc.spec:
+                raise ModelMismatch(f"the catalog's {space} vectors are now from {recorded[space][0]}, "
+                                    f"not {enc.spec} (re-embedded since this process started): restart it")
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
         vectors = self.embed_query(q, spaces)
         timings["embed"] = _ms(t0)
         targets = self.targets(q, set(vectors))
-        want = (q.offset + q.k) * self.settings.rerank_factor
+        need = q.offset + q.k
         exclude = set(q.exclude_ids) | set(q.item_ids)
         merged: list[_Candidate] = []
         t_ann = t_rerank = 0.0
         for collection in targets:
             space = collection.split(".")[0]
             qv = vectors[space]
-            t1 = time.perf_counter()
-            cand_ids = self._candidates(collection, qv, want + len(exclude) * 4, q.path)
-            t_ann += time.perf_counter() - t1
+            # the catalog's dim, never the query's: a stale process must not reopen files wrongly
+            store = self.indexes.store(collection, recorded.get(space, ("", qv.shape[0]))[1])
+            want = min(need * self.settings.rerank_factor + len(exclude), MAX_CANDIDATES)
+            while True:
+                t1 = time.perf_counter()
+                cand_ids, exhaustive = self._candidates(collection, qv, want, q.path)
+                t_ann += time.perf_counter() - t1
+                t2 = time.perf_counter()
+                ids, scores = exact_rescore(qv, cand_ids, store)
+                if q.diversity > 0 and len(ids):
+                    ids, scores = mmr(qv, ids, scores, store, min(len(ids), 2 * need), q.diversity)
+                cands = self._by_item(collection, ids, scores, exclude, q.min_score)
+                t_rerank += time.perf_counter() - t2
+                # audio items hold many windows: fetch deeper until enough items or nothing more
+                if len(cands) >= need or exhaustive or want >= MAX_CANDIDATES:
+                    break
+                want = min(want * 4, MAX_CANDIDATES)
             t2 = time.perf_counter()
-            store = self.indexes.store(collection, qv.shape[0])
-            ids, scores = exact_rescore(qv, cand_ids, store)
-            if q.diversity > 0 and len(ids):
-                ids, scores = mmr(qv, ids, scores, store, min(len(ids), want), q.diversity)
-            cands = self._by_item(collection, ids, scores, exclude, q.min_score)
             if len(targets) > 1:
                 mu, sigma = self._calibration(collection, store, qv)
                 for c in cands:
                     c.rank_score = (c.score - mu) / sigma
+            if q.diversity > 0:  # keep the MMR order through the merge: best ranks go in MMR order
+                for c, r in zip(cands, sorted((c.rank_score for c in cands), reverse=True)):
+                    c.rank_score = r
             merged += cands
             t_rerank += time.perf_counter() - t2
         timings["ann"] = t_ann * 1000
@@ -241,15 +258,17 @@ class QueryRunner:
         timings["total"] = _ms(t0)
         return SearchResponse(results=hits, timings_ms={k: round(v, 3) for k, v in timings.items()})
 
-    def _candidates(self, collection: str, qv: np.ndarray, want: int, path: str | None) -> np.ndarray:
+    def _candidates(self, collection: str, qv: np.ndarray, want: int, path: str | None) -> tuple[np.ndarray, bool]:
+        """(candidate ids, whether they are all there is to find)."""
         allowed = self.catalog.ids_under(collection, path) if path else None
         if allowed is not None and len(allowed) <= EXACT_SUBSET_MAX:
-            return allowed  # exact_rescore scores them all
+            return allowed, True  # exact_rescore scores them all
         idx = self.indexes.index(collection)
         if idx is None or idx.ntotal == 0:
-            return np.zeros(0, dtype=np.int64)
+            return np.zeros(0, dtype=np.int64), True
         _, ids = idx.search(qv[None, :].astype(np.float32), min(want, idx.ntotal), allowed_ids=allowed)
-        return ids[0][ids[0] >= 0]
+        found = ids[0][ids[0] >= 0]
+        return found, len(found) < want
 
     def _by_item(self, collection: str, ids: np.ndarray, scores: np.ndarray, exclude: set[int],
                  min_score: float | None) -> list[_Candidate]:

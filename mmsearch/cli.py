@@ -41,11 +41,11 @@ def _settings(catalog: Path, db: str | None, model: str | None = None, audio_mod
 
 
 @contextmanager
-def _engine(settings: Settings, reembed: bool = False) -> Iterator[Any]:
+def _engine(settings: Settings, reembed: bool = False, create: bool = True) -> Iterator[Any]:
     from mmsearch.engine import Engine
 
     try:
-        with Engine.open(settings, reembed=reembed) as engine:
+        with Engine.open(settings, reembed=reembed, create=create) as engine:
             yield engine
     except NotFound as e:
         typer.echo(f"error: {e}", err=True)
@@ -155,7 +155,7 @@ def search(
     except ValidationError as e:
         typer.echo(f"error: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}", err=True)
         raise typer.Exit(2) from None
-    with _engine(_settings(catalog, db, model, audio_model)) as engine:
+    with _engine(_settings(catalog, db, model, audio_model), create=False) as engine:
         response = engine.search(q)
     _show(response, as_json)
 
@@ -167,7 +167,7 @@ def similar(
     catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Items like the given ones (by default in their own modality)."""
-    with _engine(_settings(catalog, db)) as engine:
+    with _engine(_settings(catalog, db), create=False) as engine:
         response = engine.similar(item_ids, to=to, k=k)
     _show(response, as_json)
 
@@ -194,7 +194,7 @@ def embed(
 @app.command()
 def stats(catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, as_json: JsonOpt = False) -> None:
     """What is indexed: files, items, models, index types and sizes."""
-    with _engine(_settings(catalog, db)) as engine:
+    with _engine(_settings(catalog, db), create=False) as engine:
         info = engine.stats()
     if as_json:
         _print_json(info)

@@ -37,10 +37,10 @@ class Engine:
 
     @classmethod
     def open(cls, settings: Settings | None = None, *, encoders: Mapping[str, Encoder] | None = None,
-             reembed: bool = False) -> "Engine":
-        """Open (or create) the catalog that ``settings.catalog`` names."""
+             reembed: bool = False, create: bool = True) -> "Engine":
+        """Open the catalog that ``settings.catalog`` names; create it unless ``create`` is False."""
         settings = settings or Settings()
-        catalog = Catalog(settings)
+        catalog = Catalog(settings, create=create)
         return cls(catalog, EncoderSet(catalog, settings, encoders, reembed=reembed),
                    IndexSet.for_catalog(catalog), settings)
 

@@ -163,3 +163,17 @@ def test_console_script_help() -> None:
     assert out.returncode == 0
     for command in ("index", "search", "similar", "embed", "stats"):
         assert command in out.stdout
+
+
+def test_read_commands_do_not_write_the_catalog(cli, photo_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    r = cli("search", "a dog", ok=False)
+    assert r.exit_code == 3 and "no catalog" in r.output
+    assert not (tmp_path / "cat").exists()  # no typo-named catalog appears
+    cli("embed", "--text", "a dog", "--model", "open_clip:mmtest-tiny@random")  # records nothing
+    out = _json(cli("index", str(photo_dir), "--model", cli.spec, "--json"))
+    assert out["added"] == 27  # the embed did not claim the catalog for another model
+    (tmp_path / "a-file").write_text("x")
+    r = CliRunner().invoke(app, ["stats", "--catalog", str(tmp_path / "a-file" / "sub")])
+    assert r.exit_code in (2, 3) and "Traceback" not in r.output
+    r = CliRunner().invoke(app, ["index", str(photo_dir), "--catalog", str(tmp_path / "a-file")])
+    assert r.exit_code == 2 and "cannot use" in r.output

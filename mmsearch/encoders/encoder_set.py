@@ -44,13 +44,15 @@ class EncoderSet:
     def loaded(self, space: str) -> bool:
         return space in self._loaded
 
-    def get(self, space: str) -> Encoder:
+    def get(self, space: str, *, record: bool = False) -> Encoder:
+        """The space's encoder. ``record`` (indexing) writes the model into the catalog, or refuses a
+        different one; queries only read, and the query path refuses a mismatch itself."""
         if space not in SPACES:
             raise BadInput(f"unknown embedding space {space!r}")
         if space not in self._loaded:
             self._loaded[space] = load_encoder(self.spec(space), self.settings)
         enc = self._loaded[space]
-        if space not in self._checked:
+        if record and space not in self._checked:
             if self.catalog.ensure_space(space, enc.spec, enc.dim, SPACES[space][1], reembed=self.reembed):
                 self.redo.add(space)
             self._checked.add(space)

@@ -114,10 +114,10 @@ def _load_spaces(encoders: EncoderSet, report: IndexReport) -> list[str]:
     from mmsearch.errors import ModelUnavailable
 
     spaces = ["clip"]
-    encoders.get("clip")
+    encoders.get("clip", record=True)
     if encoders.enabled("clap"):
         try:
-            encoders.get("clap")
+            encoders.get("clap", record=True)
             spaces.append("clap")
         except ModelUnavailable as e:
             if encoders.settings.audio_model and not encoders.loaded("clap"):

@@ -203,8 +203,9 @@ class QueryRunner:
         for space in spaces:
             enc = self.encoders.get(space)  # a first query loads its models: not part of its timings
             if space in recorded and recorded[space][0] != enc.spec:
-                raise ModelMismatch(f"the catalog's {space} vectors are now from {recorded[space][0]}, "
-                                    f"not {enc.spec} (re-embedded since this process started): restart it")
+                raise ModelMismatch(f"the catalog's {space} vectors come from {recorded[space][0]}, not "
+                                    f"{enc.spec}: leave out the model option to use the catalog's own (a "
+                                    "running server re-embedded since it started needs a restart)")
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
         vectors = self.embed_query(q, spaces)

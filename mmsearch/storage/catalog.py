@@ -73,10 +73,16 @@ class ItemRow:
 
 
 class Catalog:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, create: bool = True) -> None:
         self.settings = settings
         self.root = Path(settings.catalog).expanduser().resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
+        if not create and not (self.root / "catalog.db").exists() and not settings.db_url:
+            raise NotFound(f"no catalog at {self.root}: index a folder first "
+                           f"(`mmsearch index DIR --catalog {settings.catalog}`)")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise MMSearchError(f"cannot use {self.root} as a catalog folder: {e.strerror or e}") from e
         self.vectors_dir = self.root / "vectors"
         self.indexes_dir = self.root / "indexes"
         self.engine = create_db_engine(settings.resolved_db_url())

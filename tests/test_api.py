@@ -277,6 +277,9 @@ def test_search_rejects_bad_bodies(client: TestClient) -> None:
     assert r.status_code == 400 and "not valid JSON" in r.json()["detail"]
     r = client.post("/search", json=["a", "list"])
     assert r.status_code == 400 and "object" in r.json()["detail"]
+    deep = b'{"text": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    r = client.post("/search", content=deep, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "nested" in r.json()["detail"]
     r = client.post("/search", content=b"text=dog", headers={"content-type": "text/plain"})
     assert r.status_code == 415
     r = client.post("/search", data={"text": "dog", "k": "many"})

@@ -163,6 +163,8 @@ async def _read_body(request: Request, files: tuple[str, ...], lists: tuple[str,
             data = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as e:
             raise HTTPException(400, f"the body is not valid JSON: {e}") from None
+        except RecursionError:
+            raise HTTPException(400, "the JSON body is nested too deeply") from None
         if not isinstance(data, dict):
             raise HTTPException(400, "the JSON body must be an object")
         return data, {}

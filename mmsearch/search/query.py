@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from mmsearch.encoders.base import l2_normalise
 from mmsearch.encoders.encoder_set import EncoderSet
@@ -52,6 +52,19 @@ class Query(BaseModel):
     min_score: float | None = Field(None, ge=-1.0, le=1.0)
     diversity: float = Field(0.0, ge=0.0, le=1.0, description="0: pure relevance; >0: MMR diversity.")
     exclude_ids: list[int] = Field(default_factory=list, description="Items never returned.")
+
+
+    @field_validator("text", "path", "negative_text")
+    @classmethod
+    def _valid_unicode(cls, v: object) -> object:
+        """Undecodable bytes from a shell arrive as lone surrogates: refuse them here, once."""
+        for text in v if isinstance(v, list) else [v]:
+            if isinstance(text, str):
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ValueError("not valid UTF-8 text") from None
+        return v
 
 
 class Hit(BaseModel):

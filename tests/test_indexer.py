@@ -360,3 +360,21 @@ def test_a_stale_process_after_a_reembed_gets_a_clear_error(make_settings, photo
     with Engine.open(make_settings(model=None)) as fresh:  # nothing was truncated
         assert fresh.search(Query(image=img, to="image", k=1)).results[0].score > 0.999
         assert len(fresh.search(Query(text="a", to="text", k=50)).results) == 26
+
+
+def test_dead_vectors_are_compacted_and_their_ids_stay_used(engine: Engine, tmp_path: Path) -> None:
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    for i in range(1100):
+        (folder / f"n{i:04d}.txt").write_text(f"note {i}")
+    engine.index([folder])
+    old_max = engine.catalog.max_embedding_id()
+    for i in range(600):
+        (folder / f"n{i:04d}.txt").unlink()
+    engine.index([folder])
+    store = engine.indexes.store("clip.text", 32)
+    assert len(store) == 500  # 1,100 stored, 500 live: rewritten with the live ones only
+    assert engine.search(Query(text="note 900", to="text", k=1)).results[0].text == "note 900"
+    (folder / "new.txt").write_text("a new note")
+    engine.index([folder])
+    assert int(np.asarray(store.ids()).max()) > old_max  # no id handed out twice

@@ -19,6 +19,7 @@ from mmsearch.storage.catalog import Catalog
 from mmsearch.storage.vectors import VectorStore
 
 STATE = "state.json"
+COMPACT_MIN = 1_000  # below this many stored vectors, dead ones cost nothing worth a rewrite
 
 
 class IndexSet:
@@ -82,9 +83,12 @@ class IndexSet:
             if dim is None:
                 continue
             live = catalog.live_ids(collection)
+            store = self.store(collection, dim)
             # a fresh copy from disk: the cached one may be answering queries in other threads
-            idx = sync_index(AnnIndex.load(self.index_path(collection)), self.store(collection, dim), live,
-                             self.settings)
+            idx = sync_index(AnnIndex.load(self.index_path(collection)), store, live, self.settings)
+            if len(store) > max(COMPACT_MIN, 2 * len(live)):  # mostly replaced or deleted vectors
+                catalog.raise_id_floor(store.max_id)  # their ids stay used
+                store.compact(live)
             path = self.index_path(collection)
             idx.save(path)
             self._indexes[collection] = (path.stat().st_mtime_ns, idx)

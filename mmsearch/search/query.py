@@ -102,7 +102,7 @@ class QueryRunner:
 
     def __init__(self, catalog: Catalog, indexes: IndexSet, encoders: EncoderSet, settings: Settings) -> None:
         self.catalog, self.indexes, self.encoders, self.settings = catalog, indexes, encoders, settings
-        self._background: dict[tuple[str, int], np.ndarray] = {}
+        self._background: dict[str, tuple[int, np.ndarray]] = {}
 
     # -- embedding ------------------------------------------------------------------------------
 
@@ -301,14 +301,16 @@ class QueryRunner:
         return list(best.values())
 
     def _calibration(self, collection: str, store, qv: np.ndarray) -> tuple[float, float]:  # type: ignore[no-untyped-def]
-        key = (collection, len(store))
-        sample = self._background.get(key)
-        if sample is None:
-            all_ids = np.asarray(store.ids())
+        """Mean and spread of the query's cosines to a fixed sample of the collection's live vectors."""
+        idx = self.indexes.index(collection)
+        live = np.asarray(idx.ids() if idx is not None else store.ids())
+        cached = self._background.get(collection)
+        if cached is None or cached[0] != len(live):
             rng = np.random.default_rng(0)
-            pick = np.sort(rng.choice(all_ids, size=min(BACKGROUND_SAMPLE, len(all_ids)), replace=False))
-            sample = self._background[key] = store.get(pick)
-        s = sample @ qv
+            pick = np.sort(rng.choice(live, size=min(BACKGROUND_SAMPLE, len(live)), replace=False))
+            _, vectors = store.lookup(pick)
+            cached = self._background[collection] = (len(live), vectors)  # one per collection
+        s = cached[1] @ qv
         return float(s.mean()), float(max(s.std(), 1e-6))
 
 

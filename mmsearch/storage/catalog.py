@@ -184,6 +184,12 @@ class Catalog:
         with self.sessions() as s:
             return max(int(s.scalar(select(func.max(Embedding.id))) or 0), self._id_floor(s))
 
+    def raise_id_floor(self, value: int) -> None:
+        """Ids up to ``value`` count as used even once no row or vector holds them."""
+        with self.sessions.begin() as s:
+            if value > self._id_floor(s):
+                self._set_meta(s, ID_FLOOR, value)
+
     def _id_floor(self, s: Session) -> int:
         meta = s.get(Meta, ID_FLOOR)
         return int(meta.value) if meta else 0

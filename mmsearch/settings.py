@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(89_478_485, description="Decompression-bomb limit (Pillow's default).")
     max_text_bytes: int = Field(1_000_000, description="Larger .txt/.md files are recorded as failed.")
     commit_every: int = Field(256, ge=1, description="Items per durable commit during ingest.")
+    sync_every: float = Field(30.0, ge=0, description="Seconds between index syncs during an ingest, so new "
+                              "and changed items become searchable as it goes (0: after every commit).")
 
     # Index choice (see search/ann.py for the FAISS guideline rules).
     ivf_min_vectors: int = Field(50_000, ge=1, description="Below this, exact IndexFlatIP.")

@@ -378,3 +378,20 @@ def test_dead_vectors_are_compacted_and_their_ids_stay_used(engine: Engine, tmp_
     (folder / "new.txt").write_text("a new note")
     engine.index([folder])
     assert int(np.asarray(store.ids()).max()) > old_max  # no id handed out twice
+
+
+def test_items_become_searchable_while_a_long_ingest_runs(make_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    folder = tmp_path / "many"
+    linked_photos(folder, 40)
+    seen: list[int] = []
+    with Engine.open(make_settings(commit_every=8, batch_size=8, sync_every=0)) as writer, \
+            Engine.open(make_settings(model=None)) as reader:
+        probe = flickr_images(1)[0].read_bytes()
+
+        def progress(done: int, total: int) -> None:
+            if done in (16, 32):
+                seen.append(len(reader.runner.run(Query(image=probe, to="image", k=100)).results))
+
+        writer.index([folder], progress=progress)
+        assert len(reader.search(Query(image=probe, to="image", k=100)).results) == 40
+    assert seen and 0 < seen[0] < 40 and seen == sorted(seen)

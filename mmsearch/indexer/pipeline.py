@@ -142,6 +142,7 @@ class _Ingest:
         self.ready: list[int] = []
         self.ready_items = 0
         self.done = 0
+        self.synced_at = time.monotonic()
 
     def targets(self, modality: str) -> list[str]:
         return [s for s in self.encoders.spaces_for(modality) if s in self.spaces]
@@ -325,3 +326,6 @@ class _Ingest:
                     self.report.added += 1
             p.items = {}
         self.ready, self.ready_items = [], 0
+        if time.monotonic() - self.synced_at >= self.settings.sync_every:
+            self.indexes.sync(self.catalog)  # searchable as it goes, not only at the end
+            self.synced_at = time.monotonic()

@@ -15,27 +15,14 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
 from mmsearch.engine import Embedding
-from mmsearch.search.query import Hit, Query, SearchResponse, Target
+from mmsearch.search.query import CleanText, Hit, Query, SearchResponse, Target
 
 MAX_ID = 2**63 - 1  # SQL BIGINT; larger ids could only be a mistake
 MAX_TEXT = 4_000  # characters; CLIP/CLAP read far fewer tokens anyway
 MAX_QUERY_IDS = 100
 
 
-def _clean_text(value: str | None) -> str | None:
-    """NUL bytes and lone surrogates cannot be stored, tokenised or matched: refuse them here."""
-    if value is None:
-        return value
-    if "\x00" in value:
-        raise ValueError("text must not contain NUL characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("text must be valid Unicode (no lone surrogates)") from None
-    return value
-
-
-CleanStr = Annotated[str, AfterValidator(_clean_text)]
+CleanStr = CleanText  # the engine's own check: NUL bytes and lone surrogates are refused
 ItemId = Annotated[int, Field(ge=1, le=MAX_ID)]
 Space = Literal["clip", "clap"]
 

@@ -13,10 +13,10 @@ import io
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field, field_validator
+from pydantic import AfterValidator, BaseModel, Field
 
 from mmsearch.encoders.base import l2_normalise
 from mmsearch.encoders.encoder_set import EncoderSet
@@ -32,14 +32,31 @@ MAX_CANDIDATES = 50_000  # per collection and query: bounds the cost of deep pag
 BACKGROUND_SAMPLE = 1_000
 
 
+def clean_text(value: str | None) -> str | None:
+    """NUL bytes and lone surrogates (undecodable bytes from a shell) cannot be stored, tokenised
+    or matched: every face refuses them through this one check."""
+    if value is None:
+        return value
+    if "\x00" in value:
+        raise ValueError("text must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text must be valid UTF-8 (no lone surrogates)") from None
+    return value
+
+
+CleanText = Annotated[str, AfterValidator(clean_text)]
+
+
 class Query(BaseModel):
     """What to look for and where. Positive parts are summed per space, negatives subtracted."""
 
-    text: str | None = Field(None, description="Text query.")
+    text: CleanText | None = Field(None, description="Text query.")
     image: bytes | None = Field(None, description="Image file content.", exclude=True)
     audio: bytes | None = Field(None, description="Audio file content.", exclude=True)
     item_ids: list[int] = Field(default_factory=list, description="Items whose vectors are the query.")
-    negative_text: list[str] = Field(default_factory=list, description="Texts to steer away from.")
+    negative_text: list[CleanText] = Field(default_factory=list, description="Texts to steer away from.")
     text_weight: float = 1.0
     image_weight: float = 1.0
     audio_weight: float = 1.0
@@ -48,23 +65,10 @@ class Query(BaseModel):
                               "query (one calibrated list), the query's own modality for an image or sound.")
     k: int = Field(10, ge=1, le=1000)
     offset: int = Field(0, ge=0, le=10_000)
-    path: str | None = Field(None, description="Only files under this prefix or matching this glob.")
+    path: CleanText | None = Field(None, description="Only files under this prefix or matching this glob.")
     min_score: float | None = Field(None, ge=-1.0, le=1.0)
     diversity: float = Field(0.0, ge=0.0, le=1.0, description="0: pure relevance; >0: MMR diversity.")
     exclude_ids: list[int] = Field(default_factory=list, description="Items never returned.")
-
-
-    @field_validator("text", "path", "negative_text")
-    @classmethod
-    def _valid_unicode(cls, v: object) -> object:
-        """Undecodable bytes from a shell arrive as lone surrogates: refuse them here, once."""
-        for text in v if isinstance(v, list) else [v]:
-            if isinstance(text, str):
-                try:
-                    text.encode("utf-8")
-                except UnicodeEncodeError:
-                    raise ValueError("not valid UTF-8 text") from None
-        return v
 
 
 class Hit(BaseModel):

@@ -395,3 +395,22 @@ def test_items_become_searchable_while_a_long_ingest_runs(make_settings, tmp_pat
         writer.index([folder], progress=progress)
         assert len(reader.search(Query(image=probe, to="image", k=100)).results) == 40
     assert seen and 0 < seen[0] < 40 and seen == sorted(seen)
+
+
+def test_syncs_during_an_ingest_keep_vectors_still_in_flight(make_settings, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """A big captions file commits only when all its rows are embedded; syncs before that must
+    not take its stored vectors for dead ones (the README's main job hit exactly this)."""
+    from mmsearch.search import index_set
+
+    monkeypatch.setattr(index_set, "COMPACT_MIN", 10)  # compaction in reach of a small test
+    folder = tmp_path / "media"
+    images = linked_photos(folder / "images", 40)
+    with open(folder / "captions.csv", "w", newline="") as fh:
+        fh.write("image,caption\n")
+        for i in range(1300):
+            fh.write(f"{images[i % 40].name},caption number {i}\n")
+    with Engine.open(make_settings(commit_every=1, batch_size=8, sync_every=0, decode_workers=2)) as e:
+        report = e.index([folder])
+        assert report.failed == 0 and report.items == 40 + 1300
+        assert e.search(Query(text="caption number 1299", to="text", k=1)).results[0].text == "caption number 1299"

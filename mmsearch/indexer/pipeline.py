@@ -327,5 +327,5 @@ class _Ingest:
             p.items = {}
         self.ready, self.ready_items = [], 0
         if time.monotonic() - self.synced_at >= self.settings.sync_every:
-            self.indexes.sync(self.catalog)  # searchable as it goes, not only at the end
+            self.indexes.sync(self.catalog, compact=False)  # searchable as it goes; vectors in flight stay
             self.synced_at = time.monotonic()

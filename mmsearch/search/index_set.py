@@ -73,8 +73,9 @@ class IndexSet:
             self._indexes[collection] = (mtime, idx)
         return idx
 
-    def sync(self, catalog: Catalog) -> None:
-        """Make every index hold exactly the live ids; the caller holds the catalog's write lock."""
+    def sync(self, catalog: Catalog, *, compact: bool = True) -> None:
+        """Make every index hold exactly the live ids; the caller holds the catalog's write lock.
+        ``compact=False`` during an ingest: vectors of files not yet committed look dead there."""
         generation = catalog.generation()
         dims = {name: dim for name, (_, dim) in catalog.spaces().items()}
         self.indexes_dir.mkdir(parents=True, exist_ok=True)
@@ -86,7 +87,7 @@ class IndexSet:
             store = self.store(collection, dim)
             # a fresh copy from disk: the cached one may be answering queries in other threads
             idx = sync_index(AnnIndex.load(self.index_path(collection)), store, live, self.settings)
-            if len(store) > max(COMPACT_MIN, 2 * len(live)):  # mostly replaced or deleted vectors
+            if compact and len(store) > max(COMPACT_MIN, 2 * len(live)):  # mostly dead vectors
                 catalog.raise_id_floor(store.max_id)  # their ids stay used
                 store.compact(live)
             path = self.index_path(collection)

@@ -414,3 +414,25 @@ def test_syncs_during_an_ingest_keep_vectors_still_in_flight(make_settings, tmp_
         report = e.index([folder])
         assert report.failed == 0 and report.items == 40 + 1300
         assert e.search(Query(text="caption number 1299", to="text", k=1)).results[0].text == "caption number 1299"
+
+
+def test_an_unchanged_rescan_loads_no_model(make_settings, photo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    from mmsearch.encoders import encoder_set
+
+    with Engine.open(make_settings()) as e:
+        e.index([photo_dir])
+
+    def no_loading(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("a model was loaded for an unchanged folder")
+
+    monkeypatch.setattr(encoder_set, "load_encoder", no_loading)
+    victim = sorted(photo_dir.rglob("*.jpg"))[0]
+    victim.unlink()
+    with Engine.open(make_settings(model=None)) as e:  # the catalog's own model: nothing to check
+        r = e.index([photo_dir])
+        assert (r.unchanged, r.removed, r.added) == (26, 1, 0)
+        assert e.stats()["collections"]["clip.image"]["index"]["ntotal"] == 23
+    monkeypatch.undo()
+    shutil.copy(flickr_images(30)[-1], photo_dir / "new.jpg")
+    with Engine.open(make_settings(model=None)) as e:  # work to do: the model loads then
+        assert e.index([photo_dir]).added == 1

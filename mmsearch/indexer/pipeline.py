@@ -78,34 +78,52 @@ def index_folders(paths: Sequence[Path], catalog: Catalog, encoders: EncoderSet,
         if not r.is_dir():
             raise BadInput(f"not a folder: {r}")
     with catalog.write_lock():
-        spaces = _load_spaces(encoders, report)
-        if encoders.redo:  # a new or re-embedded space: every folder of the catalog, not just these
-            roots += [r for r in map(Path, catalog.roots()) if r not in roots and r.is_dir()]
-        work: list[_Pending] = []
-        for root in roots:
-            root_id = catalog.ensure_root(root)
-            known = catalog.file_states(root)
-            # audio files are always scanned: with audio off they are left as they are, not "gone"
-            bad_names: list[str] = []
-            found = {f.path: f for f in scan(root, exclude=catalog.root, bad_names=bad_names)}
-            report.failed += len(bad_names)
-            report.failures += [(name, "file name is not valid UTF-8: rename it to index it") for name in bad_names]
-            gone = [p for p in known if p not in found]
-            report.removed += catalog.delete_files(gone) and len(gone)
-            for path, f in found.items():
-                old = known.get(path)
-                if f.kind == "audio" and "clap" not in spaces:
-                    report.unchanged += old is not None
-                elif old is not None and old.size == f.size and old.mtime_ns == f.mtime_ns and not (
-                        retry_failed and old.status == "failed"):
-                    report.unchanged += 1
-                else:
-                    work.append(_Pending(f, root_id, is_update=old is not None))
+        # With no model named, the catalog's own are used: nothing to check, so the models load
+        # only if there is work (an unchanged folder re-scans in a fraction of a second).
+        eager = encoders.reembed or bool(settings.model or settings.audio_model) or not catalog.spaces()
+        spaces = _load_spaces(encoders, report) if eager else None
+        work = _plan(roots, catalog, encoders, spaces, report, retry_failed)
+        if work and spaces is None:
+            spaces = _load_spaces(encoders, report)
+            if encoders.redo or "clap" not in spaces:  # a space was added, or audio is unavailable
+                report.unchanged = report.failed = 0  # recounted; removals are done and stay counted
+                report.failures = []
+                work = _plan(roots, catalog, encoders, spaces, report, retry_failed)
         if work:
-            _Ingest(catalog, encoders, indexes, settings, spaces, report, progress, stop).run(work)
-        indexes.sync(catalog)
+            _Ingest(catalog, encoders, indexes, settings, spaces or [], report, progress, stop).run(work)
+        if indexes.synced_generation() != catalog.generation():
+            indexes.sync(catalog)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _plan(roots: list[Path], catalog: Catalog, encoders: EncoderSet, spaces: list[str] | None,
+          report: IndexReport, retry_failed: bool) -> list[_Pending]:
+    """Scan the folders against the catalog: drop files that are gone, count the unchanged ones,
+    and return the rest to embed. ``spaces`` None: not loaded yet, every kind counts as work."""
+    if encoders.redo:  # a new or re-embedded space: every folder of the catalog, not just these
+        roots += [r for r in map(Path, catalog.roots()) if r not in roots and r.is_dir()]
+    work: list[_Pending] = []
+    for root in roots:
+        root_id = catalog.ensure_root(root)
+        known = catalog.file_states(root)
+        # audio files are always scanned: with audio off they are left as they are, not "gone"
+        bad_names: list[str] = []
+        found = {f.path: f for f in scan(root, exclude=catalog.root, bad_names=bad_names)}
+        report.failed += len(bad_names)
+        report.failures += [(name, "file name is not valid UTF-8: rename it to index it") for name in bad_names]
+        gone = [p for p in known if p not in found]
+        report.removed += catalog.delete_files(gone) and len(gone)
+        for path, f in found.items():
+            old = known.get(path)
+            if f.kind == "audio" and (not encoders.enabled("clap") or (spaces is not None and "clap" not in spaces)):
+                report.unchanged += old is not None
+            elif old is not None and old.size == f.size and old.mtime_ns == f.mtime_ns and not (
+                    retry_failed and old.status == "failed"):
+                report.unchanged += 1
+            else:
+                work.append(_Pending(f, root_id, is_update=old is not None))
+    return work
 
 
 def _load_spaces(encoders: EncoderSet, report: IndexReport) -> list[str]:

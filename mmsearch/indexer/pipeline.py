@@ -85,10 +85,13 @@ def index_folders(paths: Sequence[Path], catalog: Catalog, encoders: EncoderSet,
         work = _plan(roots, catalog, encoders, spaces, report, retry_failed)
         if work and spaces is None:
             spaces = _load_spaces(encoders, report)
-            if encoders.redo or "clap" not in spaces:  # a space was added, or audio is unavailable
+            if encoders.redo:  # a space was added: its files must all be embedded again
                 report.unchanged = report.failed = 0  # recounted; removals are done and stay counted
                 report.failures = []
                 work = _plan(roots, catalog, encoders, spaces, report, retry_failed)
+            elif "clap" not in spaces:  # audio is unavailable after all: sounds stay as they are
+                report.unchanged += sum(p.is_update for p in work if p.found.kind == "audio")
+                work = [p for p in work if p.found.kind != "audio"]
         if work:
             _Ingest(catalog, encoders, indexes, settings, spaces or [], report, progress, stop).run(work)
         if indexes.synced_generation() != catalog.generation():
@@ -102,7 +105,7 @@ def _plan(roots: list[Path], catalog: Catalog, encoders: EncoderSet, spaces: lis
     """Scan the folders against the catalog: drop files that are gone, count the unchanged ones,
     and return the rest to embed. ``spaces`` None: not loaded yet, every kind counts as work."""
     if encoders.redo:  # a new or re-embedded space: every folder of the catalog, not just these
-        roots += [r for r in map(Path, catalog.roots()) if r not in roots and r.is_dir()]
+        roots = roots + [r for r in map(Path, catalog.roots()) if r not in roots and r.is_dir()]
     work: list[_Pending] = []
     for root in roots:
         root_id = catalog.ensure_root(root)

@@ -198,14 +198,14 @@ class QueryRunner:
                            "embedding spaces (images: CLIP, sounds: CLAP); add a text query")
         return out
 
-    def query_spaces(self, q: Query) -> list[str]:
+    def query_spaces(self, q: Query, recorded: dict[str, tuple[str, int]]) -> list[str]:
         if not (q.text or q.image is not None or q.audio is not None or q.item_ids):
             raise BadInput("empty query: give text, an image, an audio clip or item ids")
         spaces = []
         if q.text or q.image is not None or q.item_ids:
             spaces.append("clip")
         if (q.text or q.audio is not None or q.item_ids) and self.encoders.enabled("clap"):
-            if q.audio is not None or q.item_ids or "clap" in self.catalog.spaces():
+            if q.audio is not None or q.item_ids or "clap" in recorded:
                 spaces.append("clap")
         to = default_target(q)
         if to == "image" or (to == "text" and q.audio is None and q.text):
@@ -215,8 +215,8 @@ class QueryRunner:
         return spaces
 
     def run(self, q: Query) -> SearchResponse:
-        spaces = self.query_spaces(q)
         recorded = self.catalog.spaces()
+        spaces = self.query_spaces(q, recorded)
         for space in spaces:
             enc = self.encoders.get(space)  # a first query loads its models: not part of its timings
             if space in recorded and recorded[space][0] != enc.spec:
@@ -238,9 +238,12 @@ class QueryRunner:
             # the catalog's dim, never the query's: a stale process must not reopen files wrongly
             store = self.indexes.store(collection, recorded.get(space, ("", qv.shape[0]))[1])
             want = min(need * self.settings.rerank_factor + len(exclude), MAX_CANDIDATES)
+            t1 = time.perf_counter()
+            allowed = self.catalog.ids_under(collection, q.path) if q.path else None  # once per query
+            t_ann += time.perf_counter() - t1
             while True:
                 t1 = time.perf_counter()
-                cand_ids, exhaustive = self._candidates(collection, qv, want, q.path)
+                cand_ids, exhaustive = self._candidates(collection, qv, want, allowed)
                 t_ann += time.perf_counter() - t1
                 t2 = time.perf_counter()
                 ids, scores = exact_rescore(qv, cand_ids, store)
@@ -276,9 +279,9 @@ class QueryRunner:
         timings["total"] = _ms(t0)
         return SearchResponse(results=hits, timings_ms={k: round(v, 3) for k, v in timings.items()})
 
-    def _candidates(self, collection: str, qv: np.ndarray, want: int, path: str | None) -> tuple[np.ndarray, bool]:
-        """(candidate ids, whether they are all there is to find)."""
-        allowed = self.catalog.ids_under(collection, path) if path else None
+    def _candidates(self, collection: str, qv: np.ndarray, want: int,
+                    allowed: np.ndarray | None) -> tuple[np.ndarray, bool]:
+        """(candidate ids, whether they are all there is to find); ``allowed``: a path filter's ids."""
         if allowed is not None and len(allowed) <= EXACT_SUBSET_MAX:
             return allowed, True  # exact_rescore scores them all
         idx = self.indexes.index(collection)

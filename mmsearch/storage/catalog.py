@@ -171,7 +171,7 @@ class Catalog:
 
     def file_states(self, root: Path) -> dict[str, FileState]:
         """Known files under a folder (by path, so nested roots share their files)."""
-        esc = str(root).rstrip("/").replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "/%"
+        esc = _like_escape(str(root).rstrip("/")) + "/%"
         with self.sessions() as s:
             rows = s.execute(select(File.path, File.id, File.size, File.mtime_ns, File.status)
                              .where(File.path.like(esc, escape="\\")))
@@ -326,15 +326,20 @@ class Catalog:
         return {"files": files, "items": items, "embeddings": vecs}
 
 
+def _like_escape(text: str) -> str:
+    """Make LIKE's own wildcards literal (with ESCAPE '\\')."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 def _path_condition(pattern: str):  # type: ignore[no-untyped-def]
     pattern = os.path.expanduser(pattern)
     if any(ch in pattern for ch in "*?["):
         if not os.path.isabs(pattern) and not pattern.startswith("*"):
             pattern = "*/" + pattern
         # Translate the glob to LIKE: * -> %, ? -> _, escaping LIKE's own wildcards.
-        like = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        like = _like_escape(pattern)
         like = like.replace("*", "%").replace("?", "_")
         return File.path.like(like, escape="\\")
     prefix = str(Path(pattern).resolve()) if not pattern.startswith("/") else pattern
-    esc = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    esc = _like_escape(prefix)
     return File.path.like(esc + "%", escape="\\")

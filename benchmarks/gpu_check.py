@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from mmsearch.encoders import load_encoder  # noqa: E402
-from mmsearch.indexer.decode import load_image  # noqa: E402
+from mmsearch.media.decode import load_image  # noqa: E402
 from mmsearch.settings import Settings  # noqa: E402
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmsearch import Engine, Settings  # noqa: E402
-from mmsearch.indexer.decode import load_image  # noqa: E402
+from mmsearch.media.decode import load_image  # noqa: E402
 from mmsearch.indexer.scan import scan  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,7 +84,7 @@ def _prepare_all(enc, files: list, modality: str, max_pixels: int) -> tuple[list
         return [enc.prepare("image", load_image(f.path, max_pixels)) for f in files], 0.0
     import soundfile as sf
 
-    from mmsearch.indexer.audio import iter_windows
+    from mmsearch.media.audio import iter_windows
 
     prepared = [enc.prepare("audio", w.samples) for f in files
                 for w in iter_windows(Path(f.path), enc.sample_rate, enc.window_seconds)]

@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 import soxr
 
-from mmsearch.indexer.audio import AudioDecodeError, AudioWindow, audio_duration, iter_windows
+from mmsearch.media.audio import AudioDecodeError, AudioWindow, audio_duration, iter_windows
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TUXPAINT = DATA / "tuxpaint"

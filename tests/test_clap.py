@@ -20,7 +20,7 @@ from mmsearch.encoders import Encoder, load_encoder
 from mmsearch.encoders.clap import ClapEncoder, canonical_spec, is_local_name
 from mmsearch.encoders.base import Spec
 from mmsearch.errors import ModelUnavailable
-from mmsearch.indexer.audio import iter_windows
+from mmsearch.media.audio import iter_windows
 from mmsearch.settings import DEFAULT_AUDIO_MODEL, Settings
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -22,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from mmsearch.encoders.encoder_set import EncoderSet
 from mmsearch.errors import BadInput
-from mmsearch.indexer.decode import DecodeError, Unit, load_image, read_captions, read_text
+from mmsearch.media.decode import DecodeError, Unit, load_image, read_captions, read_text
 from mmsearch.indexer.scan import FoundFile, scan
 from mmsearch.search.index_set import IndexSet
 from mmsearch.settings import Settings
@@ -261,7 +261,7 @@ class _Ingest:
         elif f.kind == "captions":
             yield from read_captions(f.path, s.max_text_bytes)
         elif f.kind == "audio":
-            from mmsearch.indexer.audio import AudioDecodeError, iter_windows
+            from mmsearch.media.audio import AudioDecodeError, iter_windows
 
             clap = self.encoders.get("clap")
             try:

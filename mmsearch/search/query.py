@@ -144,7 +144,7 @@ class QueryRunner:
         return enc.encode("text", [enc.prepare("text", t) for t in texts])
 
     def embed_image(self, data: bytes) -> np.ndarray:
-        from mmsearch.indexer.decode import DecodeError, load_image
+        from mmsearch.media.decode import DecodeError, load_image
 
         enc = self.encoders.get("clip")
         try:
@@ -155,7 +155,7 @@ class QueryRunner:
 
     def embed_audio(self, data: bytes) -> np.ndarray:
         """A query clip longer than one window is the mean of its windows."""
-        from mmsearch.indexer.audio import AudioDecodeError, iter_windows
+        from mmsearch.media.audio import AudioDecodeError, iter_windows
 
         enc = self.encoders.get("clap")
         try:

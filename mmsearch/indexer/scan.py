@@ -13,13 +13,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from mmsearch.media.decode import caption_columns
+
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif"})
 AUDIO_EXTS = frozenset({".wav", ".flac", ".ogg", ".oga", ".mp3"})
 TEXT_EXTS = frozenset({".txt", ".md"})
 CAPTION_EXTS = frozenset({".csv", ".jsonl"})
-
-MEDIA_COLUMNS = ("image", "file", "filename", "path", "audio")
-CAPTION_COLUMNS = ("caption", "text", "description")
 
 
 @dataclass(frozen=True)
@@ -91,12 +90,6 @@ def scan(root: Path, *, audio: bool = True, exclude: Path | None = None,
                 continue
             yield FoundFile(entry.path, kind, info.st_size, info.st_mtime_ns)
 
-
-def caption_columns(fields: list[str]) -> tuple[str, str] | None:
-    lower = {f.strip().lower(): f for f in fields}
-    media = next((lower[c] for c in MEDIA_COLUMNS if c in lower), None)
-    text = next((lower[c] for c in CAPTION_COLUMNS if c in lower), None)
-    return (media, text) if media and text else None
 
 
 def is_captions_file(path: str) -> bool:

@@ -17,7 +17,15 @@ from typing import Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from mmsearch.indexer.scan import caption_columns
+MEDIA_COLUMNS = ("image", "file", "filename", "path", "audio")
+CAPTION_COLUMNS = ("caption", "text", "description")
+
+
+def caption_columns(fields: list[str]) -> tuple[str, str] | None:
+    lower = {f.strip().lower(): f for f in fields}
+    media = next((lower[c] for c in MEDIA_COLUMNS if c in lower), None)
+    text = next((lower[c] for c in CAPTION_COLUMNS if c in lower), None)
+    return (media, text) if media and text else None
 
 
 class DecodeError(Exception):

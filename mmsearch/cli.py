@@ -95,7 +95,8 @@ def index(
     if as_json:
         _print_json(report.as_dict())
         return
-    typer.echo(f"added {report.added}, updated {report.updated}, removed {report.removed}, "
+    moved = f", moved {report.moved}" if report.moved else ""
+    typer.echo(f"added {report.added}, updated {report.updated}, removed {report.removed}{moved}, "
                f"unchanged {report.unchanged}, failed {report.failed} "
                f"({report.items} items, {report.seconds:.1f} s)")
     for path, reason in report.failures[:20]:
@@ -182,7 +183,7 @@ def embed(
     audio_model: AudioModelOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Print the raw embedding vector, for other systems."""
-    with _engine(_settings(catalog, db, model, audio_model)) as engine:
+    with _engine(_settings(catalog, db, model, audio_model), create=False) as engine:
         result = engine.embed(text=text, image=_read(image), audio=_read(audio_file), space=space)
     if as_json:
         _print_json(result.model_dump())
@@ -213,6 +214,66 @@ def stats(catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, as_json: Json
                    f"({c['vectors']['bytes'] / 1e6:.1f} MB float16)")
     for f in info["failures"]:
         typer.echo(f"failed    {f['path']}: {f['reason']}")
+
+
+@app.command()
+def lookup(
+    paths: Annotated[list[Path], typer.Argument(help="Indexed files.")],
+    catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Item ids of indexed files (a captions file has one per row)."""
+    out: dict[str, list[int]] = {}
+    with _engine(_settings(catalog, db), create=False) as engine:
+        for path in paths:
+            out[str(path)] = engine.lookup(path)
+    if as_json:
+        _print_json(out)
+        return
+    for path, ids in out.items():
+        typer.echo(f"{path}\t{' '.join(map(str, ids))}")
+
+
+@app.command()
+def delete(
+    item_ids: Annotated[Optional[list[int]], typer.Argument(help="Item ids to delete.")] = None,
+    path: Annotated[Optional[list[Path]], typer.Option("--path", help="Delete every item of this indexed file.")] = None,
+    catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Remove items from the catalog (the files stay on disk; a re-scan brings an item back only
+    if its file changes)."""
+    if not item_ids and not path:
+        typer.echo("error: give item ids or --path FILE", err=True)
+        raise typer.Exit(2)
+    with _engine(_settings(catalog, db), create=False) as engine:
+        ids = list(item_ids or []) + [i for p in path or [] for i in engine.lookup(p)]
+        for item_id in ids:
+            engine.delete(item_id)
+    if as_json:
+        _print_json({"deleted": ids})
+    else:
+        typer.echo(f"deleted {len(ids)} item(s)")
+
+
+@app.command()
+def check(
+    repair: Annotated[bool, typer.Option("--repair", help="Rebuild damaged indexes and mark files whose vectors "
+                                         "are lost (the next `index` embeds them again).")] = False,
+    catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Report damage: index files missing, unreadable or replaced, vectors lost. Exit 1 if any."""
+    with _engine(_settings(catalog, db), create=False) as engine:
+        report = engine.check(repair=repair)
+    if as_json:
+        _print_json(report)
+    else:
+        for name, info in report["collections"].items():
+            state = "; ".join(info["problems"]) or "ok"
+            typer.echo(f"{name:<12} {info['live']:>9} live  {state}")
+        if not report["ok"]:
+            typer.echo("repaired: run `mmsearch index` on your folders to re-embed lost vectors" if repair
+                       else "run `mmsearch check --repair` (or `mmsearch index`) to repair", err=True)
+    if not report["ok"] and not repair:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -249,7 +310,7 @@ def serve(
     except MMSearchError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
-    with _engine(settings) as engine:
+    with _engine(settings, create=False) as engine:
         web = create_app(engine, read_only=read_only, batching=batching)
         try:
             web.state.service.warm()  # load the models once, before the port opens

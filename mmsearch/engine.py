@@ -7,7 +7,8 @@ Encoders, settings and the catalog are injected, so a test can pass a tiny model
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +16,14 @@ from pydantic import BaseModel
 
 from mmsearch.encoders.base import Encoder
 from mmsearch.encoders.encoder_set import EncoderSet
-from mmsearch.errors import BadInput, MMSearchError, NotFound
+from mmsearch.errors import BadInput, NotFound
 from mmsearch.indexer.pipeline import IndexReport, Progress, index_folders
-from mmsearch.search.index_set import IndexSet
+from mmsearch.search.ann import AnnIndex
+from mmsearch.search.live import LiveIndexes
 from mmsearch.search.query import Hit, Query, QueryRunner, SearchResponse
 from mmsearch.settings import Settings
 from mmsearch.storage.catalog import Catalog, ItemRow
+from mmsearch.writer import CatalogWriter
 
 
 class Embedding(BaseModel):
@@ -30,21 +33,35 @@ class Embedding(BaseModel):
 
 
 class Engine:
-    def __init__(self, catalog: Catalog, encoders: EncoderSet, indexes: IndexSet, settings: Settings) -> None:
+    """A catalog's reader, plus its one writer while a write runs. Queries read the SQL rows,
+    the float16 vectors and the saved indexes with the change log applied in memory; they never
+    write. ``index`` and ``delete`` open the CatalogWriter (the catalog's write lock) for their
+    duration, or use the one ``writing()`` holds."""
+
+    def __init__(self, catalog: Catalog, encoders: EncoderSet, indexes: LiveIndexes, settings: Settings) -> None:
         self.catalog, self.encoders, self.indexes, self.settings = catalog, encoders, indexes, settings
         self.runner = QueryRunner(catalog, indexes, encoders, settings)
-        self._sync_lock = threading.Lock()
+        self._writer: CatalogWriter | None = None
+        self._writer_users = 0
+        self._writer_lock = threading.Lock()
 
     @classmethod
     def open(cls, settings: Settings | None = None, *, encoders: Mapping[str, Encoder] | None = None,
              reembed: bool = False, create: bool = True) -> "Engine":
-        """Open the catalog that ``settings.catalog`` names; create it unless ``create`` is False."""
+        """Open the catalog that ``settings.catalog`` names. With ``create`` (the default) a new
+        catalog is made, or an old one upgraded, by briefly opening its writer; without it a
+        missing catalog is NotFound and nothing is written."""
         settings = settings or Settings()
-        catalog = Catalog(settings, create=create)
-        return cls(catalog, EncoderSet(catalog, settings, encoders, reembed=reembed),
-                   IndexSet.for_catalog(catalog), settings)
+        if create:
+            CatalogWriter(settings).close()
+        catalog = Catalog(settings)
+        return cls(catalog, EncoderSet(catalog, settings, encoders, reembed=reembed), LiveIndexes(catalog), settings)
 
     def close(self) -> None:
+        with self._writer_lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer, self._writer_users = None, 0
         self.catalog.close()
 
     def __enter__(self) -> "Engine":
@@ -55,19 +72,80 @@ class Engine:
 
     # -- writes ---------------------------------------------------------------------------------
 
+    @contextmanager
+    def writing(self) -> Iterator[CatalogWriter]:
+        """The catalog's writer for the block. Blocks in this process share one writer (a delete
+        during an indexing job goes through the job's writer, whose mutex orders the two); it
+        closes when the last one ends. A second writer process is refused with CatalogBusy."""
+        with self._writer_lock:
+            if self._writer is None:
+                self._writer = CatalogWriter(self.settings)
+            self._writer_users += 1
+            writer = self._writer
+        try:
+            yield writer
+        finally:
+            with self._writer_lock:
+                self._writer_users -= 1
+                if self._writer_users == 0:
+                    self._writer = None
+                    writer.close()
+
+    def use_query_encoders(self, encoders: Mapping[str, Encoder]) -> None:
+        """Queries embed through these (e.g. the service's micro-batching wrappers); indexing
+        keeps the engine's own."""
+        self.runner = QueryRunner(self.catalog, self.indexes, EncoderSet(self.catalog, self.settings, encoders),
+                                  self.settings)
+
     def index(self, paths: Sequence[str | Path], progress: Progress | None = None,
               stop: threading.Event | None = None, retry_failed: bool = False) -> IndexReport:
-        return index_folders([Path(p) for p in paths], self.catalog, self.encoders, self.indexes,
-                             self.settings, progress, stop, retry_failed=retry_failed)
+        with self.writing() as writer:
+            return index_folders([Path(p) for p in paths], writer, self.encoders, self.settings, progress, stop,
+                                 retry_failed=retry_failed)
 
     def delete(self, item_id: int) -> None:
-        self.catalog.delete_item(item_id)
-        self.refresh()
+        """Delete an item (its file stays on disk; a later re-scan brings it back only if the
+        file changes). Milliseconds at any size: no index is rewritten."""
+        with self.writing() as writer:
+            writer.delete_item(item_id)
+
+    def check(self, *, repair: bool = False) -> dict[str, Any]:
+        """What is damaged: index files missing, unreadable or replaced, and live rows whose
+        vectors are gone. With ``repair``, indexes are rebuilt and the files of lost vectors
+        marked, so the next ``index`` run embeds them again."""
+        report: dict[str, Any] = {"collections": {}, "repaired": repair}
+        spaces = self.catalog.spaces()
+        for collection in self.catalog.collections():
+            space = spaces.get(collection.split(".")[0])
+            if space is None:
+                continue
+            store = self.indexes.store(collection, space[1])
+            live = self.catalog.live_ids(collection)
+            lost = int((store.rows(live) < 0).sum())
+            idx = AnnIndex.load(self.indexes.files.index_path(collection))
+            index_problem = None
+            if idx is None:
+                index_problem = "index missing or unreadable"
+            elif not self.indexes.files.looks_intact(collection):
+                index_problem = "index file replaced since it was saved"
+            problems = [p for p in (index_problem, lost and f"{lost} vectors missing from the store") if p]
+            report["collections"][collection] = {"live": int(live.size), "lost_vectors": lost, "problems": problems}
+            if repair and (lost or index_problem):
+                with self.writing() as writer:
+                    if lost:
+                        writer.lost_vectors(collection, writer.store(collection, space[1]))
+                    if index_problem:
+                        writer.files.remove(collection)  # upkeep rebuilds it
+        if repair:
+            with self.writing() as writer:
+                writer.upkeep(wait=True)
+        report["ok"] = not any(c["problems"] for c in report["collections"].values())
+        return report
 
     # -- reads ----------------------------------------------------------------------------------
 
     def search(self, query: Query) -> SearchResponse:
-        self.refresh()
+        self.indexes.refresh()
         return self.runner.run(query)
 
     def similar(self, item_ids: Sequence[int], *, to: str | None = None, k: int = 10, **filters: Any) -> SearchResponse:
@@ -95,31 +173,30 @@ class Engine:
     def item(self, item_id: int) -> ItemRow:
         return self.catalog.item(item_id)
 
+    def lookup(self, path: str | Path) -> list[int]:
+        """The item ids of an indexed file (one for a photo or a sound, one per row of a captions
+        file); NotFound if the file is not in the catalog."""
+        resolved = str(Path(path).expanduser().absolute())
+        ids = self.catalog.items_for_path(resolved) or self.catalog.items_for_path(str(Path(resolved).resolve()))
+        if not ids:
+            raise NotFound(f"{path} is not in the catalog")
+        return ids
+
     def stats(self) -> dict[str, Any]:
+        """From counters and the notes beside the index files: milliseconds at any size."""
         counts = self.catalog.counts()
         return {
             "catalog": str(self.catalog.root),
+            "catalog_id": self.catalog.id,
             "database": self.catalog.engine.url.render_as_string(hide_password=True),
             "schema_version": self.catalog.schema_version,
             "models": {name: {"spec": spec, "dim": dim} for name, (spec, dim) in self.catalog.spaces().items()},
             "roots": self.catalog.roots(),
             "files": counts["files"],
             "items": counts["items"],
-            "collections": self.indexes.describe(self.catalog),
+            "collections": self.indexes.describe(),
             "failures": [{"path": p, "reason": r} for p, r in self.catalog.failures(20)],
         }
-
-    def refresh(self) -> None:
-        """Bring the indexes up to the catalog when a write has not been synced (e.g. after a
-        crash); skipped while another process holds the write lock, whose own sync will follow."""
-        if self.indexes.synced_generation() == self.catalog.generation():
-            return
-        with self._sync_lock:
-            try:
-                with self.catalog.write_lock():
-                    self.indexes.sync(self.catalog)
-            except MMSearchError:
-                pass
 
 
 __all__ = ["Engine", "Embedding", "Hit", "IndexReport", "NotFound", "Query", "SearchResponse"]

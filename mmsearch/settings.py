@@ -38,12 +38,22 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(89_478_485, description="Decompression-bomb limit (Pillow's default).")
     max_text_bytes: int = Field(1_000_000, description="Larger .txt/.md files are recorded as failed.")
     commit_every: int = Field(256, ge=1, description="Items per durable commit during ingest.")
-    sync_every: float = Field(30.0, ge=0, description="Seconds between index syncs during an ingest, so new "
-                              "and changed items become searchable as it goes (0: after every commit).")
+    sync_every: float = Field(30.0, ge=0, description="Seconds between index upkeep checks during an ingest "
+                              "(merges and retrains run in the background; items are searchable once committed).")
+    lock_timeout: float = Field(0.0, ge=0, description="Seconds a second writer waits for the catalog's write "
+                                "lock before it is refused (0: refused at once).")
 
     # Index choice (see search/ann.py for the FAISS guideline rules).
     ivf_min_vectors: int = Field(50_000, ge=1, description="Below this, exact IndexFlatIP.")
-    retrain_growth: float = Field(4.0, gt=1.0, description="Retrain IVF-PQ when N grows by this factor.")
+    retrain_growth: float = Field(4.0, gt=1.0, description="Retrain IVF-PQ when N grows (or shrinks) by this "
+                                  "factor since training, keeping nlist in the FAISS guideline range.")
+    hnsw_min_vectors: int = Field(4_000_000, ge=1, description="From here up, IVF-PQ gets an HNSW coarse quantiser "
+                                  "(IVF65536_HNSW32) as the FAISS wiki advises for 1M-100M vectors.")
+    build_memory_mb: int = Field(384, ge=16, description="Float32 training sample cap for an index (re)build: "
+                                 "a rebuild holds at most this beside the index.")
+    merge_min_changes: int = Field(1_000, ge=1, description="Changes since the saved index before they are merged "
+                                   "into it (until then readers apply them from the change log).")
+    merge_fraction: float = Field(0.01, gt=0, description="... or this fraction of the index, if larger.")
     nprobe: int | None = Field(None, description="IVF lists probed; default from nlist.")
     faiss_gpu: bool = Field(True, description="Use a GPU for FAISS when faiss sees one.")
 
@@ -59,4 +69,4 @@ class Settings(BaseSettings):
     def resolved_db_url(self) -> str:
         if self.db_url:
             return self.db_url
-        return f"sqlite:///{(Path(self.catalog) / 'catalog.db').resolve()}"
+        return f"sqlite:///{(Path(self.catalog).expanduser() / 'catalog.db').resolve()}"

@@ -401,9 +401,9 @@ def test_syncs_during_an_ingest_keep_vectors_still_in_flight(make_settings, tmp_
                                                              monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     """A big captions file commits only when all its rows are embedded; syncs before that must
     not take its stored vectors for dead ones (the README's main job hit exactly this)."""
-    from mmsearch.search import index_set
+    from mmsearch.search import upkeep
 
-    monkeypatch.setattr(index_set, "COMPACT_MIN", 10)  # compaction in reach of a small test
+    monkeypatch.setattr(upkeep, "COMPACT_MIN", 10)  # compaction in reach of a small test
     folder = tmp_path / "media"
     images = linked_photos(folder / "images", 40)
     with open(folder / "captions.csv", "w", newline="") as fh:
@@ -431,7 +431,7 @@ def test_an_unchanged_rescan_loads_no_model(make_settings, photo_dir: Path, monk
     with Engine.open(make_settings(model=None)) as e:  # the catalog's own model: nothing to check
         r = e.index([photo_dir])
         assert (r.unchanged, r.removed, r.added) == (26, 1, 0)
-        assert e.stats()["collections"]["clip.image"]["index"]["ntotal"] == 23
+        assert e.stats()["collections"]["clip.image"]["live"] == 23
     monkeypatch.undo()
     shutil.copy(flickr_images(30)[-1], photo_dir / "new.jpg")
     with Engine.open(make_settings(model=None)) as e:  # work to do: the model loads then

@@ -28,11 +28,11 @@ def test_head_constant_matches_scripts(tmp_path: Path) -> None:
 
 def test_catalog_open_applies_migrations_and_is_idempotent(tmp_path: Path) -> None:
     settings = Settings(catalog=tmp_path / "cat")
-    cat = Catalog(settings)
+    cat = Catalog(settings, writable=True)
     assert cat.schema_version == SCHEMA_HEAD
     assert {"files", "items", "embeddings", "spaces", "roots", "meta"} <= set(inspect(cat.engine).get_table_names())
     cat.close()
-    again = Catalog(settings)  # a second open is a no-op upgrade
+    again = Catalog(settings, writable=True)  # a second open is a no-op upgrade
     assert again.schema_version == SCHEMA_HEAD
     with again.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"

@@ -55,10 +55,12 @@ class BatchingEncoder:
         return self.inner.prepare(modality, decoded)
 
     def encode(self, modality: Modality, prepared: Sequence[Any]) -> np.ndarray:
-        if modality != "text" or not prepared or len(prepared) >= self.max_batch or self._closed:
+        if modality != "text" or not prepared or len(prepared) >= self.max_batch:
             return self.inner.encode(modality, prepared)
         req = _Request(list(prepared))
         with self._cond:
+            if self._closed:  # checked under the lock: a request never queues behind a stopped worker
+                return self.inner.encode(modality, prepared)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name=f"mmsearch-batch-{self.space}",
                                                 daemon=True)

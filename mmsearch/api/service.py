@@ -1,15 +1,9 @@
-"""What one app instance shares between requests: the engines, the jobs, the locks.
+"""What one app instance shares between requests: one engine, its jobs and its batchers.
 
-Two ``Engine`` views share one catalog and one set of loaded models:
-
-* the *reader* answers queries. Its text encoders are wrapped in a ``BatchingEncoder``;
-* the *writer* runs indexing jobs and deletes, with its own ``IndexSet``. It syncs and saves
-  indexes by atomic file replace, and the reader picks the new files up whole on its next query,
-  so a query never sees an index while it is being changed.
-
-The reader's own ``refresh`` would sync its indexes in place if it found the catalog ahead of
-them; a delete therefore runs under the exclusive side of a readers-writer lock, and leaves the
-indexes synced before queries resume.
+Queries go through the engine's reader: the saved indexes plus the change log applied in
+memory, so they never wait for a write. Indexing jobs and deletes go through the engine's one
+writer (``Engine.writing``): a delete during a job shares the job's writer, and no index file is
+rewritten for either, so queries see both as soon as they commit.
 """
 
 from __future__ import annotations
@@ -17,19 +11,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from mmsearch.api.batching import BatchingEncoder
-from mmsearch.api.jobs import JobConflict, JobManager
+from mmsearch.api.jobs import JobManager
 from mmsearch.api.media import Forbidden, MediaGuard, Thumbnails
 from mmsearch.encoders.base import Encoder
-from mmsearch.encoders.encoder_set import EncoderSet
 from mmsearch.engine import Engine
 from mmsearch.errors import BadInput, MMSearchError, ModelUnavailable, NotFound
-from mmsearch.search.index_set import IndexSet
 from mmsearch.settings import Settings
 
 log = logging.getLogger("mmsearch.api")
@@ -37,47 +27,6 @@ log = logging.getLogger("mmsearch.api")
 
 class NotReady(MMSearchError):
     """The models are still loading, or failed to load."""
-
-
-class RWLock:
-    """Many readers or one writer; a waiting writer blocks new readers so it cannot starve."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._readers = 0
-        self._writer = False
-        self._waiting = 0
-
-    @contextmanager
-    def read(self) -> Iterator[None]:
-        with self._cond:
-            while self._writer or self._waiting:
-                self._cond.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                if not self._readers:
-                    self._cond.notify_all()
-
-    @contextmanager
-    def write(self) -> Iterator[None]:
-        with self._cond:
-            self._waiting += 1
-            try:
-                while self._writer or self._readers:
-                    self._cond.wait()
-            finally:
-                self._waiting -= 1
-            self._writer = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writer = False
-                self._cond.notify_all()
 
 
 class Service:
@@ -89,13 +38,9 @@ class Service:
         self.settings: Settings = self.base.settings
         self.read_only = read_only
         self.batching = batching
-        self.lock = RWLock()
-        self.write_mutex = threading.Lock()
-        self.jobs = JobManager(self._run_job, self.write_mutex)
+        self.jobs = JobManager(self._run_job, threading.Lock())
         self.guard = MediaGuard(self.base.catalog)
         self.thumbnails = Thumbnails(self.settings.max_image_pixels)
-        self.reader: Engine | None = None
-        self.writer: Engine | None = None
         self.audio_off: str | None = None
         self.error: str | None = None
         self.started_at = time.time()
@@ -122,7 +67,7 @@ class Service:
             pass  # kept in self.error; readiness and every query report it
 
     def warm(self) -> None:
-        """Load each encoder once, check it against the catalog, build the reader and writer."""
+        """Load each encoder once and wrap the text ones for micro-batched queries."""
         with self._build_lock:
             if self._ready.is_set():
                 return
@@ -141,27 +86,22 @@ class Service:
 
     def _build(self) -> None:
         base = self.base
-        base.refresh()  # indexes caught up before the first query, not by it
+        base.indexes.refresh()  # indexes loaded before the first query, not by it
         raw: dict[str, Encoder] = {"clip": base.encoders.get("clip")}
-        settings = self.settings
         if base.encoders.enabled("clap"):
             try:
                 raw["clap"] = base.encoders.get("clap")
             except ModelUnavailable as e:
-                if settings.audio_model:
+                if self.settings.audio_model:
                     raise
                 self.audio_off = str(e).splitlines()[0]
-                settings = settings.model_copy(update={"audio": False})
         else:
-            self.audio_off = "audio is turned off (MMSEARCH_AUDIO=0)"
+            self.audio_off = "audio is turned off (--no-audio)"
         if self.batching:
             self._batchers = [BatchingEncoder(e) for e in raw.values()]
-            query_encoders: dict[str, Encoder] = {b.space: b for b in self._batchers}
+            base.use_query_encoders({b.space: b for b in self._batchers})
         else:
-            query_encoders = dict(raw)
-        catalog = base.catalog
-        self.reader = Engine(catalog, EncoderSet(catalog, settings, query_encoders), base.indexes, settings)
-        self.writer = Engine(catalog, EncoderSet(catalog, settings, raw), IndexSet.for_catalog(catalog), settings)
+            base.use_query_encoders(raw)
 
     def engine(self, timeout: float = 60.0) -> Engine:
         """The query engine, once the models are loaded (waits for a warm-up in progress)."""
@@ -173,8 +113,7 @@ class Service:
                 raise NotReady(f"the models could not be loaded: {self.error}")
             if not self._ready.is_set():
                 raise NotReady("the models are still loading; try again shortly")
-        assert self.reader is not None
-        return self.reader
+        return self.base
 
     @property
     def ready(self) -> bool:
@@ -184,8 +123,7 @@ class Service:
         if not self.ready:
             return {"ready": False, "reason": f"models failed to load: {self.error}" if self.error
                     else "models are loading"}
-        assert self.reader is not None
-        models = {s: self.reader.encoders.get(s).spec for s in ("clip", "clap") if self.reader.encoders.loaded(s)}
+        models = {s: self.base.encoders.get(s).spec for s in ("clip", "clap") if self.base.encoders.loaded(s)}
         return {"ready": True, "models": models, "audio": self.audio_off}
 
     # -- writes ---------------------------------------------------------------------------------
@@ -210,29 +148,12 @@ class Service:
         return path
 
     def _run_job(self, path: Path, progress: Any, stop: threading.Event) -> dict[str, Any]:
-        self.engine()
-        assert self.writer is not None
-        try:
-            return self.writer.index([path], progress=progress, stop=stop).as_dict()
-        finally:
-            # A job that failed half-way leaves rows its indexes have not caught up with; sync
-            # now, while no query runs, rather than let a query's refresh do it in place.
-            with self.lock.write():
-                self.writer.refresh()
+        return self.engine().index([path], progress=progress, stop=stop).as_dict()
 
     def delete(self, item_id: int) -> None:
         engine = self.engine()
-        if not self.write_mutex.acquire(blocking=False):
-            running = self.jobs.running()
-            what = f"indexing job {running.id} is running" if running else "another delete is in progress"
-            raise JobConflict(f"{what}; try again when it has finished")
-        try:
-            assert self.writer is not None
-            engine.item(item_id)  # NotFound before taking the lock
-            with self.lock.write():
-                self.writer.delete(item_id)
-        finally:
-            self.write_mutex.release()
+        engine.item(item_id)  # NotFound before taking the writer
+        engine.delete(item_id)
 
     # -- shutdown -------------------------------------------------------------------------------
 

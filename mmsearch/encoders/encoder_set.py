@@ -4,12 +4,16 @@ the catalog records, injectable so tests and embedders can pass their own."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from mmsearch.encoders import load_encoder
 from mmsearch.encoders.base import Encoder
 from mmsearch.errors import BadInput
 from mmsearch.settings import DEFAULT_AUDIO_MODEL, DEFAULT_IMAGE_MODEL, Settings
 from mmsearch.storage.catalog import Catalog
+
+if TYPE_CHECKING:
+    from mmsearch.writer import CatalogWriter
 
 # space -> (modalities it embeds, file kinds it must see again when it is (re)defined)
 SPACES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -44,16 +48,21 @@ class EncoderSet:
     def loaded(self, space: str) -> bool:
         return space in self._loaded
 
-    def get(self, space: str, *, record: bool = False) -> Encoder:
-        """The space's encoder. ``record`` (indexing) writes the model into the catalog, or refuses a
-        different one; queries only read, and the query path refuses a mismatch itself."""
+    def get(self, space: str) -> Encoder:
+        """The space's encoder, loaded on first use. Queries only read: the query path refuses a
+        model that differs from the catalog's itself."""
         if space not in SPACES:
             raise BadInput(f"unknown embedding space {space!r}")
         if space not in self._loaded:
             self._loaded[space] = load_encoder(self.spec(space), self.settings)
-        enc = self._loaded[space]
-        if record and space not in self._checked:
-            if self.catalog.ensure_space(space, enc.spec, enc.dim, SPACES[space][1], reembed=self.reembed):
+        return self._loaded[space]
+
+    def record(self, space: str, writer: "CatalogWriter") -> Encoder:
+        """Load the encoder and write its model into the catalog through the writer (indexing),
+        or refuse a different one unless re-embedding."""
+        enc = self.get(space)
+        if space not in self._checked:
+            if writer.record_space(space, enc.spec, enc.dim, SPACES[space][1], reembed=self.reembed):
                 self.redo.add(space)
             self._checked.add(space)
         return enc

@@ -8,6 +8,7 @@ re-does every file that did not commit. Nothing is lost and nothing is duplicate
 
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import threading
@@ -21,15 +22,33 @@ import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
 from mmsearch.encoders.encoder_set import EncoderSet
-from mmsearch.errors import BadInput
+from mmsearch.errors import BadInput, MMSearchError
+from mmsearch.indexer.scan import FoundFile, content_hash, scan
 from mmsearch.media.decode import DecodeError, Unit, load_image, read_captions, read_text
-from mmsearch.indexer.scan import FoundFile, scan
-from mmsearch.search.index_set import IndexSet
 from mmsearch.settings import Settings
-from mmsearch.storage.catalog import Catalog, FileRecord, NewItem
+from mmsearch.storage.catalog import FileRecord, NewItem
+from mmsearch.writer import CatalogWriter
 
 Progress = Callable[[int, int], None]  # (files done, files to do)
+# causes that say nothing about the file: it is tried again on the next run, never left "failed"
+PASSING_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.EAGAIN})
+PASSING_SQL = ("disk is full", "out of memory", "database is locked", "no space left")
 
+
+def is_passing_failure(exc: BaseException) -> bool:
+    """A failure of the machine (full disk, no memory, a busy database), not of the file."""
+    if isinstance(exc, MemoryError):
+        return True
+    if isinstance(exc, OSError):
+        return exc.errno in PASSING_ERRNOS
+    if isinstance(exc, SQLAlchemyError):
+        text = str(getattr(exc, "orig", exc)).lower()
+        return any(marker in text for marker in PASSING_SQL)
+    return False
+
+
+def _reason(exc: SQLAlchemyError) -> str:
+    return str(getattr(exc, "orig", None) or exc)[:200]
 
 
 @dataclass
@@ -41,11 +60,12 @@ class IndexReport:
     failed: int = 0
     seconds: float = 0.0
     items: int = 0
+    moved: int = 0  # recognised by content at a new path: items and vectors kept
     failures: list[tuple[str, str]] = field(default_factory=list)
     skipped_audio: str | None = None  # why audio was left out, when it was
 
     def as_dict(self) -> dict[str, Any]:
-        return {"added": self.added, "updated": self.updated, "removed": self.removed,
+        return {"added": self.added, "updated": self.updated, "removed": self.removed, "moved": self.moved,
                 "unchanged": self.unchanged, "failed": self.failed, "items": self.items,
                 "seconds": round(self.seconds, 3),
                 "failures": [{"path": p, "reason": r} for p, r in self.failures],
@@ -62,83 +82,108 @@ class _Pending:
     embedded: int = 0
     ready: bool = False
     error: str | None = None
+    retry: bool = False  # the error was a passing one (see is_passing_failure)
+    content_hash: str | None = None
     items: dict[tuple[str, int], NewItem] = field(default_factory=dict)
 
 
-def index_folders(paths: Sequence[Path], catalog: Catalog, encoders: EncoderSet, indexes: IndexSet,
-                  settings: Settings, progress: Progress | None = None,
-                  stop: threading.Event | None = None, retry_failed: bool = False) -> IndexReport:
-    """Bring the catalog in line with the folders: add new files, re-embed changed ones, drop
-    deleted ones; then sync the ANN indexes. Files that failed are tried again only when they
-    change, or with ``retry_failed`` (after installing a codec or raising a limit)."""
+def index_folders(paths: Sequence[Path], writer: CatalogWriter, encoders: EncoderSet, settings: Settings,
+                  progress: Progress | None = None, stop: threading.Event | None = None,
+                  retry_failed: bool = False) -> IndexReport:
+    """Bring the catalog in line with the folders: add new files, re-embed changed ones (their
+    items keep their ids), recognise moved ones by content (nothing re-embedded), drop deleted
+    ones; then let the writer's index upkeep catch up. Files that failed are tried again only
+    when they change, or with ``retry_failed``; files that failed for a passing cause (disk
+    full, out of memory) are tried again on every run."""
     t0 = time.perf_counter()
     report = IndexReport()
     roots = [Path(p).expanduser().resolve() for p in paths]
     for r in roots:
         if not r.is_dir():
             raise BadInput(f"not a folder: {r}")
-    with catalog.write_lock():
-        # With no model named, the catalog's own are used: nothing to check, so the models load
-        # only if there is work (an unchanged folder re-scans in a fraction of a second).
-        eager = encoders.reembed or bool(settings.model or settings.audio_model) or not catalog.spaces()
-        spaces = _load_spaces(encoders, report) if eager else None
-        work = _plan(roots, catalog, encoders, spaces, report, retry_failed)
-        if work and spaces is None:
-            spaces = _load_spaces(encoders, report)
-            if encoders.redo:  # a space was added: its files must all be embedded again
-                report.unchanged = report.failed = 0  # recounted; removals are done and stay counted
-                report.failures = []
-                work = _plan(roots, catalog, encoders, spaces, report, retry_failed)
-            elif "clap" not in spaces:  # audio is unavailable after all: sounds stay as they are
-                report.unchanged += sum(p.is_update for p in work if p.found.kind == "audio")
-                work = [p for p in work if p.found.kind != "audio"]
-        if work:
-            _Ingest(catalog, encoders, indexes, settings, spaces or [], report, progress, stop).run(work)
-        if indexes.synced_generation() != catalog.generation():
-            indexes.sync(catalog)
+    catalog = writer.catalog
+    # With no model named, the catalog's own are used: nothing to check, so the models load
+    # only if there is work (an unchanged folder re-scans in a fraction of a second).
+    eager = encoders.reembed or bool(settings.model or settings.audio_model) or not catalog.spaces()
+    spaces = _load_spaces(encoders, writer, report) if eager else None
+    work = _plan(roots, writer, encoders, spaces, report, retry_failed)
+    if work and spaces is None:
+        spaces = _load_spaces(encoders, writer, report)
+        if encoders.redo:  # a space was added: its files must all be embedded again
+            report.unchanged = report.failed = 0  # recounted; removals are done and stay counted
+            report.failures = []
+            work = _plan(roots, writer, encoders, spaces, report, retry_failed)
+        elif "clap" not in spaces:  # audio is unavailable after all: sounds stay as they are
+            report.unchanged += sum(p.is_update for p in work if p.found.kind == "audio")
+            work = [p for p in work if p.found.kind != "audio"]
+    if work:
+        _Ingest(writer, encoders, settings, spaces or [], report, progress, stop).run(work)
+    writer.upkeep(wait=True)
     report.seconds = time.perf_counter() - t0
     return report
 
 
-def _plan(roots: list[Path], catalog: Catalog, encoders: EncoderSet, spaces: list[str] | None,
+def _plan(roots: list[Path], writer: CatalogWriter, encoders: EncoderSet, spaces: list[str] | None,
           report: IndexReport, retry_failed: bool) -> list[_Pending]:
-    """Scan the folders against the catalog: drop files that are gone, count the unchanged ones,
-    and return the rest to embed. ``spaces`` None: not loaded yet, every kind counts as work."""
+    """Scan the folders against the catalog: recognise moves, drop files that are gone, count
+    the unchanged ones, and return the rest to embed. ``spaces`` None: not loaded yet, every
+    kind counts as work."""
+    catalog = writer.catalog
     if encoders.redo:  # a new or re-embedded space: every folder of the catalog, not just these
         roots = roots + [r for r in map(Path, catalog.roots()) if r not in roots and r.is_dir()]
     work: list[_Pending] = []
+    gone: set[str] = set()
     for root in roots:
-        root_id = catalog.ensure_root(root)
+        root_id = writer.ensure_root(root)
         known = catalog.file_states(root)
         # audio files are always scanned: with audio off they are left as they are, not "gone"
         bad_names: list[str] = []
         found = {f.path: f for f in scan(root, exclude=catalog.root, bad_names=bad_names)}
         report.failed += len(bad_names)
         report.failures += [(name, "file name is not valid UTF-8: rename it to index it") for name in bad_names]
-        gone = [p for p in known if p not in found]
-        report.removed += catalog.delete_files(gone) and len(gone)
+        gone.update(p for p in known if p not in found)
         for path, f in found.items():
             old = known.get(path)
             if f.kind == "audio" and (not encoders.enabled("clap") or (spaces is not None and "clap" not in spaces)):
                 report.unchanged += old is not None
-            elif old is not None and old.size == f.size and old.mtime_ns == f.mtime_ns and not (
-                    retry_failed and old.status == "failed"):
+            elif old is not None and old.size == f.size and old.mtime_ns == f.mtime_ns and old.status != "retry" \
+                    and not (retry_failed and old.status == "failed"):
                 report.unchanged += 1
             else:
                 work.append(_Pending(f, root_id, is_update=old is not None))
+    work = [p for p in work if p.is_update or not _moved(p, writer, gone, report)]
+    report.removed += writer.delete_files(sorted(gone)) and len(gone)
     return work
 
 
-def _load_spaces(encoders: EncoderSet, report: IndexReport) -> list[str]:
+def _moved(p: _Pending, writer: CatalogWriter, gone: set[str], report: IndexReport) -> bool:
+    """A new file with the content of a known file that is no longer where it was (gone in this
+    scan, or outside the folders scanned: a renamed folder) takes over that file's row, items
+    and vectors. Hashes are computed only when a same-size candidate has vanished."""
+    f = p.found
+    digest: str | None = None
+    for old_path, old_hash in writer.catalog.files_of_size(f.size, f.kind):
+        if old_hash is None or (old_path not in gone and os.path.lexists(old_path)):
+            continue
+        digest = digest or content_hash(f.path)
+        if digest == old_hash:
+            writer.move_file(old_path, f.path, p.root_id, f.mtime_ns)
+            gone.discard(old_path)
+            report.moved += 1
+            return True
+    return False
+
+
+def _load_spaces(encoders: EncoderSet, writer: CatalogWriter, report: IndexReport) -> list[str]:
     """Load the encoders up front: model mismatches and missing weights fail before any work.
     A default audio model that cannot be loaded leaves audio out with a warning."""
     from mmsearch.errors import ModelUnavailable
 
     spaces = ["clip"]
-    encoders.get("clip", record=True)
+    encoders.record("clip", writer)
     if encoders.enabled("clap"):
         try:
-            encoders.get("clap", record=True)
+            encoders.record("clap", writer)
             spaces.append("clap")
         except ModelUnavailable as e:
             if encoders.settings.audio_model and not encoders.loaded("clap"):
@@ -150,15 +195,15 @@ def _load_spaces(encoders: EncoderSet, report: IndexReport) -> list[str]:
 class _Ingest:
     """One run's moving parts: decode workers feed a bounded queue; this thread embeds and writes."""
 
-    def __init__(self, catalog: Catalog, encoders: EncoderSet, indexes: IndexSet, settings: Settings,
+    def __init__(self, writer: CatalogWriter, encoders: EncoderSet, settings: Settings,
                  spaces: list[str], report: IndexReport, progress: Progress | None,
                  stop: threading.Event | None) -> None:
-        self.catalog, self.encoders, self.indexes, self.settings = catalog, encoders, indexes, settings
+        self.writer, self.encoders, self.settings = writer, encoders, settings
         self.spaces = spaces
         self.report = report
         self.progress = progress
         self.stop = stop or threading.Event()
-        self.next_id = max(catalog.max_embedding_id(), indexes.max_stored_id()) + 1
+        self.next_id = writer.next_embedding_id()
         self.buffers: dict[tuple[str, str], list[tuple[int, Unit, Any]]] = {}
         self.ready: list[int] = []
         self.ready_items = 0
@@ -223,6 +268,7 @@ class _Ingest:
                     return
                 n, error = 0, None
                 try:
+                    self.work[idx].content_hash = content_hash(self.work[idx].found.path)
                     for unit in self._decode(self.work[idx].found):
                         prepared = {s: self.encoders.get(s).prepare(unit.modality, unit.payload)
                                     for s in self.targets(unit.modality)}
@@ -234,6 +280,9 @@ class _Ingest:
                             return
                 except DecodeError as e:
                     error = str(e)
+                except (MemoryError, OSError) as e:
+                    error = f"{type(e).__name__}: {e}"
+                    self.work[idx].retry = is_passing_failure(e)  # tried again on the next run
                 except Exception as e:  # noqa: BLE001 - one bad file must not stop the run
                     error = f"{type(e).__name__}: {e}"
                 self._put(events, ("done", idx, n, error))
@@ -285,7 +334,7 @@ class _Ingest:
         ids = np.arange(self.next_id, self.next_id + len(batch), dtype=np.int64)
         self.next_id += len(batch)
         collection = f"{space}.{modality}"
-        self.indexes.store(collection, vectors.shape[1]).append(ids, vectors)
+        self.writer.append_vectors(collection, ids, vectors)
         touched = set()
         for eid, (idx, unit, _) in zip(ids.tolist(), batch):
             p = self.work[idx]
@@ -321,19 +370,25 @@ class _Ingest:
             f = p.found
             records.append(FileRecord(path=f.path, root_id=p.root_id, kind=f.kind, size=f.size,
                                       mtime_ns=f.mtime_ns, items=[] if p.error else list(p.items.values()),
-                                      error=p.error))
+                                      error=p.error, retry=p.retry, content_hash=p.content_hash))
         try:
-            self.catalog.commit_files(records)
-        except SQLAlchemyError:
+            self.writer.commit_files(records)
+        except SQLAlchemyError as e:
+            if is_passing_failure(e):
+                raise MMSearchError(f"the catalog could not be written ({_reason(e)}): the files finished so far "
+                                    "are kept; free space and run the same command again") from e
             # something in the batch is unstorable: commit file by file, recording the culprits
             for i, r in enumerate(records):
                 try:
-                    self.catalog.commit_files([r])
+                    self.writer.commit_files([r])
                 except SQLAlchemyError as e:
-                    reason = f"could not be stored: {str(e.orig if hasattr(e, 'orig') else e)[:200]}"
+                    if is_passing_failure(e):
+                        raise MMSearchError(f"the catalog could not be written ({_reason(e)}): run the same "
+                                            "command again once that is fixed") from e
+                    reason = f"could not be stored: {_reason(e)}"
                     self.work[self.ready[i]].error = reason
-                    self.catalog.commit_files([FileRecord(path=r.path, root_id=r.root_id, kind=r.kind,
-                                                          size=r.size, mtime_ns=r.mtime_ns, error=reason)])
+                    self.writer.commit_files([FileRecord(path=r.path, root_id=r.root_id, kind=r.kind, size=r.size,
+                                                         mtime_ns=r.mtime_ns, error=reason)])
         for idx in self.ready:
             p = self.work[idx]
             if p.error:
@@ -348,5 +403,6 @@ class _Ingest:
             p.items = {}
         self.ready, self.ready_items = [], 0
         if time.monotonic() - self.synced_at >= self.settings.sync_every:
-            self.indexes.sync(self.catalog, compact=False)  # searchable as it goes; vectors in flight stay
+            # merges and retrains run beside the ingest; vectors in flight look dead: no compaction
+            self.writer.upkeep(wait=False, compact=False)
             self.synced_at = time.monotonic()

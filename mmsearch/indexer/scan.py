@@ -7,6 +7,7 @@ incremental runs are fast.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -103,3 +104,12 @@ def is_captions_file(path: str) -> bool:
             return caption_columns(header) is not None
     except (OSError, ValueError, csv.Error):
         return True  # let decoding record it as failed, with the reason
+
+
+def content_hash(path: str, block: int = 1 << 20) -> str:
+    """What a file holds, so a file that moved is recognised and keeps its items and vectors."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()

@@ -2,6 +2,7 @@
 vectors, i.e. cosine). FAISS ids are the SQL ids. The exact float16 vectors live in the
 collection's VectorStore, so this index is disposable: it can always be rebuilt, and its
 candidates are rescored exactly (see search/rerank.py), which is why a compact PQ code is enough.
+What to build is search/index_plan.py's choice; when to merge or rebuild is search/upkeep.py's.
 """
 
 from __future__ import annotations
@@ -13,114 +14,22 @@ import logging
 import math
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import faiss
 import numpy as np
 
-from mmsearch.settings import Settings
+from mmsearch.search.index_plan import IndexPlan
 from mmsearch.storage.vectors import VectorStore
 
 log = logging.getLogger(__name__)
 
-# FAISS k-means warns below 39 points per centroid and subsamples above 256 (its
-# ClusteringParameters defaults); the wiki's "30*K to 256*K" training rule is the same range.
-MIN_POINTS_PER_CENTROID = 39
-TRAIN_POINTS_PER_LIST = 64  # where in that range we sit: more buys little, costs k-means time
-MAX_BYTES_PER_VECTOR = 80  # RAM budget per vector: PQ code + the 8-byte id of the inverted list
-ID_BYTES = 8
 SAMPLE_SEED = 1234  # fixed so a rebuild of the same data gives the same index
-_FORMAT = 1
+_FORMAT = 2
 _BITMAP_MAX_ID = 1 << 24  # filter bitmap <= 2 MiB
 SMALL_TRAIN = 20_000  # below this many training vectors, train single-threaded
-MIN_NPROBE = 16
-
-
-@dataclass(frozen=True)
-class IndexPlan:
-    """What to build for a collection of a given size; see plan_index for the rules."""
-
-    kind: Literal["flat", "ivfpq"]
-    nlist: int = 0
-    m: int = 0
-    nbits: int = 8
-    opq: bool = False
-    train_size: int = 0
-    nprobe: int = 0
-
-    @property
-    def factory(self) -> str:
-        """The faiss index_factory string of the index as built and saved. Flat is wrapped in
-        IDMap to carry ids; IVF-PQ keeps its coarse centroids in float16 (SQfp16)."""
-        if self.kind == "flat":
-            return "Flat"
-        return self._ivfpq_factory(coarse="(SQfp16)")
-
-    def _ivfpq_factory(self, coarse: str) -> str:
-        pq = f"PQ{self.m}" if self.nbits == 8 else f"PQ{self.m}x{self.nbits}"
-        return f"{f'OPQ{self.m},' if self.opq else ''}IVF{self.nlist}{coarse},{pq}"
-
-
-def _pow2_floor(x: float) -> int:
-    return 1 << max(0, math.floor(math.log2(max(x, 1.0))))
-
-
-def default_nprobe(nlist: int) -> int:
-    """Lists probed by default: sqrt(nlist), so the scanned fraction shrinks as the index grows
-    (64 of 4096 lists = 1.6% of a 1M collection), but at least 16: in a small index each list
-    is a large slice of the space, so a few probes cut through neighbourhoods (a 600-vector
-    index with 15 lists: recall@10 0.89 with 4 probes, 0.98 with 8+), and scanning is cheap."""
-    return max(1, min(nlist, max(MIN_NPROBE, round(math.sqrt(nlist)))))
-
-
-def plan_index(n: int, dim: int, settings: Settings) -> IndexPlan:
-    """Choose the index for ``n`` vectors of ``dim``, following the FAISS wiki's
-    "Guidelines to choose an index":
-
-    * ``n < settings.ivf_min_vectors`` (default 50k): exact ``Flat`` (IndexFlatIP). Brute force
-      is fast enough there and needs no training.
-    * Otherwise IVF-PQ:
-
-      - nlist: the power of two in (4*sqrt(n), 8*sqrt(n)], i.e. in the lower half of the
-        wiki's 4*sqrt(n) .. 16*sqrt(n) (fewer, larger lists: cheaper k-means and adds on few
-        cores; 1M -> 4096), but at most n/39 so that every coarse centroid gets the 39 training
-        points FAISS k-means asks for (between ~24k and ~97k vectors that cap gives a
-        non-power-of-two nlist still inside the range; a forced tiny index, e.g. 3k vectors
-        in tests, gets fewer lists rather than an under-trained quantiser).
-      - train_size: 64*nlist, within the wiki's 30*nlist .. 256*nlist (and FAISS's own
-        39 .. 256 points per centroid), capped at n (1M -> 262,144 training vectors, ~2 min
-        of k-means on 2 cores).
-      - m: the largest divisor of dim whose m*nbits-bit code + 8-byte id <= 80 bytes/vector
-        (512-, 768- or 1024-d -> PQ64: 72 bytes, dim/8 for CLIP/CLAP's 512). With fewer bits
-        (small n) that allows more, finer sub-quantisers, down to 1 dim each, which is what
-        keeps small indexes accurate (600 x 32-d, 3 bits: PQ32 recall@10 1.0, PQ8 0.97).
-      - coarse centroids are kept in float16 (``IVF4096(SQfp16)``): nlist*dim*2/n, ~4 B/vector
-        at 1M instead of ~8, which keeps the whole index under 80 B/vector (76.8 measured);
-        their precision does not matter once candidates are rescored exactly.
-      - nbits: 8, reduced when the training sample is too small to give each of the 2**nbits
-        PQ centroids 39 points (3k vectors -> 6 bits).
-      - nprobe: settings.nprobe when set, else sqrt(nlist), at least 16 (4096 -> 64).
-      - opq: off; the rotation costs a long training on few cores and the exact rescoring
-        already recovers what it would gain.
-
-    Measured with benchmarks/ann.py (1M x 512-d, 2 cores, off-distribution queries): nprobe
-    barely matters past 16 there, PQ64 ranking does: exact rescoring of k*10 candidates gives
-    recall@10 ~0.93, of k*20 ~0.98, for ~0.05 ms more; hence rerank_factor 20.
-    """
-    if n < settings.ivf_min_vectors or n < 2:
-        return IndexPlan(kind="flat")
-    nlist = max(1, min(_pow2_floor(8 * math.sqrt(n)), n // MIN_POINTS_PER_CENTROID))
-    train_size = min(n, TRAIN_POINTS_PER_LIST * nlist)  # >= 39*nlist since nlist <= n/39
-    nbits = max(1, min(8, math.floor(math.log2(max(2.0, train_size / MIN_POINTS_PER_CENTROID)))))
-    code_budget_bits = (MAX_BYTES_PER_VECTOR - ID_BYTES) * 8
-    m = max(m for m in range(1, dim + 1) if dim % m == 0 and m * nbits <= code_budget_bits)
-    nprobe = settings.nprobe if settings.nprobe else default_nprobe(nlist)
-    return IndexPlan(
-        kind="ivfpq", nlist=nlist, m=m, nbits=nbits, opq=False, train_size=train_size,
-        nprobe=max(1, min(int(nprobe), nlist)),
-    )
+ADD_CHUNK = 16_384  # rows per float32 block when adding from a float16 store (32 MiB at 512-d)
 
 
 def _gpu_available(use_gpu: bool) -> bool:
@@ -191,70 +100,82 @@ class AnnIndex:
     search() may run from many threads at once; add/remove (and sync_index) must not run
     concurrently with anything else on the same object: sync a copy (load) and swap it in."""
 
-    def __init__(self, index: faiss.Index, ids: np.ndarray, plan: IndexPlan, trained_n: int) -> None:
+    def __init__(self, index: faiss.Index, ids: np.ndarray, plan: IndexPlan, trained_n: int, seq: int = 0) -> None:
         self._index = index
         self._ids = np.sort(_as_ids(ids))
         self.plan = plan
         self.trained_n = int(trained_n)
+        self.seq = int(seq)  # the change-log position this index holds everything up to
         self.dim = int(index.d)
         self._ivf = faiss.downcast_index(faiss.extract_index_ivf(index)) if plan.kind == "ivfpq" else None
 
     # -- construction --------------------------------------------------------------------
 
     @classmethod
-    def build(
-        cls, vectors: np.ndarray, ids: np.ndarray, plan: IndexPlan, *, use_gpu: bool = False
-    ) -> AnnIndex:
-        """Train (for IVF-PQ: on a fixed-seed sample of plan.train_size rows) and add everything.
+    def build(cls, store: VectorStore, ids: np.ndarray, plan: IndexPlan, *, seq: int = 0,
+              use_gpu: bool = False) -> AnnIndex:
+        """Train (for IVF-PQ: on a fixed-seed sample of plan.train_size rows) and add ``ids``,
+        reading the float16 store in blocks: memory stays at the index plus the training sample
+        (capped by settings.build_memory_mb), never a float32 copy of the store.
 
         With ``use_gpu`` and a GPU visible to faiss, k-means runs on the GPU; the index itself
         stays a CPU index, so what is saved loads anywhere."""
-        vectors = np.asarray(vectors)
-        ids = _as_ids(ids)
-        if vectors.ndim != 2 or vectors.shape[0] != ids.shape[0]:
-            raise ValueError(f"vectors {vectors.shape} do not match {ids.shape[0]} ids")
-        dim = int(vectors.shape[1])
-        if np.unique(ids).size != ids.size:
-            raise ValueError("duplicate ids")
+        ids = np.unique(_as_ids(ids))
+        dim = store.dim
         if plan.kind == "flat":
-            index = faiss.IndexIDMap(faiss.IndexFlatIP(dim))
-            out = cls(index, np.empty(0, np.int64), plan, trained_n=ids.size)
-            out.add(vectors, ids)
+            out = cls(faiss.IndexIDMap(faiss.IndexFlatIP(dim)), np.empty(0, np.int64), plan, trained_n=ids.size,
+                      seq=seq)
+            out.add_from(store, ids)
             return out
         n = ids.size
         if n < plan.nlist:
             raise ValueError(f"{n} vectors cannot train {plan.nlist} lists")
-        # Train and bulk-add with a float32 flat quantiser (BLAS), then shrink it to float16.
-        index = faiss.index_factory(dim, plan._ivfpq_factory(coarse=""), faiss.METRIC_INNER_PRODUCT)
+        index = faiss.index_factory(dim, plan.build_factory, faiss.METRIC_INNER_PRODUCT)
         ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
         ivf.do_polysemous_training = False  # only used by polysemous search, which we never do
         ivf.nprobe = plan.nprobe
         ivf.cp.seed = SAMPLE_SEED
-        clustering = faiss.IndexFlatIP(dim)
-        if _gpu_available(use_gpu):
-            clustering = faiss.index_cpu_to_all_gpus(clustering)
-        ivf.clustering_index = clustering
+        clustering = None
+        if plan.coarse == "flat":
+            clustering = faiss.IndexFlatIP(dim)
+            if _gpu_available(use_gpu):
+                clustering = faiss.index_cpu_to_all_gpus(clustering)
+            ivf.clustering_index = clustering
         take = min(n, max(plan.train_size, plan.nlist))
-        if take < n:
-            rows = np.sort(np.random.default_rng(SAMPLE_SEED).choice(n, take, replace=False))
-            sample = _as_f32(vectors[rows], dim)
-        else:
-            sample = _as_f32(vectors, dim)
+        rows = np.sort(np.random.default_rng(SAMPLE_SEED).choice(n, take, replace=False)) if take < n else None
+        sample_ids = ids if rows is None else ids[rows]
+        sample = np.concatenate([v for _, v in store.chunks(sample_ids)] or [np.empty((0, dim), np.float32)])
         # Small trainings are thousands of tiny parallel regions: on few (or busy) cores the
         # OpenMP barriers cost more than the parallelism gains (measured 2-4x slower).
         with _omp_threads(1 if take < SMALL_TRAIN else None):
             index.train(sample)
             del sample
-            ivf.clustering_index = None  # drop the GPU resource before the index is kept or saved
-            del clustering
-            out = cls(index, np.empty(0, np.int64), plan, trained_n=n)
-            out.add(vectors, ids)
-        _float16_quantizer(ivf)
+            if clustering is not None:
+                ivf.clustering_index = None  # drop the GPU resource before the index is kept or saved
+                del clustering
+            out = cls(index, np.empty(0, np.int64), plan, trained_n=n, seq=seq)
+            out.add_from(store, ids)
+        if plan.coarse == "flat":
+            _float16_quantizer(ivf)
         return out
 
     # -- mutation ------------------------------------------------------------------------
 
-    def add(self, vectors: np.ndarray, ids: np.ndarray, *, chunk: int = 65_536) -> None:
+    def add_from(self, store: VectorStore, ids: np.ndarray) -> np.ndarray:
+        """Add the stored vectors of ``ids`` not yet in the index, block by block; returns the
+        ids that the store no longer holds (lost vectors: the caller has them re-embedded)."""
+        ids = np.unique(_as_ids(ids))
+        ids = ids[~self._present(ids)]
+        lost: list[np.ndarray] = []
+        for start in range(0, ids.size, ADD_CHUNK):
+            block = ids[start:start + ADD_CHUNK]
+            found, vectors = store.lookup(block)
+            if not found.all():
+                lost.append(block[~found])
+            self.add(vectors, block[found])
+        return np.concatenate(lost) if lost else np.empty(0, np.int64)
+
+    def add(self, vectors: np.ndarray, ids: np.ndarray, *, chunk: int = ADD_CHUNK) -> None:
         """Add rows; an id already present is a ValueError (remove it first)."""
         ids = _as_ids(ids)
         if ids.size == 0:
@@ -378,7 +299,7 @@ class AnnIndex:
         ``path``: readers see the old or the new index, never half of one."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"format": _FORMAT, "plan": dataclasses.asdict(self.plan), "trained_n": self.trained_n}
+        meta = self.meta()
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             with open(tmp, "wb") as f:
@@ -422,58 +343,12 @@ class AnnIndex:
             is_ivf = faiss.try_extract_index_ivf(index) is not None
             if index.ntotal != ids.size or (plan.kind == "ivfpq") != is_ivf:
                 raise ValueError("index and metadata disagree")
-            return cls(index, ids, plan, trained_n=int(meta["trained_n"]))
+            return cls(index, ids, plan, trained_n=int(meta["trained_n"]), seq=int(meta.get("seq", 0)))
         except Exception as exc:  # any damage means "rebuild", never a crash at startup
             log.warning("ignoring unreadable ANN index %s: %s", path, exc)
             return None
 
-    def describe(self) -> dict[str, Any]:
-        """Figures for `stats`; bytes is the serialized size, i.e. what the index holds in RAM
-        (codes, ids, coarse centroids, PQ codebooks)."""
-        nbytes = int(faiss.serialize_index(self._index).nbytes)
-        return {
-            "kind": self.plan.kind,
-            "factory": self.plan.factory,
-            "ntotal": self.ntotal,
-            "nlist": self.plan.nlist,
-            "m": self.plan.m,
-            "nbits": self.plan.nbits,
-            "nprobe": self.plan.nprobe,
-            "trained_n": self.trained_n,
-            "bytes": nbytes,
-            "bytes_per_vector": nbytes / self.ntotal if self.ntotal else 0.0,
-        }
-
-
-def sync_index(
-    index: AnnIndex | None, store: VectorStore, live_ids: np.ndarray, settings: Settings
-) -> AnnIndex:
-    """Make ``index`` hold exactly ``live_ids`` (the SQL truth), reading vectors from ``store``.
-
-    Rebuilds when there is no usable index, when the planned kind changes (crossing
-    ``ivf_min_vectors`` either way), or when the collection grew ``retrain_growth``-fold since
-    the quantisers were trained (their centroids no longer fit the data). Otherwise it is
-    incremental: remove the ids no longer live, add the live ids missing."""
-    live = np.unique(_as_ids(live_ids))
-    n = int(live.size)
-    planned = plan_index(n, store.dim, settings)
-    rebuild = (
-        index is None
-        or index.dim != store.dim
-        or index.plan.kind != planned.kind
-        or (planned.kind == "ivfpq" and n >= settings.retrain_growth * max(index.trained_n, 1))
-    )
-    if rebuild:
-        return AnnIndex.build(store.get(live), live, planned, use_gpu=settings.faiss_gpu)
-    assert index is not None
-    if index.plan.kind == "ivfpq":
-        nprobe = settings.nprobe if settings.nprobe else default_nprobe(index.plan.nlist)
-        nprobe = max(1, min(int(nprobe), index.plan.nlist))
-        if nprobe != index.plan.nprobe:
-            index.plan = dataclasses.replace(index.plan, nprobe=nprobe)
-    current = index.ids()
-    index.remove(np.setdiff1d(current, live, assume_unique=True))
-    missing = np.setdiff1d(live, index.ids(), assume_unique=True)
-    if missing.size:
-        index.add(store.get(missing), missing)
-    return index
+    def meta(self) -> dict[str, Any]:
+        """What the index file says about itself; also kept beside it as JSON for ``stats``."""
+        return {"format": _FORMAT, "plan": dataclasses.asdict(self.plan), "trained_n": self.trained_n,
+                "seq": self.seq, "ntotal": self.ntotal, "factory": self.plan.factory}

@@ -21,7 +21,7 @@ from pydantic import AfterValidator, BaseModel, Field
 from mmsearch.encoders.base import l2_normalise
 from mmsearch.encoders.encoder_set import EncoderSet
 from mmsearch.errors import BadInput, ModelMismatch
-from mmsearch.search.index_set import IndexSet
+from mmsearch.search.live import LiveIndexes
 from mmsearch.search.rerank import exact_rescore, mmr
 from mmsearch.settings import Settings
 from mmsearch.storage.catalog import Catalog
@@ -104,7 +104,7 @@ class _Candidate:
 class QueryRunner:
     """Runs queries against one catalog; caches only per-collection background samples."""
 
-    def __init__(self, catalog: Catalog, indexes: IndexSet, encoders: EncoderSet, settings: Settings) -> None:
+    def __init__(self, catalog: Catalog, indexes: LiveIndexes, encoders: EncoderSet, settings: Settings) -> None:
         self.catalog, self.indexes, self.encoders, self.settings = catalog, indexes, encoders, settings
         self._background: dict[str, tuple[int, np.ndarray]] = {}
 

@@ -1,15 +1,17 @@
-"""The SQL side of a catalog directory: files, items, embeddings, and the models that made them.
+"""The SQL side of a catalog directory: files, items, embeddings, the models that made them, and
+the change log that index upkeep follows.
 
-A catalog directory holds ``catalog.db`` (unless ``--db`` points elsewhere), ``vectors/`` (exact
-float16 vectors) and ``indexes/`` (FAISS). The schema version is Alembic's, upgraded on open.
+A catalog directory holds ``catalog.db`` (unless ``--db`` points elsewhere), ``catalog.json``
+(the id that binds the folder to its database), ``vectors/`` (exact float16 vectors) and
+``indexes/`` (FAISS). A Catalog opened for reading never writes, creates or migrates anything;
+the writer (storage/writer.py) opens the one writable Catalog.
 """
 
 from __future__ import annotations
 
-import fcntl
+import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,11 +21,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mmsearch.errors import MMSearchError, ModelMismatch, NotFound
 from mmsearch.settings import Settings
-from mmsearch.storage.db import create_db_engine, migrate, schema_version
-from mmsearch.storage.models import Embedding, File, Item, Meta, Root, Space
+from mmsearch.storage import ids as idgen
+from mmsearch.storage.db import create_db_engine, friendly_db_error, migrate, schema_is_current, schema_version
+from mmsearch.storage.models import Change, Counter, Embedding, File, Item, Meta, Root, Space, utcnow
 
-GENERATION = "generation"
-ID_FLOOR = "id_floor"
+BINDING = "catalog.json"
+CATALOG_ID = "catalog_id"
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class FileState:
     size: int
     mtime_ns: int
     status: str
+    content_hash: str | None = None
 
 
 @dataclass
@@ -56,6 +60,8 @@ class FileRecord:
     mtime_ns: int
     items: list[NewItem] = field(default_factory=list)
     error: str | None = None
+    retry: bool = False  # failed for a passing cause (disk full, out of memory): tried again next run
+    content_hash: str | None = None
 
 
 @dataclass(frozen=True)
@@ -73,23 +79,34 @@ class ItemRow:
 
 
 class Catalog:
-    def __init__(self, settings: Settings, *, create: bool = True) -> None:
+    def __init__(self, settings: Settings, *, writable: bool = False) -> None:
+        """Open the catalog that ``settings.catalog`` names. Read-only unless ``writable``, which
+        only the writer asks for (it holds the write lock, creates the folder and migrates)."""
         self.settings = settings
+        self.writable = writable
         self.root = Path(settings.catalog).expanduser().resolve()
-        if not create and not (self.root / "catalog.db").exists() and not settings.db_url:
-            raise NotFound(f"no catalog at {self.root}: index a folder first "
-                           f"(`mmsearch index DIR --catalog {settings.catalog}`)")
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise MMSearchError(f"cannot use {self.root} as a catalog folder: {e.strerror or e}") from e
         self.vectors_dir = self.root / "vectors"
         self.indexes_dir = self.root / "indexes"
-        self.engine = create_db_engine(settings.resolved_db_url())
+        if not writable and not (self.root / "catalog.db").exists() and not settings.db_url:
+            raise NotFound(f"no catalog at {self.root}: index a folder first "
+                           f"(`mmsearch index DIR --catalog {settings.catalog}`)")
+        if writable:
+            self.root.mkdir(parents=True, exist_ok=True)
+        self.engine = create_db_engine(settings.resolved_db_url(), read_only=not writable)
         try:
-            migrate(self.engine)
+            if writable:
+                migrate(self.engine)
+            elif not schema_is_current(self.engine):
+                raise MMSearchError(f"the catalog {self.root} has an older schema ({schema_version(self.engine)}): "
+                                    f"run `mmsearch index --catalog {settings.catalog}` once to upgrade it")
+            self.id = self._bind()
+        except MMSearchError:
+            self.engine.dispose()
+            raise
         except Exception as e:  # noqa: BLE001 - surface DB problems as a user-facing error
-            raise MMSearchError(f"cannot open the catalog database {self.engine.url!r}: {e}") from e
+            self.engine.dispose()
+            raise friendly_db_error(e) or MMSearchError(
+                f"cannot open the catalog database {self.engine.url!r}: {e}") from e
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def close(self) -> None:
@@ -99,18 +116,32 @@ class Catalog:
     def schema_version(self) -> str | None:
         return schema_version(self.engine)
 
-    @contextmanager
-    def write_lock(self) -> Iterator[None]:
-        """One writer per catalog: a second `index` fails at once instead of interleaving."""
-        with open(self.root / "write.lock", "a+") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise MMSearchError(f"another process is writing to the catalog {self.root}") from None
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+    def _bind(self) -> str:
+        """The folder and its database carry one catalog id: a folder paired with another
+        catalog's database (or the reverse) would serve vectors under the wrong rows."""
+        with self.engine.connect() as conn:
+            db_id = conn.execute(select(Meta.value).where(Meta.key == CATALOG_ID)).scalar()
+        binding = self.root / BINDING
+        try:
+            folder_id = json.loads(binding.read_text())[CATALOG_ID]
+        except FileNotFoundError:
+            folder_id = None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise MMSearchError(f"{binding} is unreadable ({e}): restore it or remove it to re-bind") from None
+        if folder_id is not None and db_id is not None and folder_id != db_id:
+            raise MMSearchError(
+                f"the catalog folder {self.root} belongs to catalog {folder_id}, but the database "
+                f"{self.engine.url.render_as_string(hide_password=True)} to catalog {db_id}: point --catalog "
+                "and --db at the same catalog")
+        if folder_id is None and self.writable and db_id is not None:
+            tmp = binding.with_name(BINDING + ".tmp")
+            tmp.write_text(json.dumps({CATALOG_ID: db_id}))
+            os.replace(tmp, binding)
+        return str(db_id or folder_id or "")
+
+    def _require_writable(self) -> None:
+        if not self.writable:
+            raise RuntimeError("a read-only Catalog was asked to write: writes go through the CatalogWriter")
 
     # -- models ---------------------------------------------------------------------------------
 
@@ -126,6 +157,7 @@ class Catalog:
     def ensure_space(self, name: str, spec: str, dim: int, kinds: Sequence[str], *, reembed: bool = False) -> bool:
         """Record the model of a space; refuse another model unless re-embedding. True if files of
         ``kinds`` must be embedded again (a new space over an existing catalog, or a re-embed)."""
+        self._require_writable()
         with self.sessions.begin() as s:
             space = s.get(Space, name)
             if space is None:
@@ -144,18 +176,15 @@ class Catalog:
             space.spec, space.dim = spec, dim
             # Every file is embedded again on the next pass; the old model's vectors go, and their
             # ids stay used: the floor keeps new ids above them.
-            self._set_meta(s, ID_FLOOR, max(self._id_floor(s), int(s.scalar(select(func.max(Embedding.id))) or 0)))
+            idgen.raise_embedding_floor(s, idgen.max_embedding_id(s))
             s.execute(delete(Embedding).where(Embedding.collection.like(f"{name}.%")))
             s.execute(update(File).values(mtime_ns=-1))
-            self._bump(s)
-        for folder in (self.vectors_dir, self.indexes_dir):
-            for path in folder.glob(f"{name}.*"):
-                path.unlink()
         return True
 
     # -- scanning state -------------------------------------------------------------------------
 
     def ensure_root(self, path: Path) -> int:
+        self._require_writable()
         with self.sessions.begin() as s:
             existing = s.scalar(select(Root.id).where(Root.path == str(path)))
             if existing is not None:
@@ -173,59 +202,92 @@ class Catalog:
         """Known files under a folder (by path, so nested roots share their files)."""
         esc = _like_escape(str(root).rstrip("/")) + "/%"
         with self.sessions() as s:
-            rows = s.execute(select(File.path, File.id, File.size, File.mtime_ns, File.status)
+            rows = s.execute(select(File.path, File.id, File.size, File.mtime_ns, File.status, File.content_hash)
                              .where(File.path.like(esc, escape="\\")))
-            return {p: FileState(i, sz, mt, st) for p, i, sz, mt, st in rows}
+            return {p: FileState(i, sz, mt, st, h) for p, i, sz, mt, st, h in rows}
 
-    # -- writes ---------------------------------------------------------------------------------
-
-    def max_embedding_id(self) -> int:
-        """The highest id ever given out, deleted ones included, so ids are never reused."""
+    def files_of_size(self, size: int, kind: str) -> list[tuple[str, str | None]]:
+        """(path, content hash) of known files of this size and kind: the candidates a new file
+        may have moved from (an index lookup, proportional to the matches)."""
         with self.sessions() as s:
-            return max(int(s.scalar(select(func.max(Embedding.id))) or 0), self._id_floor(s))
+            q = select(File.path, File.content_hash).where(File.size == size, File.kind == kind,
+                                                           File.status == "ok")
+            return [(p, h) for p, h in s.execute(q)]
 
-    def raise_id_floor(self, value: int) -> None:
-        """Ids up to ``value`` count as used even once no row or vector holds them."""
-        with self.sessions.begin() as s:
-            if value > self._id_floor(s):
-                self._set_meta(s, ID_FLOOR, value)
-
-    def _id_floor(self, s: Session) -> int:
-        meta = s.get(Meta, ID_FLOOR)
-        return int(meta.value) if meta else 0
-
-    def _set_meta(self, s: Session, key: str, value: int) -> None:
-        meta = s.get(Meta, key)
-        if meta is None:
-            s.add(Meta(key=key, value=str(value)))
-        else:
-            meta.value = str(value)
+    # -- writes (the writer's Catalog only) -------------------------------------------------------
 
     def commit_files(self, records: Sequence[FileRecord]) -> None:
-        """Replace each file's rows with its new items, all in one transaction (three bulk inserts)."""
+        """Store each file's items in one transaction. A file seen before keeps its row and its
+        items' ids (matched by modality and row); only its vectors are replaced. New files go
+        in with three bulk inserts. Triggers log every vector added or removed."""
+        self._require_writable()
         if not records:
             return
         with self.sessions.begin() as s:
-            s.execute(delete(File).where(File.path.in_([r.path for r in records])))
-            file_ids = s.scalars(
-                insert(File).returning(File.id, sort_by_parameter_order=True),
-                [dict(path=r.path, root_id=r.root_id, kind=r.kind, size=r.size, mtime_ns=r.mtime_ns,
-                      status="failed" if r.error else "ok", error=r.error) for r in records],
-            ).all()
-            owned = [(fid, it) for fid, r in zip(file_ids, records) for it in r.items]
-            if owned:
-                item_ids = s.scalars(
-                    insert(Item).returning(Item.id, sort_by_parameter_order=True),
-                    [dict(file_id=fid, modality=it.modality, ordinal=it.ordinal, text=it.text,
-                          ref_path=it.ref_path, duration=it.duration) for fid, it in owned],
+            known: dict[str, int] = {}
+            for i in range(0, len(records), 500):
+                chunk = [r.path for r in records[i:i + 500]]
+                known.update({p: fid for p, fid in s.execute(select(File.path, File.id).where(File.path.in_(chunk)))})
+            fresh = [r for r in records if r.path not in known]
+            for r in records:
+                if r.path in known:
+                    self._update_file(s, known[r.path], r)
+            if fresh:
+                file_ids = s.scalars(
+                    insert(File).returning(File.id, sort_by_parameter_order=True),
+                    [_file_values(r) for r in fresh],
                 ).all()
-                vectors = [dict(id=eid, item_id=iid, collection=c, start_s=a, end_s=b)
-                           for iid, (_, it) in zip(item_ids, owned) for eid, c, a, b in it.embeddings]
-                if vectors:
-                    s.execute(insert(Embedding), vectors)
-            self._bump(s)
+                owned = [(fid, it) for fid, r in zip(file_ids, fresh) for it in r.items]
+                self._insert_items(s, owned)
+
+    def _update_file(self, s: Session, file_id: int, r: FileRecord) -> None:
+        s.execute(update(File).where(File.id == file_id).values(**_file_values(r), indexed_at=utcnow()))
+        s.execute(delete(Embedding).where(Embedding.item_id.in_(select(Item.id).where(Item.file_id == file_id))))
+        old = {(m, o): iid for iid, m, o in s.execute(
+            select(Item.id, Item.modality, Item.ordinal).where(Item.file_id == file_id))}
+        kept: list[tuple[int, NewItem]] = []
+        new: list[tuple[int, NewItem]] = []
+        for it in r.items:
+            iid = old.pop((it.modality, it.ordinal), None)
+            if iid is None:
+                new.append((file_id, it))
+            else:
+                kept.append((iid, it))
+        if old:
+            s.execute(delete(Item).where(Item.id.in_(list(old.values()))))
+        for iid, it in kept:
+            s.execute(update(Item).where(Item.id == iid).values(text=it.text, ref_path=it.ref_path,
+                                                                duration=it.duration))
+        _insert_embeddings(s, kept)
+        self._insert_items(s, new)
+
+    def _insert_items(self, s: Session, owned: list[tuple[int, NewItem]]) -> None:
+        if not owned:
+            return
+        item_ids = idgen.allocate_item_ids(s, len(owned))
+        s.execute(insert(Item), [dict(id=iid, file_id=fid, modality=it.modality, ordinal=it.ordinal, text=it.text,
+                                      ref_path=it.ref_path, duration=it.duration)
+                                 for iid, (fid, it) in zip(item_ids, owned)])
+        _insert_embeddings(s, [(iid, it) for iid, (_, it) in zip(item_ids, owned)])
+
+    def move_file(self, old_path: str, new_path: str, root_id: int, mtime_ns: int) -> None:
+        """A file that moved keeps its items and vectors; a captions file's links move with it."""
+        self._require_writable()
+        old_dir, new_dir = os.path.dirname(old_path) + os.sep, os.path.dirname(new_path) + os.sep
+        with self.sessions.begin() as s:
+            file_id = s.scalar(select(File.id).where(File.path == old_path))
+            if file_id is None:
+                raise NotFound(f"no file {old_path}")
+            s.execute(delete(File).where(File.path == new_path))  # a failed record at the new path
+            s.execute(update(File).where(File.id == file_id).values(path=new_path, root_id=root_id,
+                                                                    mtime_ns=mtime_ns))
+            for iid, ref in s.execute(select(Item.id, Item.ref_path).where(Item.file_id == file_id,
+                                                                          Item.ref_path.is_not(None))).all():
+                if ref.startswith(old_dir):
+                    s.execute(update(Item).where(Item.id == iid).values(ref_path=new_dir + ref[len(old_dir):]))
 
     def delete_files(self, paths: Iterable[str]) -> int:
+        self._require_writable()
         paths = list(paths)
         if not paths:
             return 0
@@ -233,34 +295,88 @@ class Catalog:
             n = 0
             for i in range(0, len(paths), 500):
                 n += s.execute(delete(File).where(File.path.in_(paths[i:i + 500]))).rowcount or 0
-            self._bump(s)
             return n
 
     def delete_item(self, item_id: int) -> None:
         """Delete an item. Its file row stays, so a re-scan brings it back only if the file changes."""
+        self._require_writable()
         with self.sessions.begin() as s:
-            item = s.get(Item, item_id)
-            if item is None:
+            if not s.execute(delete(Item).where(Item.id == item_id)).rowcount:
                 raise NotFound(f"no item {item_id}")
-            s.delete(item)
-            s.flush()
-            self._bump(s)
 
-    def _bump(self, s: Session) -> None:
-        meta = s.get(Meta, GENERATION)
-        self._set_meta(s, GENERATION, int(meta.value) + 1 if meta else 1)
+    def mark_changed(self, file_ids: Sequence[int]) -> None:
+        """Make the next scan embed these files again (their vectors were lost)."""
+        self._require_writable()
+        with self.sessions.begin() as s:
+            for i in range(0, len(file_ids), 500):
+                s.execute(update(File).where(File.id.in_([int(x) for x in file_ids[i:i + 500]])).values(mtime_ns=-1))
 
-    def generation(self) -> int:
+    def raise_id_floor(self, value: int) -> None:
+        """Ids up to ``value`` count as used even once no row or vector holds them."""
+        self._require_writable()
+        with self.sessions.begin() as s:
+            idgen.raise_embedding_floor(s, value)
+
+    def max_embedding_id(self) -> int:
+        """The highest id ever given out, deleted ones included, so ids are never reused."""
         with self.sessions() as s:
-            meta = s.get(Meta, GENERATION)
-            return int(meta.value) if meta else 0
+            return idgen.max_embedding_id(s)
+
+    # -- the change log ---------------------------------------------------------------------------
+
+    def last_seq(self) -> int:
+        with self.sessions() as s:
+            return int(s.scalar(select(func.max(Change.seq))) or 0)
+
+    def changes_since(self, collection: str, seq: int) -> tuple[int, int, np.ndarray, np.ndarray]:
+        """(floor, last seq, ids added, ids removed) after ``seq``, read in one snapshot. When the
+        log was truncated past ``seq`` (floor > seq), the caller must reload a newer base."""
+        with self.sessions() as s:
+            floor_meta = s.get(Meta, f"changes_floor.{collection}")
+            rows = s.execute(select(Change.seq, Change.embedding_id, Change.op)
+                             .where(Change.collection == collection, Change.seq > seq).order_by(Change.seq)).all()
+        floor = int(floor_meta.value) if floor_meta else 0
+        if not rows:
+            return floor, seq, np.empty(0, np.int64), np.empty(0, np.int64)
+        arr = np.array(rows, dtype=np.int64)
+        return floor, int(arr[-1, 0]), arr[arr[:, 2] > 0, 1], arr[arr[:, 2] < 0, 1]
+
+    def truncate_changes(self, collection: str, upto: int) -> None:
+        """Drop log entries a saved base index already holds; readers behind it reload the base."""
+        self._require_writable()
+        key = f"changes_floor.{collection}"
+        with self.sessions.begin() as s:
+            s.execute(delete(Change).where(Change.collection == collection, Change.seq <= upto))
+            meta = s.get(Meta, key)
+            if meta is None:
+                s.add(Meta(key=key, value=str(upto)))
+            elif int(meta.value) < upto:
+                meta.value = str(upto)
 
     # -- reads ----------------------------------------------------------------------------------
 
     def live_ids(self, collection: str) -> np.ndarray:
+        """Every live id of a collection: for full rebuilds and checks, never per change."""
         with self.sessions() as s:
-            ids = s.scalars(select(Embedding.id).where(Embedding.collection == collection).order_by(Embedding.id))
-            return np.fromiter(ids, dtype=np.int64)
+            rows = s.execute(select(Embedding.id).where(Embedding.collection == collection)
+                             .order_by(Embedding.id)).scalars()
+            return np.fromiter(rows, dtype=np.int64)
+
+    def max_live_id(self, collection: str) -> int:
+        with self.sessions() as s:
+            return int(s.scalar(select(func.max(Embedding.id)).where(Embedding.collection == collection)) or 0)
+
+    def collections(self) -> list[str]:
+        return sorted(k.split(".", 1)[1] for k, v in self._counters().items() if k.startswith("embeddings.") and v)
+
+    def files_of_embeddings(self, ids: Sequence[int]) -> list[int]:
+        out: set[int] = set()
+        with self.sessions() as s:
+            for i in range(0, len(ids), 900):
+                chunk = [int(x) for x in ids[i:i + 900]]
+                out.update(s.scalars(select(Item.file_id).join(Embedding, Embedding.item_id == Item.id)
+                                     .where(Embedding.id.in_(chunk))))
+        return sorted(out)
 
     def ids_under(self, collection: str, pattern: str) -> np.ndarray:
         """Embedding ids whose file path matches a prefix or a glob (``*``, ``?``)."""
@@ -309,21 +425,45 @@ class Catalog:
         return row
 
     def items_for_path(self, path: str) -> list[int]:
+        """The item ids of an indexed file (one for a photo, a sound or a note; one per row of a
+        captions file), in order."""
         with self.sessions() as s:
-            q = select(Item.id).join(File, Item.file_id == File.id).where(File.path == path).order_by(Item.id)
+            q = (select(Item.id).join(File, Item.file_id == File.id).where(File.path == path)
+                 .order_by(Item.ordinal, Item.id))
             return list(s.scalars(q))
 
     def failures(self, limit: int = 100) -> list[tuple[str, str]]:
         with self.sessions() as s:
-            q = select(File.path, File.error).where(File.status == "failed").order_by(File.path).limit(limit)
+            q = (select(File.path, File.error).where(File.status.in_(["failed", "retry"]))
+                 .order_by(File.path).limit(limit))
             return [(p, e or "") for p, e in s.execute(q)]
 
-    def counts(self) -> dict[str, dict[str, int]]:
+    def _counters(self) -> dict[str, int]:
         with self.sessions() as s:
-            files = dict(s.execute(select(File.status, func.count()).group_by(File.status)).all())
-            items = dict(s.execute(select(Item.modality, func.count()).group_by(Item.modality)).all())
-            vecs = dict(s.execute(select(Embedding.collection, func.count()).group_by(Embedding.collection)).all())
-        return {"files": files, "items": items, "embeddings": vecs}
+            return {k: int(v) for k, v in s.execute(select(Counter.key, Counter.value))}
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Files by status, items by modality, vectors by collection: from the counters the
+        triggers keep, never a scan."""
+        out: dict[str, dict[str, int]] = {"files": {}, "items": {}, "embeddings": {}}
+        for key, value in self._counters().items():
+            group, _, name = key.partition(".")
+            if group in out and value:
+                out[group][name] = value
+        return out
+
+
+def _file_values(r: FileRecord) -> dict[str, object]:
+    status = "ok" if not r.error else ("retry" if r.retry else "failed")
+    return dict(path=r.path, root_id=r.root_id, kind=r.kind, size=r.size, mtime_ns=r.mtime_ns, status=status,
+                error=r.error, content_hash=r.content_hash)
+
+
+def _insert_embeddings(s: Session, owned: list[tuple[int, NewItem]]) -> None:
+    vectors = [dict(id=eid, item_id=iid, collection=c, start_s=a, end_s=b)
+               for iid, it in owned for eid, c, a, b in it.embeddings]
+    if vectors:
+        s.execute(insert(Embedding), vectors)
 
 
 def _like_escape(text: str) -> str:

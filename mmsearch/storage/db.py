@@ -7,17 +7,20 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 
-SCHEMA_HEAD = "0001"  # the newest migration; bump with each new revision
+SCHEMA_HEAD = "0002"  # the newest migration; bump with each new revision
 
 
-def create_db_engine(url: str) -> Engine:
+def create_db_engine(url: str, *, read_only: bool = False) -> Engine:
     if url.startswith("sqlite"):
+        if read_only and url.startswith("sqlite:///"):
+            url = f"sqlite:///file:{url[len('sqlite:///'):]}?mode=ro&uri=true"
         engine = create_engine(url, connect_args={"timeout": 30})
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
+            if not read_only:
+                cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA case_sensitive_like=ON")  # paths differ by case, as in PostgreSQL
@@ -59,3 +62,12 @@ def schema_version(engine: Engine) -> str | None:
 
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
+
+
+def schema_is_current(engine: Engine) -> bool:
+    return schema_version(engine) == SCHEMA_HEAD
+
+
+def friendly_db_error(exc: BaseException) -> Exception | None:
+    """Placeholder until the database-faults work lands."""
+    return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import BigInteger, DateTime, Float, ForeignKey, Index, Integer, SmallInteger, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -51,16 +51,21 @@ class File(Base):
     kind: Mapped[str] = mapped_column(String(16))  # image | text | audio | captions
     size: Mapped[int] = mapped_column(BigInteger)
     mtime_ns: Mapped[int] = mapped_column(BigInteger)
-    status: Mapped[str] = mapped_column(String(16))  # ok | failed
+    status: Mapped[str] = mapped_column(String(16))  # ok | failed | retry (failed for a passing cause)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     indexed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # blake2b of the content: a file that moved is recognised and keeps its items and vectors
+    content_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+    __table_args__ = (Index("ix_files_size", "size"),)
 
 
 class Item(Base):
-    """A searchable thing: an image, a text (file or caption row) or a sound."""
+    """A searchable thing: an image, a text (file or caption row) or a sound. Ids are given by
+    the catalog from a high-water mark, never reused, and survive a re-embed of their file."""
 
     __tablename__ = "items"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     file_id: Mapped[int] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"), index=True)
     modality: Mapped[str] = mapped_column(String(16), index=True)
     ordinal: Mapped[int] = mapped_column(Integer, default=0)  # row of a captions file
@@ -81,3 +86,25 @@ class Embedding(Base):
     end_s: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     __table_args__ = (Index("ix_embeddings_collection_id", "collection", "id"),)
+
+
+class Change(Base):
+    """The log of vectors added (+1) and removed (-1), written by triggers in the same transaction
+    as the rows: index upkeep and readers apply what came after the seq they hold, so their cost
+    follows the change, not the catalog."""
+
+    __tablename__ = "changes"
+    __table_args__ = (Index("ix_changes_collection_seq", "collection", "seq"), {"sqlite_autoincrement": True})
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    collection: Mapped[str] = mapped_column(String(32))
+    embedding_id: Mapped[int] = mapped_column(BigInteger)
+    op: Mapped[int] = mapped_column(SmallInteger)
+
+
+class Counter(Base):
+    """Row counts kept by triggers (files.<status>, items.<modality>, embeddings.<collection>):
+    ``stats`` reads them instead of counting a million rows."""
+
+    __tablename__ = "counters"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)

@@ -75,21 +75,26 @@ class VectorStore:
     rebuilt and ANN candidates reranked exactly.
 
     One writer process, any number of reader processes: readers see a consistent prefix and
-    pick up appends and compactions on their next call."""
+    pick up appends and compactions on their next call. A reader (``writable=False``) never
+    creates, repairs or locks exclusively: a store with no files reads as empty."""
 
-    def __init__(self, directory: Path, name: str, dim: int) -> None:
+    def __init__(self, directory: Path, name: str, dim: int, *, writable: bool = True) -> None:
         if dim <= 0:
             raise ValueError(f"dim must be positive, got {dim}")
         self.directory = Path(directory)
         self.name = name
         self.dim = int(dim)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.writable = writable
         self._vec_path = self.directory / f"{name}.f16"
         self._ids_path = self.directory / f"{name}.ids"
         self._lock_path = self.directory / f"{name}.lock"
         self._marker_path = self.directory / f"{name}.compact"
         self._row_bytes = self.dim * _COMPONENT_BYTES
         self._view = _View((), np.empty(0, np.int64), np.empty((0, self.dim), np.float16))
+        if not writable:
+            self._current()
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
         with self._locked(exclusive=True):
             created = not self._vec_path.exists() or not self._ids_path.exists()
             self._recover()
@@ -104,12 +109,16 @@ class VectorStore:
         if fcntl is None:  # pragma: no cover
             yield
             return
-        with open(self._lock_path, "a+b") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-            try:
-                yield
-            finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        try:  # readers open the lock read-only: they must work on a read-only catalog
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT if self.writable else os.O_RDONLY, 0o644)
+        except FileNotFoundError:
+            yield  # no writer ever created this store
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
 
     def _file_stamp(self) -> tuple[int, ...]:
         """Identity and size of both files: any append or compaction changes it."""
@@ -144,10 +153,13 @@ class VectorStore:
                     os.fsync(f.fileno())
 
     def _consistent_count(self) -> int:
-        return min(
-            self._vec_path.stat().st_size // self._row_bytes,
-            self._ids_path.stat().st_size // _ID_BYTES,
-        )
+        try:
+            return min(
+                self._vec_path.stat().st_size // self._row_bytes,
+                self._ids_path.stat().st_size // _ID_BYTES,
+            )
+        except FileNotFoundError:
+            return 0
 
     def _map(self) -> _View:
         """(Re-)map the consistent prefix read-only. Caller holds a lock."""
@@ -215,10 +227,20 @@ class VectorStore:
     def nbytes(self) -> int:
         return int(self._current().ids.shape[0]) * (self._row_bytes + _ID_BYTES)
 
+    def chunks(self, ids: np.ndarray, rows: int = _COPY_ROWS) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, float32 vectors) of the stored ``ids`` in blocks of ``rows``: training and rebuilds
+        stream the float16 store instead of holding a float32 copy of it."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        for start in range(0, ids.size, rows):
+            found, vectors = self.lookup(ids[start:start + rows])
+            yield ids[start:start + rows][found], vectors
+
     # -- writing (one writer process) ----------------------------------------------------
 
     def append(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Durably append rows; ids must be strictly increasing and above every stored id."""
+        if not self.writable:
+            raise RuntimeError("a read-only VectorStore was asked to append")
         ids = np.asarray(ids)
         vectors = np.asarray(vectors)
         if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):

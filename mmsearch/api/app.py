@@ -7,31 +7,25 @@ at ``/`` is static HTML, CSS and JS that call the same JSON API, with its state 
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request, Response, status
+from fastapi import Depends, FastAPI, Request, Response, status
 from fastapi import Path as PathParam
 from fastapi import Query as QueryParam
-from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
-from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ValidationError
+from fastapi.responses import FileResponse, HTMLResponse
+from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
 
 from mmsearch import __version__
-from mmsearch.api.jobs import JobConflict
-from mmsearch.api.media import Forbidden, MediaError, media_type
+from mmsearch.api.bodies import body_schemas, read_body, validate
+from mmsearch.api.errors import ERRORS, WRITE_ERRORS, engine_error, internal_error
+from mmsearch.api.media import media_type
 from mmsearch.api.schemas import (
     MAX_ID,
     CatalogInfo,
@@ -56,37 +50,15 @@ from mmsearch.api.schemas import (
     Stats,
 )
 from mmsearch.api.security import FORM_OVERHEAD, BodyLimit, SecurityHeaders, require_writer
-from mmsearch.api.service import NotReady, Service
+from mmsearch.api.service import Service
+from mmsearch.api.web import STATIC, CachedStatic, page_html
 from mmsearch.engine import Engine
-from mmsearch.errors import BadInput, MMSearchError, ModelMismatch, ModelUnavailable, NotFound
+from mmsearch.errors import BadInput, MMSearchError, NotFound
 from mmsearch.search.query import SearchResponse
 from mmsearch.settings import Settings
 
-log = logging.getLogger("mmsearch.api")
-STATIC = Path(__file__).parent / "static"
-T = TypeVar("T", bound=BaseModel)
-
 ItemIdPath = Annotated[int, PathParam(ge=1, le=MAX_ID, description="Item id, from search results.")]
 JobIdPath = Annotated[str, PathParam(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
-
-# Status of each engine error: the first class that matches, so subclasses come before their base.
-ERROR_STATUS: list[tuple[type[Exception], int]] = [
-    (NotFound, 404), (BadInput, 400), (Forbidden, 403), (JobConflict, 409), (ModelMismatch, 409),
-    (MediaError, 422), (NotReady, 503), (ModelUnavailable, 503), (MMSearchError, 409),
-]
-ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorOut, "description": "A query or file the engine cannot use."},
-    404: {"model": ErrorOut, "description": "No such item."},
-    413: {"model": ErrorOut, "description": "Upload over max_upload_bytes."},
-    415: {"model": ErrorOut, "description": "Send application/json or multipart/form-data."},
-    422: {"model": ErrorOut, "description": "A field is missing or invalid; `detail` lists which."},
-    503: {"model": ErrorOut, "description": "The models are loading or could not be loaded."},
-}
-WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorOut, "description": "The server has an API key and none was sent."},
-    403: {"model": ErrorOut, "description": "Wrong key, read-only server, or a path outside the index roots."},
-    409: {"model": ErrorOut, "description": "Another write (an indexing job) is running."},
-}
 
 
 def create_app(source: Engine | Settings, *, read_only: bool = False, batching: bool = True) -> FastAPI:
@@ -115,90 +87,15 @@ def create_app(source: Engine | Settings, *, read_only: bool = False, batching: 
     upload_limit = service.settings.max_upload_bytes
     app.add_middleware(BodyLimit, limit=upload_limit + FORM_OVERHEAD)
     app.add_middleware(SecurityHeaders)
-    _add_error_handlers(app)
+    app.add_exception_handler(MMSearchError, engine_error)
+    app.add_exception_handler(Exception, internal_error)
     _add_routes(app, service)
     app.mount("/static", CachedStatic(directory=STATIC), name="static")
     _custom_openapi(app, [SearchRequest, SearchForm, EmbedRequest, EmbedForm])
     return app
 
 
-# -- errors --------------------------------------------------------------------------------------
-
-def _add_error_handlers(app: FastAPI) -> None:
-    async def engine_error(request: Request, exc: Exception) -> JSONResponse:
-        code = next(c for cls, c in ERROR_STATUS if isinstance(exc, cls))
-        headers = {"Retry-After": "5"} if code == 503 else None
-        return JSONResponse({"detail": str(exc)}, status_code=code, headers=headers)
-
-    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return JSONResponse({"detail": f"internal error ({type(exc).__name__}); see the server log"},
-                            status_code=500)
-
-    app.add_exception_handler(MMSearchError, engine_error)
-    app.add_exception_handler(Exception, internal_error)
-
-
-def _invalid(e: ValidationError, where: str) -> RequestValidationError:
-    errors = e.errors(include_url=False, include_context=False, include_input=False)
-    return RequestValidationError([{**err, "loc": (where, *err["loc"])} for err in errors])
-
-
-def _validate(model: type[T], data: Any, where: str = "body") -> T:
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        raise _invalid(e, where) from None
-
-
-# -- request bodies ------------------------------------------------------------------------------
-
-async def _read_body(request: Request, files: tuple[str, ...], lists: tuple[str, ...],
-                     file_limit: int) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """A JSON object, or a form whose ``files`` fields are uploads and ``lists`` repeat."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype == "application/json" or ctype.endswith("+json"):
-        raw = await request.body()
-        try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise HTTPException(400, f"the body is not valid JSON: {e}") from None
-        except RecursionError:
-            raise HTTPException(400, "the JSON body is nested too deeply") from None
-        if not isinstance(data, dict):
-            raise HTTPException(400, "the JSON body must be an object")
-        return data, {}
-    if ctype not in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        raise HTTPException(415, "send application/json, or multipart/form-data with files")
-    form = await request.form(max_files=len(files), max_fields=64, max_part_size=64 * 1024)
-    fields: dict[str, Any] = {}
-    uploads: dict[str, bytes] = {}
-    try:
-        for key in set(form.keys()):
-            values = form.getlist(key)
-            if key in files:
-                if len(values) != 1 or not isinstance(values[0], UploadFile):
-                    if values == [""]:
-                        continue  # an empty file input of an HTML form
-                    raise HTTPException(422, f"{key}: send one file (multipart/form-data upload)")
-                data = await values[0].read(file_limit + 1)
-                if len(data) > file_limit:
-                    raise HTTPException(413, f"{key}: file over the limit of {file_limit} bytes (max_upload_bytes)")
-                uploads[key] = data
-                continue
-            if any(isinstance(v, UploadFile) for v in values):
-                raise HTTPException(422, f"{key}: a form field, not a file")
-            strings = [v for v in values if v != ""]  # HTML forms send empty inputs
-            if key in lists:
-                fields[key] = strings
-            elif len(strings) > 1:
-                raise HTTPException(422, f"{key}: give it once")
-            elif strings:
-                fields[key] = strings[0]
-    finally:
-        await form.close()
-    return fields, uploads
-
+# -- search pages ------------------------------------------------------------------------------
 
 def _page(response: SearchResponse, k: int, offset: int) -> SearchPage:
     full = len(response.results) >= k
@@ -215,7 +112,6 @@ def _timed(response: Response, page: SearchPage | SimilarBatchResponse) -> None:
 # -- routes --------------------------------------------------------------------------------------
 
 def _add_routes(app: FastAPI, service: Service) -> None:  # noqa: C901 - one place for every route
-    page_html = _page_html()
     limit = service.settings.max_upload_bytes
 
     def require_audio(what: str) -> None:
@@ -239,7 +135,7 @@ def _add_routes(app: FastAPI, service: Service) -> None:  # noqa: C901 - one pla
 
     @app.get("/", include_in_schema=False, response_class=HTMLResponse)
     def index_page() -> HTMLResponse:
-        return HTMLResponse(page_html, headers={"Cache-Control": "no-cache"})
+        return HTMLResponse(page_html(), headers={"Cache-Control": "no-cache"})
 
     @app.get("/healthz", tags=["service"], response_model=Health, summary="Liveness")
     def healthz() -> Health:
@@ -281,7 +177,7 @@ def _add_routes(app: FastAPI, service: Service) -> None:  # noqa: C901 - one pla
         return page
 
     @app.post("/search", tags=["search"], response_model=SearchPage, responses=ERRORS, summary="Search",
-              openapi_extra=_bodies("SearchRequest", "SearchForm"))
+              openapi_extra=body_schemas("SearchRequest", "SearchForm"))
     async def search_post(request: Request, response: Response) -> SearchPage:
         """Search by text, an image or audio file, item ids, or a mix of them.
 
@@ -289,8 +185,8 @@ def _add_routes(app: FastAPI, service: Service) -> None:  # noqa: C901 - one pla
         with the other fields as form fields. `to` picks the modality returned, `k` and
         `offset` page through the results, `path`, `min_score` and `exclude_ids` filter."""
         lists = ("item_ids", "negative_text", "exclude_ids")
-        fields, files = await _read_body(request, ("image", "audio"), lists, limit)
-        req = _validate(SearchRequest, fields)
+        fields, files = await read_body(request, ("image", "audio"), lists, limit)
+        req = validate(SearchRequest, fields)
         page = await run_in_threadpool(run_search, req, files.get("image"), files.get("audio"))
         _timed(response, page)
         return page
@@ -341,20 +237,20 @@ def _add_routes(app: FastAPI, service: Service) -> None:  # noqa: C901 - one pla
     # embed --------------------------------------------------------------------------------------
 
     @app.post("/embed", tags=["embed"], response_model=EmbeddingOut, responses=ERRORS, summary="Embed",
-              openapi_extra=_bodies("EmbedRequest", "EmbedForm"))
+              openapi_extra=body_schemas("EmbedRequest", "EmbedForm"))
     async def embed(request: Request) -> EmbeddingOut:
         """The raw unit vector of a text (JSON or form), an image or an audio file (form), for
         other systems. Text is embedded in `space` clip (to compare with images) or clap (sounds)."""
-        fields, files = await _read_body(request, ("image", "audio"), (), limit)
+        fields, files = await read_body(request, ("image", "audio"), (), limit)
         if files:
-            form = _validate(EmbedForm, {**fields, **files})
+            form = validate(EmbedForm, {**fields, **files})
             if len(files) + (form.text is not None) != 1:
                 raise BadInput("embed takes exactly one of text, an image or an audio file")
             if form.space is not None:
                 raise BadInput("space applies to text only: images are CLIP, sounds are CLAP")
             text, space = None, None
         else:
-            req = _validate(EmbedRequest, fields)
+            req = validate(EmbedRequest, fields)
             text, space = req.text, req.space
         image, audio = files.get("image"), files.get("audio")
         if audio is not None or space == "clap":
@@ -460,33 +356,7 @@ def _add_routes(app: FastAPI, service: Service) -> None:  # noqa: C901 - one pla
         return service.jobs.cancel(job_id).as_dict()
 
 
-# -- static files and OpenAPI --------------------------------------------------------------------
-
-class CachedStatic(StaticFiles):
-    """Assets are linked with a content hash (``?v=``), so browsers may keep them for good."""
-
-    def file_response(self, *args: Any, **kwargs: Any) -> Response:
-        response = super().file_response(*args, **kwargs)
-        response.headers["Cache-Control"] = "public, max-age=31536000, immutable"
-        return response
-
-
-def _page_html() -> str:
-    """index.html with each asset's content hash in its URL."""
-    html = (STATIC / "index.html").read_text(encoding="utf-8")
-    for name in ("app.js", "style.css"):
-        digest = hashlib.sha256((STATIC / name).read_bytes()).hexdigest()[:10]
-        html = html.replace(f"/static/{name}", f"/static/{name}?v={digest}")
-    return html
-
-
-def _bodies(json_model: str, form_model: str) -> dict[str, Any]:
-    ref = "#/components/schemas/{}".format
-    return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": {"$ref": ref(json_model)}},
-        "multipart/form-data": {"schema": {"$ref": ref(form_model)}},
-    }}}
-
+# -- OpenAPI -------------------------------------------------------------------------------------
 
 def _custom_openapi(app: FastAPI, extra_models: list[type[BaseModel]]) -> None:
     """Routes that read JSON or multipart themselves name their bodies' schemas in components."""

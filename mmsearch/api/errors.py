@@ -1,0 +1,53 @@
+"""Engine errors as HTTP: the status each one answers with, and how the OpenAPI schema lists them.
+
+Routes raise the engine's own errors; the handlers here turn them into a status and a ``detail``
+that says what to change, so no route maps errors itself."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+from mmsearch.api.jobs import JobConflict
+from mmsearch.api.media import Forbidden, MediaError
+from mmsearch.api.schemas import ErrorOut
+from mmsearch.api.service import NotReady
+from mmsearch.errors import BadInput, MMSearchError, ModelMismatch, ModelUnavailable, NotFound
+
+log = logging.getLogger("mmsearch.api")
+
+# Status of each engine error: the first class that matches, so subclasses come before their base.
+ERROR_STATUS: list[tuple[type[Exception], int]] = [
+    (NotFound, 404), (BadInput, 400), (Forbidden, 403), (JobConflict, 409), (ModelMismatch, 409),
+    (MediaError, 422), (NotReady, 503), (ModelUnavailable, 503), (MMSearchError, 409),
+]
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "A query or file the engine cannot use."},
+    404: {"model": ErrorOut, "description": "No such item."},
+    413: {"model": ErrorOut, "description": "Upload over max_upload_bytes."},
+    415: {"model": ErrorOut, "description": "Send application/json or multipart/form-data."},
+    422: {"model": ErrorOut, "description": "A field is missing or invalid; `detail` lists which."},
+    503: {"model": ErrorOut, "description": "The models are loading or could not be loaded."},
+}
+WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "The server has an API key and none was sent."},
+    403: {"model": ErrorOut, "description": "Wrong key, read-only server, or a path outside the index roots."},
+    409: {"model": ErrorOut, "description": "Another write (an indexing job) is running."},
+}
+
+
+async def engine_error(request: Request, exc: Exception) -> JSONResponse:
+    """A 503 says when to retry: the models may finish loading in a moment."""
+    code = next(c for cls, c in ERROR_STATUS if isinstance(exc, cls))
+    headers = {"Retry-After": "5"} if code == 503 else None
+    return JSONResponse({"detail": str(exc)}, status_code=code, headers=headers)
+
+
+async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    """A bug answers in JSON like every other error, and its traceback goes to the log only."""
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"detail": f"internal error ({type(exc).__name__}); see the server log"},
+                        status_code=500)

@@ -1,0 +1,89 @@
+"""An indexed item: its metadata, its file, its thumbnail, items like it, and deleting it."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi import Query as QueryParam
+from fastapi.responses import FileResponse
+
+from mmsearch.api.deps import ItemIdPath, ServiceDep
+from mmsearch.api.errors import ERRORS, WRITE_ERRORS
+from mmsearch.api.media import media_type
+from mmsearch.api.routes.search import similar_page, timed
+from mmsearch.api.schemas import ErrorOut, Filters, ItemOut, SearchPage
+from mmsearch.api.security import require_writer
+
+router = APIRouter(tags=["items"])
+
+MEDIA_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The file, with its media type.",
+          "content": {"image/*": {}, "audio/*": {}, "text/plain": {}, "application/octet-stream": {}}},
+    206: {"description": "Part of the file (Range request, e.g. audio seeking)."},
+    403: {"model": ErrorOut, "description": "The file is outside the catalog's roots."},
+    404: ERRORS[404],
+    416: {"description": "Range not satisfiable."},
+}
+
+
+@router.get("/items/{item_id}", response_model=ItemOut, responses={404: ERRORS[404]}, summary="Item metadata")
+def item(item_id: ItemIdPath, service: ServiceDep) -> ItemOut:
+    row = service.base.item(item_id)
+    pictured = row.modality == "image" or bool(row.ref_path and media_type(row.ref_path).startswith("image/"))
+    return ItemOut(
+        id=row.id, path=row.path, modality=row.modality, ordinal=row.ordinal, text=row.text,
+        ref_path=row.ref_path, duration=row.duration, size=row.size,
+        modified=datetime.fromtimestamp(row.mtime_ns / 1e9, tz=timezone.utc),
+        media_url=f"/items/{row.id}/media", similar_url=f"/items/{row.id}/similar",
+        thumbnail_url=f"/items/{row.id}/thumbnail" if pictured else None)
+
+
+@router.delete("/items/{item_id}", status_code=204, response_class=Response,
+               dependencies=[Depends(require_writer)], responses={404: ERRORS[404], **WRITE_ERRORS},
+               summary="Delete an item")
+def delete_item(item_id: ItemIdPath, service: ServiceDep) -> Response:
+    """Remove an item from the catalog and the indexes. Its file stays on disk, and a later
+    scan brings it back only if the file changes."""
+    service.delete(item_id)
+    return Response(status_code=204)
+
+
+@router.get("/items/{item_id}/similar", response_model=SearchPage, responses=ERRORS, summary="More like this")
+def item_similar(item_id: ItemIdPath, f: Annotated[Filters, QueryParam()], response: Response,
+                 service: ServiceDep) -> SearchPage:
+    """Items like this one: the page's "more like this"."""
+    page = similar_page(service, [item_id], f)
+    timed(response, page)
+    return page
+
+
+@router.get("/items/{item_id}/media", response_class=FileResponse, responses=MEDIA_RESPONSES,
+            summary="The item's file")
+def item_media(item_id: ItemIdPath, service: ServiceDep) -> FileResponse:
+    """The indexed file itself, with HTTP range requests (so audio players can seek)."""
+    row = service.base.item(item_id)
+    real = service.guard.check(row.path)
+    return FileResponse(real, media_type=media_type(row.path), content_disposition_type="inline",
+                        filename=real.name,
+                        headers={"Cache-Control": "private, max-age=3600",
+                                 "Content-Security-Policy": "sandbox; default-src 'none'"})
+
+
+@router.get("/items/{item_id}/thumbnail", response_class=Response, summary="Thumbnail",
+            responses={200: {"content": {"image/jpeg": {}}, "description": "A JPEG thumbnail."},
+                       304: {"description": "Not modified (If-None-Match)."},
+                       403: MEDIA_RESPONSES[403], 404: ERRORS[404],
+                       422: {"model": ErrorOut, "description": "The image cannot be read any more."}})
+def item_thumbnail(item_id: ItemIdPath, request: Request, service: ServiceDep,
+                   size: Annotated[int, QueryParam(ge=16, le=1024, description="Longest side, px.")] = 256
+                   ) -> Response:
+    """A JPEG of an image item, or of the indexed image a caption describes."""
+    row = service.base.item(item_id)
+    picture = service.guard.picture_of(row)
+    data, etag = service.thumbnails.get(picture, size)
+    headers = {"ETag": etag, "Cache-Control": "private, max-age=86400"}
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    return Response(data, media_type="image/jpeg", headers=headers)

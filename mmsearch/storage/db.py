@@ -74,7 +74,7 @@ def _read_only_sqlite_url(url: URL) -> URL:
 def _sqlite_connect(dbapi_conn: Any, _record: Any, *, read_only: bool) -> None:
     dbapi_conn.isolation_level = None  # pysqlite emits no BEGIN of its own; _sqlite_begin does
     cur = dbapi_conn.cursor()
-    if not read_only:  # both write the file; a reader takes it as it is
+    if not read_only:  # a reader takes the file as it is: switching to WAL writes its header
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")

@@ -42,11 +42,20 @@ def _settings(catalog: Path, db: str | None, model: str | None = None, audio_mod
 
 @contextmanager
 def _engine(settings: Settings, reembed: bool = False, create: bool = True) -> Iterator[Any]:
+    from sqlalchemy.exc import DBAPIError
+
     from mmsearch.engine import Engine
+    from mmsearch.storage.db import friendly_db_error
 
     try:
         with Engine.open(settings, reembed=reembed, create=create) as engine:
             yield engine
+    except DBAPIError as e:  # a damaged database or a full disk is a message; anything else a bug
+        friendly = friendly_db_error(e, settings.resolved_db_url())
+        if friendly is None:
+            raise
+        typer.echo(f"error: {friendly}", err=True)
+        raise typer.Exit(2) from None
     except NotFound as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(3) from None

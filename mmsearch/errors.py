@@ -22,3 +22,7 @@ class BadInput(MMSearchError):
 
 class NotFound(MMSearchError):
     """An item, file or catalog that does not exist."""
+
+
+class CatalogDamaged(MMSearchError):
+    """The catalog database is corrupt: restore a backup, or move the catalog away and index again."""

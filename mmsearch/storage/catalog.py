@@ -22,7 +22,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from mmsearch.errors import MMSearchError, ModelMismatch, NotFound
 from mmsearch.settings import Settings
 from mmsearch.storage import ids as idgen
-from mmsearch.storage.db import create_db_engine, friendly_db_error, migrate, schema_is_current, schema_version
+from mmsearch.storage.db import (
+    create_db_engine,
+    friendly_db_error,
+    migrate,
+    schema_is_current,
+    schema_version,
+    write_engine,
+)
 from mmsearch.storage.models import Change, Counter, Embedding, File, Item, Meta, Root, Space, utcnow
 
 BINDING = "catalog.json"
@@ -107,7 +114,9 @@ class Catalog:
             self.engine.dispose()
             raise friendly_db_error(e) or MMSearchError(
                 f"cannot open the catalog database {self.engine.url!r}: {e}") from e
-        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # the writer's transactions take SQLite's write lock up front (BEGIN IMMEDIATE): its ingest
+        # and upkeep threads read, then write, and must not find their snapshot stale
+        self.sessions = sessionmaker(write_engine(self.engine) if writable else self.engine, expire_on_commit=False)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -29,6 +29,7 @@ from mmsearch.encoders.base import Encoder
 from mmsearch.encoders.encoder_set import EncoderSet
 from mmsearch.engine import Engine
 from mmsearch.errors import BadInput, MMSearchError, ModelUnavailable, NotFound
+from mmsearch.indexer.pipeline import index_folders
 from mmsearch.search.index_set import IndexSet
 from mmsearch.settings import Settings
 
@@ -213,7 +214,9 @@ class Service:
         self.engine()
         assert self.writer is not None
         try:
-            return self.writer.index([path], progress=progress, stop=stop).as_dict()
+            w = self.writer  # links and caption rows stay inside the index roots, whatever follow_links says
+            return index_folders([path], w.catalog, w.encoders, w.indexes, w.settings, progress, stop,
+                                 allowed_roots=self.settings.index_roots).as_dict()
         finally:
             # A job that failed half-way leaves rows its indexes have not caught up with; sync
             # now, while no query runs, rather than let a query's refresh do it in place.

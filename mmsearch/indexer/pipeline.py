@@ -43,11 +43,12 @@ class IndexReport:
     items: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     skipped_audio: str | None = None  # why audio was left out, when it was
+    skipped_links: int = 0  # symlinks not followed: their targets lie outside the allowed folders
 
     def as_dict(self) -> dict[str, Any]:
         return {"added": self.added, "updated": self.updated, "removed": self.removed,
                 "unchanged": self.unchanged, "failed": self.failed, "items": self.items,
-                "seconds": round(self.seconds, 3),
+                "skipped_links": self.skipped_links, "seconds": round(self.seconds, 3),
                 "failures": [{"path": p, "reason": r} for p, r in self.failures],
                 **({"skipped_audio": self.skipped_audio} if self.skipped_audio else {})}
 
@@ -67,33 +68,39 @@ class _Pending:
 
 def index_folders(paths: Sequence[Path], catalog: Catalog, encoders: EncoderSet, indexes: IndexSet,
                   settings: Settings, progress: Progress | None = None,
-                  stop: threading.Event | None = None, retry_failed: bool = False) -> IndexReport:
+                  stop: threading.Event | None = None, retry_failed: bool = False,
+                  allowed_roots: Sequence[Path] | None = None) -> IndexReport:
     """Bring the catalog in line with the folders: add new files, re-embed changed ones, drop
     deleted ones; then sync the ANN indexes. Files that failed are tried again only when they
-    change, or with ``retry_failed`` (after installing a codec or raising a limit)."""
+    change, or with ``retry_failed`` (after installing a codec or raising a limit).
+
+    Symlinks and caption rows may reach only into ``allowed_roots`` (the service's index roots,
+    whatever ``follow_links`` says), else into these folders unless ``settings.follow_links``."""
     t0 = time.perf_counter()
     report = IndexReport()
     roots = [Path(p).expanduser().resolve() for p in paths]
     for r in roots:
         if not r.is_dir():
             raise BadInput(f"not a folder: {r}")
+    area = ([Path(p).expanduser().resolve() for p in allowed_roots] if allowed_roots is not None
+            else None if settings.follow_links else roots)
     with catalog.write_lock():
         # With no model named, the catalog's own are used: nothing to check, so the models load
         # only if there is work (an unchanged folder re-scans in a fraction of a second).
         eager = encoders.reembed or bool(settings.model or settings.audio_model) or not catalog.spaces()
         spaces = _load_spaces(encoders, report) if eager else None
-        work = _plan(roots, catalog, encoders, spaces, report, retry_failed)
+        work = _plan(roots, catalog, encoders, spaces, report, retry_failed, area)
         if work and spaces is None:
             spaces = _load_spaces(encoders, report)
             if encoders.redo:  # a space was added: its files must all be embedded again
-                report.unchanged = report.failed = 0  # recounted; removals are done and stay counted
+                report.unchanged = report.failed = report.skipped_links = 0  # recounted; removals stay counted
                 report.failures = []
-                work = _plan(roots, catalog, encoders, spaces, report, retry_failed)
+                work = _plan(roots, catalog, encoders, spaces, report, retry_failed, area)
             elif "clap" not in spaces:  # audio is unavailable after all: sounds stay as they are
                 report.unchanged += sum(p.is_update for p in work if p.found.kind == "audio")
                 work = [p for p in work if p.found.kind != "audio"]
         if work:
-            _Ingest(catalog, encoders, indexes, settings, spaces or [], report, progress, stop).run(work)
+            _Ingest(catalog, encoders, indexes, settings, spaces or [], report, progress, stop, area).run(work)
         if indexes.synced_generation() != catalog.generation():
             indexes.sync(catalog)
     report.seconds = time.perf_counter() - t0
@@ -101,7 +108,7 @@ def index_folders(paths: Sequence[Path], catalog: Catalog, encoders: EncoderSet,
 
 
 def _plan(roots: list[Path], catalog: Catalog, encoders: EncoderSet, spaces: list[str] | None,
-          report: IndexReport, retry_failed: bool) -> list[_Pending]:
+          report: IndexReport, retry_failed: bool, area: list[Path] | None) -> list[_Pending]:
     """Scan the folders against the catalog: drop files that are gone, count the unchanged ones,
     and return the rest to embed. ``spaces`` None: not loaded yet, every kind counts as work."""
     if encoders.redo:  # a new or re-embedded space: every folder of the catalog, not just these
@@ -112,7 +119,10 @@ def _plan(roots: list[Path], catalog: Catalog, encoders: EncoderSet, spaces: lis
         known = catalog.file_states(root)
         # audio files are always scanned: with audio off they are left as they are, not "gone"
         bad_names: list[str] = []
-        found = {f.path: f for f in scan(root, exclude=catalog.root, bad_names=bad_names)}
+        skipped: list[str] = []
+        found = {f.path: f for f in scan(root, exclude=catalog.root, bad_names=bad_names, allowed=area,
+                                         skipped_links=skipped)}
+        report.skipped_links += len(skipped)
         report.failed += len(bad_names)
         report.failures += [(name, "file name is not valid UTF-8: rename it to index it") for name in bad_names]
         gone = [p for p in known if p not in found]
@@ -152,8 +162,9 @@ class _Ingest:
 
     def __init__(self, catalog: Catalog, encoders: EncoderSet, indexes: IndexSet, settings: Settings,
                  spaces: list[str], report: IndexReport, progress: Progress | None,
-                 stop: threading.Event | None) -> None:
+                 stop: threading.Event | None, area: list[Path] | None) -> None:
         self.catalog, self.encoders, self.indexes, self.settings = catalog, encoders, indexes, settings
+        self.area = area  # where caption rows may link to
         self.spaces = spaces
         self.report = report
         self.progress = progress
@@ -259,7 +270,7 @@ class _Ingest:
             text = read_text(f.path, s.max_text_bytes)
             yield Unit("text", text, text=text)
         elif f.kind == "captions":
-            yield from read_captions(f.path, s.max_text_bytes)
+            yield from read_captions(f.path, s.max_text_bytes, self.area)
         elif f.kind == "audio":
             from mmsearch.media.audio import AudioDecodeError, iter_windows
 

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from mmsearch import Engine, Query
 from mmsearch.api.app import create_app
 from mmsearch.cli import app
+from mmsearch.indexer.scan import dedupe_roots
 from tests.conftest import CONFIG_DIR, flickr_images
 from tests.test_api_jobs import wait_for
 
@@ -139,3 +140,17 @@ def test_caption_rows_naming_files_outside_the_root_link_to_nothing(make_setting
         assert kept and Path(kept).resolve() == photo_dir / rows[0][0]
         assert set(refs.values()) == {None}
         assert report.failed == 0 and report.skipped_links == 1  # trap/link.jpg
+
+
+def test_overlapping_roots_embed_each_file_once(make_settings: Any, photo_dir: Path) -> None:
+    with Engine.open(make_settings()) as engine:
+        report = engine.index([photo_dir, photo_dir / "beach", photo_dir])
+        assert (report.added, report.items) == (27, 50)
+        assert sum(engine.catalog.counts()["embeddings"].values()) == 50
+        assert engine.catalog.roots() == [str(photo_dir)]
+
+
+def test_dedupe_roots() -> None:
+    a, b = Path("/data/a"), Path("/data/b")
+    assert dedupe_roots([a / "x", a, b, a, Path("/data/ab"), b / "y" / "z"]) == [a, b, Path("/data/ab")]
+    assert dedupe_roots([]) == []

@@ -23,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from mmsearch.encoders.encoder_set import EncoderSet
 from mmsearch.errors import BadInput
 from mmsearch.media.decode import DecodeError, Unit, load_image, read_captions, read_text
-from mmsearch.indexer.scan import FoundFile, scan
+from mmsearch.indexer.scan import FoundFile, dedupe_roots, scan
 from mmsearch.search.index_set import IndexSet
 from mmsearch.settings import Settings
 from mmsearch.storage.catalog import Catalog, FileRecord, NewItem
@@ -78,7 +78,7 @@ def index_folders(paths: Sequence[Path], catalog: Catalog, encoders: EncoderSet,
     whatever ``follow_links`` says), else into these folders unless ``settings.follow_links``."""
     t0 = time.perf_counter()
     report = IndexReport()
-    roots = [Path(p).expanduser().resolve() for p in paths]
+    roots = dedupe_roots([Path(p).expanduser().resolve() for p in paths])
     for r in roots:
         if not r.is_dir():
             raise BadInput(f"not a folder: {r}")
@@ -112,7 +112,7 @@ def _plan(roots: list[Path], catalog: Catalog, encoders: EncoderSet, spaces: lis
     """Scan the folders against the catalog: drop files that are gone, count the unchanged ones,
     and return the rest to embed. ``spaces`` None: not loaded yet, every kind counts as work."""
     if encoders.redo:  # a new or re-embedded space: every folder of the catalog, not just these
-        roots = roots + [r for r in map(Path, catalog.roots()) if r not in roots and r.is_dir()]
+        roots = dedupe_roots(roots + [r for r in map(Path, catalog.roots()) if r.is_dir()])
     work: list[_Pending] = []
     for root in roots:
         root_id = catalog.ensure_root(root)

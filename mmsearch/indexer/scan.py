@@ -104,6 +104,12 @@ def scan(root: Path, *, audio: bool = True, exclude: Path | None = None,
             yield FoundFile(entry.path, kind, info.st_size, info.st_mtime_ns)
 
 
+def dedupe_roots(paths: Sequence[Path]) -> list[Path]:
+    """The roots of one run without repeats and without roots inside another of them, whose files
+    would otherwise be embedded twice. Paths are compared as given: resolve them first."""
+    unique = list(dict.fromkeys(paths))
+    return [p for p in unique if not any(p != q and p.is_relative_to(q) for q in unique)]
+
 
 def is_captions_file(path: str) -> bool:
     """A CSV with a header, or JSONL whose first record, names a media column and a caption column."""

@@ -48,7 +48,7 @@ def main() -> None:
         for i, f in enumerate(files):  # the same files, behind links, so the pipeline scans only these
             (media / f"{i:06d}-{Path(f.path).name}").symlink_to(f.path)
         base = Settings(model=args.model, audio_model=args.audio_model, audio=args.modality == "audio",
-                        batch_size=args.batch_size, device=args.device,
+                        batch_size=args.batch_size, device=args.device, follow_links=True,
                         model_config_dirs=[REPO / "tests" / "assets"])
         space = "clip" if args.modality == "image" else "clap"
         with Engine.open(base.model_copy(update={"catalog": Path(tmp) / "warm"})) as engine:

@@ -54,7 +54,7 @@ def main() -> None:
                 (media / "images" / name).symlink_to(folder / "images" / name)
                 w.writerows([name, c] for c in captions[name])
         settings = Settings(catalog=args.catalog or Path(tmp) / "catalog", model=args.model, audio=False,
-                            device=args.device, model_config_dirs=[REPO / "tests" / "assets"])
+                            device=args.device, follow_links=True, model_config_dirs=[REPO / "tests" / "assets"])
         with Engine.open(settings) as engine:
             report = engine.index([media])
             print(f"indexed {report.items} items ({len(names)} images) in {report.seconds:.0f} s", file=sys.stderr)

@@ -76,6 +76,8 @@ def index(
     audio: Annotated[bool, typer.Option("--audio/--no-audio", help="Index sound files (CLAP).")] = True,
     reembed: Annotated[bool, typer.Option("--reembed", help="Re-embed everything with the given model(s).")] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Try failed files again even if unchanged.")] = False,
+    follow_links: Annotated[bool, typer.Option(
+        "--follow-links", help="Follow symlinks to files outside the folders being indexed (default: skip them).")] = False,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1)] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu or cuda.")] = None,
     as_json: JsonOpt = False,
@@ -83,7 +85,8 @@ def index(
     """Scan folders, embed new and changed files, drop deleted ones, update the indexes."""
     from tqdm import tqdm
 
-    settings = _settings(catalog, db, model, audio_model, audio=audio, batch_size=batch_size, device=device)
+    settings = _settings(catalog, db, model, audio_model, audio=audio, batch_size=batch_size, device=device,
+                         follow_links=follow_links or None)  # not given: MMSEARCH_FOLLOW_LINKS decides
     with _engine(settings, reembed=reembed) as engine:
         bar = tqdm(total=0, unit="file", desc="indexing", file=sys.stderr, disable=None, dynamic_ncols=True)
 
@@ -104,10 +107,11 @@ def index(
     if as_json:
         _print_json(report.as_dict())
         return
-    moved = f", moved {report.moved}" if report.moved else ""
-    typer.echo(f"added {report.added}, updated {report.updated}, removed {report.removed}{moved}, "
-               f"unchanged {report.unchanged}, failed {report.failed} "
-               f"({report.items} items, {report.seconds:.1f} s)")
+    typer.echo(f"added {report.added}, updated {report.updated}, removed {report.removed}"
+               + (f", moved {report.moved}" if report.moved else "")
+               + f", unchanged {report.unchanged}, failed {report.failed}"
+               + (f", skipped links {report.skipped_links}" if report.skipped_links else "")
+               + f" ({report.items} items, {report.seconds:.1f} s)")
     for path, reason in report.failures[:20]:
         typer.echo(f"  failed: {path}: {reason}", err=True)
     if len(report.failures) > 20:

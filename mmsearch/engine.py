@@ -98,10 +98,13 @@ class Engine:
                                   self.settings)
 
     def index(self, paths: Sequence[str | Path], progress: Progress | None = None,
-              stop: threading.Event | None = None, retry_failed: bool = False) -> IndexReport:
+              stop: threading.Event | None = None, retry_failed: bool = False,
+              allowed_roots: Sequence[Path] | None = None) -> IndexReport:
+        """Scan, embed and store the folders; see indexer/pipeline.py. ``allowed_roots`` bounds
+        where symlinks and caption rows may reach (the HTTP service passes its index roots)."""
         with self.writing() as writer:
             return index_folders([Path(p) for p in paths], writer, self.encoders, self.settings, progress, stop,
-                                 retry_failed=retry_failed)
+                                 retry_failed=retry_failed, allowed_roots=allowed_roots)
 
     def delete(self, item_id: int) -> None:
         """Delete an item (its file stays on disk; a later re-scan brings it back only if the

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     # Ingestion guards.
     max_image_pixels: int = Field(89_478_485, description="Decompression-bomb limit (Pillow's default).")
     max_text_bytes: int = Field(1_000_000, description="Larger .txt/.md files are recorded as failed.")
+    follow_links: bool = Field(False, description="Follow symlinks (and caption rows) to files outside the "
+                               "folders being indexed; off, they are skipped and counted. The HTTP "
+                               "service never goes outside its index roots.")
     commit_every: int = Field(256, ge=1, description="Items per durable commit during ingest.")
     sync_every: float = Field(30.0, ge=0, description="Seconds between index upkeep checks during an ingest "
                               "(merges and retrains run in the background; items are searchable once committed).")

@@ -67,7 +67,8 @@ def flickr_images(n: int) -> list[Path]:
 
 
 def linked_photos(folder: Path, n: int) -> list[Path]:
-    """A folder of n Flickr photos behind symlinks (cheap, and real files to decode)."""
+    """A folder of n Flickr photos behind symlinks (cheap, and real files to decode). The links
+    point out of the folder, so indexing it takes ``follow_links=True``."""
     folder.mkdir(parents=True)
     sources = flickr_images(n)
     for src in sources:

@@ -76,7 +76,10 @@ def settings_for(tmp: Path, clip_spec: str, **overrides: Any) -> Settings:
 def world(tmp_path_factory: pytest.TempPathFactory, clip_spec: str) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("api")
     media = build_media(tmp / "media", tmp / "outside")
-    settings = settings_for(tmp, clip_spec, api_key=KEY, max_upload_bytes=UPLOAD_LIMIT, index_roots=[media])
+    # follow_links: the planted link and caption get into the catalog (as with `index --follow-links`),
+    # so what keeps them from being served is the server's own guard.
+    settings = settings_for(tmp, clip_spec, api_key=KEY, max_upload_bytes=UPLOAD_LIMIT, index_roots=[media],
+                            follow_links=True)
     engine = Engine.open(settings)
     report = engine.index([media])
     assert report.failed == 0, report.failures

@@ -121,7 +121,7 @@ def test_interrupted_ingest_then_resume(tmp_path: Path, clip_spec: str, sig: sig
     env = {**os.environ, "MMSEARCH_MODEL_CONFIG_DIRS": json.dumps([str(CONFIG_DIR)]), "MMSEARCH_AUDIO": "false",
            "MMSEARCH_COMMIT_EVERY": "8", "MMSEARCH_BATCH_SIZE": "8", "MMSEARCH_DECODE_WORKERS": "1"}
     cmd = [sys.executable, "-m", "mmsearch.cli", "index", str(folder), "--catalog", str(catalog),
-           "--model", clip_spec, "--json"]
+           "--model", clip_spec, "--follow-links", "--json"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     db = catalog / "catalog.db"
     deadline = time.time() + 120

@@ -180,7 +180,7 @@ def test_stop_event_keeps_what_was_committed(make_settings, photo_dir: Path) -> 
 def test_ivfpq_path_agrees_with_exact_search(make_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     folder = tmp_path / "many"
     linked_photos(folder, 600)
-    with Engine.open(make_settings(ivf_min_vectors=300, batch_size=64)) as e:
+    with Engine.open(make_settings(ivf_min_vectors=300, batch_size=64, follow_links=True)) as e:
         e.index([folder])
         desc = e.stats()["collections"]["clip.image"]["index"]
         assert desc["kind"] == "ivfpq" and desc["ntotal"] == 600
@@ -293,11 +293,11 @@ def test_reembed_covers_every_folder_and_never_reuses_ids(make_settings, tmp_pat
     b.mkdir()
     for src in flickr_images(8)[4:]:
         os.symlink(src, b / src.name)
-    with Engine.open(make_settings()) as e:
+    with Engine.open(make_settings(follow_links=True)) as e:
         e.index([a])
         e.index([b])
         old_max = e.catalog.max_embedding_id()
-    with Engine.open(make_settings(model="open_clip:mmtest-tiny@random"), reembed=True) as e:
+    with Engine.open(make_settings(model="open_clip:mmtest-tiny@random", follow_links=True), reembed=True) as e:
         report = e.index([a])  # only a is named; b is re-embedded too
         assert report.updated == 8
         hits = e.search(Query(image=(b / flickr_images(8)[5].name).read_bytes(), to="image", k=8)).results
@@ -306,16 +306,17 @@ def test_reembed_covers_every_folder_and_never_reuses_ids(make_settings, tmp_pat
         assert ids.min() > old_max
 
 
-def test_folders_that_differ_only_by_case_stay_apart(engine: Engine, tmp_path: Path) -> None:
+def test_folders_that_differ_only_by_case_stay_apart(make_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     linked_photos(tmp_path / "Photos", 3)
     linked_photos(tmp_path / "photos", 2)
-    engine.index([tmp_path / "Photos"])
-    engine.index([tmp_path / "photos"])
-    again = engine.index([tmp_path / "Photos"])
-    assert (again.removed, again.unchanged) == (0, 3)
-    assert engine.stats()["items"]["image"] == 5
-    hits = engine.search(Query(text="x", to="image", k=10, path=str(tmp_path / "photos"))).results
-    assert len(hits) == 2
+    with Engine.open(make_settings(follow_links=True)) as engine:
+        engine.index([tmp_path / "Photos"])
+        engine.index([tmp_path / "photos"])
+        again = engine.index([tmp_path / "Photos"])
+        assert (again.removed, again.unchanged) == (0, 3)
+        assert engine.stats()["items"]["image"] == 5
+        hits = engine.search(Query(text="x", to="image", k=10, path=str(tmp_path / "photos"))).results
+        assert len(hits) == 2
 
 
 def test_retry_failed(make_settings, photo_dir: Path) -> None:  # type: ignore[no-untyped-def]
@@ -384,7 +385,7 @@ def test_items_become_searchable_while_a_long_ingest_runs(make_settings, tmp_pat
     folder = tmp_path / "many"
     linked_photos(folder, 40)
     seen: list[int] = []
-    with Engine.open(make_settings(commit_every=8, batch_size=8, sync_every=0)) as writer, \
+    with Engine.open(make_settings(commit_every=8, batch_size=8, sync_every=0, follow_links=True)) as writer, \
             Engine.open(make_settings(model=None)) as reader:
         probe = flickr_images(1)[0].read_bytes()
 
@@ -410,7 +411,8 @@ def test_syncs_during_an_ingest_keep_vectors_still_in_flight(make_settings, tmp_
         fh.write("image,caption\n")
         for i in range(1300):
             fh.write(f"{images[i % 40].name},caption number {i}\n")
-    with Engine.open(make_settings(commit_every=1, batch_size=8, sync_every=0, decode_workers=2)) as e:
+    with Engine.open(make_settings(commit_every=1, batch_size=8, sync_every=0, decode_workers=2,
+                                   follow_links=True)) as e:
         report = e.index([folder])
         assert report.failed == 0 and report.items == 40 + 1300
         assert e.search(Query(text="caption number 1299", to="text", k=1)).results[0].text == "caption number 1299"

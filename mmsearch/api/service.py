@@ -148,7 +148,9 @@ class Service:
         return path
 
     def _run_job(self, path: Path, progress: Any, stop: threading.Event) -> dict[str, Any]:
-        return self.engine().index([path], progress=progress, stop=stop).as_dict()
+        # links and caption rows stay inside the index roots, whatever follow_links says
+        return self.engine().index([path], progress=progress, stop=stop,
+                                   allowed_roots=self.settings.index_roots).as_dict()
 
     def delete(self, item_id: int) -> None:
         engine = self.engine()

@@ -23,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from mmsearch.encoders.encoder_set import EncoderSet
 from mmsearch.errors import BadInput, MMSearchError
-from mmsearch.indexer.scan import FoundFile, content_hash, scan
+from mmsearch.indexer.scan import FoundFile, content_hash, dedupe_roots, scan
 from mmsearch.media.decode import DecodeError, Unit, load_image, read_captions, read_text
 from mmsearch.settings import Settings
 from mmsearch.storage.catalog import FileRecord, NewItem
@@ -63,11 +63,12 @@ class IndexReport:
     moved: int = 0  # recognised by content at a new path: items and vectors kept
     failures: list[tuple[str, str]] = field(default_factory=list)
     skipped_audio: str | None = None  # why audio was left out, when it was
+    skipped_links: int = 0  # symlinks not followed: their targets lie outside the allowed folders
 
     def as_dict(self) -> dict[str, Any]:
         return {"added": self.added, "updated": self.updated, "removed": self.removed, "moved": self.moved,
                 "unchanged": self.unchanged, "failed": self.failed, "items": self.items,
-                "seconds": round(self.seconds, 3),
+                "skipped_links": self.skipped_links, "seconds": round(self.seconds, 3),
                 "failures": [{"path": p, "reason": r} for p, r in self.failures],
                 **({"skipped_audio": self.skipped_audio} if self.skipped_audio else {})}
 
@@ -89,48 +90,53 @@ class _Pending:
 
 def index_folders(paths: Sequence[Path], writer: CatalogWriter, encoders: EncoderSet, settings: Settings,
                   progress: Progress | None = None, stop: threading.Event | None = None,
-                  retry_failed: bool = False) -> IndexReport:
+                  retry_failed: bool = False, allowed_roots: Sequence[Path] | None = None) -> IndexReport:
     """Bring the catalog in line with the folders: add new files, re-embed changed ones (their
     items keep their ids), recognise moved ones by content (nothing re-embedded), drop deleted
     ones; then let the writer's index upkeep catch up. Files that failed are tried again only
     when they change, or with ``retry_failed``; files that failed for a passing cause (disk
-    full, out of memory) are tried again on every run."""
+    full, out of memory) are tried again on every run.
+
+    Symlinks and caption rows may reach only into ``allowed_roots`` (the service's index roots,
+    whatever ``follow_links`` says), else into these folders unless ``settings.follow_links``."""
     t0 = time.perf_counter()
     report = IndexReport()
-    roots = [Path(p).expanduser().resolve() for p in paths]
+    roots = dedupe_roots([Path(p).expanduser().resolve() for p in paths])
     for r in roots:
         if not r.is_dir():
             raise BadInput(f"not a folder: {r}")
+    area = ([Path(p).expanduser().resolve() for p in allowed_roots] if allowed_roots is not None
+            else None if settings.follow_links else roots)
     catalog = writer.catalog
     # With no model named, the catalog's own are used: nothing to check, so the models load
     # only if there is work (an unchanged folder re-scans in a fraction of a second).
     eager = encoders.reembed or bool(settings.model or settings.audio_model) or not catalog.spaces()
     spaces = _load_spaces(encoders, writer, report) if eager else None
-    work = _plan(roots, writer, encoders, spaces, report, retry_failed)
+    work = _plan(roots, writer, encoders, spaces, report, retry_failed, area)
     if work and spaces is None:
         spaces = _load_spaces(encoders, writer, report)
         if encoders.redo:  # a space was added: its files must all be embedded again
-            report.unchanged = report.failed = 0  # recounted; removals are done and stay counted
+            report.unchanged = report.failed = report.skipped_links = 0  # recounted; removals stay counted
             report.failures = []
-            work = _plan(roots, writer, encoders, spaces, report, retry_failed)
+            work = _plan(roots, writer, encoders, spaces, report, retry_failed, area)
         elif "clap" not in spaces:  # audio is unavailable after all: sounds stay as they are
             report.unchanged += sum(p.is_update for p in work if p.found.kind == "audio")
             work = [p for p in work if p.found.kind != "audio"]
     if work:
-        _Ingest(writer, encoders, settings, spaces or [], report, progress, stop).run(work)
+        _Ingest(writer, encoders, settings, spaces or [], report, progress, stop, area).run(work)
     writer.upkeep(wait=True)
     report.seconds = time.perf_counter() - t0
     return report
 
 
 def _plan(roots: list[Path], writer: CatalogWriter, encoders: EncoderSet, spaces: list[str] | None,
-          report: IndexReport, retry_failed: bool) -> list[_Pending]:
+          report: IndexReport, retry_failed: bool, area: list[Path] | None) -> list[_Pending]:
     """Scan the folders against the catalog: recognise moves, drop files that are gone, count
     the unchanged ones, and return the rest to embed. ``spaces`` None: not loaded yet, every
     kind counts as work."""
     catalog = writer.catalog
     if encoders.redo:  # a new or re-embedded space: every folder of the catalog, not just these
-        roots = roots + [r for r in map(Path, catalog.roots()) if r not in roots and r.is_dir()]
+        roots = dedupe_roots(roots + [r for r in map(Path, catalog.roots()) if r.is_dir()])
     work: list[_Pending] = []
     gone: set[str] = set()
     for root in roots:
@@ -138,7 +144,10 @@ def _plan(roots: list[Path], writer: CatalogWriter, encoders: EncoderSet, spaces
         known = catalog.file_states(root)
         # audio files are always scanned: with audio off they are left as they are, not "gone"
         bad_names: list[str] = []
-        found = {f.path: f for f in scan(root, exclude=catalog.root, bad_names=bad_names)}
+        skipped: list[str] = []
+        found = {f.path: f for f in scan(root, exclude=catalog.root, bad_names=bad_names, allowed=area,
+                                         skipped_links=skipped)}
+        report.skipped_links += len(skipped)
         report.failed += len(bad_names)
         report.failures += [(name, "file name is not valid UTF-8: rename it to index it") for name in bad_names]
         gone.update(p for p in known if p not in found)
@@ -197,8 +206,9 @@ class _Ingest:
 
     def __init__(self, writer: CatalogWriter, encoders: EncoderSet, settings: Settings,
                  spaces: list[str], report: IndexReport, progress: Progress | None,
-                 stop: threading.Event | None) -> None:
+                 stop: threading.Event | None, area: list[Path] | None) -> None:
         self.writer, self.encoders, self.settings = writer, encoders, settings
+        self.area = area  # where caption rows may link to
         self.spaces = spaces
         self.report = report
         self.progress = progress
@@ -308,7 +318,7 @@ class _Ingest:
             text = read_text(f.path, s.max_text_bytes)
             yield Unit("text", text, text=text)
         elif f.kind == "captions":
-            yield from read_captions(f.path, s.max_text_bytes)
+            yield from read_captions(f.path, s.max_text_bytes, self.area)
         elif f.kind == "audio":
             from mmsearch.media.audio import AudioDecodeError, iter_windows
 

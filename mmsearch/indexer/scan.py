@@ -10,11 +10,11 @@ import csv
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmsearch.media.decode import caption_columns
+from mmsearch.media.decode import caption_columns, inside
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif"})
 AUDIO_EXTS = frozenset({".wav", ".flac", ".ogg", ".oga", ".mp3"})
@@ -44,15 +44,23 @@ def kind_of(name: str, *, audio: bool = True) -> str | None:
 
 
 def scan(root: Path, *, audio: bool = True, exclude: Path | None = None,
-         bad_names: list[str] | None = None) -> Iterator[FoundFile]:
-    """Yield media files under root, recursively; hidden entries are skipped and symlinked
-    folders are followed once (a loop is cut where a folder would be visited twice). Names that
-    are not valid UTF-8 cannot be stored as text: they are skipped and listed in ``bad_names``."""
+         bad_names: list[str] | None = None, allowed: Sequence[Path] | None = (),
+         skipped_links: list[str] | None = None) -> Iterator[FoundFile]:
+    """Yield media files under root, recursively; hidden entries are skipped. Names that are not
+    valid UTF-8 cannot be stored as text: they are skipped and listed in ``bad_names``.
+
+    A symlink is followed only when its real target lies under root or a folder of ``allowed``
+    (real paths; None: anywhere), so a link planted in an indexed folder cannot pull in files from
+    elsewhere; the others are listed in ``skipped_links``. Linked folders are entered after the
+    real ones, so a folder reachable without links keeps its real path, and each folder is
+    entered once (a loop is cut where it would be visited twice)."""
+    area = None if allowed is None else [Path(os.path.realpath(root)), *allowed]
     seen: set[tuple[int, int]] = set()
     stack = [str(root)]
+    linked: list[str] = []  # linked folders, entered when the real ones are done
     excluded = str(exclude) if exclude else None
-    while stack:
-        folder = stack.pop()
+    while stack or linked:
+        folder = stack.pop() if stack else linked.pop()
         try:
             st = os.stat(folder)
         except OSError:
@@ -76,8 +84,13 @@ def scan(root: Path, *, audio: bool = True, exclude: Path | None = None,
                     bad_names.append(entry.path.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
                 continue
             try:
+                link = entry.is_symlink()
+                if link and not inside(entry.path, area):
+                    if skipped_links is not None and (entry.is_dir() or entry.is_file() and kind_of(entry.name)):
+                        skipped_links.append(entry.path)
+                    continue
                 if entry.is_dir(follow_symlinks=True):
-                    stack.append(entry.path)
+                    (linked if link else stack).append(entry.path)
                     continue
                 if not entry.is_file(follow_symlinks=True):
                     continue
@@ -91,6 +104,12 @@ def scan(root: Path, *, audio: bool = True, exclude: Path | None = None,
                 continue
             yield FoundFile(entry.path, kind, info.st_size, info.st_mtime_ns)
 
+
+def dedupe_roots(paths: Sequence[Path]) -> list[Path]:
+    """The roots of one run without repeats and without roots inside another of them, whose files
+    would otherwise be embedded twice. Paths are compared as given: resolve them first."""
+    unique = list(dict.fromkeys(paths))
+    return [p for p in unique if not any(p != q and p.is_relative_to(q) for q in unique)]
 
 
 def is_captions_file(path: str) -> bool:

@@ -10,7 +10,7 @@ import csv
 import json
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,11 +98,15 @@ def read_text(path: str, max_bytes: int) -> str:
     return text
 
 
-def read_captions(path: str, max_bytes: int) -> Iterator[Unit]:
-    """Caption rows become text items linked to the media file they describe."""
+def read_captions(path: str, max_bytes: int, allowed: Sequence[Path] | None = ()) -> Iterator[Unit]:
+    """Caption rows become text items linked to the media file they describe. A row naming a file
+    whose real path (after ``..`` and symlinks) lies outside the captions file's folder and the
+    real folders of ``allowed`` (None: anywhere) keeps its text but links to nothing, so a
+    captions file cannot make the service show a file from elsewhere."""
     if os.path.getsize(path) > max_bytes * 100:
         raise DecodeError("captions file too large")
     base = Path(path).parent
+    area = None if allowed is None else [Path(os.path.realpath(base)), *allowed]
     try:
         with open(path, encoding="utf-8", errors="replace", newline="") as fh:
             if path.lower().endswith(".jsonl"):
@@ -128,7 +132,10 @@ def read_captions(path: str, max_bytes: int) -> Iterator[Unit]:
                 if not text:
                     continue
                 n += 1
-                yield Unit("text", text, ordinal=i, text=text, ref_path=resolve_ref(base, media) if media else None)
+                ref = resolve_ref(base, media) if media else None
+                if ref and not inside(ref, area):
+                    ref = None
+                yield Unit("text", text, ordinal=i, text=text, ref_path=ref)
             if n == 0:
                 raise DecodeError("captions file with no captions")
     except (OSError, ValueError, csv.Error) as e:
@@ -148,3 +155,11 @@ def resolve_ref(base: Path, media: str) -> str:
         if c.is_file():
             return str(c)
     return str(candidates[0])
+
+
+def inside(path: str | Path, area: Sequence[Path] | None) -> bool:
+    """Whether path, after ``..`` and symlinks, lies in one of the real folders of area (None: anywhere)."""
+    if area is None:
+        return True
+    real = Path(os.path.realpath(path))
+    return any(real.is_relative_to(a) for a in area)

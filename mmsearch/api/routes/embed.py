@@ -36,8 +36,7 @@ async def embed(request: Request, service: ServiceDep) -> EmbeddingOut:
 
     def run() -> EmbeddingOut:
         engine = service.engine()
-        with service.lock.read():
-            e = engine.embed(text=text, image=image, audio=audio, space=space)
+        e = engine.embed(text=text, image=image, audio=audio, space=space)
         return EmbeddingOut(**e.model_dump())
 
     return await run_in_threadpool(run)

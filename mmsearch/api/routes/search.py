@@ -46,17 +46,15 @@ def run_search(service: Service, req: SearchRequest, image: bytes | None = None,
     if audio is not None:
         require_audio(service, "an audio query")
     engine = service.engine()
-    with service.lock.read():
-        for i in req.item_ids:
-            engine.item(i)  # NotFound names the first unknown id
-        return _page(engine.search(req.to_query(image=image, audio=audio)), req.k, req.offset)
+    for i in req.item_ids:
+        engine.item(i)  # NotFound names the first unknown id
+    return _page(engine.search(req.to_query(image=image, audio=audio)), req.k, req.offset)
 
 
 def similar_page(service: Service, item_ids: list[int], f: Filters) -> SearchPage:
     """Both /similar and an item's own "more like this"."""
     engine = service.engine()
-    with service.lock.read():
-        result = engine.similar(item_ids, to=f.to, k=f.k, **f.filters())
+    result = engine.similar(item_ids, to=f.to, k=f.k, **f.filters())
     return _page(result, f.k, f.offset)
 
 
@@ -103,13 +101,12 @@ def similar_batch(req: SimilarBatchRequest, response: Response, service: Service
     t0 = time.perf_counter()
     engine = service.engine()
     entries = []
-    with service.lock.read():
-        for item_id in req.item_ids:
-            try:
-                hits = engine.similar([item_id], to=req.to, k=req.k, **req.filters()).results
-                entries.append(SimilarBatchEntry(item_id=item_id, results=hits, error=None))
-            except (NotFound, BadInput) as e:
-                entries.append(SimilarBatchEntry(item_id=item_id, error=str(e)))
+    for item_id in req.item_ids:
+        try:
+            hits = engine.similar([item_id], to=req.to, k=req.k, **req.filters()).results
+            entries.append(SimilarBatchEntry(item_id=item_id, results=hits, error=None))
+        except (NotFound, BadInput) as e:
+            entries.append(SimilarBatchEntry(item_id=item_id, error=str(e)))
     out = SimilarBatchResponse(results=entries, timings_ms={"total": round((time.perf_counter() - t0) * 1000, 3)})
     timed(response, out)
     return out

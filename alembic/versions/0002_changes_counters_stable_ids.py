@@ -131,9 +131,10 @@ def upgrade() -> None:
         sa.Column("key", sa.String(64), primary_key=True),
         sa.Column("value", sa.BigInteger(), nullable=False),
     )
-    with op.batch_alter_table("files") as batch:
-        batch.add_column(sa.Column("content_hash", sa.String(64), nullable=True))
-        batch.create_index("ix_files_size", ["size"])
+    # plain ALTERs, never a batch "move and copy": dropping the old table would cascade its rows away
+    op.add_column("files", sa.Column("content_hash", sa.String(64), nullable=True))
+    op.create_index("ix_files_size", "files", ["size"])
+    op.create_index("ix_files_status", "files", ["status"])
     for stmt in BACKFILL:
         op.execute(stmt)
     if dialect == "sqlite":
@@ -159,9 +160,9 @@ def downgrade() -> None:
                    "mms_count(text, bigint)"):
             op.execute(f"DROP FUNCTION IF EXISTS {fn}")
     op.execute("DELETE FROM meta WHERE key = 'catalog_id'")
-    with op.batch_alter_table("files") as batch:
-        batch.drop_index("ix_files_size")
-        batch.drop_column("content_hash")
+    op.drop_index("ix_files_status", table_name="files")
+    op.drop_index("ix_files_size", table_name="files")
+    op.execute("ALTER TABLE files DROP COLUMN content_hash")  # SQLite >= 3.35 and PostgreSQL
     op.drop_table("counters")
     op.drop_index("ix_changes_collection_seq", table_name="changes")
     op.drop_table("changes")

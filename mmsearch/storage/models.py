@@ -57,7 +57,7 @@ class File(Base):
     # blake2b of the content: a file that moved is recognised and keeps its items and vectors
     content_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
-    __table_args__ = (Index("ix_files_size", "size"),)
+    __table_args__ = (Index("ix_files_size", "size"), Index("ix_files_status", "status"))
 
 
 class Item(Base):

@@ -91,11 +91,13 @@ class Engine:
                     self._writer = None
                     writer.close()
 
-    def use_query_encoders(self, encoders: Mapping[str, Encoder]) -> None:
-        """Queries embed through these (e.g. the service's micro-batching wrappers); indexing
-        keeps the engine's own."""
-        self.runner = QueryRunner(self.catalog, self.indexes, EncoderSet(self.catalog, self.settings, encoders),
+    def with_query_encoders(self, encoders: Mapping[str, Encoder]) -> "Engine":
+        """This engine's catalog, indexes and models, with queries embedded through ``encoders``
+        (the service's micro-batching wrappers); indexing keeps the models themselves."""
+        view = Engine(self.catalog, self.encoders, self.indexes, self.settings)
+        view.runner = QueryRunner(self.catalog, self.indexes, EncoderSet(self.catalog, self.settings, encoders),
                                   self.settings)
+        return view
 
     def index(self, paths: Sequence[str | Path], progress: Progress | None = None,
               stop: threading.Event | None = None, retry_failed: bool = False,

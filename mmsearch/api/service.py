@@ -50,6 +50,7 @@ class Service:
         self._build_lock = threading.Lock()  # guards loading the models
         self._warming: threading.Thread | None = None
         self._batchers: list[BatchingEncoder] = []
+        self.view: Engine | None = None  # the engine as queries and jobs see it, once models are loaded
 
     # -- start-up -------------------------------------------------------------------------------
 
@@ -99,9 +100,9 @@ class Service:
             self.audio_off = "audio is turned off (--no-audio)"
         if self.batching:
             self._batchers = [BatchingEncoder(e) for e in raw.values()]
-            base.use_query_encoders({b.space: b for b in self._batchers})
+            self.view = base.with_query_encoders({b.space: b for b in self._batchers})
         else:
-            base.use_query_encoders(raw)
+            self.view = base.with_query_encoders(raw)
 
     def engine(self, timeout: float = 60.0) -> Engine:
         """The query engine, once the models are loaded (waits for a warm-up in progress)."""
@@ -113,7 +114,8 @@ class Service:
                 raise NotReady(f"the models could not be loaded: {self.error}")
             if not self._ready.is_set():
                 raise NotReady("the models are still loading; try again shortly")
-        return self.base
+        assert self.view is not None
+        return self.view
 
     @property
     def ready(self) -> bool:

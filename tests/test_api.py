@@ -671,3 +671,12 @@ def test_audio_search_media_and_embed(audio_world: dict[str, Any]) -> None:
     assert r.status_code == 200 and r.json()["space"] == "clap"
     r = c.post("/search", files={"audio": ("x.ogg", b"not audio at all", "audio/ogg")})
     assert r.status_code == 400
+
+
+def test_lookup_by_path(client: TestClient, world: dict[str, Any], items: dict[str, Any]) -> None:
+    media: Path = world["media"]
+    note = next(p for p in media.rglob("städte.md"))
+    r = client.get("/items", params={"path": str(note)})
+    assert r.status_code == 200 and r.json() == {"path": str(note), "item_ids": [items["note_md"]]}
+    assert client.get("/items", params={"path": str(media / "nope.jpg")}).status_code == 404
+    assert client.get("/items", params={"path": "relative.jpg"}).status_code == 422

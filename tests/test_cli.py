@@ -179,3 +179,18 @@ def test_read_commands_do_not_write_the_catalog(cli, photo_dir: Path, tmp_path: 
     assert r.exit_code in (2, 3) and "Traceback" not in r.output
     r = CliRunner().invoke(app, ["index", str(photo_dir), "--catalog", str(tmp_path / "a-file")])
     assert r.exit_code == 2 and "cannot use" in r.output
+
+
+def test_lookup_and_delete_by_path(cli, photo_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    cli("index", str(photo_dir), "--model", cli.spec)
+    note = photo_dir / "notes" / "dogs.txt"
+    r = cli("lookup", str(note), "--json")
+    ids = json.loads(r.stdout)[str(note)]
+    assert len(ids) == 1
+    assert cli("lookup", str(photo_dir / "nope.txt"), ok=False).exit_code == 3
+    r = cli("delete", "--path", str(note), "--json")
+    assert json.loads(r.stdout) == {"deleted": ids}
+    r = cli("search", "Two dogs play fetch on a sandy beach at sunset.", "--to", "text", "-k", "30", "--json")
+    assert ids[0] not in [h["id"] for h in json.loads(r.stdout)["results"]]
+    r = cli("check", "--json")
+    assert json.loads(r.stdout)["ok"] is True

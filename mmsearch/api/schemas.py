@@ -160,6 +160,11 @@ class ItemOut(BaseModel):
     similar_url: str
 
 
+class LookupOut(BaseModel):
+    path: str
+    item_ids: list[int] = Field(description="One for a photo, a note or a sound; one per row of a captions file.")
+
+
 class JobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

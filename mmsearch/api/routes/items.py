@@ -13,7 +13,7 @@ from mmsearch.api.deps import ItemIdPath, ServiceDep
 from mmsearch.api.errors import ERRORS, WRITE_ERRORS
 from mmsearch.api.media import media_type
 from mmsearch.api.routes.search import similar_page, timed
-from mmsearch.api.schemas import ErrorOut, Filters, ItemOut, SearchPage
+from mmsearch.api.schemas import ErrorOut, Filters, ItemOut, LookupOut, SearchPage
 from mmsearch.api.security import require_writer
 
 router = APIRouter(tags=["items"])
@@ -26,6 +26,14 @@ MEDIA_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: ERRORS[404],
     416: {"description": "Range not satisfiable."},
 }
+
+
+@router.get("/items", response_model=LookupOut, responses={404: ERRORS[404]}, summary="Item ids of a file")
+def lookup(service: ServiceDep, path: Annotated[str, QueryParam(min_length=1, max_length=4096, pattern=r"^/[^\x00]*$",
+                                                               description="Absolute path of an indexed file.")]
+           ) -> LookupOut:
+    """Path to ids: the items an indexed file holds (404 when the catalog does not have it)."""
+    return LookupOut(path=path, item_ids=service.base.lookup(path))
 
 
 @router.get("/items/{item_id}", response_model=ItemOut, responses={404: ERRORS[404]}, summary="Item metadata")

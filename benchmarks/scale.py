@@ -29,7 +29,7 @@ then measures, in this one process and side by side:
 - with --during-rebuild: query latency while such a rebuild runs in the subprocess, against the
   same queries right after it, idle. Queries start when the child has re-created indexes/ (it
   holds the catalog's write lock then, so they cannot take the rebuild over) and stop when it
-  has written indexes/state.json (this relies on the current catalog layout; without it they
+  has written indexes/clip.text.json (this relies on the current catalog layout; without it they
   run until the child exits). Until the new index is saved they find no index at all, so the
   number of empty answers is printed with the latencies.
 
@@ -58,6 +58,8 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 CONFIG_DIR = REPO / "tests" / "assets"
 FOLDERS = 100  # a path prefix naming one of them selects 1% of the items
@@ -99,6 +101,22 @@ def build_media(root: Path, n: int) -> None:
         for fh in files:
             fh.close()
     (root / NOTES).mkdir()
+
+
+def watch_commits() -> list[float]:
+    """Times at which the ingest commits a batch (the writer's commit_files), to find its longest
+    pause: a retrain inside the ingest would show as a gap of its own length."""
+    from mmsearch.writer import CatalogWriter
+
+    stamps: list[float] = []
+    original = CatalogWriter.commit_files
+
+    def commit_files(self, records):  # type: ignore[no-untyped-def]
+        original(self, records)
+        stamps.append(time.perf_counter())
+
+    CatalogWriter.commit_files = commit_files  # type: ignore[method-assign]
+    return stamps
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -163,7 +181,12 @@ def run_one_n(n: int, base: Path, args: argparse.Namespace) -> dict[str, float]:
     out: dict[str, float] = {"n": n}
     with Engine.open(settings) as engine:
         engine.embed(text="warm up the text tower")  # loads the model: not part of the ingest time
+        commits = watch_commits()
         t_ingest, report = timed(lambda: engine.index([root]))
+        gaps = np.diff(np.array(commits)) if len(commits) > 1 else np.zeros(1)
+        out["ingest_longest_pause_s"] = float(gaps.max())
+        print(f"[n={n}] longest gap between ingest commits: {gaps.max():.2f} s (median {np.median(gaps):.3f} s) "
+              "- retrains run beside the ingest", file=sys.stderr)
         items = report.items
         out["ingest_items_per_s"] = items / t_ingest
         print(f"[n={n}] ingest: {items} items from {report.added} files in {t_ingest:.1f} s "
@@ -274,10 +297,10 @@ def run_one_n(n: int, base: Path, args: argparse.Namespace) -> dict[str, float]:
                 # the rebuild over (refresh) and the child would find nothing to do.
                 while not indexes.exists() and proc.poll() is None:
                     time.sleep(0.002)
-                # ... and stop when it has saved everything (state.json comes last): after that
+                # ... and stop when it has saved the index (its JSON note comes last): after that
                 # the child is only exiting.
                 i = 0
-                while proc.poll() is None and not (indexes / "state.json").exists():
+                while proc.poll() is None and not (indexes / "clip.text.json").exists():
                     dt, resp = timed(lambda: engine.search(Query(text=texts[i % len(texts)], k=args.k)))  # noqa: B023
                     during.append(dt)
                     empty += not resp.results

@@ -18,7 +18,8 @@ from mmsearch.encoders.encoder_set import EncoderSet
 from mmsearch.errors import BadInput, MMSearchError, NotFound
 from mmsearch.indexer.pipeline import IndexReport, Progress, index_folders
 from mmsearch.search.index_set import IndexSet
-from mmsearch.search.query import Hit, Query, QueryRunner, SearchResponse
+from mmsearch.search.request import Hit, Query, SearchResponse
+from mmsearch.search.runner import QueryRunner
 from mmsearch.settings import Settings
 from mmsearch.storage.catalog import Catalog, ItemRow
 

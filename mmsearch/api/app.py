@@ -59,7 +59,7 @@ from mmsearch.api.security import FORM_OVERHEAD, BodyLimit, SecurityHeaders, req
 from mmsearch.api.service import NotReady, Service
 from mmsearch.engine import Engine
 from mmsearch.errors import BadInput, MMSearchError, ModelMismatch, ModelUnavailable, NotFound
-from mmsearch.search.query import SearchResponse
+from mmsearch.search.request import SearchResponse
 from mmsearch.settings import Settings
 
 log = logging.getLogger("mmsearch.api")

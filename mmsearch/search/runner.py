@@ -1,4 +1,5 @@
-"""query -> embed -> ANN -> exact rerank -> filters and diversity -> hydrate from SQL.
+"""Runs a query: embed -> ANN candidates -> exact rerank -> filters and diversity -> one list ->
+page -> hydrate from SQL.
 
 Scores are cosines. When one query searches several collections (no ``to``: images, texts and
 sounds together), cosines from different spaces and modalities are not comparable, so each
@@ -9,86 +10,24 @@ lists merge by that calibrated score (see docs/search.md).
 
 from __future__ import annotations
 
-import io
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import AfterValidator, BaseModel, Field
 
-from mmsearch.encoders.base import l2_normalise
 from mmsearch.encoders.encoder_set import EncoderSet
 from mmsearch.errors import BadInput, ModelMismatch
 from mmsearch.search.index_set import IndexSet
+from mmsearch.search.query_embedding import QueryEmbedder
+from mmsearch.search.request import Hit, Query, SearchResponse, default_target
 from mmsearch.search.rerank import exact_rescore, mmr
 from mmsearch.settings import Settings
 from mmsearch.storage.catalog import Catalog
+from mmsearch.storage.vectors import VectorStore
 
-Target = Literal["image", "text", "audio", "all"]
 EXACT_SUBSET_MAX = 20_000  # a path filter selecting fewer vectors is searched exactly
 MAX_CANDIDATES = 50_000  # per collection and query: bounds the cost of deep pages
 BACKGROUND_SAMPLE = 1_000
-
-
-def clean_text(value: str | None) -> str | None:
-    """NUL bytes and lone surrogates (undecodable bytes from a shell) cannot be stored, tokenised
-    or matched: every face refuses them through this one check."""
-    if value is None:
-        return value
-    if "\x00" in value:
-        raise ValueError("text must not contain NUL characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("text must be valid UTF-8 (no lone surrogates)") from None
-    return value
-
-
-CleanText = Annotated[str, AfterValidator(clean_text)]
-
-
-class Query(BaseModel):
-    """What to look for and where. Positive parts are summed per space, negatives subtracted."""
-
-    text: CleanText | None = Field(None, description="Text query.")
-    image: bytes | None = Field(None, description="Image file content.", exclude=True)
-    audio: bytes | None = Field(None, description="Audio file content.", exclude=True)
-    item_ids: list[int] = Field(default_factory=list, description="Items whose vectors are the query.")
-    negative_text: list[CleanText] = Field(default_factory=list, description="Texts to steer away from.")
-    text_weight: float = 1.0
-    image_weight: float = 1.0
-    audio_weight: float = 1.0
-    negative_weight: float = 0.5
-    to: Target | None = Field(None, description="Modality to return. Default: all media for a text "
-                              "query (one calibrated list), the query's own modality for an image or sound.")
-    k: int = Field(10, ge=1, le=1000)
-    offset: int = Field(0, ge=0, le=10_000)
-    path: CleanText | None = Field(None, description="Only files under this prefix or matching this glob.")
-    min_score: float | None = Field(None, ge=-1.0, le=1.0)
-    diversity: float = Field(0.0, ge=0.0, le=1.0, description="0: pure relevance; >0: MMR diversity.")
-    exclude_ids: list[int] = Field(default_factory=list, description="Items never returned.")
-
-
-class Hit(BaseModel):
-    id: int
-    path: str
-    modality: str
-    score: float = Field(description="Cosine similarity in the result's embedding space.")
-    calibrated: float | None = Field(None, description="Score on the cross-collection scale, when merged.")
-    collection: str
-    text: str | None = None
-    ref_path: str | None = Field(None, description="For captions: the media file they describe.")
-    start: float | None = Field(None, description="Audio: where the best-matching window starts (s).")
-    end: float | None = None
-    duration: float | None = None
-
-
-class SearchResponse(BaseModel):
-    results: list[Hit]
-    timings_ms: dict[str, float]
-
 
 @dataclass
 class _Candidate:
@@ -101,81 +40,13 @@ class _Candidate:
     end: float | None
 
 
-class QueryRunner:
-    """Runs queries against one catalog; caches only per-collection background samples."""
+class QueryRunner(QueryEmbedder):
+    """Runs queries against one catalog; caches only per-collection background samples. It is
+    also the catalog's query embedder, so callers that only embed (Engine.embed) share it."""
 
     def __init__(self, catalog: Catalog, indexes: IndexSet, encoders: EncoderSet, settings: Settings) -> None:
-        self.catalog, self.indexes, self.encoders, self.settings = catalog, indexes, encoders, settings
+        super().__init__(catalog, indexes, encoders, settings)
         self._background: dict[str, tuple[int, np.ndarray]] = {}
-
-    # -- embedding ------------------------------------------------------------------------------
-
-    def embed_query(self, q: Query, spaces: Sequence[str]) -> dict[str, np.ndarray]:
-        """One unit vector per reachable space."""
-        out: dict[str, np.ndarray] = {}
-        for space in spaces:
-            parts: list[np.ndarray] = []
-            mods = set(self._space_modalities(space))
-            if q.text and "text" in mods:
-                parts.append(q.text_weight * self.embed_text(space, [q.text])[0])
-            if q.image is not None and "image" in mods:
-                parts.append(q.image_weight * self.embed_image(q.image))
-            if q.audio is not None and "audio" in mods:
-                parts.append(q.audio_weight * self.embed_audio(q.audio))
-            for item_id in q.item_ids:
-                vec = self.item_vector(item_id, space)
-                if vec is not None:
-                    parts.append(vec)
-            if not parts:
-                continue
-            v = np.sum(parts, axis=0)
-            if q.negative_text and "text" in mods:
-                v = v - q.negative_weight * self.embed_text(space, q.negative_text).sum(axis=0)
-            out[space] = l2_normalise(v[None, :])[0]
-        return out
-
-    def _space_modalities(self, space: str) -> tuple[str, ...]:
-        from mmsearch.encoders.encoder_set import SPACES
-
-        return SPACES[space][0]
-
-    def embed_text(self, space: str, texts: list[str]) -> np.ndarray:
-        enc = self.encoders.get(space)
-        return enc.encode("text", [enc.prepare("text", t) for t in texts])
-
-    def embed_image(self, data: bytes) -> np.ndarray:
-        from mmsearch.media.decode import DecodeError, load_image
-
-        enc = self.encoders.get("clip")
-        try:
-            img = load_image(io.BytesIO(data), self.settings.max_image_pixels)
-        except DecodeError as e:
-            raise BadInput(f"query image: {e}") from e
-        return enc.encode("image", [enc.prepare("image", img)])[0]
-
-    def embed_audio(self, data: bytes) -> np.ndarray:
-        """A query clip longer than one window is the mean of its windows."""
-        from mmsearch.media.audio import AudioDecodeError, iter_windows
-
-        enc = self.encoders.get("clap")
-        try:
-            windows = list(iter_windows(io.BytesIO(data), enc.sample_rate, enc.window_seconds,  # type: ignore[attr-defined]
-                                        max_seconds=600))
-        except AudioDecodeError as e:
-            raise BadInput(f"query audio: {e}") from e
-        vecs = enc.encode("audio", [enc.prepare("audio", w.samples) for w in windows])
-        return l2_normalise(vecs.mean(axis=0, keepdims=True))[0]
-
-    def item_vector(self, item_id: int, space: str) -> np.ndarray | None:
-        rows = [(e, c) for e, c in self.catalog.item_embeddings(item_id) if c.startswith(space + ".")]
-        if not rows:
-            return None
-        collection = rows[0][1]
-        dim = self.catalog.spaces()[space][1]
-        vecs = self.indexes.store(collection, dim).get(np.array([e for e, _ in rows], dtype=np.int64))
-        return l2_normalise(vecs.mean(axis=0, keepdims=True))[0]
-
-    # -- search ---------------------------------------------------------------------------------
 
     def targets(self, q: Query, query_spaces: set[str]) -> list[str]:
         """Collections to search: the modality asked for, in a space the query can reach."""
@@ -307,7 +178,7 @@ class QueryRunner:
                 best[item_id] = _Candidate(item_id, eid, score, score, collection, start, end)
         return list(best.values())
 
-    def _calibration(self, collection: str, store, qv: np.ndarray) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    def _calibration(self, collection: str, store: VectorStore, qv: np.ndarray) -> tuple[float, float]:
         """Mean and spread of the query's cosines to a fixed sample of the collection's live vectors."""
         idx = self.indexes.index(collection)
         live = np.asarray(idx.ids() if idx is not None else store.ids())
@@ -319,19 +190,6 @@ class QueryRunner:
             cached = self._background[collection] = (len(live), vectors)  # one per collection
         s = cached[1] @ qv
         return float(s.mean()), float(max(s.std(), 1e-6))
-
-
-def default_target(q: Query) -> str:
-    """Without ``to``, a text query searches all media and a media query its own modality."""
-    if q.to is not None:
-        return q.to
-    if q.text:
-        return "all"
-    if q.image is not None:
-        return "image"
-    if q.audio is not None:
-        return "audio"
-    return "all"
 
 
 def _ms(t0: float) -> float:

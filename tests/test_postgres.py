@@ -51,7 +51,7 @@ def test_postgres_catalog_round_trip(make_settings, photo_dir: Path, pg_url: str
         img = sorted(photo_dir.rglob("*.jpg"))[5]
         hit = engine.search(Query(image=img.read_bytes(), k=1)).results[0]
         assert hit.path == str(img)
-        assert engine.search(Query(text="a", to="text", path="*/captions.csv", k=100)).results.__len__() == 24
+        assert engine.search(Query(text="a", to="text", path="**/captions.csv", k=100)).results.__len__() == 24
         img.unlink()
         again = engine.index([photo_dir])
         assert (again.removed, again.unchanged) == (1, 26)

@@ -42,7 +42,9 @@ class Query(BaseModel):
                               "query (one calibrated list), the query's own modality for an image or sound.")
     k: int = Field(10, ge=1, le=1000)
     offset: int = Field(0, ge=0, le=10_000)
-    path: CleanText | None = Field(None, description="Only files under this prefix or matching this glob.")
+    path: CleanText | None = Field(None, description="Only files under this folder, or matching this glob "
+                                   "(`*`, `?`, `[...]` within a folder, `**` across folders); "
+                                   "relative ones start at each indexed root.")
     min_score: float | None = Field(None, ge=-1.0, le=1.0)
     diversity: float = Field(0.0, ge=0.0, le=1.0, description="0: pure relevance; >0: MMR diversity.")
     exclude_ids: list[int] = Field(default_factory=list, description="Items never returned.")

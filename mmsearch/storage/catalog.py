@@ -7,7 +7,6 @@ float16 vectors) and ``indexes/`` (FAISS). The schema version is Alembic's, upgr
 from __future__ import annotations
 
 import fcntl
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mmsearch.errors import MMSearchError, ModelMismatch, NotFound
 from mmsearch.settings import Settings
+from mmsearch.storage import path_filter
 from mmsearch.storage.db import create_db_engine, migrate, schema_version
 from mmsearch.storage.models import Embedding, File, Item, Meta, Root, Space
 
@@ -263,12 +263,9 @@ class Catalog:
             return np.fromiter(ids, dtype=np.int64)
 
     def ids_under(self, collection: str, pattern: str) -> np.ndarray:
-        """Embedding ids whose file path matches a prefix or a glob (``*``, ``?``)."""
-        cond = _path_condition(pattern)
+        """Embedding ids whose file path is under a folder or matches a glob (see path_filter)."""
         with self.sessions() as s:
-            q = (select(Embedding.id).join(Item, Embedding.item_id == Item.id).join(File, Item.file_id == File.id)
-                 .where(Embedding.collection == collection, cond).order_by(Embedding.id))
-            return np.fromiter(s.scalars(q), dtype=np.int64)
+            return path_filter.embedding_ids(s, collection, pattern)
 
     def embedding_items(self, ids: Sequence[int]) -> dict[int, tuple[int, float | None, float | None]]:
         """embedding id -> (item id, start, end), for the ids still present."""
@@ -329,17 +326,3 @@ class Catalog:
 def _like_escape(text: str) -> str:
     """Make LIKE's own wildcards literal (with ESCAPE '\\')."""
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
-def _path_condition(pattern: str):  # type: ignore[no-untyped-def]
-    pattern = os.path.expanduser(pattern)
-    if any(ch in pattern for ch in "*?["):
-        if not os.path.isabs(pattern) and not pattern.startswith("*"):
-            pattern = "*/" + pattern
-        # Translate the glob to LIKE: * -> %, ? -> _, escaping LIKE's own wildcards.
-        like = _like_escape(pattern)
-        like = like.replace("*", "%").replace("?", "_")
-        return File.path.like(like, escape="\\")
-    prefix = str(Path(pattern).resolve()) if not pattern.startswith("/") else pattern
-    esc = _like_escape(prefix)
-    return File.path.like(esc + "%", escape="\\")

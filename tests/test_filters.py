@@ -1,6 +1,7 @@
 """Filters: shell glob semantics and folder prefixes answered by a range scan of files.path,
-relative patterns resolved against every root. Work is checked by counting calls and reading
-the SQL plan, never by timing."""
+relative patterns resolved against every root, min_score that stops early, and deep pages whose
+candidate pool is sized by one page. Work is checked by counting calls and reading the SQL
+plan, never by timing."""
 
 from __future__ import annotations
 
@@ -164,3 +165,31 @@ def test_path_filter_is_a_range_scan_of_the_path_index(engine: Engine, lib: Path
     with engine.catalog.engine.connect() as conn:
         plan = [row[-1] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)]
     assert plan[0].startswith("SEARCH files USING") and "(path>? AND path<?)" in plan[0], plan
+
+
+def test_min_score_that_filters_everything_does_not_deepen(engine: Engine, ann_calls: list[int]) -> None:
+    res = engine.search(Query(text="a photo", to="image", k=1, min_score=1.0))
+    assert res.results == []
+    assert ann_calls == [2]  # one pass of k * rerank_factor: its best were below min_score already
+    ranked = engine.search(Query(text="a photo", to="image", k=N_IMAGES)).results
+    threshold = ranked[3].score - 1e-5  # scores are reported rounded
+    res = engine.search(Query(text="a photo", to="image", k=N_IMAGES, min_score=threshold))
+    assert [h.id for h in res.results] == [h.id for h in ranked if h.score >= threshold]
+
+
+def test_deep_page_is_a_slice_of_one_big_page(engine: Engine, ann_calls: list[int],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    full = engine.search(Query(text="a photo", to="image", k=6)).results
+    hydrated: list[int] = []
+    real_items = engine.catalog.items
+
+    def items(item_ids: list[int]) -> Any:
+        hydrated.extend(item_ids)
+        return real_items(item_ids)
+
+    monkeypatch.setattr(engine.catalog, "items", items)
+    ann_calls.clear()
+    page = engine.search(Query(text="a photo", to="image", k=2, offset=4)).results
+    assert [h.id for h in page] == [h.id for h in full[4:6]]
+    assert ann_calls == [4 + 2 * 2]  # offset + k * rerank_factor, not (offset + k) * rerank_factor
+    assert sorted(hydrated) == sorted(h.id for h in page)  # only the page is read from SQL

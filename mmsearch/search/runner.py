@@ -29,6 +29,9 @@ EXACT_SUBSET_MAX = 20_000  # a path filter selecting fewer vectors is searched e
 MAX_CANDIDATES = 50_000  # per collection and query: bounds the cost of deep pages
 BACKGROUND_SAMPLE = 1_000
 
+_Owner = tuple[int, float | None, float | None]  # an embedding's item id, window start and end
+
+
 @dataclass
 class _Candidate:
     item_id: int
@@ -38,6 +41,14 @@ class _Candidate:
     collection: str
     start: float | None
     end: float | None
+
+
+@dataclass
+class _Clock:
+    """Seconds per stage of one query, summed over its collections."""
+
+    ann: float = 0.0
+    rerank: float = 0.0
 
 
 class QueryRunner(QueryEmbedder):
@@ -99,33 +110,18 @@ class QueryRunner(QueryEmbedder):
         vectors = self.embed_query(q, spaces)
         timings["embed"] = _ms(t0)
         targets = self.targets(q, set(vectors))
-        need = q.offset + q.k
         exclude = set(q.exclude_ids) | set(q.item_ids)
+        clock = _Clock()
         merged: list[_Candidate] = []
-        t_ann = t_rerank = 0.0
         for collection in targets:
             space = collection.split(".")[0]
             qv = vectors[space]
             # the catalog's dim, never the query's: a stale process must not reopen files wrongly
             store = self.indexes.store(collection, recorded.get(space, ("", qv.shape[0]))[1])
-            want = min(need * self.settings.rerank_factor + len(exclude), MAX_CANDIDATES)
             t1 = time.perf_counter()
             allowed = self.catalog.ids_under(collection, q.path) if q.path else None  # once per query
-            t_ann += time.perf_counter() - t1
-            while True:
-                t1 = time.perf_counter()
-                cand_ids, exhaustive = self._candidates(collection, qv, want, allowed)
-                t_ann += time.perf_counter() - t1
-                t2 = time.perf_counter()
-                ids, scores = exact_rescore(qv, cand_ids, store)
-                if q.diversity > 0 and len(ids):
-                    ids, scores = mmr(qv, ids, scores, store, min(len(ids), 2 * need), q.diversity)
-                cands = self._by_item(collection, ids, scores, exclude, q.min_score)
-                t_rerank += time.perf_counter() - t2
-                # audio items hold many windows: fetch deeper until enough items or nothing more
-                if len(cands) >= need or exhaustive or want >= MAX_CANDIDATES:
-                    break
-                want = min(want * 4, MAX_CANDIDATES)
+            clock.ann += time.perf_counter() - t1
+            cands = self._best_items(collection, qv, store, q, allowed, exclude, clock)
             t2 = time.perf_counter()
             if len(targets) > 1:
                 mu, sigma = self._calibration(collection, store, qv)
@@ -135,13 +131,13 @@ class QueryRunner(QueryEmbedder):
                 for c, r in zip(cands, sorted((c.rank_score for c in cands), reverse=True)):
                     c.rank_score = r
             merged += cands
-            t_rerank += time.perf_counter() - t2
-        timings["ann"] = t_ann * 1000
-        timings["rerank"] = t_rerank * 1000
+            clock.rerank += time.perf_counter() - t2
+        timings["ann"] = clock.ann * 1000
+        timings["rerank"] = clock.rerank * 1000
         merged.sort(key=lambda c: -c.rank_score)
         page = merged[q.offset: q.offset + q.k]
         t3 = time.perf_counter()
-        rows = self.catalog.items([c.item_id for c in page])
+        rows = self.catalog.items([c.item_id for c in page])  # only the page is hydrated
         hits = [Hit(id=c.item_id, path=r.path, modality=r.modality, score=round(c.score, 6),
                     calibrated=round(c.rank_score, 4) if len(targets) > 1 else None, collection=c.collection,
                     text=r.text, ref_path=r.ref_path, start=c.start, end=c.end, duration=r.duration)
@@ -149,6 +145,37 @@ class QueryRunner(QueryEmbedder):
         timings["hydrate"] = _ms(t3)
         timings["total"] = _ms(t0)
         return SearchResponse(results=hits, timings_ms={k: round(v, 3) for k, v in timings.items()})
+
+    def _best_items(self, collection: str, qv: np.ndarray, store: VectorStore, q: Query,
+                    allowed: np.ndarray | None, exclude: set[int], clock: _Clock) -> list[_Candidate]:
+        """The collection's best ``offset + k`` items that pass the filters, best first.
+
+        The pool starts at ``offset + k * rerank_factor`` vectors: a deep page needs the rescoring
+        margin of one page, not of every page before it. It deepens while too few items pass
+        (audio items hold many windows; exclusions and ``min_score`` drop some), and stops once
+        every vector the last pass added scores below ``min_score``: the ones deeper still rank
+        lower (exactly so in a flat index)."""
+        need = q.offset + q.k
+        want = min(q.offset + q.k * self.settings.rerank_factor + len(exclude), MAX_CANDIDATES)
+        owners: dict[int, _Owner | None] = {}
+        fetched = 0
+        while True:
+            t1 = time.perf_counter()
+            cand_ids, exhaustive = self._candidates(collection, qv, want, allowed)
+            t2 = time.perf_counter()
+            ids, scores = exact_rescore(qv, cand_ids, store)
+            passing = len(ids) if q.min_score is None else int(np.count_nonzero(scores >= q.min_score))
+            below = q.min_score is not None and not np.isin(cand_ids[fetched:], ids[:passing]).any()
+            ids, scores = ids[:passing], scores[:passing]  # best first, so a prefix
+            if q.diversity > 0 and len(ids):
+                ids, scores = mmr(qv, ids, scores, store, min(len(ids), 2 * need), q.diversity)
+            cands = self._by_item(collection, ids, scores, exclude, need, owners)
+            clock.ann += t2 - t1
+            clock.rerank += time.perf_counter() - t2
+            if len(cands) >= need or exhaustive or below or want >= MAX_CANDIDATES:
+                return cands
+            fetched = len(cand_ids)
+            want = min(want * 4, MAX_CANDIDATES)
 
     def _candidates(self, collection: str, qv: np.ndarray, want: int,
                     allowed: np.ndarray | None) -> tuple[np.ndarray, bool]:
@@ -162,20 +189,26 @@ class QueryRunner(QueryEmbedder):
         found = ids[0][ids[0] >= 0]
         return found, len(found) < want
 
-    def _by_item(self, collection: str, ids: np.ndarray, scores: np.ndarray, exclude: set[int],
-                 min_score: float | None) -> list[_Candidate]:
-        """Audio items have one vector per window: an item scores as its best window."""
-        owners = self.catalog.embedding_items(ids.tolist())
+    def _by_item(self, collection: str, ids: np.ndarray, scores: np.ndarray, exclude: set[int], need: int,
+                 owners: dict[int, _Owner | None]) -> list[_Candidate]:
+        """Audio items have one vector per window: an item scores as its best window. Ids arrive
+        best first and are mapped to items a slice at a time until ``need`` items are found, so
+        SQL work follows the page, not the pool; ``owners`` keeps the mapping across passes."""
         best: dict[int, _Candidate] = {}
-        for eid, score in zip(ids.tolist(), scores.tolist()):
-            owner = owners.get(eid)
-            if owner is None:
-                continue  # deleted since the index was built
-            item_id, start, end = owner
-            if item_id in exclude or (min_score is not None and score < min_score):
-                continue
-            if item_id not in best:  # ids arrive best first
-                best[item_id] = _Candidate(item_id, eid, score, score, collection, start, end)
+        step = need + len(exclude)
+        for start in range(0, len(ids), step):
+            part = ids[start:start + step].tolist()
+            missing = [e for e in part if e not in owners]
+            found = self.catalog.embedding_items(missing)
+            owners.update({e: found.get(e) for e in missing})  # None: deleted since the index was built
+            for eid, score in zip(part, scores[start:start + step].tolist()):
+                owner = owners[eid]
+                if owner is None or owner[0] in exclude or owner[0] in best:  # ids arrive best first
+                    continue
+                item_id, window_start, window_end = owner
+                best[item_id] = _Candidate(item_id, eid, score, score, collection, window_start, window_end)
+            if len(best) >= need:
+                break
         return list(best.values())
 
     def _calibration(self, collection: str, store: VectorStore, qv: np.ndarray) -> tuple[float, float]:

@@ -106,7 +106,8 @@ def test_glob_regex(pattern: str, path: str, matches: bool) -> None:
 
 
 def test_star_and_question_mark_stay_in_one_folder(engine: Engine, lib: Path) -> None:
-    assert found(engine, lib, f"{lib}/a/photos/*.jpg") == {"a/photos/img0.jpg", "a/photos/img1.jpg", "a/photos/img2.jpg"}
+    direct = {"a/photos/img0.jpg", "a/photos/img1.jpg", "a/photos/img2.jpg"}
+    assert found(engine, lib, f"{lib}/a/photos/*.jpg") == direct
     assert found(engine, lib, f"{lib}/a/photos/sub?deep/*.jpg") == set()
     assert found(engine, lib, f"{lib}/a/photos?/img?.jpg") == {"a/photos2/img0.jpg", "a/photos2/img1.jpg",
                                                                "a/photos2/img2.jpg"}

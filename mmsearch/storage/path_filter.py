@@ -28,8 +28,6 @@ from mmsearch.errors import BadInput
 from mmsearch.storage.models import Embedding, File, Item, Root
 
 _WILDCARD = re.compile(r"[*?[]")
-# PostgreSQL collations whose order is the code point order that the range bounds assume
-_CODE_POINT_COLLATIONS = {"C", "POSIX", "C.UTF-8", "C.utf8"}
 
 
 @dataclass(frozen=True)
@@ -137,10 +135,10 @@ def embedding_ids(s: Session, collection: str, pattern: str) -> np.ndarray:
 
 
 def _ordered_path(s: Session) -> ColumnElement[str]:
-    """``files.path`` as the range bounds need it: in code point order. SQLite's BINARY
-    collation is; a PostgreSQL database in a language's collation is not, and there the
-    comparison is forced to "C" (correct, but then the index cannot serve the range)."""
-    if s.get_bind().dialect.name != "postgresql":
+    """``files.path`` as the range bounds need it: in code point order. SQLite's BINARY collation
+    is, and so is a PostgreSQL database in the C collation; under a language's collation (libc
+    or ICU) ``'B' < 'a'`` is false, and there the comparison is forced to "C": correct, but the
+    index cannot serve the range then."""
+    if s.get_bind().dialect.name != "postgresql" or s.scalar(text("SELECT 'B' < 'a' AND '~' > 'z'")):
         return File.path
-    collation = s.scalar(text("SELECT datcollate FROM pg_database WHERE datname = current_database()"))
-    return File.path if collation in _CODE_POINT_COLLATIONS else File.path.collate("C")
+    return File.path.collate("C")

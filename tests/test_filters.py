@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from sqlalchemy import event
 
-from mmsearch import Engine, Query, Settings
-from mmsearch.storage.path_filter import glob_regex
+from mmsearch import BadInput, Engine, Query, Settings
+from mmsearch.storage.path_filter import glob_regex, scans
 from tests.conftest import CONFIG_DIR, flickr_images
 
 LAYOUT = {  # root -> files (symlinks to distinct Flickr photos)
@@ -105,6 +105,18 @@ def test_glob_regex(pattern: str, path: str, matches: bool) -> None:
     assert bool(glob_regex(pattern).fullmatch(path)) is matches
 
 
+@pytest.mark.parametrize(("pattern", "low", "high"), [
+    ("/a/photos", "/a/photos/", "/a/photos0"),  # plus /a/photos itself
+    ("/a/photos/", "/a/photos/", "/a/photos0"),
+    ("/a/p*/x.jpg", "/a/p", "/a/q"),
+    ("/a/\ud7ff*", "/a/\ud7ff", "/a/\ue000"),  # no surrogate as a bound
+    ("/a\U0010ffff*", "/a\U0010ffff", "/b"),
+])
+def test_scan_bounds(pattern: str, low: str, high: str) -> None:
+    (scan,) = scans(pattern, lambda: [])
+    assert (scan.low, scan.high) == (low, high)
+
+
 def test_star_and_question_mark_stay_in_one_folder(engine: Engine, lib: Path) -> None:
     direct = {"a/photos/img0.jpg", "a/photos/img1.jpg", "a/photos/img2.jpg"}
     assert found(engine, lib, f"{lib}/a/photos/*.jpg") == direct
@@ -126,6 +138,8 @@ def test_character_classes(engine: Engine, lib: Path) -> None:
     assert found(engine, lib, f"{lib}/a/photos2/img[!0].jpg") == {"a/photos2/img1.jpg", "a/photos2/img2.jpg"}
     assert found(engine, lib, f"{lib}/a/photos[0-9]/*") == {"a/photos2/img0.jpg", "a/photos2/img1.jpg",
                                                             "a/photos2/img2.jpg"}
+    with pytest.raises(BadInput, match="bad path pattern"):
+        found(engine, lib, f"{lib}/a/photos[z-a]/*")
 
 
 def test_relative_patterns_start_at_every_root(engine: Engine, lib: Path, monkeypatch: pytest.MonkeyPatch) -> None:

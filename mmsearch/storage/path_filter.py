@@ -61,8 +61,12 @@ def _scan(pattern: str) -> PathScan:
 
 
 def _successor(prefix: str) -> str:
-    """The smallest string above every string that starts with ``prefix`` (code point order)."""
-    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    """The smallest string above every string that starts with ``prefix`` (code point order,
+    which is UTF-8 byte order). A last character without a successor is dropped first, and
+    surrogates (never in a stored path) are skipped."""
+    stem = prefix.rstrip("\U0010ffff")
+    after = ord(stem[-1]) + 1
+    return stem[:-1] + chr(0xE000 if 0xD800 <= after <= 0xDFFF else after)
 
 
 def glob_regex(pattern: str) -> re.Pattern[str]:

@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Engine": "mmsearch.engine", "Embedding": "mmsearch.engine",
-    "Query": "mmsearch.search.query", "Hit": "mmsearch.search.query", "SearchResponse": "mmsearch.search.query",
+    "Query": "mmsearch.search.request", "Hit": "mmsearch.search.request", "SearchResponse": "mmsearch.search.request",
     "Settings": "mmsearch.settings",
     "MMSearchError": "mmsearch.errors", "BadInput": "mmsearch.errors", "ModelMismatch": "mmsearch.errors",
     "ModelUnavailable": "mmsearch.errors", "NotFound": "mmsearch.errors",

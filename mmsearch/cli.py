@@ -161,7 +161,7 @@ def search(
     """Search by text, an image, a sound, or a mix of them."""
     from pydantic import ValidationError
 
-    from mmsearch.search.query import Query
+    from mmsearch.search.request import Query
 
     try:
         q = Query(text=text, image=_read(image), audio=_read(audio_file), to=to, k=k, offset=offset, path=path,

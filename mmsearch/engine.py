@@ -20,7 +20,8 @@ from mmsearch.errors import BadInput, NotFound
 from mmsearch.indexer.pipeline import IndexReport, Progress, index_folders
 from mmsearch.search.ann import AnnIndex
 from mmsearch.search.live import LiveIndexes
-from mmsearch.search.query import Hit, Query, QueryRunner, SearchResponse
+from mmsearch.search.request import Hit, Query, SearchResponse
+from mmsearch.search.runner import QueryRunner
 from mmsearch.settings import Settings
 from mmsearch.storage.catalog import Catalog, ItemRow
 from mmsearch.writer import CatalogWriter

@@ -64,7 +64,7 @@ def test_index_search_similar_embed_stats(cli, photo_dir: Path) -> None:  # type
 
     res = _json(cli("search", "street", "--to", "image", "--path", str(photo_dir / "beach"), "--json", "-k", "50"))
     assert len(res["results"]) == 12 and all("/beach/" in h["path"] for h in res["results"])
-    res = _json(cli("search", "street", "--to", "image", "--path", "*/city/*.jpg", "--json", "-k", "50"))
+    res = _json(cli("search", "street", "--to", "image", "--path", "city/*.jpg", "--json", "-k", "50"))
     assert len(res["results"]) == 12 and all("/city/" in h["path"] for h in res["results"])
 
     page1 = _json(cli("search", "x", "--to", "image", "--json", "-k", "5"))["results"]

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
 from mmsearch.engine import Embedding
-from mmsearch.search.query import CleanText, Hit, Query, SearchResponse, Target
+from mmsearch.search.request import CleanText, Hit, Query, SearchResponse, Target
 
 MAX_ID = 2**63 - 1  # SQL BIGINT; larger ids could only be a mistake
 MAX_TEXT = 4_000  # characters; CLIP/CLAP read far fewer tokens anyway

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from mmsearch.errors import MMSearchError, ModelMismatch, NotFound
 from mmsearch.settings import Settings
 from mmsearch.storage import ids as idgen
+from mmsearch.storage import path_filter
 from mmsearch.storage.db import (
     create_db_engine,
     friendly_db_error,
@@ -388,12 +389,9 @@ class Catalog:
         return sorted(out)
 
     def ids_under(self, collection: str, pattern: str) -> np.ndarray:
-        """Embedding ids whose file path matches a prefix or a glob (``*``, ``?``)."""
-        cond = _path_condition(pattern)
+        """Embedding ids whose file path is under a folder or matches a glob (see path_filter)."""
         with self.sessions() as s:
-            q = (select(Embedding.id).join(Item, Embedding.item_id == Item.id).join(File, Item.file_id == File.id)
-                 .where(Embedding.collection == collection, cond).order_by(Embedding.id))
-            return np.fromiter(s.scalars(q), dtype=np.int64)
+            return path_filter.embedding_ids(s, collection, pattern)
 
     def embedding_items(self, ids: Sequence[int]) -> dict[int, tuple[int, float | None, float | None]]:
         """embedding id -> (item id, start, end), for the ids still present."""
@@ -478,17 +476,3 @@ def _insert_embeddings(s: Session, owned: list[tuple[int, NewItem]]) -> None:
 def _like_escape(text: str) -> str:
     """Make LIKE's own wildcards literal (with ESCAPE '\\')."""
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
-def _path_condition(pattern: str):  # type: ignore[no-untyped-def]
-    pattern = os.path.expanduser(pattern)
-    if any(ch in pattern for ch in "*?["):
-        if not os.path.isabs(pattern) and not pattern.startswith("*"):
-            pattern = "*/" + pattern
-        # Translate the glob to LIKE: * -> %, ? -> _, escaping LIKE's own wildcards.
-        like = _like_escape(pattern)
-        like = like.replace("*", "%").replace("?", "_")
-        return File.path.like(like, escape="\\")
-    prefix = str(Path(pattern).resolve()) if not pattern.startswith("/") else pattern
-    esc = _like_escape(prefix)
-    return File.path.like(esc + "%", escape="\\")

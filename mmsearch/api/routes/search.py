@@ -23,7 +23,7 @@ from mmsearch.api.schemas import (
 )
 from mmsearch.api.service import Service
 from mmsearch.errors import BadInput, NotFound
-from mmsearch.search.query import SearchResponse
+from mmsearch.search.request import SearchResponse
 
 router = APIRouter(tags=["search"])
 

@@ -1,0 +1,88 @@
+"""Turning a Query into one unit vector per embedding space it reaches.
+
+Text, image, sound and stored items are summed per space with their weights, negative texts are
+subtracted, and the sum is normalised: the search side then sees only one vector per space.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import numpy as np
+
+from mmsearch.encoders.base import l2_normalise
+from mmsearch.encoders.encoder_set import SPACES, EncoderSet
+from mmsearch.errors import BadInput
+from mmsearch.search.live import LiveIndexes
+from mmsearch.search.request import Query
+from mmsearch.settings import Settings
+from mmsearch.storage.catalog import Catalog
+
+
+class QueryEmbedder:
+    """Embeds queries with the catalog's encoders; item ids are read back from the vector stores."""
+
+    def __init__(self, catalog: Catalog, indexes: LiveIndexes, encoders: EncoderSet, settings: Settings) -> None:
+        self.catalog, self.indexes, self.encoders, self.settings = catalog, indexes, encoders, settings
+
+    def embed_query(self, q: Query, spaces: Sequence[str]) -> dict[str, np.ndarray]:
+        """One unit vector per reachable space."""
+        out: dict[str, np.ndarray] = {}
+        for space in spaces:
+            parts: list[np.ndarray] = []
+            mods = set(SPACES[space][0])
+            if q.text and "text" in mods:
+                parts.append(q.text_weight * self.embed_text(space, [q.text])[0])
+            if q.image is not None and "image" in mods:
+                parts.append(q.image_weight * self.embed_image(q.image))
+            if q.audio is not None and "audio" in mods:
+                parts.append(q.audio_weight * self.embed_audio(q.audio))
+            for item_id in q.item_ids:
+                vec = self.item_vector(item_id, space)
+                if vec is not None:
+                    parts.append(vec)
+            if not parts:
+                continue
+            v = np.sum(parts, axis=0)
+            if q.negative_text and "text" in mods:
+                v = v - q.negative_weight * self.embed_text(space, q.negative_text).sum(axis=0)
+            out[space] = l2_normalise(v[None, :])[0]
+        return out
+
+    def embed_text(self, space: str, texts: list[str]) -> np.ndarray:
+        enc = self.encoders.get(space)
+        return enc.encode("text", [enc.prepare("text", t) for t in texts])
+
+    def embed_image(self, data: bytes) -> np.ndarray:
+        from mmsearch.media.decode import DecodeError, load_image
+
+        enc = self.encoders.get("clip")
+        try:
+            img = load_image(io.BytesIO(data), self.settings.max_image_pixels)
+        except DecodeError as e:
+            raise BadInput(f"query image: {e}") from e
+        return enc.encode("image", [enc.prepare("image", img)])[0]
+
+    def embed_audio(self, data: bytes) -> np.ndarray:
+        """A query clip longer than one window is the mean of its windows."""
+        from mmsearch.media.audio import AudioDecodeError, iter_windows
+
+        enc = self.encoders.get("clap")
+        try:
+            windows = list(iter_windows(io.BytesIO(data), enc.sample_rate, enc.window_seconds,  # type: ignore[attr-defined]
+                                        max_seconds=600))
+        except AudioDecodeError as e:
+            raise BadInput(f"query audio: {e}") from e
+        vecs = enc.encode("audio", [enc.prepare("audio", w.samples) for w in windows])
+        return l2_normalise(vecs.mean(axis=0, keepdims=True))[0]
+
+    def item_vector(self, item_id: int, space: str) -> np.ndarray | None:
+        """A stored item as a query: the mean of its vectors in ``space`` (audio: its windows)."""
+        rows = [(e, c) for e, c in self.catalog.item_embeddings(item_id) if c.startswith(space + ".")]
+        if not rows:
+            return None
+        collection = rows[0][1]
+        dim = self.catalog.spaces()[space][1]
+        vecs = self.indexes.store(collection, dim).get(np.array([e for e, _ in rows], dtype=np.int64))
+        return l2_normalise(vecs.mean(axis=0, keepdims=True))[0]

@@ -26,12 +26,11 @@ then measures, in this one process and side by side:
 - rebuild: the catalog's indexes/ folder emptied, then ``mmsearch index ROOT --catalog ... --model
   ...`` in a subprocess; its own peak RSS (``os.wait4``), wall time, and whether queries answer
   again afterwards;
-- with --during-rebuild: query latency while such a rebuild runs in the subprocess, against the
-  same queries right after it, idle. Queries start when the child has re-created indexes/ (it
-  holds the catalog's write lock then, so they cannot take the rebuild over) and stop when it
-  has written indexes/clip.text.json (this relies on the current catalog layout; without it they
-  run until the child exits). Until the new index is saved they find no index at all, so the
-  number of empty answers is printed with the latencies.
+- with --during-rebuild: query latency while a retrain runs in the subprocess, against the same
+  queries right after it, idle. The index's JSON note is removed, so the child's writer takes the
+  index for replaced and rebuilds it while this process keeps answering from the index it holds;
+  queries stop when the child has written indexes/clip.text.json again (this relies on the
+  catalog layout; without it they run until the child exits). Empty answers are counted too.
 
 No figure is asserted. Ends with one line for the largest N:
 n=... add_one_ms=... delete_one_ms=... filter_p50_ms=... query_p50_ms=... rebuild_peak_rss_mb=...
@@ -286,17 +285,15 @@ def run_one_n(n: int, base: Path, args: argparse.Namespace) -> dict[str, float]:
 
         # -- optional: queries while a rebuild runs ------------------------------------------
         if args.during_rebuild:
-            shutil.rmtree(indexes)  # the rebuild's sync creates it again, holding the write lock
+            # Only the JSON note goes: the writer then takes the index for replaced and rebuilds it
+            # (a retrain), while readers keep answering from the index they hold.
+            (indexes / "clip.text.json").unlink()
             log = base / f"rebuild-during-{n}.log"
             during: list[float] = []
             empty = 0
             with open(log, "w") as fh:
                 proc = subprocess.Popen(rebuild_cmd(root, catalog, args.model, args.device), cwd=REPO,
                                         env=rebuild_env(), stdout=fh, stderr=subprocess.STDOUT)
-                # Do not query before the child holds the write lock: a query here would take
-                # the rebuild over (refresh) and the child would find nothing to do.
-                while not indexes.exists() and proc.poll() is None:
-                    time.sleep(0.002)
                 # ... and stop when it has saved the index (its JSON note comes last): after that
                 # the child is only exiting.
                 i = 0

@@ -196,8 +196,20 @@ def embed(
     audio_model: AudioModelOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Print the raw embedding vector, for other systems."""
-    with _engine(_settings(catalog, db, model, audio_model), create=False) as engine:
-        result = engine.embed(text=text, image=_read(image), audio=_read(audio_file), space=space)
+    from mmsearch.engine import embed_without_catalog
+    from mmsearch.storage.catalog import catalog_exists
+
+    settings = _settings(catalog, db, model, audio_model)
+    if catalog_exists(settings):
+        with _engine(settings, create=False) as engine:
+            result = engine.embed(text=text, image=_read(image), audio=_read(audio_file), space=space)
+    else:  # no catalog here: the model named (or the default) embeds, and nothing is created
+        try:
+            result = embed_without_catalog(settings, text=text, image=_read(image), audio=_read(audio_file),
+                                           space=space)
+        except MMSearchError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
     if as_json:
         _print_json(result.model_dump())
     else:

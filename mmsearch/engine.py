@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
 
 from mmsearch.encoders.base import Encoder
 from mmsearch.encoders.encoder_set import EncoderSet
@@ -20,17 +19,12 @@ from mmsearch.errors import BadInput, NotFound
 from mmsearch.indexer.pipeline import IndexReport, Progress, index_folders
 from mmsearch.search.ann import AnnIndex
 from mmsearch.search.live import LiveIndexes
+from mmsearch.search.query_embedding import Embedding, QueryEmbedder
 from mmsearch.search.request import Hit, Query, SearchResponse
 from mmsearch.search.runner import QueryRunner
 from mmsearch.settings import Settings
 from mmsearch.storage.catalog import Catalog, ItemRow
 from mmsearch.writer import CatalogWriter
-
-
-class Embedding(BaseModel):
-    space: str
-    model: str
-    vector: list[float]
 
 
 class Engine:
@@ -164,17 +158,7 @@ class Engine:
 
     def embed(self, *, text: str | None = None, image: bytes | None = None, audio: bytes | None = None,
               space: str | None = None) -> Embedding:
-        given = [x for x in (text, image, audio) if x is not None]
-        if len(given) != 1:
-            raise BadInput("embed takes exactly one of text, image or audio")
-        if image is not None:
-            space, vec = "clip", self.runner.embed_image(image)
-        elif audio is not None:
-            space, vec = "clap", self.runner.embed_audio(audio)
-        else:
-            space = space or "clip"
-            vec = self.runner.embed_text(space, [text or ""])[0]
-        return Embedding(space=space, model=self.encoders.get(space).spec, vector=[float(x) for x in vec])
+        return self.runner.embed_one(text=text, image=image, audio=audio, space=space)
 
     def item(self, item_id: int) -> ItemRow:
         return self.catalog.item(item_id)
@@ -203,6 +187,14 @@ class Engine:
             "collections": self.indexes.describe(),
             "failures": [{"path": p, "reason": r} for p, r in self.catalog.failures(20)],
         }
+
+
+def embed_without_catalog(settings: Settings, *, text: str | None = None, image: bytes | None = None,
+                          audio: bytes | None = None, space: str | None = None) -> Embedding:
+    """``mmsearch embed`` where no catalog exists: the model named (or the default), and nothing
+    is created or recorded."""
+    return QueryEmbedder(None, None, EncoderSet(None, settings), settings).embed_one(
+        text=text, image=image, audio=audio, space=space)
 
 
 __all__ = ["Engine", "Embedding", "Hit", "IndexReport", "NotFound", "Query", "SearchResponse"]

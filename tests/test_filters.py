@@ -43,7 +43,8 @@ def lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def engine(lib: Path, clip_spec: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     """Two roots, one catalog; rerank_factor 2 keeps the candidate pool below the collection."""
     settings = Settings(catalog=tmp_path_factory.mktemp("catalog"), model=clip_spec, model_config_dirs=[CONFIG_DIR],
-                        audio=False, batch_size=16, decode_workers=2, device="cpu", rerank_factor=2)
+                        audio=False, batch_size=16, decode_workers=2, device="cpu", rerank_factor=2,
+                        follow_links=True)  # the layout is symlinks to the shared photos
     with Engine.open(settings) as engine:
         report = engine.index([lib / "a", lib / "b"])
         assert (report.added, report.failed) == (N_IMAGES, 0)

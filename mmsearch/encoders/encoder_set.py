@@ -23,7 +23,7 @@ SPACES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 
 
 class EncoderSet:
-    def __init__(self, catalog: Catalog, settings: Settings, preloaded: Mapping[str, Encoder] | None = None,
+    def __init__(self, catalog: Catalog | None, settings: Settings, preloaded: Mapping[str, Encoder] | None = None,
                  *, reembed: bool = False) -> None:
         self.catalog = catalog
         self.settings = settings
@@ -40,7 +40,7 @@ class EncoderSet:
             return self._loaded[space].spec
         explicit = self.settings.model if space == "clip" else self.settings.audio_model
         default = DEFAULT_IMAGE_MODEL if space == "clip" else DEFAULT_AUDIO_MODEL
-        return explicit or self.catalog.space_spec(space) or default
+        return explicit or (self.catalog.space_spec(space) if self.catalog else None) or default
 
     def enabled(self, space: str) -> bool:
         return space == "clip" or (space == "clap" and (self.settings.audio or space in self._loaded))

@@ -10,6 +10,7 @@ import io
 from collections.abc import Sequence
 
 import numpy as np
+from pydantic import BaseModel
 
 from mmsearch.encoders.base import l2_normalise
 from mmsearch.encoders.encoder_set import SPACES, EncoderSet
@@ -20,11 +21,34 @@ from mmsearch.settings import Settings
 from mmsearch.storage.catalog import Catalog
 
 
-class QueryEmbedder:
-    """Embeds queries with the catalog's encoders; item ids are read back from the vector stores."""
+class Embedding(BaseModel):
+    space: str
+    model: str
+    vector: list[float]
 
-    def __init__(self, catalog: Catalog, indexes: LiveIndexes, encoders: EncoderSet, settings: Settings) -> None:
+
+class QueryEmbedder:
+    """Embeds queries with the catalog's encoders; item ids are read back from the vector stores.
+    Without a catalog (``mmsearch embed`` before any index) it embeds text and media only."""
+
+    def __init__(self, catalog: Catalog | None, indexes: LiveIndexes | None, encoders: EncoderSet,
+                 settings: Settings) -> None:
         self.catalog, self.indexes, self.encoders, self.settings = catalog, indexes, encoders, settings
+
+    def embed_one(self, *, text: str | None = None, image: bytes | None = None, audio: bytes | None = None,
+                  space: str | None = None) -> Embedding:
+        """The raw vector of one text, image or sound, for other systems."""
+        given = [x for x in (text, image, audio) if x is not None]
+        if len(given) != 1:
+            raise BadInput("embed takes exactly one of text, image or audio")
+        if image is not None:
+            space, vec = "clip", self.embed_image(image)
+        elif audio is not None:
+            space, vec = "clap", self.embed_audio(audio)
+        else:
+            space = space or "clip"
+            vec = self.embed_text(space, [text or ""])[0]
+        return Embedding(space=space, model=self.encoders.get(space).spec, vector=[float(x) for x in vec])
 
     def embed_query(self, q: Query, spaces: Sequence[str]) -> dict[str, np.ndarray]:
         """One unit vector per reachable space."""
@@ -79,10 +103,14 @@ class QueryEmbedder:
 
     def item_vector(self, item_id: int, space: str) -> np.ndarray | None:
         """A stored item as a query: the mean of its vectors in ``space`` (audio: its windows)."""
+        if self.catalog is None or self.indexes is None:
+            raise BadInput("item ids need a catalog")
         rows = [(e, c) for e, c in self.catalog.item_embeddings(item_id) if c.startswith(space + ".")]
         if not rows:
             return None
         collection = rows[0][1]
         dim = self.catalog.spaces()[space][1]
-        vecs = self.indexes.store(collection, dim).get(np.array([e for e, _ in rows], dtype=np.int64))
+        _, vecs = self.indexes.store(collection, dim).lookup(np.array([e for e, _ in rows], dtype=np.int64))
+        if not len(vecs):  # its vectors were lost: `mmsearch index` embeds them again
+            return None
         return l2_normalise(vecs.mean(axis=0, keepdims=True))[0]

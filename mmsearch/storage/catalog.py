@@ -86,6 +86,11 @@ class ItemRow:
     mtime_ns: int
 
 
+def catalog_exists(settings: Settings) -> bool:
+    """A catalog is there to read: its SQLite file, or a database URL given explicitly."""
+    return bool(settings.db_url) or (Path(settings.catalog).expanduser() / "catalog.db").exists()
+
+
 class Catalog:
     def __init__(self, settings: Settings, *, writable: bool = False) -> None:
         """Open the catalog that ``settings.catalog`` names. Read-only unless ``writable``, which
@@ -95,7 +100,7 @@ class Catalog:
         self.root = Path(settings.catalog).expanduser().resolve()
         self.vectors_dir = self.root / "vectors"
         self.indexes_dir = self.root / "indexes"
-        if not writable and not (self.root / "catalog.db").exists() and not settings.db_url:
+        if not writable and not catalog_exists(settings):
             raise NotFound(f"no catalog at {self.root}: index a folder first "
                            f"(`mmsearch index DIR --catalog {settings.catalog}`)")
         if writable:
@@ -335,8 +340,13 @@ class Catalog:
     # -- the change log ---------------------------------------------------------------------------
 
     def last_seq(self) -> int:
+        """The log's last position, also once truncation emptied it (the floors remember it)."""
         with self.sessions() as s:
-            return int(s.scalar(select(func.max(Change.seq))) or 0)
+            last = int(s.scalar(select(func.max(Change.seq))) or 0)
+            if last:
+                return last
+            floors = s.scalars(select(Meta.value).where(Meta.key.like("changes\\_floor.%", escape="\\")))
+            return max((int(v) for v in floors), default=0)
 
     def changes_since(self, collection: str, seq: int) -> tuple[int, int, np.ndarray, np.ndarray]:
         """(floor, last seq, ids added, ids removed) after ``seq``, read in one snapshot. When the

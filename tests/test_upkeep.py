@@ -180,6 +180,16 @@ def test_log_small_changes_wait_then_merge(open_writer: OpenWriter) -> None:
     assert up.due(COLL) is None
 
 
+def test_merge_threshold_grows_with_the_index(open_writer: OpenWriter) -> None:
+    writer, rows = open_writer(merge_min_changes=5, merge_fraction=0.1)
+    rows.add(200)
+    writer.upkeep(wait=True)
+    rows.add(19)
+    assert writer.upkeep_jobs.due(COLL) is None  # 19 < 10% of 200
+    rows.delete(rows.live()[:1])
+    assert writer.upkeep_jobs.due(COLL) == "merge"
+
+
 def test_rebuild_when_plan_changes_or_size_leaves_training_range(open_writer: OpenWriter) -> None:
     writer, rows = open_writer(ivf_min_vectors=300, retrain_growth=2.0, merge_min_changes=10_000)
     up = writer.upkeep_jobs

@@ -61,20 +61,20 @@ def store(tmp_path_factory: pytest.TempPathFactory, data: Data) -> VectorStore:
     return _make_store(tmp_path_factory.mktemp("vectors"), ids, x)
 
 
+def _planned(store: VectorStore, ids: np.ndarray, settings: Settings, coarse: str) -> AnnIndex:
+    plan = plan_index(N, DIM, settings)
+    assert plan.kind == "ivfpq" and plan.coarse == coarse
+    return AnnIndex.build(store, ids, plan)
+
+
 @pytest.fixture(scope="module")
 def ivf(store: VectorStore, data: Data) -> AnnIndex:
-    _, ids = data
-    plan = plan_index(N, DIM, FORCED)
-    assert plan.kind == "ivfpq" and plan.coarse == "flat"
-    return AnnIndex.build(store, ids, plan)
+    return _planned(store, data[1], FORCED, "flat")
 
 
 @pytest.fixture(scope="module")
 def hnsw(store: VectorStore, data: Data) -> AnnIndex:
-    _, ids = data
-    plan = plan_index(N, DIM, FORCED_HNSW)
-    assert plan.kind == "ivfpq" and plan.coarse == "hnsw"
-    return AnnIndex.build(store, ids, plan)
+    return _planned(store, data[1], FORCED_HNSW, "hnsw")
 
 
 @pytest.fixture(scope="module")

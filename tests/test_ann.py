@@ -7,7 +7,9 @@ import faiss
 import numpy as np
 import pytest
 
-from mmsearch.search.ann import AnnIndex, IndexPlan, plan_index, sync_index
+from mmsearch.search import ann
+from mmsearch.search.ann import AnnIndex
+from mmsearch.search.index_plan import IndexPlan, plan_index
 from mmsearch.search.rerank import exact_rescore
 from mmsearch.settings import Settings
 from mmsearch.storage.vectors import VectorStore
@@ -15,13 +17,19 @@ from mmsearch.storage.vectors import VectorStore
 DIM = 64
 N = 3000
 FORCED = Settings(ivf_min_vectors=1000, retrain_growth=4.0, nprobe=None, faiss_gpu=False)
+# small data with an HNSW coarse quantiser: nlist = N // 39 = 76 lists
+FORCED_HNSW = Settings(ivf_min_vectors=1000, hnsw_min_vectors=2000, nprobe=None, faiss_gpu=False)
+BIG_BUDGET = 100_000  # build_memory_mb that never binds, to check the guideline rules alone
+
+Data = tuple[np.ndarray, np.ndarray]
 
 
 def _clustered(n: int, seed: int = 0, clusters: int = 40) -> np.ndarray:
     rng = np.random.default_rng(seed)
     centers = rng.standard_normal((clusters, DIM)).astype(np.float32)
     x = centers[rng.integers(0, clusters, n)] + 0.5 * rng.standard_normal((n, DIM)).astype(np.float32)
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float16).astype(np.float32)  # exactly what the float16 store gives back
 
 
 def _queries(x: np.ndarray, nq: int, seed: int = 1) -> np.ndarray:
@@ -34,27 +42,49 @@ def _queries(x: np.ndarray, nq: int, seed: int = 1) -> np.ndarray:
     return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
 
 
+def _make_store(folder: Path, ids: np.ndarray, x: np.ndarray) -> VectorStore:
+    s = VectorStore(folder, "clip.image", DIM)
+    s.append(ids, x)
+    return s
+
+
 @pytest.fixture(scope="module")
-def data() -> tuple[np.ndarray, np.ndarray]:
+def data() -> Data:
     x = _clustered(N)
     ids = np.arange(1, 2 * N + 1, 2, dtype=np.int64)  # gaps, like SQL ids after deletes
     return x, ids
 
 
 @pytest.fixture(scope="module")
-def ivf(data: tuple[np.ndarray, np.ndarray]) -> AnnIndex:
+def store(tmp_path_factory: pytest.TempPathFactory, data: Data) -> VectorStore:
     x, ids = data
-    plan = plan_index(N, DIM, FORCED)
-    assert plan.kind == "ivfpq"
-    return AnnIndex.build(x, ids, plan)
+    return _make_store(tmp_path_factory.mktemp("vectors"), ids, x)
 
 
-@pytest.fixture()
-def store(tmp_path: Path, data: tuple[np.ndarray, np.ndarray]) -> VectorStore:
-    x, ids = data
-    s = VectorStore(tmp_path, "clip.image", DIM)
-    s.append(ids, x)
-    return s
+def _planned(store: VectorStore, ids: np.ndarray, settings: Settings, coarse: str) -> AnnIndex:
+    plan = plan_index(N, DIM, settings)
+    assert plan.kind == "ivfpq" and plan.coarse == coarse
+    return AnnIndex.build(store, ids, plan)
+
+
+@pytest.fixture(scope="module")
+def ivf(store: VectorStore, data: Data) -> AnnIndex:
+    return _planned(store, data[1], FORCED, "flat")
+
+
+@pytest.fixture(scope="module")
+def hnsw(store: VectorStore, data: Data) -> AnnIndex:
+    return _planned(store, data[1], FORCED_HNSW, "hnsw")
+
+
+@pytest.fixture(scope="module")
+def flat(store: VectorStore, data: Data) -> AnnIndex:
+    _, ids = data
+    return AnnIndex.build(store, ids, IndexPlan(kind="flat"))
+
+
+def _index(kind: str, request: pytest.FixtureRequest) -> AnnIndex:
+    return request.getfixturevalue({"flat": "flat", "ivfpq": "ivf", "hnsw": "hnsw"}[kind])
 
 
 # -- plan_index -----------------------------------------------------------------------------
@@ -67,11 +97,11 @@ def test_plan_flat_below_threshold() -> None:
         assert plan.kind == "flat" and plan.factory == "Flat"
 
 
-@pytest.mark.parametrize("n", [50_000, 70_000, 200_000, 1_000_000, 10_000_000])
+@pytest.mark.parametrize("n", [50_000, 70_000, 200_000, 1_000_000, 3_000_000])
 def test_plan_ivfpq_follows_guidelines(n: int) -> None:
     dim = 512
-    plan = plan_index(n, dim, Settings(ivf_min_vectors=50_000))
-    assert plan.kind == "ivfpq"
+    plan = plan_index(n, dim, Settings(ivf_min_vectors=50_000, build_memory_mb=BIG_BUDGET))
+    assert plan.kind == "ivfpq" and plan.coarse == "flat"
     assert 4 * math.sqrt(n) <= plan.nlist <= 16 * math.sqrt(n)
     assert 30 * plan.nlist <= plan.train_size <= min(n, 256 * plan.nlist)
     assert dim % plan.m == 0
@@ -79,11 +109,12 @@ def test_plan_ivfpq_follows_guidelines(n: int) -> None:
     assert plan.m * plan.nbits / 8 + 8 <= 80  # code + id
     assert 1 <= plan.nprobe <= plan.nlist
     assert plan.factory == f"IVF{plan.nlist}(SQfp16),PQ{plan.m}"
+    assert plan.build_factory == f"IVF{plan.nlist},PQ{plan.m}"
 
 
 def test_plan_at_one_million() -> None:
     plan = plan_index(1_000_000, 512, Settings())
-    assert (plan.nlist, plan.m, plan.nbits, plan.nprobe) == (4096, 64, 8, 64)
+    assert (plan.nlist, plan.m, plan.nbits, plan.nprobe, plan.coarse) == (4096, 64, 8, 64, "flat")
     assert plan.factory == "IVF4096(SQfp16),PQ64"
     assert plan_index(1_000_000, 512, Settings(nprobe=17)).nprobe == 17
 
@@ -110,6 +141,44 @@ def test_plan_small_forced_ivf_reduces_nlist_and_nbits() -> None:
     assert "x" in plan.factory  # e.g. IVF32,PQ16x5
 
 
+def test_plan_hnsw_coarse_from_threshold() -> None:
+    s = Settings(ivf_min_vectors=1000, hnsw_min_vectors=2000)
+    below, at = plan_index(1999, DIM, s), plan_index(2000, DIM, s)
+    assert below.coarse == "flat" and "HNSW" not in below.factory
+    assert at.kind == "ivfpq" and at.coarse == "hnsw"
+    assert at.nlist == 2000 // 39  # the wiki's 65,536 lists, capped so every centroid gets 39 points
+    assert at.train_size >= 39 * at.nlist
+    # the HNSW quantiser keeps float32 centroids: what is built is what is saved
+    assert at.factory == at.build_factory == f"IVF{at.nlist}_HNSW32,PQ{at.m}x{at.nbits}"
+    # at full scale (given the memory for the training sample), the wiki's own factory strings
+    roomy = Settings(build_memory_mb=BIG_BUDGET)
+    assert plan_index(3_999_999, 512, roomy).coarse == "flat"
+    assert plan_index(4_000_000, 512, roomy).factory == "IVF65536_HNSW32,PQ64"
+    assert plan_index(20_000_000, 512, roomy).factory == "IVF262144_HNSW32,PQ64"
+
+
+@pytest.mark.parametrize(("n", "dim", "mb"), [(1_000_000, 512, 16), (1_000_000, 512, 100), (50_000, 1024, 16),
+                                              (5_000_000, 512, 384), (2_000, DIM, 16)])
+def test_build_memory_caps_train_size(n: int, dim: int, mb: int) -> None:
+    s = Settings(ivf_min_vectors=1000, build_memory_mb=mb)
+    plan = plan_index(n, dim, s)
+    roomy = plan_index(n, dim, Settings(ivf_min_vectors=1000, build_memory_mb=BIG_BUDGET))
+    assert plan.kind == "ivfpq"
+    assert plan.train_size * dim * 4 <= mb * 2**20  # the float32 sample fits the budget
+    assert plan.train_size >= 39 * plan.nlist  # fewer lists rather than under-trained ones
+    assert plan.train_size <= roomy.train_size and plan.nlist <= roomy.nlist
+    if roomy.train_size * dim * 4 > mb * 2**20:
+        assert plan.train_size < roomy.train_size  # the cap did bind
+    assert plan.m * plan.nbits / 8 + 8 <= 80
+
+
+def test_plan_nprobe_default() -> None:
+    from mmsearch.search.index_plan import default_nprobe
+
+    assert default_nprobe(1) == 1 and default_nprobe(10) == 10  # never more than nlist
+    assert default_nprobe(100) == 16 and default_nprobe(4096) == 64 and default_nprobe(65_536) == 256
+
+
 # -- AnnIndex -------------------------------------------------------------------------------
 
 
@@ -121,42 +190,61 @@ def _exact_top(x: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int, mask: np.n
     return np.where(np.isfinite(np.take_along_axis(s, order, axis=1)), ids[order], -1)
 
 
-def test_flat_is_exact(data: tuple[np.ndarray, np.ndarray]) -> None:
+def test_flat_is_exact(flat: AnnIndex, data: Data) -> None:
     x, ids = data
-    index = AnnIndex.build(x, ids, plan_index(N, DIM, Settings()))
-    assert index.plan.kind == "flat" and index.ntotal == N
+    assert flat.plan.kind == "flat" and flat.ntotal == N
     q = _queries(x, 20)
-    scores, got = index.search(q, 10)
+    scores, got = flat.search(q, 10)
     assert got.dtype == np.int64 and scores.dtype == np.float32 and got.shape == (20, 10)
     np.testing.assert_array_equal(got, _exact_top(x, ids, q, 10))
 
 
-def test_ivfpq_recall_after_rescore(ivf: AnnIndex, store: VectorStore, data: tuple[np.ndarray, np.ndarray]) -> None:
-    x, ids = data
-    assert ivf.ntotal == N and ivf.plan.kind == "ivfpq"
-    assert isinstance(faiss.downcast_index(faiss.extract_index_ivf(ivf._index)), faiss.IndexIVFPQ)
+def _recall_after_rescore(index: AnnIndex, store: VectorStore, x: np.ndarray, ids: np.ndarray) -> float:
     q = _queries(x, 50)
     truth = _exact_top(x, ids, q, 10)
-    _, cand = ivf.search(q, 100)
+    _, cand = index.search(q, 100)
     hits = 0
     for i in range(q.shape[0]):
         top, _ = exact_rescore(q[i], cand[i], store)
         hits += len(set(top[:10].tolist()) & set(truth[i].tolist()))
-    assert hits / truth.size >= 0.9
+    return hits / truth.size
 
 
-def test_search_pads_when_fewer_than_k(data: tuple[np.ndarray, np.ndarray]) -> None:
+def test_ivfpq_recall_after_rescore(ivf: AnnIndex, store: VectorStore, data: Data) -> None:
     x, ids = data
-    index = AnnIndex.build(x[:3], ids[:3], plan_index(3, DIM, FORCED))
+    assert ivf.ntotal == N and ivf.plan.kind == "ivfpq" and ivf.trained_n == N
+    ivfpq = faiss.downcast_index(faiss.extract_index_ivf(ivf._index))
+    assert isinstance(ivfpq, faiss.IndexIVFPQ)
+    assert isinstance(faiss.downcast_index(ivfpq.quantizer), faiss.IndexScalarQuantizer)  # float16 centroids
+    np.testing.assert_array_equal(ivf.ids(), ids)
+    assert _recall_after_rescore(ivf, store, *data) >= 0.9
+
+
+def test_hnsw_coarse_builds_and_recalls(hnsw: AnnIndex, store: VectorStore, data: Data) -> None:
+    x, ids = data
+    assert hnsw.ntotal == N and hnsw.plan.coarse == "hnsw"
+    ivfpq = faiss.downcast_index(faiss.extract_index_ivf(hnsw._index))
+    assert isinstance(ivfpq, faiss.IndexIVFPQ) and ivfpq.nlist == N // 39
+    assert isinstance(faiss.downcast_index(ivfpq.quantizer), faiss.IndexHNSWFlat)
+    assert _recall_after_rescore(hnsw, store, x, ids) >= 0.9
+    allowed = np.sort(np.random.default_rng(5).choice(ids, 7, replace=False))
+    _, got = hnsw.search(_queries(x, 5), 10, allowed_ids=allowed)
+    assert np.isin(got[:, :7], allowed).all() and (got[:, 7:] == -1).all()
+
+
+def test_search_pads_when_fewer_than_k(store: VectorStore, data: Data) -> None:
+    x, ids = data
+    index = AnnIndex.build(store, ids[:3], plan_index(3, DIM, FORCED))
     scores, got = index.search(x[:1], 5)
     assert got[0, :3].tolist() != [-1, -1, -1] and (got[0, 3:] == -1).all()
     assert np.isneginf(scores[0, 3:]).all()
     assert sorted(got[0, :3].tolist()) == sorted(ids[:3].tolist())
 
 
-def test_remove_never_returns(ivf: AnnIndex, data: tuple[np.ndarray, np.ndarray], tmp_path: Path) -> None:
-    x, ids = data
-    index = AnnIndex.load(_saved(ivf, tmp_path))  # a private copy
+@pytest.mark.parametrize("kind", ["flat", "ivfpq"])
+def test_remove_never_returns(kind: str, request: pytest.FixtureRequest, data: Data, tmp_path: Path) -> None:
+    x, _ = data
+    index = AnnIndex.load(_saved(_index(kind, request), tmp_path))  # a private copy
     assert index is not None
     q = _queries(x, 20)
     _, before = index.search(q, 50)
@@ -176,20 +264,32 @@ def _saved(index: AnnIndex, tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivfpq"])
-def test_save_load_roundtrip(kind: str, ivf: AnnIndex, data: tuple[np.ndarray, np.ndarray], tmp_path: Path) -> None:
-    x, ids = data
-    index = ivf if kind == "ivfpq" else AnnIndex.build(x, ids, IndexPlan(kind="flat"))
+@pytest.mark.parametrize("kind", ["flat", "ivfpq", "hnsw"])
+def test_save_load_roundtrip(kind: str, request: pytest.FixtureRequest, data: Data, tmp_path: Path) -> None:
+    x, _ = data
+    index = _index(kind, request)
     path = _saved(index, tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp file left behind
     loaded = AnnIndex.load(path)
     assert loaded is not None
-    assert loaded.plan == index.plan and loaded.trained_n == index.trained_n
+    assert loaded.plan == index.plan and loaded.trained_n == index.trained_n and loaded.seq == index.seq
     np.testing.assert_array_equal(loaded.ids(), index.ids())
     q = _queries(x, 10)
     for a, b in zip(index.search(q, 20), loaded.search(q, 20)):
         np.testing.assert_array_equal(a, b)
-    assert loaded.describe() == index.describe()
+    assert loaded.meta() == index.meta()
+
+
+def test_meta_and_seq(store: VectorStore, ivf: AnnIndex, data: Data, tmp_path: Path) -> None:
+    m = ivf.meta()
+    assert m["plan"]["kind"] == "ivfpq" and m["ntotal"] == N and m["factory"] == ivf.plan.factory
+    assert m["plan"]["nlist"] == ivf.plan.nlist and m["trained_n"] == N and m["seq"] == 0
+    _, ids = data
+    index = AnnIndex.build(store, ids[:10], IndexPlan(kind="flat"), seq=41)
+    assert index.seq == 41 and index.meta()["seq"] == 41
+    index.seq = 57  # upkeep advances it after applying the log
+    loaded = AnnIndex.load(_saved(index, tmp_path))
+    assert loaded is not None and loaded.seq == 57 and loaded.meta()["seq"] == 57
 
 
 def test_load_missing_or_corrupt_returns_none(ivf: AnnIndex, tmp_path: Path) -> None:
@@ -207,12 +307,16 @@ def test_load_missing_or_corrupt_returns_none(ivf: AnnIndex, tmp_path: Path) -> 
     garbage = tmp_path / "garbage.npz"
     garbage.write_bytes(b"not an index at all")
     assert AnnIndex.load(garbage) is None
+    empty = tmp_path / "empty.npz"
+    empty.write_bytes(b"")
+    assert AnnIndex.load(empty) is None
+    assert AnnIndex.load(tmp_path) is None  # a folder where the file should be
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivfpq"])
-def test_allowed_ids_filter(kind: str, ivf: AnnIndex, data: tuple[np.ndarray, np.ndarray]) -> None:
+@pytest.mark.parametrize("kind", ["flat", "ivfpq", "hnsw"])
+def test_allowed_ids_filter(kind: str, request: pytest.FixtureRequest, data: Data) -> None:
     x, ids = data
-    index = ivf if kind == "ivfpq" else AnnIndex.build(x, ids, IndexPlan(kind="flat"))
+    index = _index(kind, request)
     q = _queries(x, 10)
     rng = np.random.default_rng(7)
     for n_allowed in (5, 60, 1500):
@@ -231,85 +335,25 @@ def test_allowed_ids_filter(kind: str, ivf: AnnIndex, data: tuple[np.ndarray, np
     assert (unknown == -1).all()
 
 
-def test_empty_and_single(tmp_path: Path) -> None:
-    empty = AnnIndex.build(np.zeros((0, DIM), np.float32), np.zeros(0, np.int64), plan_index(0, DIM, FORCED))
+def test_empty_and_single(store: VectorStore, data: Data) -> None:
+    x, ids = data
+    empty = AnnIndex.build(store, np.zeros(0, np.int64), plan_index(0, DIM, FORCED))
     scores, got = empty.search(np.ones((2, DIM), np.float32), 5)
     assert got.shape == (2, 5) and (got == -1).all()
-    assert empty.describe()["ntotal"] == 0
-    one = AnnIndex.build(np.ones((1, DIM), np.float32) / 8, np.array([42]), plan_index(1, DIM, FORCED))
-    _, got = one.search(np.ones(DIM, np.float32) / 8, 3)
-    assert got.tolist() == [[42, -1, -1]]
-
-
-def test_describe(ivf: AnnIndex) -> None:
-    d = ivf.describe()
-    assert d["kind"] == "ivfpq" and d["ntotal"] == N and d["factory"] == ivf.plan.factory
-    assert d["nlist"] == ivf.plan.nlist and d["m"] == ivf.plan.m and d["trained_n"] == N
-    assert d["bytes"] > N * (ivf.plan.m * ivf.plan.nbits / 8 + 8)
-    assert d["bytes_per_vector"] == pytest.approx(d["bytes"] / N)
-
-
-# -- sync_index -----------------------------------------------------------------------------
-
-
-def test_sync_incremental_add_remove(store: VectorStore, data: tuple[np.ndarray, np.ndarray]) -> None:
-    x, ids = data
-    s = Settings(ivf_min_vectors=100_000)
-    index = sync_index(None, store, ids[:1000], s)
-    assert index.plan.kind == "flat" and index.ntotal == 1000
-    live = np.concatenate([ids[100:1000], ids[1000:1200]])  # 100 removed, 200 added
-    same = sync_index(index, store, live, s)
-    assert same is index  # incremental, not rebuilt
-    np.testing.assert_array_equal(same.ids(), live)
-    _, got = same.search(x[:5], 10)  # rows 0..4 were removed
-    assert not np.isin(got, ids[:100]).any()
-    _, got = same.search(x[1100:1105], 1)
-    assert got[:, 0].tolist() == ids[1100:1105].tolist()
-    assert sync_index(same, store, np.array([], np.int64), s).ntotal == 0
-    assert sync_index(None, store, ids[:1], s).ids().tolist() == [int(ids[0])]
-
-
-def test_sync_rebuilds_on_threshold_crossing_and_growth(
-    store: VectorStore, data: tuple[np.ndarray, np.ndarray]
-) -> None:
-    x, ids = data
-    s = Settings(ivf_min_vectors=1000, retrain_growth=2.0, faiss_gpu=False)
-    small = sync_index(None, store, ids[:500], s)
-    assert small.plan.kind == "flat"
-    crossed = sync_index(small, store, ids[:1100], s)
-    assert crossed is not small and crossed.plan.kind == "ivfpq" and crossed.trained_n == 1100
-    grown = sync_index(crossed, store, ids[:2000], s)  # < 2x: incremental
-    assert grown is crossed and grown.trained_n == 1100 and grown.ntotal == 2000
-    retrained = sync_index(grown, store, ids[:2200], s)  # 2x since training: retrain
-    assert retrained is not grown and retrained.trained_n == 2200
-    assert retrained.plan == plan_index(2200, DIM, s)
-    np.testing.assert_array_equal(retrained.ids(), ids[:2200])
-    back = sync_index(retrained, store, ids[:900], s)  # below the threshold again: exact
-    assert back.plan.kind == "flat" and back.ntotal == 900
-
-
-def test_sync_follows_nprobe_setting(
-    ivf: AnnIndex, store: VectorStore, data: tuple[np.ndarray, np.ndarray], tmp_path: Path
-) -> None:
-    _, ids = data
-    index = AnnIndex.load(_saved(ivf, tmp_path))
-    assert index is not None
-    synced = sync_index(index, store, ids, Settings(ivf_min_vectors=1000, nprobe=3))
-    assert synced is index and synced.plan.nprobe == 3
-
-
-def test_sync_missing_vectors_raise(store: VectorStore) -> None:
-    with pytest.raises(KeyError):
-        sync_index(None, store, np.array([2, 4], np.int64), Settings())
+    assert empty.meta()["ntotal"] == 0 and empty.ids().size == 0
+    one = AnnIndex.build(store, ids[:1], plan_index(1, DIM, FORCED))
+    _, got = one.search(x[0], 3)
+    assert got.tolist() == [[int(ids[0]), -1, -1]]
 
 
 @pytest.mark.parametrize("kind", ["flat", "ivfpq"])
-def test_allowed_ids_with_huge_ids(kind: str, data: tuple[np.ndarray, np.ndarray]) -> None:
+def test_allowed_ids_with_huge_ids(kind: str, store: VectorStore, data: Data, tmp_path: Path) -> None:
     """Ids beyond the bitmap range use a hash-set selector; results must be the same."""
     x, ids = data
     big = ids + (1 << 40)
+    big_store = _make_store(tmp_path, big, x)
     plan = IndexPlan(kind="flat") if kind == "flat" else plan_index(N, DIM, FORCED)
-    small_index, big_index = AnnIndex.build(x, ids, plan), AnnIndex.build(x, big, plan)
+    small_index, big_index = AnnIndex.build(store, ids, plan), AnnIndex.build(big_store, big, plan)
     q = _queries(x, 5)
     allowed = np.sort(np.random.default_rng(3).choice(ids, 40, replace=False))
     _, a = small_index.search(q, 10, allowed_ids=allowed)
@@ -318,13 +362,15 @@ def test_allowed_ids_with_huge_ids(kind: str, data: tuple[np.ndarray, np.ndarray
     np.testing.assert_array_equal(b, a + (1 << 40))
 
 
-def test_add_rejects_present_ids_and_keeps_ids_sorted(data: tuple[np.ndarray, np.ndarray]) -> None:
+def test_add_rejects_present_ids_and_keeps_ids_sorted(store: VectorStore, data: Data) -> None:
     x, ids = data
-    index = AnnIndex.build(x[100:200], ids[100:200], IndexPlan(kind="flat"))
+    index = AnnIndex.build(store, ids[100:200], IndexPlan(kind="flat"))
     with pytest.raises(ValueError):
         index.add(x[150:151], ids[150:151])
     with pytest.raises(ValueError):
         index.add(x[:2], np.array([ids[0], ids[0]]))
+    with pytest.raises(ValueError):
+        index.add(x[:2], ids[:3])  # shapes disagree
     index.add(x[:100][::-1], ids[:100][::-1])  # older ids, out of order
     index.add(x[200:300], ids[200:300])
     np.testing.assert_array_equal(index.ids(), ids[:300])
@@ -334,18 +380,46 @@ def test_add_rejects_present_ids_and_keeps_ids_sorted(data: tuple[np.ndarray, np
     assert got[2, 0] == ids[7] and got[0, 0] != ids[5] and got[1, 0] != ids[250]
 
 
-def test_opq_plan_builds_and_filters(data: tuple[np.ndarray, np.ndarray], tmp_path: Path) -> None:
+def test_add_from_skips_present_and_returns_lost(store: VectorStore, data: Data) -> None:
     x, ids = data
-    x, ids = x[:1000], ids[:1000]  # OPQ training is slow; keep it small
-    plan = IndexPlan(kind="ivfpq", nlist=16, m=8, nbits=4, opq=True, train_size=1000, nprobe=4)
-    assert plan.factory == "OPQ8,IVF16(SQfp16),PQ8x4"
-    index = AnnIndex.build(x, ids, plan)
-    allowed = ids[::97]
-    _, got = index.search(_queries(x, 3), 10, allowed_ids=allowed)
-    assert np.isin(got, allowed).all()
-    index.remove(allowed[:3])
-    loaded = AnnIndex.load(_saved(index, tmp_path))
-    assert loaded is not None and loaded.ntotal == ids.size - 3
-    _, again = loaded.search(_queries(x, 3), 10, allowed_ids=allowed)
-    assert allowed.size - 3 < 10
-    assert np.isin(again[:, : allowed.size - 3], allowed[3:]).all() and (again[:, allowed.size - 3 :] == -1).all()
+    absent = np.array([2, 4, 10**9], np.int64)  # even ids were never stored
+    index = AnnIndex.build(store, np.concatenate([ids[:50], absent]), IndexPlan(kind="flat"))
+    np.testing.assert_array_equal(index.ids(), ids[:50])  # what the store lacks is left out
+    lost = index.add_from(store, np.concatenate([ids[40:80], absent[:1]]))
+    assert lost.tolist() == [2]  # present ids are skipped, not an error
+    np.testing.assert_array_equal(index.ids(), ids[:80])
+    _, got = index.search(x[60:65], 1)
+    assert got[:, 0].tolist() == ids[60:65].tolist()
+    assert index.add_from(store, ids[:80]).size == 0 and index.ntotal == 80
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivfpq", "hnsw"])
+def test_build_reads_the_store_in_blocks(kind: str, store: VectorStore, data: Data,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """No call reads more than one block (or the bounded training sample) of the store: the
+    whole store is never turned into one float32 array."""
+    _, ids = data
+    block, sample = 256, 1000
+    monkeypatch.setattr(ann, "ADD_CHUNK", block)
+    calls: list[tuple[int, int]] = []
+    real_lookup = VectorStore.lookup
+
+    def spy(self: VectorStore, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        found, vectors = real_lookup(self, wanted)
+        calls.append((np.asarray(wanted).size, vectors.shape[0]))
+        return found, vectors
+
+    monkeypatch.setattr(VectorStore, "lookup", spy)
+    if kind == "flat":
+        plan = IndexPlan(kind="flat")
+    else:
+        plan = IndexPlan(kind="ivfpq", nlist=16, m=16, nbits=4, train_size=sample, nprobe=8,
+                         coarse="hnsw" if kind == "hnsw" else "flat")
+    index = AnnIndex.build(store, ids, plan)
+    assert index.ntotal == N
+    asked = [a for a, _ in calls]
+    assert max(r for _, r in calls) <= (block if kind == "flat" else sample) < N
+    adds = [a for a in asked if a <= block]
+    assert sum(adds) == N  # every vector was added, one block at a time
+    if kind != "flat":
+        assert sum(asked) - sum(adds) == sample  # plus the training sample, read once

@@ -30,6 +30,7 @@ _FORMAT = 2
 _BITMAP_MAX_ID = 1 << 24  # filter bitmap <= 2 MiB
 SMALL_TRAIN = 20_000  # below this many training vectors, train single-threaded
 ADD_CHUNK = 16_384  # rows per float32 block when adding from a float16 store (32 MiB at 512-d)
+HNSW_EF_SEARCH = 16  # faiss's default efSearch, the floor for an HNSW coarse quantiser
 
 
 def _gpu_available(use_gpu: bool) -> bool:
@@ -95,10 +96,10 @@ def _as_ids(ids: np.ndarray) -> np.ndarray:
 
 class AnnIndex:
     """One FAISS index plus the sorted ids it holds (kept here so membership checks and
-    incremental sync never have to walk the inverted lists).
+    merges of the change log never have to walk the inverted lists).
 
-    search() may run from many threads at once; add/remove (and sync_index) must not run
-    concurrently with anything else on the same object: sync a copy (load) and swap it in."""
+    search() may run from many threads at once; add/add_from/remove must not run concurrently
+    with anything else on the same object: change a copy (load) and swap it in."""
 
     def __init__(self, index: faiss.Index, ids: np.ndarray, plan: IndexPlan, trained_n: int, seq: int = 0) -> None:
         self._index = index
@@ -290,6 +291,12 @@ class AnnIndex:
         params = faiss.SearchParametersIVF(nprobe=nprobe)
         if selector is not None:
             params.sel = selector
+        quantizer_params = None  # referenced here until the search returns
+        if self.plan.coarse == "hnsw":
+            # an HNSW quantiser finds at most efSearch lists (faiss default 16): asked for more, it
+            # returns fewer, and even a "scan every list" retry would miss lists
+            quantizer_params = faiss.SearchParametersHNSW(efSearch=max(nprobe, HNSW_EF_SEARCH))
+            params.quantizer_params = quantizer_params
         return self._index.search(q, k, params=params)
 
     # -- persistence ---------------------------------------------------------------------

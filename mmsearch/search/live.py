@@ -77,6 +77,9 @@ class LiveIndex:
         if floor > snap.applied:  # the writer merged past us and truncated the log
             snap = self._load(self._stamp())
             floor, last, added, removed = self.catalog.changes_since(self.collection, snap.applied)
+            if floor > snap.applied:  # an index file older than the log (copied or restored over it)
+                snap = self._exact(snap.stamp)  # cannot catch up: exact until the writer rebuilds it
+                floor, last, added, removed = self.catalog.changes_since(self.collection, snap.applied)
         if last == snap.applied:
             return snap
         return self._apply(snap, last, added, removed)
@@ -92,7 +95,10 @@ class LiveIndex:
         base = AnnIndex.load(self.files.index_path(self.collection)) if stamp != (0, 0, 0) else None
         if base is not None:
             return _Snapshot(stamp, base, None, base.seq)
-        # no usable index: exact search over every live id until the writer rebuilds it
+        return self._exact(stamp)
+
+    def _exact(self, stamp: tuple[int, int, int]) -> _Snapshot:
+        """No usable index: exact search over every live id until the writer rebuilds it."""
         applied = self.catalog.last_seq()
         live = self.catalog.live_ids(self.collection)
         if live.size:
@@ -105,8 +111,10 @@ class LiveIndex:
         if snap.base is None:
             exact = np.setdiff1d(np.union1d(snap.exact_ids, added), removed)
             return _Snapshot(snap.stamp, None, exact, last)
-        dead = np.union1d(snap.dead, removed)
-        delta = snap.delta
+        # removed ids leave the delta blocks (whose top-k must not be spent on them) and are noted
+        # as dead only where the base holds them, so ntotal and the base's over-fetch stay exact
+        delta = tuple(_without(block, removed) for block in snap.delta) if removed.size else snap.delta
+        dead = np.union1d(snap.dead, removed[_member(removed, snap.base.ids())])
         if added.size:
             found, vectors = self.store.lookup(added)
             delta = delta + ((added[found], vectors),)
@@ -180,6 +188,20 @@ class LiveIndex:
             parts_s.append(np.take_along_axis(scores, pick, axis=1))
             parts_i.append(ids[pick])
         return _merge(parts_s, parts_i, snap.dead, q.shape[0], k)
+
+
+def _without(block: tuple[np.ndarray, np.ndarray], removed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ids, vectors = block
+    keep = ~np.isin(ids, removed)
+    return block if keep.all() else (ids[keep], vectors[keep])
+
+
+def _member(ids: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
+    """Which ``ids`` are in ``sorted_ids``, by binary search (no sort of the base's ids)."""
+    if sorted_ids.size == 0:
+        return np.zeros(ids.shape, dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_ids, ids), sorted_ids.size - 1)
+    return sorted_ids[pos] == ids
 
 
 def _merge(parts_s: list[np.ndarray], parts_i: list[np.ndarray], dead: np.ndarray, nq: int,

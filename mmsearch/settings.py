@@ -53,7 +53,9 @@ class Settings(BaseSettings):
     hnsw_min_vectors: int = Field(4_000_000, ge=1, description="From here up, IVF-PQ gets an HNSW coarse quantiser "
                                   "(IVF65536_HNSW32) as the FAISS wiki advises for 1M-100M vectors.")
     build_memory_mb: int = Field(384, ge=16, description="Float32 training sample cap for an index (re)build: "
-                                 "a rebuild holds at most this beside the index.")
+                                 "a rebuild holds at most this beside the index. It also caps nlist (39 "
+                                 "training points per list): 384 MB at 512-d allows 5,041 lists; the wiki's "
+                                 "IVF65536_HNSW32 needs about 5 GB.")
     merge_min_changes: int = Field(1_000, ge=1, description="Changes since the saved index before they are merged "
                                    "into it (until then readers apply them from the change log).")
     merge_fraction: float = Field(0.01, gt=0, description="... or this fraction of the index, if larger.")

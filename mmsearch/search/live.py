@@ -12,6 +12,7 @@ collection's live ids exactly over the float16 store until the writer has rebuil
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -94,6 +95,9 @@ class LiveIndex:
     def _load(self, stamp: tuple[int, int, int]) -> _Snapshot:
         base = AnnIndex.load(self.files.index_path(self.collection)) if stamp != (0, 0, 0) else None
         if base is not None:
+            nprobe = self.catalog.settings.nprobe  # the setting wins over the nprobe saved with the plan
+            if nprobe and base.plan.kind == "ivfpq":
+                base.plan = dataclasses.replace(base.plan, nprobe=max(1, min(int(nprobe), base.plan.nlist)))
             return _Snapshot(stamp, base, None, base.seq)
         return self._exact(stamp)
 

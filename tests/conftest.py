@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import csv
+import gc
 import os
 import shutil
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -101,3 +104,27 @@ def photo_dir(tmp_path: Path) -> Path:
     (root / "notes" / "städte.md").write_text("# Städte\n\nA busy city street with yellow taxis.")
     os.utime(root, None)
     return root
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """Small tmpfs mounts (``tmpfs("2m")``) to fill up for real: full-disk tests. Mounting needs
+    root, which the suite has in CI; elsewhere those tests are skipped."""
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        disk = tmp_path / f"disk{len(mounted)}"
+        disk.mkdir()
+        if os.geteuid() != 0 or not shutil.which("mount"):
+            pytest.skip("mounting a tmpfs needs root")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)],
+                              capture_output=True, text=True)
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounted.append(disk)
+        return disk
+
+    yield mount
+    gc.collect()  # a failure's traceback may still hold a connection's open files
+    for disk in mounted:
+        subprocess.run(["umount", "--lazy", str(disk)], check=True)

@@ -76,7 +76,7 @@ def test_path_filter_under_a_language_collation(make_settings) -> None:  # type:
     /a/Photos/y.jpg under /a/photos: the filter must still answer in code point terms."""
     paths = ["/a/photos/x.jpg", "/a/photos/sub/v.jpg", "/a/Photos/y.jpg", "/a/photos-old/z.jpg", "/a/photos2/w.jpg"]
     with fresh_database("TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en' LOCALE 'C.UTF-8'") as url:
-        catalog = Catalog(make_settings(db_url=url))
+        catalog = Catalog(make_settings(db_url=url), writable=True)
         try:
             with catalog.sessions.begin() as s:
                 s.execute(insert(Root), [{"id": 1, "path": "/a"}])

@@ -21,6 +21,7 @@ from mmsearch.search.live import LiveIndexes
 from mmsearch.search.query_embedding import QueryEmbedder
 from mmsearch.search.request import Hit, Query, SearchResponse, default_target
 from mmsearch.search.rerank import exact_rescore, mmr
+from mmsearch.search.subsets import Subset, SubsetCache
 from mmsearch.settings import Settings
 from mmsearch.storage.catalog import Catalog
 from mmsearch.storage.vectors import VectorStore
@@ -58,6 +59,7 @@ class QueryRunner(QueryEmbedder):
     def __init__(self, catalog: Catalog, indexes: LiveIndexes, encoders: EncoderSet, settings: Settings) -> None:
         super().__init__(catalog, indexes, encoders, settings)
         self._background: dict[str, tuple[int, np.ndarray]] = {}
+        self._subsets = SubsetCache(catalog, EXACT_SUBSET_MAX)
 
     def targets(self, q: Query, query_spaces: set[str]) -> list[str]:
         """Collections to search: the modality asked for, in a space the query can reach."""
@@ -119,7 +121,7 @@ class QueryRunner(QueryEmbedder):
             # the catalog's dim, never the query's: a stale process must not reopen files wrongly
             store = self.indexes.store(collection, recorded.get(space, ("", qv.shape[0]))[1])
             t1 = time.perf_counter()
-            allowed = self.catalog.ids_under(collection, q.path) if q.path else None  # once per query
+            allowed = self._subsets.get(collection, q.path, store) if q.path else None  # once per query
             clock.ann += time.perf_counter() - t1
             cands = self._best_items(collection, qv, store, q, allowed, exclude, clock)
             t2 = time.perf_counter()
@@ -147,7 +149,7 @@ class QueryRunner(QueryEmbedder):
         return SearchResponse(results=hits, timings_ms={k: round(v, 3) for k, v in timings.items()})
 
     def _best_items(self, collection: str, qv: np.ndarray, store: VectorStore, q: Query,
-                    allowed: np.ndarray | None, exclude: set[int], clock: _Clock) -> list[_Candidate]:
+                    allowed: Subset | None, exclude: set[int], clock: _Clock) -> list[_Candidate]:
         """The collection's best ``offset + k`` items that pass the filters, best first.
 
         The pool starts at ``offset + k * rerank_factor`` vectors: a deep page needs the rescoring
@@ -161,9 +163,14 @@ class QueryRunner(QueryEmbedder):
         fetched = 0
         while True:
             t1 = time.perf_counter()
-            cand_ids, exhaustive = self._candidates(collection, qv, want, allowed)
-            t2 = time.perf_counter()
-            ids, scores = exact_rescore(qv, cand_ids, store)
+            if allowed is not None and allowed.vectors is not None:  # few enough: all of them, exactly
+                cand_ids, exhaustive = allowed.ids, True
+                t2 = time.perf_counter()
+                ids, scores = self._subsets.score(allowed, qv)
+            else:
+                cand_ids, exhaustive = self._candidates(collection, qv, want, allowed)
+                t2 = time.perf_counter()
+                ids, scores = exact_rescore(qv, cand_ids, store)
             passing = len(ids) if q.min_score is None else int(np.count_nonzero(scores >= q.min_score))
             below = q.min_score is not None and not np.isin(cand_ids[fetched:], ids[:passing]).any()
             ids, scores = ids[:passing], scores[:passing]  # best first, so a prefix
@@ -178,14 +185,14 @@ class QueryRunner(QueryEmbedder):
             want = min(want * 4, MAX_CANDIDATES)
 
     def _candidates(self, collection: str, qv: np.ndarray, want: int,
-                    allowed: np.ndarray | None) -> tuple[np.ndarray, bool]:
-        """(candidate ids, whether they are all there is to find); ``allowed``: a path filter's ids."""
-        if allowed is not None and len(allowed) <= EXACT_SUBSET_MAX:
-            return allowed, True  # exact_rescore scores them all
+                    allowed: Subset | None) -> tuple[np.ndarray, bool]:
+        """(ANN candidate ids, whether they are all there is to find); ``allowed``: a path
+        filter's selection, too large to score exactly, applied while scanning."""
         idx = self.indexes.index(collection)
         if idx is None or idx.ntotal == 0:
             return np.zeros(0, dtype=np.int64), True
-        _, ids = idx.search(qv[None, :].astype(np.float32), min(want, idx.ntotal), allowed_ids=allowed)
+        _, ids = idx.search(qv[None, :].astype(np.float32), min(want, idx.ntotal),
+                            allowed_ids=allowed.ids if allowed is not None else None)
         found = ids[0][ids[0] >= 0]
         return found, len(found) < want
 

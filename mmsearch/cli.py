@@ -234,9 +234,9 @@ def stats(catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, as_json: Json
     typer.echo("items     " + ", ".join(f"{v} {k}" for k, v in info["items"].items()))
     for name, c in info["collections"].items():
         idx = c["index"] or {}
-        typer.echo(f"index     {name}: {idx.get('factory', 'none')} ntotal={idx.get('ntotal', 0)} "
-                   f"{idx.get('bytes', 0) / 1e6:.1f} MB; vectors {c['vectors']['stored']} "
-                   f"({c['vectors']['bytes'] / 1e6:.1f} MB float16)")
+        typer.echo(f"index     {name}: {c['live']} live; {idx.get('factory', 'none (searched exactly)')} "
+                   f"ntotal={idx.get('ntotal', 0)} {(idx.get('bytes') or 0) / 1e6:.1f} MB; vectors "
+                   f"{c['vectors']['stored']} ({c['vectors']['bytes'] / 1e6:.1f} MB float16)")
     for f in info["failures"]:
         typer.echo(f"failed    {f['path']}: {f['reason']}")
 

@@ -180,7 +180,3 @@ class CatalogWriter:
         if self._background_error is not None:
             err, self._background_error = self._background_error, None
             raise MMSearchError(f"index upkeep failed: {err}") from err
-
-    @property
-    def upkeep_running(self) -> bool:
-        return self._background is not None and self._background.is_alive()

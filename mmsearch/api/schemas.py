@@ -208,6 +208,7 @@ class Stats(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     catalog: str
+    catalog_id: str = Field(description="Binds the catalog folder to its database.")
     database: str
     schema_version: str | None
     models: dict[str, dict[str, Any]]

@@ -390,3 +390,16 @@ def test_vectors_stay_float16_truth(indexed) -> None:  # type: ignore[no-untyped
     with Engine.open(indexed) as e:  # everything derived comes back from the vectors
         e.index([])
         assert e.check()["ok"]
+
+
+def test_a_damaged_database_is_a_503_with_a_reason_over_http(indexed) -> None:  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    from mmsearch.api.app import create_app
+    from tests.test_db_faults import _garble, _root_page
+
+    db = Path(indexed.catalog) / "catalog.db"
+    _garble(db, _root_page(db, "counters"))
+    with Engine.open(indexed, create=False) as e:
+        r = TestClient(create_app(e), raise_server_exceptions=False).get("/stats")
+    assert r.status_code == 503 and "damaged" in r.json()["detail"]

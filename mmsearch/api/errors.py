@@ -15,14 +15,17 @@ from mmsearch.api.jobs import JobConflict
 from mmsearch.api.media import Forbidden, MediaError
 from mmsearch.api.schemas import ErrorOut
 from mmsearch.api.service import NotReady
-from mmsearch.errors import BadInput, MMSearchError, ModelMismatch, ModelUnavailable, NotFound
+from mmsearch.errors import BadInput, CatalogDamaged, MMSearchError, ModelMismatch, ModelUnavailable, NotFound
+from mmsearch.storage.db import friendly_db_error
+from mmsearch.storage.lock import CatalogBusy
 
 log = logging.getLogger("mmsearch.api")
 
 # Status of each engine error: the first class that matches, so subclasses come before their base.
 ERROR_STATUS: list[tuple[type[Exception], int]] = [
     (NotFound, 404), (BadInput, 400), (Forbidden, 403), (JobConflict, 409), (ModelMismatch, 409),
-    (MediaError, 422), (NotReady, 503), (ModelUnavailable, 503), (MMSearchError, 409),
+    (CatalogBusy, 409), (MediaError, 422), (NotReady, 503), (ModelUnavailable, 503), (CatalogDamaged, 503),
+    (MMSearchError, 409),
 ]
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorOut, "description": "A query or file the engine cannot use."},
@@ -47,7 +50,12 @@ async def engine_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-    """A bug answers in JSON like every other error, and its traceback goes to the log only."""
+    """A bug answers in JSON like every other error, and its traceback goes to the log only. A
+    damaged or full database is no bug: it answers 503 with what to do."""
+    friendly = friendly_db_error(exc)
+    if friendly is not None:
+        log.error("%s %s: %s", request.method, request.url.path, friendly)
+        return JSONResponse({"detail": str(friendly)}, status_code=503)
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return JSONResponse({"detail": f"internal error ({type(exc).__name__}); see the server log"},
                         status_code=500)

@@ -3,6 +3,7 @@ environment variables (``MMSEARCH_*``) and CLI flags override them."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -56,6 +57,8 @@ class Settings(BaseSettings):
                                  "a rebuild holds at most this beside the index. It also caps nlist (39 "
                                  "training points per list): 384 MB at 512-d allows 5,041 lists; the wiki's "
                                  "IVF65536_HNSW32 needs about 5 GB.")
+    build_threads: int | None = Field(None, ge=1, description="Threads for an index (re)build; default: "
+                                      "every core but one, so queries running beside it keep one.")
     merge_min_changes: int = Field(1_000, ge=1, description="Changes since the saved index before they are merged "
                                    "into it (until then readers apply them from the change log).")
     merge_fraction: float = Field(0.01, gt=0, description="... or this fraction of the index, if larger.")
@@ -70,6 +73,9 @@ class Settings(BaseSettings):
     api_key: str | None = Field(None, description="Required for writes when set.")
     max_upload_bytes: int = Field(25 * 1024 * 1024, ge=1)
     index_roots: list[Path] = Field(default_factory=list, description="Folders the API may index.")
+
+    def resolved_build_threads(self) -> int:
+        return self.build_threads or max(1, len(os.sched_getaffinity(0)) - 1)
 
     def resolved_db_url(self) -> str:
         if self.db_url:

@@ -114,13 +114,14 @@ class AnnIndex:
 
     @classmethod
     def build(cls, store: VectorStore, ids: np.ndarray, plan: IndexPlan, *, seq: int = 0,
-              use_gpu: bool = False) -> AnnIndex:
+              use_gpu: bool = False, threads: int | None = None) -> AnnIndex:
         """Train (for IVF-PQ: on a fixed-seed sample of plan.train_size rows) and add ``ids``,
         reading the float16 store in blocks: memory stays at the index plus the training sample
         (capped by settings.build_memory_mb), never a float32 copy of the store.
 
         With ``use_gpu`` and a GPU visible to faiss, k-means runs on the GPU; the index itself
-        stays a CPU index, so what is saved loads anywhere."""
+        stays a CPU index, so what is saved loads anywhere. ``threads`` caps OpenMP threads, so
+        a rebuild beside live queries leaves them a core."""
         ids = np.unique(_as_ids(ids))
         dim = store.dim
         if plan.kind == "flat":
@@ -148,7 +149,7 @@ class AnnIndex:
         sample = np.concatenate([v for _, v in store.chunks(sample_ids)] or [np.empty((0, dim), np.float32)])
         # Small trainings are thousands of tiny parallel regions: on few (or busy) cores the
         # OpenMP barriers cost more than the parallelism gains (measured 2-4x slower).
-        with _omp_threads(1 if take < SMALL_TRAIN else None):
+        with _omp_threads(1 if take < SMALL_TRAIN else threads):
             index.train(sample)
             del sample
             if clustering is not None:

@@ -99,7 +99,8 @@ class IndexUpkeep:
         store = self.stores.get(collection, self._dim(collection))
         plan = plan_index(int(live.size), store.dim, self.settings)
         log.info("building %s index of %s: %d vectors", plan.factory, collection, live.size)
-        idx = AnnIndex.build(store, live, plan, seq=seq0, use_gpu=self.settings.faiss_gpu)
+        idx = AnnIndex.build(store, live, plan, seq=seq0, use_gpu=self.settings.faiss_gpu,
+                             threads=self.settings.resolved_build_threads())
         lost = np.setdiff1d(live, idx.ids(), assume_unique=True)
         if lost.size:
             self._reembed(collection, lost)

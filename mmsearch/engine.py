@@ -23,7 +23,7 @@ from mmsearch.search.query_embedding import Embedding, QueryEmbedder
 from mmsearch.search.request import Hit, Query, SearchResponse
 from mmsearch.search.runner import QueryRunner
 from mmsearch.settings import Settings
-from mmsearch.storage.catalog import Catalog, ItemRow
+from mmsearch.storage.catalog import Catalog, ItemRow, SchemaOutdated
 from mmsearch.writer import CatalogWriter
 
 
@@ -47,9 +47,13 @@ class Engine:
         catalog is made, or an old one upgraded, by briefly opening its writer; without it a
         missing catalog is NotFound and nothing is written."""
         settings = settings or Settings()
-        if create:
-            CatalogWriter(settings).close()
-        catalog = Catalog(settings)
+        try:
+            catalog = Catalog(settings)
+        except (NotFound, SchemaOutdated):
+            if not create:
+                raise
+            CatalogWriter(settings).close()  # creates or upgrades it, under the write lock
+            catalog = Catalog(settings)
         return cls(catalog, EncoderSet(catalog, settings, encoders, reembed=reembed), LiveIndexes(catalog), settings)
 
     def close(self) -> None:

@@ -54,7 +54,7 @@ def test_a_second_writer_is_refused_naming_the_holder(indexed, photo_dir: Path) 
             CatalogWriter(indexed)
         with Engine.open(indexed, create=False) as e, pytest.raises(CatalogBusy):
             e.index([photo_dir])
-        with Engine.open(indexed, create=False) as e:  # reads go on meanwhile
+        with Engine.open(indexed) as e:  # reads go on meanwhile (an existing catalog needs no writer)
             assert e.search(Query(text="a dog", k=3)).results
     with CatalogWriter(indexed):  # released on close
         pass

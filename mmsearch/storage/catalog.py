@@ -86,6 +86,10 @@ class ItemRow:
     mtime_ns: int
 
 
+class SchemaOutdated(MMSearchError):
+    """The catalog's schema is older than this version's: its writer upgrades it."""
+
+
 def catalog_exists(settings: Settings) -> bool:
     """A catalog is there to read: its SQLite file, or a database URL given explicitly."""
     return bool(settings.db_url) or (Path(settings.catalog).expanduser() / "catalog.db").exists()
@@ -110,7 +114,7 @@ class Catalog:
             if writable:
                 migrate(self.engine)
             elif not schema_is_current(self.engine):
-                raise MMSearchError(f"the catalog {self.root} has an older schema ({schema_version(self.engine)}): "
+                raise SchemaOutdated(f"the catalog {self.root} has an older schema ({schema_version(self.engine)}): "
                                     f"run `mmsearch index --catalog {settings.catalog}` once to upgrade it")
             self.id = self._bind()
         except MMSearchError:

@@ -34,6 +34,7 @@ from mmsearch.storage.db import (
 from mmsearch.storage.models import Change, Counter, Embedding, File, Item, Meta, Root, Space, utcnow
 
 BINDING = "catalog.json"
+TRUNCATE_STEP = 20_000  # change-log positions deleted per transaction
 CATALOG_ID = "catalog_id"
 
 
@@ -366,16 +367,23 @@ class Catalog:
         return floor, int(arr[-1, 0]), arr[arr[:, 2] > 0, 1], arr[arr[:, 2] < 0, 1]
 
     def truncate_changes(self, collection: str, upto: int) -> None:
-        """Drop log entries a saved base index already holds; readers behind it reload the base."""
+        """Drop log entries a saved base index already holds. The floor moves first, so a reader
+        behind it reloads the base before any entry it needs is gone; then entries go in slices
+        of TRUNCATE_STEP positions, so an ingest committing beside a merge of a million changes
+        waits for one slice, never for all."""
         self._require_writable()
         key = f"changes_floor.{collection}"
         with self.sessions.begin() as s:
-            s.execute(delete(Change).where(Change.collection == collection, Change.seq <= upto))
             meta = s.get(Meta, key)
             if meta is None:
                 s.add(Meta(key=key, value=str(upto)))
             elif int(meta.value) < upto:
                 meta.value = str(upto)
+            start = int(s.scalar(select(func.min(Change.seq)).where(Change.collection == collection)) or upto)
+        for lo in range(start - 1, upto, TRUNCATE_STEP):
+            with self.sessions.begin() as s:
+                s.execute(delete(Change).where(Change.collection == collection, Change.seq > lo,
+                                               Change.seq <= min(lo + TRUNCATE_STEP, upto)))
 
     # -- reads ----------------------------------------------------------------------------------
 

@@ -6,17 +6,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from mmsearch.search.scoring import QueryVector
 from mmsearch.storage.vectors import VectorStore
 
 
 def exact_rescore(
-    query: np.ndarray, candidate_ids: np.ndarray, store: VectorStore
+    query: np.ndarray | QueryVector, candidate_ids: np.ndarray, store: VectorStore
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, exact cosine scores), best first. -1 padding, duplicates and ids the store no longer
-    holds are dropped; ``query`` is expected L2-normalised like the stored vectors."""
-    q = np.asarray(query, dtype=np.float32).reshape(-1)
-    if q.shape[0] != store.dim:
-        raise ValueError(f"query has dim {q.shape[0]}, store {store.name!r} has {store.dim}")
+    """(ids, exact scores), best first. -1 padding, duplicates and ids the store no longer holds
+    are dropped. ``query``: a unit vector (scores are cosines), or a QueryVector (its score)."""
+    dim = query.dim if isinstance(query, QueryVector) else np.asarray(query).size
+    if dim != store.dim:
+        raise ValueError(f"query has dim {dim}, store {store.name!r} has {store.dim}")
     ids = np.unique(np.asarray(candidate_ids, dtype=np.int64).reshape(-1))  # sorted: sequential reads
     ids = ids[ids >= 0]
     found, vectors = store.lookup(ids)
@@ -24,7 +25,11 @@ def exact_rescore(
     if ids.size == 0:
         return ids, np.empty(0, dtype=np.float32)
     # float16 storage leaves norms a hair off 1; dividing keeps scores true cosines (<= 1)
-    scores = (vectors @ q) / np.maximum(np.linalg.norm(vectors, axis=1), 1e-12)
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    if isinstance(query, QueryVector):
+        scores = query.score(vectors)
+    else:
+        scores = vectors @ np.asarray(query, dtype=np.float32).reshape(-1)
     order = np.argsort(-scores, kind="stable")
     return ids[order], scores[order].astype(np.float32, copy=False)
 

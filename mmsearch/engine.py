@@ -192,14 +192,15 @@ class Engine:
                     checked[i] = p if isinstance(p, Profile) else Profile.model_validate(dict(p))
             except MMSearchError as e:
                 answers[i] = e
-        rows = self.catalog.items(sorted({j for p in checked.values() for j in (*weighted(p.like), *weighted(p.dislike))}))
+        modality = self.catalog.modalities(sorted({j for p in checked.values()
+                                                   for j in (*weighted(p.like), *weighted(p.dislike))}))
         queries: list[tuple[int, Query]] = []
         for i, p in checked.items():
             try:
-                unknown = [j for j in (*weighted(p.like), *weighted(p.dislike)) if j not in rows]
+                unknown = [j for j in (*weighted(p.like), *weighted(p.dislike)) if j not in modality]
                 if unknown:
                     raise NotFound(f"no item {unknown[0]}")
-                liked = {rows[j].modality for j in weighted(p.like)}
+                liked = {modality[j] for j in weighted(p.like)}
                 with _checked():  # e.g. an item both liked and disliked
                     queries.append((i, p.query(to=liked.pop() if len(liked) == 1 else None)))
             except MMSearchError as e:

@@ -1,5 +1,7 @@
-"""Runs a query: embed -> ANN candidates -> exact rerank -> filters and diversity -> one list ->
-page -> hydrate from SQL.
+"""Runs queries: embed -> ANN candidates -> exact rerank -> filters and diversity -> one list ->
+page -> hydrate from SQL. Queries run as a batch (a single query is a batch of one): one ANN
+search per collection serves every query of the batch (a profile's recommendations, a page of
+"more like this"), and each query then takes its own path through rescoring, filters and paging.
 
 Scores are cosines. When one query searches several collections (no ``to``: images, texts and
 sounds together), cosines from different spaces and modalities are not comparable, so each
@@ -52,6 +54,16 @@ class _Clock:
 
     ann: float = 0.0
     rerank: float = 0.0
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """One round of candidates: what the ANN search (or a path filter) gave, and it rescored."""
+
+    candidates: np.ndarray  # ids searched, in ANN order
+    exhaustive: bool  # nothing more to find
+    ids: np.ndarray  # rescored, best first
+    scores: np.ndarray
 
 
 @dataclass(eq=False)
@@ -173,10 +185,11 @@ class QueryRunner(QueryEmbedder):
                              min(q.offset + q.k * self.settings.rerank_factor + len(exclude), MAX_CANDIDATES))
                 part.clock.ann += time.perf_counter() - t1
                 parts.append(part)
-        t2 = time.perf_counter()
-        first = self._first_candidates([p for p in parts if p.allowed is None])
-        shared_ann = time.perf_counter() - t2
+        first, shared_ann = self._first_passes([p for p in parts if p.allowed is None])
         owners: dict[int, _Owner | None] = {}  # embedding id -> owner, shared by the batch's queries
+        heads = {int(e) for part, done in first.items()
+                 for e in done.ids[:queries[part.query].offset + queries[part.query].k + len(part.exclude)]}
+        self._owners(sorted(heads), owners)  # the likely pages' owners in one read, not one per query
         merged: dict[int, list[_Candidate]] = {i: [] for i, a in enumerate(answers) if a is None}
         for part in parts:
             q = queries[part.query]
@@ -210,19 +223,43 @@ class QueryRunner(QueryEmbedder):
             answers[i] = SearchResponse(results=hits, timings_ms={k: round(v, 3) for k, v in timings.items()})
         return [a for a in answers if a is not None]
 
-    def _first_candidates(self, parts: list[_Part]) -> dict[_Part, tuple[np.ndarray, bool]]:
-        """The first ANN pass of every part without a path filter: one search per collection
-        for all of them, each part taking its own depth from the deepest one's rows."""
-        out: dict[_Part, tuple[np.ndarray, bool]] = {}
+    def _first_passes(self, parts: list[_Part]) -> tuple[dict[_Part, _Pass], float]:
+        """The first pass of every part without a path filter: one ANN search per collection for
+        all of them (each part takes its own depth from the deepest one's rows), then each
+        part's exact rescoring. Also the seconds the shared searches took."""
+        out: dict[_Part, _Pass] = {}
+        searching = 0.0
         for collection in sorted({p.collection for p in parts}):
             group = [p for p in parts if p.collection == collection]
+            t = time.perf_counter()
             found = self._search(self.indexes.index(collection), [p.qv.probes for p in group],
                                  [p.want for p in group])
-            out.update(zip(group, found))
-        return out
+            searching += time.perf_counter() - t
+            for part, (cand_ids, exhaustive) in zip(group, found):
+                t = time.perf_counter()
+                out[part] = _Pass(cand_ids, exhaustive, *exact_rescore(part.qv, cand_ids, part.store))
+                part.clock.rerank += time.perf_counter() - t
+        return out, searching
+
+    def _pass(self, part: _Part, want: int) -> _Pass:
+        """One pass of a part on its own: the whole of a small path filter's selection, exactly,
+        or ``want`` ANN candidates (within a large one's), rescored exactly."""
+        t1 = time.perf_counter()
+        allowed, qv = part.allowed, part.qv
+        if allowed is not None and allowed.vectors is not None:  # few enough: all of them, exactly
+            ids, scores = self._subsets.score(allowed, qv)
+            part.clock.rerank += time.perf_counter() - t1
+            return _Pass(allowed.ids, True, ids, scores)
+        cand_ids, exhaustive = self._search(self.indexes.index(part.collection), [qv.probes], [want],
+                                            allowed.ids if allowed is not None else None)[0]
+        t2 = time.perf_counter()
+        done = _Pass(cand_ids, exhaustive, *exact_rescore(qv, cand_ids, part.store))
+        part.clock.ann += t2 - t1
+        part.clock.rerank += time.perf_counter() - t2
+        return done
 
     def _best_items(self, part: _Part, q: Query, owners: dict[int, _Owner | None],
-                    first: tuple[np.ndarray, bool] | None) -> list[_Candidate]:
+                    first: _Pass | None) -> list[_Candidate]:
         """The collection's best ``offset + k`` items that pass the filters, best first.
 
         The pool starts at ``offset + k * rerank_factor`` vectors (``first``, when the batch's
@@ -231,33 +268,21 @@ class QueryRunner(QueryEmbedder):
         exclusions and ``min_score`` drop some), and stops once every vector the last pass added
         scores below ``min_score``: the ones deeper still rank lower (exactly so in a flat index)."""
         need = q.offset + q.k
-        want, allowed, qv, clock = part.want, part.allowed, part.qv, part.clock
-        fetched = 0
+        want, fetched = part.want, 0
         while True:
-            t1 = time.perf_counter()
-            if allowed is not None and allowed.vectors is not None:  # few enough: all of them, exactly
-                cand_ids, exhaustive = allowed.ids, True
-                t2 = time.perf_counter()
-                ids, scores = self._subsets.score(allowed, qv)
-            else:
-                if first is not None:
-                    (cand_ids, exhaustive), first = first, None
-                else:
-                    cand_ids, exhaustive = self._search(self.indexes.index(part.collection), [qv.probes], [want],
-                                                        allowed.ids if allowed is not None else None)[0]
-                t2 = time.perf_counter()
-                ids, scores = exact_rescore(qv, cand_ids, part.store)
+            done, first = first or self._pass(part, want), None
+            t = time.perf_counter()
+            ids, scores = done.ids, done.scores
             passing = len(ids) if q.min_score is None else int(np.count_nonzero(scores >= q.min_score))
-            below = q.min_score is not None and not np.isin(cand_ids[fetched:], ids[:passing]).any()
+            below = q.min_score is not None and not np.isin(done.candidates[fetched:], ids[:passing]).any()
             ids, scores = ids[:passing], scores[:passing]  # best first, so a prefix
             if q.diversity > 0 and len(ids):
-                ids, scores = mmr(qv.vector, ids, scores, part.store, min(len(ids), 2 * need), q.diversity)
+                ids, scores = mmr(part.qv.vector, ids, scores, part.store, min(len(ids), 2 * need), q.diversity)
             cands = self._by_item(part.collection, ids, scores, part.exclude, need, owners)
-            clock.ann += t2 - t1
-            clock.rerank += time.perf_counter() - t2
-            if len(cands) >= need or exhaustive or below or want >= MAX_CANDIDATES:
+            part.clock.rerank += time.perf_counter() - t
+            if len(cands) >= need or done.exhaustive or below or want >= MAX_CANDIDATES:
                 return cands
-            fetched = len(cand_ids)
+            fetched = len(done.candidates)
             want = min(want * 4, MAX_CANDIDATES)
 
     def _search(self, idx: LiveIndex | None, probes: list[np.ndarray], wants: list[int],
@@ -285,9 +310,7 @@ class QueryRunner(QueryEmbedder):
         step = need + len(exclude)
         for start in range(0, len(ids), step):
             part = ids[start:start + step].tolist()
-            missing = [e for e in part if e not in owners]
-            found = self.catalog.embedding_items(missing)
-            owners.update({e: found.get(e) for e in missing})  # None: deleted since the index was built
+            self._owners(part, owners)
             for eid, score in zip(part, scores[start:start + step].tolist()):
                 owner = owners[eid]
                 if owner is None or owner[0] in exclude or owner[0] in best:  # ids arrive best first
@@ -297,6 +320,13 @@ class QueryRunner(QueryEmbedder):
             if len(best) >= need:
                 break
         return list(best.values())
+
+    def _owners(self, ids: list[int], owners: dict[int, _Owner | None]) -> None:
+        """Read the owners of the ids ``owners`` does not hold yet (None: deleted since the index
+        was built)."""
+        missing = [e for e in ids if e not in owners]
+        found = self.catalog.embedding_items(missing)
+        owners.update({e: found.get(e) for e in missing})
 
     def _calibration(self, collection: str, store: VectorStore, qv: QueryVector) -> tuple[float, float]:
         """Mean and spread of the query's cosines to a fixed sample of the collection's live vectors."""

@@ -460,6 +460,16 @@ class Catalog:
                 out.update({r[0]: ItemRow(*r) for r in s.execute(q)})
         return out
 
+    def modalities(self, item_ids: Sequence[int]) -> dict[int, str]:
+        """item id -> modality, for the ids that exist: a batch of profiles checks its items and
+        picks their default modality with one narrow read (no join)."""
+        out: dict[int, str] = {}
+        with self.sessions() as s:
+            for i in range(0, len(item_ids), 900):
+                chunk = [int(x) for x in item_ids[i:i + 900]]
+                out.update({int(k): m for k, m in s.execute(select(Item.id, Item.modality).where(Item.id.in_(chunk)))})
+        return out
+
     def item(self, item_id: int) -> ItemRow:
         row = self.items([item_id]).get(item_id)
         if row is None:

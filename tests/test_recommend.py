@@ -378,3 +378,29 @@ def test_http_bad_input_is_a_4xx(client: Any, method: str, url: str, body: Any, 
         r = getattr(client, method)(url, **({"json": body} if body is not None else {}))
     assert r.status_code == status, r.text
     assert "detail" in r.json()
+
+
+def test_rescoring_many_queries_at_once_is_rescoring_each(world: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    from mmsearch.search import rerank
+    from mmsearch.search.scoring import build
+
+    engine: Engine = world["engine"]
+    store = engine.indexes.store("clip.image", 32)
+    ids = store.ids()
+    rng = np.random.default_rng(0)
+    picks = [rng.choice(ids, size=n) for n in (0, 5, 1, 17, 30, 0, 12)]  # empty, duplicated, padded below
+    picks[2] = np.array([-1, ids[0], -1])
+    picks.append(np.array([10**9, ids[3]]))  # an id the store does not hold
+    vecs = store.get(ids[:3])
+    queries: list[Any] = [vecs[0], build("best", None, [(vecs[1], 1.0), (vecs[2], 2.0)], [(vecs[0], 1.0)], [], 0.25)]
+    queries = [queries[i % 2] for i in range(len(picks))]
+    monkeypatch.setattr(rerank, "READ_ROWS", 20)  # several reads
+    together = rerank.exact_rescore_many(queries, picks, store)
+    for q, c, (got_ids, got_scores) in zip(queries, picks, together):
+        want_ids, want_scores = rerank.exact_rescore(q, c, store)
+        assert got_ids.tolist() == want_ids.tolist() and np.allclose(got_scores, want_scores)
+        assert set(got_ids.tolist()) == set(c.tolist()) & set(ids.tolist())
+        rows = store.get(got_ids)
+        rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+        brute = q.score(rows) if hasattr(q, "score") else rows @ q
+        assert np.allclose(got_scores, brute, atol=1e-6) and (np.diff(got_scores) <= 0).all()

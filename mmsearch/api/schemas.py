@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, computed_field, model_validator
 
 from mmsearch.engine import Embedding, Embeddings
 from mmsearch.search.request import CleanText, Hit, Profile, Query, SearchResponse, Target
@@ -180,26 +180,17 @@ class EmbedForm(BaseModel):
 
 
 class EmbeddingOut(Embedding):
-    dim: int
-
-    @model_validator(mode="before")
-    @classmethod
-    def _dim(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "dim" not in data:
-            data = {**data, "dim": len(data.get("vector") or [])}
-        return data
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def dim(self) -> int:
+        return len(self.vector)
 
 
 class EmbeddingsOut(Embeddings):
-    dim: int
-
-    @model_validator(mode="before")
-    @classmethod
-    def _dim(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "dim" not in data:
-            vectors = data.get("vectors") or [[]]
-            data = {**data, "dim": len(vectors[0])}
-        return data
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def dim(self) -> int:
+        return len(self.vectors[0]) if self.vectors else 0
 
 
 class SegmentVector(BaseModel):

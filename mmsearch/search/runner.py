@@ -23,7 +23,7 @@ from mmsearch.errors import BadInput, MMSearchError, ModelMismatch
 from mmsearch.search.live import LiveIndex, LiveIndexes
 from mmsearch.search.query_embedding import QueryEmbedder
 from mmsearch.search.request import Hit, Query, SearchResponse, default_target
-from mmsearch.search.rerank import exact_rescore, mmr
+from mmsearch.search.rerank import exact_rescore, exact_rescore_many, mmr
 from mmsearch.search.scoring import QueryVector
 from mmsearch.search.subsets import Subset, SubsetCache
 from mmsearch.settings import Settings
@@ -235,10 +235,14 @@ class QueryRunner(QueryEmbedder):
             found = self._search(self.indexes.index(collection), [p.qv.probes for p in group],
                                  [p.want for p in group])
             searching += time.perf_counter() - t
-            for part, (cand_ids, exhaustive) in zip(group, found):
+            for store in {id(p.store): p.store for p in group}.values():  # one per collection, in practice
+                mine = [(p, f) for p, f in zip(group, found) if p.store is store]
                 t = time.perf_counter()
-                out[part] = _Pass(cand_ids, exhaustive, *exact_rescore(part.qv, cand_ids, part.store))
-                part.clock.rerank += time.perf_counter() - t
+                rescored = exact_rescore_many([p.qv for p, _ in mine], [f[0] for _, f in mine], store)
+                each = (time.perf_counter() - t) / len(mine)
+                for (part, (cand_ids, exhaustive)), (ids, scores) in zip(mine, rescored):
+                    out[part] = _Pass(cand_ids, exhaustive, ids, scores)
+                    part.clock.rerank += each
         return out, searching
 
     def _pass(self, part: _Part, want: int) -> _Pass:

@@ -151,9 +151,9 @@ class QueryEmbedder:
             eids = np.array([r[0] for r in rows if r[2] == collection], dtype=np.int64)
             owners = np.array([r[1] for r in rows if r[2] == collection], dtype=np.int64)
             found, vecs = self.indexes.store(collection, dim).lookup(eids)
-            uniq, slot = np.unique(owners[found], return_inverse=True)
-            sums = np.zeros((uniq.size, dim), np.float32)
-            np.add.at(sums, slot, vecs)  # an item's windows summed: its mean's direction
+            order = np.argsort(owners[found], kind="stable")
+            uniq, starts = np.unique(owners[found][order], return_index=True)
+            sums = np.add.reduceat(vecs[order], starts) if uniq.size else vecs[:0]  # an item's windows summed
             out.update(zip(uniq.tolist(), l2_normalise(sums)))
         return out
 

@@ -319,3 +319,7 @@ def _checked() -> Iterator[None]:
     except ValidationError as e:
         raise BadInput("; ".join(f"{'.'.join(map(str, err['loc'])) or 'input'}: {err['msg']}"
                                  for err in e.errors())) from None
+
+
+__all__ = ["Embedding", "Embeddings", "Engine", "Hit", "IndexReport", "ItemVectors", "NotFound", "Profile", "Query",
+           "SearchResponse"]

@@ -25,6 +25,11 @@ AudioModelOpt = Annotated[Optional[str], typer.Option("--audio-model", help="Aud
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 KOpt = Annotated[int, typer.Option("-k", "--k", min=1, max=1000, help="Number of results.")]
 ToOpt = Annotated[Optional[str], typer.Option("--to", help="Return only: image, text, audio (default: all media).")]
+OffsetOpt = Annotated[int, typer.Option("--offset", min=0, help="Skip this many results (paging).")]
+PathOpt = Annotated[Optional[str], typer.Option("--path", help="Only under this prefix, or matching a glob.")]
+MinScoreOpt = Annotated[Optional[float], typer.Option("--min-score", help="Drop results below this cosine.")]
+DiversityOpt = Annotated[float, typer.Option("--diversity", min=0.0, max=1.0, help="MMR diversity, 0..1.")]
+ExcludeOpt = Annotated[Optional[list[int]], typer.Option("--exclude", help="Never return this item (repeatable).")]
 DEFAULT_CATALOG = Path(".mmsearch")
 
 
@@ -149,12 +154,9 @@ def search(
     text: Annotated[Optional[str], typer.Argument(help="Text query.")] = None,
     image: Annotated[Optional[Path], typer.Option("--image", help="Image file as the query.")] = None,
     audio_file: Annotated[Optional[Path], typer.Option("--audio", help="Audio file as the query.")] = None,
-    to: ToOpt = None, k: KOpt = 10,
-    offset: Annotated[int, typer.Option("--offset", min=0, help="Skip this many results (paging).")] = 0,
-    path: Annotated[Optional[str], typer.Option("--path", help="Only under this prefix, or matching a glob.")] = None,
-    min_score: Annotated[Optional[float], typer.Option("--min-score", help="Drop results below this cosine.")] = None,
+    to: ToOpt = None, k: KOpt = 10, offset: OffsetOpt = 0, path: PathOpt = None, min_score: MinScoreOpt = None,
     negative: Annotated[Optional[list[str]], typer.Option("--not", help="Steer away from this text.")] = None,
-    diversity: Annotated[float, typer.Option("--diversity", min=0.0, max=1.0, help="MMR diversity, 0..1.")] = 0.0,
+    diversity: DiversityOpt = 0.0, exclude: ExcludeOpt = None,
     catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, model: ModelOpt = None,
     audio_model: AudioModelOpt = None, as_json: JsonOpt = False,
 ) -> None:
@@ -164,8 +166,8 @@ def search(
     from mmsearch.search.request import Query
 
     try:
-        q = Query(text=text, image=_read(image), audio=_read(audio_file), to=to, k=k, offset=offset, path=path,
-                  min_score=min_score, negative_text=negative or [], diversity=diversity)
+        q = Query(text=text, image=_read(image), audio=_read(audio_file), negative_text=negative or [], to=to,
+                  **_filters(k, offset, path, min_score, diversity, exclude))
     except ValidationError as e:
         typer.echo(f"error: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}", err=True)
         raise typer.Exit(2) from None
@@ -174,16 +176,78 @@ def search(
     _show(response, as_json)
 
 
+def _filters(k: int, offset: int, path: str | None, min_score: float | None, diversity: float,
+             exclude: list[int] | None) -> dict[str, Any]:
+    """The filter options every query command takes, as the engine's keyword filters."""
+    return dict(k=k, offset=offset, path=path, min_score=min_score, diversity=diversity, exclude_ids=exclude or [])
+
+
 @app.command()
 def similar(
     item_ids: Annotated[list[int], typer.Argument(help="Item ids (from search results).")],
-    to: ToOpt = None, k: KOpt = 10,
+    to: ToOpt = None, k: KOpt = 10, offset: OffsetOpt = 0, path: PathOpt = None, min_score: MinScoreOpt = None,
+    diversity: DiversityOpt = 0.0, exclude: ExcludeOpt = None,
     catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Items like the given ones (by default in their own modality)."""
     with _engine(_settings(catalog, db), create=False) as engine:
-        response = engine.similar(item_ids, to=to, k=k)
+        response = engine.similar(item_ids, to=to, **_filters(k, offset, path, min_score, diversity, exclude))
     _show(response, as_json)
+
+
+def _weighted(values: list[str] | None, flag: str) -> list[int] | dict[int, float]:
+    """``--like 12 --like 40:2.5``: ids, or ids to weights once any weight is given."""
+    out: dict[int, float] = {}
+    for value in values or []:
+        item, _, weight = value.partition(":")
+        try:
+            out[int(item)] = float(weight) if weight else 1.0
+        except ValueError:
+            typer.echo(f"error: {flag} {value!r}: give an item id, or ID:WEIGHT", err=True)
+            raise typer.Exit(2) from None
+    return out if any(":" in v for v in values or []) else list(out)
+
+
+@app.command()
+def recommend(
+    like: Annotated[Optional[list[str]], typer.Option("--like", help="A liked item id, or ID:WEIGHT (repeatable).")] = None,
+    dislike: Annotated[Optional[list[str]], typer.Option(
+        "--dislike", help="A disliked item id, or ID:WEIGHT (repeatable).")] = None,
+    text: Annotated[Optional[str], typer.Option("--text", help="Text to steer by (e.g. 'at night').")] = None,
+    text_weight: Annotated[float, typer.Option("--text-weight", help="Weight of the text.")] = 1.0,
+    dislike_weight: Annotated[float, typer.Option("--dislike-weight", help="Strength of the dislikes.")] = 0.25,
+    scoring: Annotated[str, typer.Option("--scoring", help="rocchio (one blended vector) or best (each result by "
+                                         "its best liked item, less its closest disliked one).")] = "rocchio",
+    to: ToOpt = None, k: KOpt = 10, offset: OffsetOpt = 0, path: PathOpt = None, min_score: MinScoreOpt = None,
+    diversity: DiversityOpt = 0.0, exclude: ExcludeOpt = None,
+    catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Items for a profile: liked and disliked items (never returned themselves), optionally a text;
+    --exclude leaves out more (those already seen)."""
+    liked, disliked = _weighted(like, "--like"), _weighted(dislike, "--dislike")
+    with _engine(_settings(catalog, db), create=False) as engine:
+        response = engine.recommend(liked, disliked, text=text, text_weight=text_weight, dislike_weight=dislike_weight,
+                                    scoring=scoring, to=to, **_filters(k, offset, path, min_score, diversity, exclude))
+    _show(response, as_json)
+
+
+@app.command()
+def export(
+    out: Annotated[Path, typer.Option("--out", help="Parquet file, or the folder for npy files.")],
+    format: Annotated[str, typer.Option("--format", help="parquet (one file) or npy (a .npy and a .csv per "
+                                        "collection).")] = "parquet",
+    collection: Annotated[Optional[list[str]], typer.Option(
+        "--collection", help="Only this collection, e.g. clip.image (repeatable; default: all).")] = None,
+    catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Write every stored vector, with its item id, path, modality and span, in bounded memory."""
+    with _engine(_settings(catalog, db), create=False) as engine:
+        counts = engine.export(out, format=format, collections=collection)  # type: ignore[arg-type]
+    if as_json:
+        _print_json({"out": str(out), "format": format, "vectors": counts})
+    else:
+        typer.echo(f"exported {sum(counts.values())} vectors ("
+                   + ", ".join(f"{c}: {n}" for c, n in counts.items()) + f") to {out}")
 
 
 @app.command()

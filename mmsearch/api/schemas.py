@@ -8,14 +8,15 @@ is a 422 with a reason and never reaches the engine.
 
 from __future__ import annotations
 
-import math
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, computed_field, model_validator
 
-from mmsearch.engine import Embedding
-from mmsearch.search.request import CleanText, Hit, Query, SearchResponse, Target
+from mmsearch.engine import Embedding, Embeddings
+from mmsearch.search.request import CleanText, Hit, Profile, Query, SearchResponse, Target
+from mmsearch.search.request import Weight as FiniteWeight
+from mmsearch.search.scoring import DISLIKE_WEIGHT, Scoring
 
 MAX_ID = 2**63 - 1  # SQL BIGINT; larger ids could only be a mistake
 MAX_TEXT = 4_000  # characters; CLIP/CLAP read far fewer tokens anyway
@@ -27,13 +28,7 @@ ItemId = Annotated[int, Field(ge=1, le=MAX_ID)]
 Space = Literal["clip", "clap"]
 
 
-def _finite(value: float) -> float:
-    if not math.isfinite(value):
-        raise ValueError("must be a finite number")
-    return value
-
-
-Weight = Annotated[float, Field(ge=-100.0, le=100.0), AfterValidator(_finite)]
+Weight = Annotated[FiniteWeight, Field(ge=-100.0, le=100.0)]
 
 
 def _desc(name: str) -> str | None:
@@ -105,6 +100,47 @@ class SimilarBatchRequest(Filters):
     k: int = Field(10, ge=1, le=100, description="Results per item.")
 
 
+IdList = Annotated[list[ItemId], Field(max_length=MAX_QUERY_IDS)]
+IdWeights = Annotated[dict[ItemId, Weight], Field(max_length=MAX_QUERY_IDS)]
+
+
+def _pdesc(name: str) -> str | None:
+    return Profile.model_fields[name].description
+
+
+class RecommendRequest(Filters):
+    """A profile: liked and disliked items (a list of ids, or an object of ids to weights, e.g.
+    `{"12": 2.0, "40": 1}`), optionally a text, and the filters of a search."""
+
+    like: IdList | IdWeights = Field(default_factory=list, description=_pdesc("like"))
+    dislike: IdList | IdWeights = Field(default_factory=list, description=_pdesc("dislike"))
+    text: Annotated[CleanStr, Field(max_length=MAX_TEXT)] | None = Field(None, description=_pdesc("text"))
+    text_weight: Weight = 1.0
+    dislike_weight: Weight = Field(DISLIKE_WEIGHT, description=_pdesc("dislike_weight"))
+    scoring: Scoring = Field("rocchio", description=_pdesc("scoring"))
+
+    def profile(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+class RecommendBatchRequest(BaseModel):
+    """Many profiles answered together (one batched ANN search): e.g. a page of users."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    profiles: list[RecommendRequest] = Field(min_length=1, max_length=1000)
+
+
+class BatchEntry(BaseModel):
+    results: list[Hit] = Field(default_factory=list)
+    error: str | None = Field(None, description="Why this entry got no list (e.g. an unknown item id).")
+
+
+class RecommendBatchResponse(BaseModel):
+    results: list[BatchEntry]
+    timings_ms: dict[str, float]
+
+
 class SimilarBatchEntry(BaseModel):
     item_id: int
     results: list[Hit] = Field(default_factory=list)
@@ -117,10 +153,19 @@ class SimilarBatchResponse(BaseModel):
 
 
 class EmbedRequest(BaseModel):
+    """One text, or a list of them (``texts``) embedded together."""
+
     model_config = ConfigDict(extra="forbid")
 
-    text: Annotated[CleanStr, Field(max_length=MAX_TEXT)]
+    text: Annotated[CleanStr, Field(max_length=MAX_TEXT)] | None = None
+    texts: list[Annotated[CleanStr, Field(max_length=MAX_TEXT)]] | None = Field(None, min_length=1, max_length=256)
     space: Space = Field("clip", description="clip: compare with images; clap: compare with sounds.")
+
+    @model_validator(mode="after")
+    def _one(self) -> "EmbedRequest":
+        if (self.text is None) == (self.texts is None):
+            raise ValueError("give text (one string) or texts (a list), not both")
+        return self
 
 
 class EmbedForm(BaseModel):
@@ -135,14 +180,31 @@ class EmbedForm(BaseModel):
 
 
 class EmbeddingOut(Embedding):
-    dim: int
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def dim(self) -> int:
+        return len(self.vector)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _dim(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "dim" not in data:
-            data = {**data, "dim": len(data.get("vector") or [])}
-        return data
+
+class EmbeddingsOut(Embeddings):
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def dim(self) -> int:
+        return len(self.vectors[0]) if self.vectors else 0
+
+
+class SegmentVector(BaseModel):
+    collection: str
+    embedding_id: int = Field(description="Also the FAISS id.")
+    start: float | None = Field(None, description="Audio: the window's start (s); null for a whole item.")
+    end: float | None = None
+    vector: list[float]
+
+
+class ItemVectorsOut(BaseModel):
+    item_id: int
+    vectors: list[SegmentVector] = Field(description="One per collection the item is in; an audio item has "
+                                         "one per window.")
 
 
 class ItemOut(BaseModel):
@@ -231,7 +293,8 @@ class ErrorOut(BaseModel):
 
 
 __all__ = [
-    "CatalogInfo", "EmbedForm", "EmbedRequest", "EmbeddingOut", "ErrorOut", "Filters", "Health", "Hit", "ItemOut",
-    "JobList", "JobOut", "JobRequest", "Readiness", "SearchForm", "SearchPage", "SearchRequest", "SimilarBatchEntry",
-    "SimilarBatchRequest", "SimilarBatchResponse", "SimilarRequest", "Stats",
+    "BatchEntry", "CatalogInfo", "EmbedForm", "EmbedRequest", "EmbeddingOut", "EmbeddingsOut", "ErrorOut", "Filters",
+    "Health", "Hit", "ItemOut", "ItemVectorsOut", "JobList", "JobOut", "JobRequest", "Readiness", "RecommendBatchRequest",
+    "RecommendBatchResponse", "RecommendRequest", "SearchForm", "SearchPage", "SearchRequest", "SegmentVector",
+    "SimilarBatchEntry", "SimilarBatchRequest", "SimilarBatchResponse", "SimilarRequest", "Stats",
 ]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mmsearch.search.scoring import QueryVector
 from mmsearch.storage.catalog import Catalog
 from mmsearch.storage.vectors import VectorStore
 
@@ -59,9 +60,9 @@ class SubsetCache:
                 self._entries.popitem(last=False)
         return subset
 
-    def score(self, subset: Subset, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, exact cosines) of the whole subset, best first: what exact_rescore would give."""
+    def score(self, subset: Subset, query: QueryVector) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, exact scores) of the whole subset, best first: what exact_rescore would give."""
         assert subset.vectors is not None
-        scores = subset.vectors @ np.asarray(query, dtype=np.float32).reshape(-1)
+        scores = query.score(subset.vectors)
         order = np.argsort(-scores, kind="stable")
         return subset.ids[order], scores[order]

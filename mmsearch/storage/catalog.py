@@ -434,6 +434,31 @@ class Catalog:
                              .order_by(Embedding.id))
             return [(int(e), c) for e, c in rows]
 
+    def embeddings_of(self, item_ids: Sequence[int]) -> list[tuple[int, int, str, float | None, float | None]]:
+        """(embedding id, item id, collection, start, end) of every vector of these items, in id
+        order: many items' vectors in one read (a batch of profiles, ``Engine.vectors``)."""
+        out: list[tuple[int, int, str, float | None, float | None]] = []
+        with self.sessions() as s:
+            for i in range(0, len(item_ids), 900):
+                chunk = [int(x) for x in item_ids[i:i + 900]]
+                q = select(Embedding.id, Embedding.item_id, Embedding.collection, Embedding.start_s,
+                           Embedding.end_s).where(Embedding.item_id.in_(chunk))
+                out += [(int(e), int(it), c, a, b) for e, it, c, a, b in s.execute(q)]
+        out.sort()
+        return out
+
+    def embedding_rows(self, collection: str, after: int, limit: int
+                       ) -> list[tuple[int, int, float | None, float | None, str, str]]:
+        """(embedding id, item id, start, end, path, modality) of a collection's vectors with ids above
+        ``after``, the next ``limit`` in id order: an export walks the collection a block at a time
+        along the (collection, id) index, never holding a long transaction or the whole list."""
+        with self.sessions() as s:
+            q = (select(Embedding.id, Embedding.item_id, Embedding.start_s, Embedding.end_s, File.path, Item.modality)
+                 .join(Item, Embedding.item_id == Item.id).join(File, Item.file_id == File.id)
+                 .where(Embedding.collection == collection, Embedding.id > after)
+                 .order_by(Embedding.id).limit(limit))
+            return [(int(e), int(it), a, b, p, m) for e, it, a, b, p, m in s.execute(q)]
+
     def items(self, item_ids: Sequence[int]) -> dict[int, ItemRow]:
         if not len(item_ids):
             return {}
@@ -445,6 +470,16 @@ class Catalog:
                             Item.duration, File.size, File.mtime_ns)
                      .join(File, Item.file_id == File.id).where(Item.id.in_(chunk)))
                 out.update({r[0]: ItemRow(*r) for r in s.execute(q)})
+        return out
+
+    def modalities(self, item_ids: Sequence[int]) -> dict[int, str]:
+        """item id -> modality, for the ids that exist: a batch of profiles checks its items and
+        picks their default modality with one narrow read (no join)."""
+        out: dict[int, str] = {}
+        with self.sessions() as s:
+            for i in range(0, len(item_ids), 900):
+                chunk = [int(x) for x in item_ids[i:i + 900]]
+                out.update({int(k): m for k, m in s.execute(select(Item.id, Item.modality).where(Item.id.in_(chunk)))})
         return out
 
     def item(self, item_id: int) -> ItemRow:

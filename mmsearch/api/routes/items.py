@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timezone
 from typing import Annotated, Any
 
@@ -13,7 +14,7 @@ from mmsearch.api.deps import ItemIdPath, ServiceDep
 from mmsearch.api.errors import ERRORS, WRITE_ERRORS
 from mmsearch.api.media import media_type
 from mmsearch.api.routes.search import similar_page, timed
-from mmsearch.api.schemas import ErrorOut, Filters, ItemOut, LookupOut, SearchPage
+from mmsearch.api.schemas import ErrorOut, Filters, ItemOut, ItemVectorsOut, LookupOut, SearchPage, SegmentVector
 from mmsearch.api.security import require_writer
 
 router = APIRouter(tags=["items"])
@@ -65,6 +66,19 @@ def item_similar(item_id: ItemIdPath, f: Annotated[Filters, QueryParam()], respo
     page = similar_page(service, [item_id], f)
     timed(response, page)
     return page
+
+
+@router.get("/items/{item_id}/vector", response_model=ItemVectorsOut, responses={404: ERRORS[404]},
+            summary="The item's stored vectors")
+def item_vector(item_id: ItemIdPath, service: ServiceDep) -> ItemVectorsOut:
+    """The item's vectors as stored, with their collection and embedding (FAISS) id: one per
+    collection it is in (a note is in clip.text and clap.text), one per window for a sound."""
+    found = service.base.vectors([item_id])
+    return ItemVectorsOut(item_id=item_id, vectors=[
+        SegmentVector(collection=c, embedding_id=e, start=None if math.isnan(a) else a, end=None if math.isnan(b) else b,
+                      vector=v)
+        for c, part in found.items()
+        for e, a, b, v in zip(part.ids.tolist(), part.start.tolist(), part.end.tolist(), part.vectors.tolist())])
 
 
 @router.get("/items/{item_id}/media", response_class=FileResponse, responses=MEDIA_RESPONSES,

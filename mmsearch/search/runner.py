@@ -19,14 +19,16 @@ from mmsearch.encoders.encoder_set import EncoderSet
 from mmsearch.errors import BadInput, ModelMismatch
 from mmsearch.search.live import LiveIndexes
 from mmsearch.search.query_embedding import QueryEmbedder
-from mmsearch.search.request import Hit, Query, SearchResponse, default_target
+from mmsearch.search.request import Hit, Metadata, Query, SearchResponse, default_target
 from mmsearch.search.rerank import exact_rescore, mmr
 from mmsearch.search.subsets import Subset, SubsetCache
 from mmsearch.settings import Settings
 from mmsearch.storage.catalog import Catalog
+from mmsearch.storage.filters import NO_FILTER, Filter
 from mmsearch.storage.vectors import VectorStore
 
-EXACT_SUBSET_MAX = 20_000  # a path filter selecting fewer vectors is searched exactly
+EXACT_SUBSET_MAX = 20_000  # a filter selecting fewer vectors is searched exactly
+BROAD_SHARE = 0.05  # a filter matching more than this share of a collection (and EXACT_SUBSET_MAX) is broad
 MAX_CANDIDATES = 50_000  # per collection and query: bounds the cost of deep pages
 BACKGROUND_SAMPLE = 1_000
 
@@ -113,6 +115,7 @@ class QueryRunner(QueryEmbedder):
         timings["embed"] = _ms(t0)
         targets = self.targets(q, set(vectors))
         exclude = set(q.exclude_ids) | set(q.item_ids)
+        where = q.filter()
         clock = _Clock()
         merged: list[_Candidate] = []
         for collection in targets:
@@ -121,9 +124,14 @@ class QueryRunner(QueryEmbedder):
             # the catalog's dim, never the query's: a stale process must not reopen files wrongly
             store = self.indexes.store(collection, recorded.get(space, ("", qv.shape[0]))[1])
             t1 = time.perf_counter()
-            allowed = self._subsets.get(collection, q.path, store) if q.path else None  # once per query
+            allowed = self._subsets.get(collection, where, store, self._broad_cap(collection)) if where else None
             clock.ann += time.perf_counter() - t1
-            cands = self._best_items(collection, qv, store, q, allowed, exclude, clock)
+            cands, cut_short = self._best_items(collection, qv, store, q, allowed, exclude, clock)
+            if allowed is not None and allowed.broad and cut_short:
+                # a broad filter whose matches the candidates missed (two broad conditions that
+                # rarely meet): fetch its whole selection after all
+                allowed = self._subsets.get(collection, where, store, None)
+                cands, _ = self._best_items(collection, qv, store, q, allowed, exclude, clock)
             t2 = time.perf_counter()
             if len(targets) > 1:
                 mu, sigma = self._calibration(collection, store, qv)
@@ -142,23 +150,31 @@ class QueryRunner(QueryEmbedder):
         rows = self.catalog.items([c.item_id for c in page])  # only the page is hydrated
         hits = [Hit(id=c.item_id, path=r.path, modality=r.modality, score=round(c.score, 6),
                     calibrated=round(c.rank_score, 4) if len(targets) > 1 else None, collection=c.collection,
-                    text=r.text, ref_path=r.ref_path, start=c.start, end=c.end, duration=r.duration)
+                    text=r.text, ref_path=r.ref_path, start=c.start, end=c.end, duration=r.duration,
+                    **Metadata.of(r))
                 for c in page if (r := rows.get(c.item_id)) is not None]
         timings["hydrate"] = _ms(t3)
         timings["total"] = _ms(t0)
         return SearchResponse(results=hits, timings_ms={k: round(v, 3) for k, v in timings.items()})
 
+    def _broad_cap(self, collection: str) -> int:
+        """Matches above which a filter is broad: checked on the search's candidates, not fetched."""
+        idx = self.indexes.index(collection)
+        return max(EXACT_SUBSET_MAX, int(BROAD_SHARE * (idx.ntotal if idx is not None else 0)))
+
     def _best_items(self, collection: str, qv: np.ndarray, store: VectorStore, q: Query,
-                    allowed: Subset | None, exclude: set[int], clock: _Clock) -> list[_Candidate]:
-        """The collection's best ``offset + k`` items that pass the filters, best first.
+                    allowed: Subset | None, exclude: set[int], clock: _Clock) -> tuple[list[_Candidate], bool]:
+        """The collection's best ``offset + k`` items that pass the filters, best first, and
+        whether the search stopped at MAX_CANDIDATES with too few.
 
         The pool starts at ``offset + k * rerank_factor`` vectors: a deep page needs the rescoring
         margin of one page, not of every page before it. It deepens while too few items pass
-        (audio items hold many windows; exclusions and ``min_score`` drop some), and stops once
-        every vector the last pass added scores below ``min_score``: the ones deeper still rank
-        lower (exactly so in a flat index)."""
+        (audio items hold many windows; exclusions, a broad filter, ``min_score`` and ``dedup``
+        drop some), and stops once every vector the last pass added scores below ``min_score``:
+        the ones deeper still rank lower (exactly so in a flat index)."""
         need = q.offset + q.k
         want = min(q.offset + q.k * self.settings.rerank_factor + len(exclude), MAX_CANDIDATES)
+        after = allowed.filter if allowed is not None and allowed.broad else NO_FILTER  # checked on candidates
         owners: dict[int, _Owner | None] = {}
         fetched = 0
         while True:
@@ -176,38 +192,42 @@ class QueryRunner(QueryEmbedder):
             ids, scores = ids[:passing], scores[:passing]  # best first, so a prefix
             if q.diversity > 0 and len(ids):
                 ids, scores = mmr(qv, ids, scores, store, min(len(ids), 2 * need), q.diversity)
-            cands = self._by_item(collection, ids, scores, exclude, need, owners)
+            cands = self._by_item(collection, ids, scores, exclude, len(ids) if q.dedup else need, owners, after)
+            if q.dedup:
+                cands = dedup(cands, store, q.dedup, need)
             clock.ann += t2 - t1
             clock.rerank += time.perf_counter() - t2
             if len(cands) >= need or exhaustive or below or want >= MAX_CANDIDATES:
-                return cands
+                return cands[:need], len(cands) < need and not exhaustive and not below
             fetched = len(cand_ids)
             want = min(want * 4, MAX_CANDIDATES)
 
     def _candidates(self, collection: str, qv: np.ndarray, want: int,
                     allowed: Subset | None) -> tuple[np.ndarray, bool]:
-        """(ANN candidate ids, whether they are all there is to find); ``allowed``: a path
-        filter's selection, too large to score exactly, applied while scanning."""
+        """(ANN candidate ids, whether they are all there is to find); ``allowed``: a filter's
+        selection, too large to score exactly, applied while scanning (an id selector)."""
         idx = self.indexes.index(collection)
         if idx is None or idx.ntotal == 0:
             return np.zeros(0, dtype=np.int64), True
-        _, ids = idx.search(qv[None, :].astype(np.float32), min(want, idx.ntotal),
-                            allowed_ids=allowed.ids if allowed is not None else None)
+        selection = allowed.ids if allowed is not None and not allowed.broad else None
+        _, ids = idx.search(qv[None, :].astype(np.float32), min(want, idx.ntotal), allowed_ids=selection)
         found = ids[0][ids[0] >= 0]
         return found, len(found) < want
 
     def _by_item(self, collection: str, ids: np.ndarray, scores: np.ndarray, exclude: set[int], need: int,
-                 owners: dict[int, _Owner | None]) -> list[_Candidate]:
+                 owners: dict[int, _Owner | None], after: Filter = NO_FILTER) -> list[_Candidate]:
         """Audio items have one vector per window: an item scores as its best window. Ids arrive
         best first and are mapped to items a slice at a time until ``need`` items are found, so
-        SQL work follows the page, not the pool; ``owners`` keeps the mapping across passes."""
+        SQL work follows the page, not the pool; ``owners`` keeps the mapping across passes.
+        ``after``: a broad filter, checked in the same SQL (an id that fails it maps to None)."""
         best: dict[int, _Candidate] = {}
-        step = need + len(exclude)
-        for start in range(0, len(ids), step):
+        step = max(1, need + len(exclude))
+        start = 0
+        while start < len(ids):
             part = ids[start:start + step].tolist()
             missing = [e for e in part if e not in owners]
-            found = self.catalog.embedding_items(missing)
-            owners.update({e: found.get(e) for e in missing})  # None: deleted since the index was built
+            found = self.catalog.embedding_items(missing, after)
+            owners.update({e: found.get(e) for e in missing})  # None: deleted, or filtered out
             for eid, score in zip(part, scores[start:start + step].tolist()):
                 owner = owners[eid]
                 if owner is None or owner[0] in exclude or owner[0] in best:  # ids arrive best first
@@ -216,6 +236,8 @@ class QueryRunner(QueryEmbedder):
                 best[item_id] = _Candidate(item_id, eid, score, score, collection, window_start, window_end)
             if len(best) >= need:
                 break
+            start += step
+            step *= 2  # a filter or exclusions drop many: take larger slices
         return list(best.values())
 
     def _calibration(self, collection: str, store: VectorStore, qv: np.ndarray) -> tuple[float, float]:
@@ -230,6 +252,28 @@ class QueryRunner(QueryEmbedder):
             cached = self._background[collection] = (len(live), vectors)  # one per collection
         s = cached[1] @ qv
         return float(s.mean()), float(max(s.std(), 1e-6))
+
+
+def dedup(cands: list[_Candidate], store: VectorStore, threshold: float, need: int) -> list[_Candidate]:
+    """clip-retrieval's dedup: walking down the ranking, a result within ``threshold`` (cosine) of
+    one already kept is dropped. Stops once ``need`` are kept."""
+    if not cands:
+        return cands
+    found, vectors = store.lookup(np.array([c.embedding_id for c in cands], dtype=np.int64))
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    rows = np.cumsum(found) - 1
+    kept: list[_Candidate] = []
+    kept_rows: list[int] = []
+    for c, present, row in zip(cands, found.tolist(), rows.tolist()):
+        if not present:
+            continue
+        if kept_rows and float(np.max(vectors[kept_rows] @ vectors[row])) >= threshold:
+            continue
+        kept.append(c)
+        kept_rows.append(row)
+        if len(kept) >= need:
+            break
+    return kept
 
 
 def _ms(t0: float) -> float:

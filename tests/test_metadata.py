@@ -482,3 +482,42 @@ def test_a_0002_catalog_upgrades_with_empty_metadata_and_stays_searchable(world:
         assert old.search(Query(text="x", k=50, camera="canon")).results == []
         assert old.tag(ids["paris.jpg"], add=["old"]) == ["old"]
         assert [h.id for h in old.search(Query(text="x", k=5, tags=["old"])).results] == [ids["paris.jpg"]]
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------
+
+def test_metadata_filters_and_tags_on_postgres(make_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The same columns, indexes and triggers on PostgreSQL (a language collation, where prefix
+    ranges are compared in "C"), and the migration's ORM agreement there."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from mmsearch.storage.models import Base
+    from tests.test_postgres import fresh_database
+
+    lib = tmp_path / "lib"
+    src = flickr_images(3)
+    make_photo(src[0], lib / "paris.jpg", taken="2021:06:15 10:30:00", make="Canon", model="Canon EOS 5D Mark III",
+               gps=PARIS)
+    make_photo(src[1], lib / "versailles.jpg", taken="2021:06:20 14:00:00", make="SONY", model="ILCE-7M3",
+               gps=VERSAILLES)
+    make_photo(src[2], lib / "nyc.jpg", taken="2023:01:02 08:00:00", make="Apple", model="iPhone 12", gps=NEW_YORK)
+    with fresh_database("TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en' LOCALE 'C.UTF-8'") as url:
+        with Engine.open(make_settings(db_url=url)) as engine:
+            with engine.catalog.engine.connect() as conn:
+                assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+            assert engine.index([lib]).failed == 0
+
+            def names(**filters: Any) -> set[str]:
+                return {Path(h.path).name for h in engine.search(Query(text="x", k=10, **filters)).results}
+
+            assert names(camera="CANON EOS") == {"paris.jpg"}
+            assert names(camera="iphone") == {"nyc.jpg"}
+            assert names(near=(*PARIS, 25)) == {"paris.jpg", "versailles.jpg"}
+            assert names(date_from="2021-06-16", date_to="2021-12-31") == {"versailles.jpg"}
+            assert names(min_size=1, ext=["jpg"], path=str(lib)) == {"paris.jpg", "versailles.jpg", "nyc.jpg"}
+            nyc = engine.lookup(lib / "nyc.jpg")[0]
+            assert names(tags=["x"]) == set()
+            assert engine.tag(nyc, add=["x"], set={"k": "v"}) == ["k=v", "x"]
+            assert names(tags=["x", "k=v"]) == {"nyc.jpg"}  # the trigger moved the cached selection on
+            assert engine.item(nyc).facts.camera_model == "iPhone 12"

@@ -403,7 +403,7 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on.")] = 8000,
     api_key: Annotated[Optional[str], typer.Option(
-        "--api-key", envvar="MMSEARCH_API_KEY", help="Key that writes (indexing, deleting) must send.")] = None,
+        "--api-key", envvar="MMSEARCH_API_KEY", help="Key that writes (indexing, deleting, tagging) must send.")] = None,
     index_root: Annotated[Optional[list[Path]], typer.Option(
         "--index-root", help="A folder the API may index (repeatable); none: no indexing over HTTP.")] = None,
     read_only: Annotated[bool, typer.Option("--read-only", help="Refuse every write.")] = False,

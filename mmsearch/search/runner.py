@@ -124,7 +124,7 @@ class QueryRunner(QueryEmbedder):
             # the catalog's dim, never the query's: a stale process must not reopen files wrongly
             store = self.indexes.store(collection, recorded.get(space, ("", qv.shape[0]))[1])
             t1 = time.perf_counter()
-            allowed = self._subsets.get(collection, where, store, self._broad_cap(collection)) if where else None
+            allowed = self._subsets.get(collection, where, store, _broad_cap(len(store))) if where else None
             clock.ann += time.perf_counter() - t1
             cands, cut_short = self._best_items(collection, qv, store, q, allowed, exclude, clock)
             if allowed is not None and allowed.broad and cut_short:
@@ -156,11 +156,6 @@ class QueryRunner(QueryEmbedder):
         timings["hydrate"] = _ms(t3)
         timings["total"] = _ms(t0)
         return SearchResponse(results=hits, timings_ms={k: round(v, 3) for k, v in timings.items()})
-
-    def _broad_cap(self, collection: str) -> int:
-        """Matches above which a filter is broad: checked on the search's candidates, not fetched."""
-        idx = self.indexes.index(collection)
-        return max(EXACT_SUBSET_MAX, int(BROAD_SHARE * (idx.ntotal if idx is not None else 0)))
 
     def _best_items(self, collection: str, qv: np.ndarray, store: VectorStore, q: Query,
                     allowed: Subset | None, exclude: set[int], clock: _Clock) -> tuple[list[_Candidate], bool]:
@@ -252,6 +247,12 @@ class QueryRunner(QueryEmbedder):
             cached = self._background[collection] = (len(live), vectors)  # one per collection
         s = cached[1] @ qv
         return float(s.mean()), float(max(s.std(), 1e-6))
+
+
+def _broad_cap(vectors: int) -> int:
+    """Matches above which a filter is broad: checked on the search's candidates, not fetched.
+    ``vectors``: the collection's stored vectors (dead ones too: an estimate is enough here)."""
+    return max(EXACT_SUBSET_MAX, int(BROAD_SHARE * vectors))
 
 
 def dedup(cands: list[_Candidate], store: VectorStore, threshold: float, need: int) -> list[_Candidate]:

@@ -376,11 +376,7 @@ class Catalog:
     def last_seq(self) -> int:
         """The log's last position, also once truncation emptied it (the floors remember it)."""
         with self.sessions() as s:
-            last = int(s.scalar(select(func.max(Change.seq))) or 0)
-            if last:
-                return last
-            floors = s.scalars(select(Meta.value).where(Meta.key.like("changes\\_floor.%", escape="\\")))
-            return max((int(v) for v in floors), default=0)
+            return _last_seq(s)
 
     def changes_since(self, collection: str, seq: int) -> tuple[int, int, np.ndarray, np.ndarray]:
         """(floor, last seq, ids added, ids removed) after ``seq``, read in one snapshot. When the
@@ -449,7 +445,7 @@ class Catalog:
         both stay put. Two index lookups."""
         with self.sessions() as s:
             generation = s.scalar(select(Counter.value).where(Counter.key == GENERATION))
-        return self.last_seq(), int(generation or 0)
+            return _last_seq(s), int(generation or 0)
 
     def embedding_items(self, ids: Sequence[int], f: filters.Filter = filters.NO_FILTER
                         ) -> dict[int, tuple[int, float | None, float | None]]:
@@ -532,6 +528,14 @@ def _file_values(r: FileRecord) -> dict[str, object]:
                   date_s=facts.taken_s if facts.taken_s is not None else r.mtime_ns // 1_000_000_000,
                   camera_key=camera_key, model_key=model_key)
     return values
+
+
+def _last_seq(s: Session) -> int:
+    last = int(s.scalar(select(func.max(Change.seq))) or 0)
+    if last:
+        return last
+    floors = s.scalars(select(Meta.value).where(Meta.key.like("changes\\_floor.%", escape="\\")))
+    return max((int(v) for v in floors), default=0)
 
 
 def _tags_of(s: Session, item_ids: Sequence[int]) -> dict[int, list[str]]:

@@ -187,9 +187,16 @@ class QueryRunner(QueryEmbedder):
             ids, scores = ids[:passing], scores[:passing]  # best first, so a prefix
             if q.diversity > 0 and len(ids):
                 ids, scores = mmr(qv, ids, scores, store, min(len(ids), 2 * need), q.diversity)
-            cands = self._by_item(collection, ids, scores, exclude, len(ids) if q.dedup else need, owners, after)
-            if q.dedup:
-                cands = dedup(cands, store, q.dedup, need)
+            target = 2 * need if q.dedup else need
+            while True:  # with dedup, map more of the ranking to items until a page survives it
+                cands = self._by_item(collection, ids, scores, exclude, target, owners, after)
+                if not q.dedup:
+                    break
+                kept = dedup(cands, store, q.dedup, need)
+                if len(kept) >= need or len(cands) < target:
+                    cands = kept
+                    break
+                target *= 4
             clock.ann += t2 - t1
             clock.rerank += time.perf_counter() - t2
             if len(cands) >= need or exhaustive or below or want >= MAX_CANDIDATES:

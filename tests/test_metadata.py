@@ -61,20 +61,10 @@ def make_photo(src: Path, dest: Path, *, taken: str | None = None, offset: str |
     if scale != 1.0:
         img = img.resize((int(img.width * scale), int(img.height * scale)))
     exif = Image.Exif()
-    if make:
-        exif[0x010F] = make
-    if model:
-        exif[0x0110] = model
-    if orientation:
-        exif[0x0112] = orientation
-    if taken or lens:
-        sub = exif.get_ifd(0x8769)
-        if taken:
-            sub[0x9003] = taken
-        if offset:
-            sub[0x9011] = offset
-        if lens:
-            sub[0xA434] = lens
+    for ifd, tag, value in ((None, 0x010F, make), (None, 0x0110, model), (None, 0x0112, orientation),
+                            (0x8769, 0x9003, taken), (0x8769, 0x9011, offset), (0x8769, 0xA434, lens)):
+        if value:
+            (exif if ifd is None else exif.get_ifd(ifd))[tag] = value
     if gps:
         g = exif.get_ifd(0x8825)
         g[1], g[2] = ("N" if gps[0] >= 0 else "S"), _dms(gps[0])

@@ -398,6 +398,8 @@ def test_tags_add_remove_set_and_filter_on_every_face(world: dict[str, Any], cli
     # remove: a name, or key=value only while it has that value; set replaces a value
     assert engine.tag(beach, remove=["todo", "rating=4"]) == ["rating=5", "trip"]
     assert engine.tag(beach, remove=["rating=5"], set={"mood": "calm"}) == ["mood=calm", "trip"]
+    assert engine.tag(beach, set={"n": 3}) == ["mood=calm", "n=3", "trip"]  # a number is its text
+    assert engine.tag(beach, remove=["n"]) == ["mood=calm", "trip"]
     assert cli("tag", str(beach)).stdout.split() == ["mood=calm", "trip"]
     assert client.get(f"/items/{beach}").json()["tags"] == ["mood=calm", "trip"]
     hit = next(h for h in engine.search(Query(text="x", k=50, tags=["trip"])).results if h.id == beach)

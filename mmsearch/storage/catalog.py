@@ -566,6 +566,8 @@ def _tag_name(tag: object) -> str:
 
 
 def _tag_value(value: object) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)  # set={"rating": 5} from Python means "5"
     text = _tag_text(value)
     if len(text) > MAX_TAG_VALUE:
         raise BadInput(f"a tag's value is at most {MAX_TAG_VALUE} characters")

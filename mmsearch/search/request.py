@@ -81,7 +81,7 @@ def _extensions(value: Any) -> Any:
 
 DateBound = Annotated[datetime | date, BeforeValidator(_date_bound)]
 Near = Annotated[tuple[float, float, float], BeforeValidator(_near), AfterValidator(_check_near)]
-Size = Annotated[int, BeforeValidator(_size), Field(ge=0)]
+Size = Annotated[int, BeforeValidator(_size), Field(ge=0, le=2**62)]
 Extensions = Annotated[list[Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[a-z0-9_+-]+$")]],
                        BeforeValidator(_extensions)]
 

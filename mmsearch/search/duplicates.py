@@ -3,10 +3,11 @@
 Every live vector asks the collection's live index (the saved FAISS index plus the change log,
 search/live.py) for its nearest neighbours, in blocks of query vectors read from the float16
 store, all cores at once: a batched kNN, the "ANN range search" of a photo library's duplicate
-finder. A vector whose k-th neighbour still passes asks again with 4k, so a large group is never
-cut. An IVF-PQ index only estimates scores, so its candidates are taken with a margin and every
-pair is confirmed with the exact cosine of the float16 vectors. Memory holds one block, its
-neighbour lists and the pairs found, never the collection's vectors in float32.
+finder. Every neighbour is then scored exactly from the float16 vectors: an IVF-PQ index ranks
+near copies first but estimates their scores poorly (random 512-d vectors at cosine 0.97 can be
+estimated below 0.8). A vector whose k-th neighbour still passes asks again with 4k, so a large
+group is never cut. Memory holds one block, its neighbour lists and the pairs found, never the
+collection's vectors in float32.
 
 Groups are connected components: each member is within the threshold of at least one other
 member (single linkage), as duplicate finders group "this photo, its crop, the crop's resize".
@@ -25,9 +26,8 @@ from mmsearch.storage.vectors import VectorStore
 
 BLOCK = 2048  # query vectors per batched search
 DEGRADED_BLOCK = 128  # without an index, each block is scored against 65,536 rows at a time
-FIRST_K = 16  # neighbours asked for first; 4x more for a vector whose k-th neighbour still passes
+FIRST_K = 8  # neighbours asked for first; 4x more for a vector whose k-th neighbour still passes
 MAX_K = 4096
-PQ_MARGIN = 0.1  # how far below the threshold an IVF-PQ estimate may fall and still be confirmed
 
 
 class DuplicateItem(BaseModel):
@@ -52,10 +52,9 @@ class DuplicatesResponse(BaseModel):
 
 def near_pairs(index: LiveIndex, store: VectorStore, threshold: float) -> dict[tuple[int, int], float]:
     """(embedding id a, embedding id b) with a < b -> exact cosine, for every pair at or above
-    ``threshold`` that the index finds."""
+    ``threshold`` that the index finds among each vector's nearest neighbours."""
     ids = index.ids()
     total = index.ntotal
-    margin = PQ_MARGIN if index.approximate else 1e-4
     block = DEGRADED_BLOCK if index.degraded else BLOCK
     pairs: dict[tuple[int, int], float] = {}
     for start in range(0, ids.size, block):
@@ -64,27 +63,31 @@ def near_pairs(index: LiveIndex, store: VectorStore, threshold: float) -> dict[t
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         rows, k = np.arange(queries.size), FIRST_K
         while rows.size:
-            scores, labels = index.search(vectors[rows], min(k + 1, total))
-            hit = (scores >= threshold - margin) & (labels >= 0) & (labels != queries[rows, None])
-            r, c = np.nonzero(hit)
-            _confirm(pairs, queries[rows[r]], vectors[rows[r]], labels[r, c], store, threshold)
-            more = hit[:, -1] if k + 1 < total and k < MAX_K else np.zeros(rows.size, bool)
+            _, labels = index.search(vectors[rows], min(k + 1, total))
+            passes = _confirm(pairs, queries[rows], vectors[rows], labels, store, threshold)
+            more = passes[:, -1] if k + 1 < total and k < MAX_K else np.zeros(rows.size, bool)
             rows, k = rows[more], k * 4
     return pairs
 
 
-def _confirm(pairs: dict[tuple[int, int], float], a: np.ndarray, a_vectors: np.ndarray, b: np.ndarray,
-             store: VectorStore, threshold: float) -> None:
-    """Keep the candidate pairs whose exact cosine reaches the threshold."""
-    if not b.size:
-        return
-    found, b_vectors = store.lookup(b)
-    b_vectors /= np.maximum(np.linalg.norm(b_vectors, axis=1, keepdims=True), 1e-12)
-    a, a_vectors, b = a[found], a_vectors[found], b[found]
-    cosines = np.einsum("ij,ij->i", a_vectors, b_vectors)
-    for x, y, cos in zip(a.tolist(), b.tolist(), cosines.tolist()):
-        if cos >= threshold:
-            pairs[(min(x, y), max(x, y))] = cos
+def _confirm(pairs: dict[tuple[int, int], float], queries: np.ndarray, vectors: np.ndarray, labels: np.ndarray,
+             store: VectorStore, threshold: float) -> np.ndarray:
+    """Score every neighbour exactly (IVF-PQ ranks well but estimates scores poorly: a true near
+    copy can score far below the threshold there) and keep the pairs that reach the threshold.
+    Returns which (query, neighbour) cells passed."""
+    passes = np.zeros(labels.shape, dtype=bool)
+    r, c = np.nonzero((labels >= 0) & (labels != queries[:, None]))
+    if not r.size:
+        return passes
+    found, neighbours = store.lookup(labels[r, c])
+    r, c = r[found], c[found]
+    neighbours /= np.maximum(np.linalg.norm(neighbours, axis=1, keepdims=True), 1e-12)
+    cosines = np.einsum("ij,ij->i", vectors[r], neighbours)
+    ok = cosines >= threshold
+    passes[r[ok], c[ok]] = True
+    for a, b, cos in zip(queries[r[ok]].tolist(), labels[r[ok], c[ok]].tolist(), cosines[ok].tolist()):
+        pairs[(min(a, b), max(a, b))] = cos
+    return passes
 
 
 def find_duplicates(catalog: Catalog, index: LiveIndex, store: VectorStore, collection: str, threshold: float,

@@ -9,6 +9,13 @@ import numpy as np
 from mmsearch.storage.vectors import VectorStore
 
 
+def dot_rows(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    """``matrix @ vector`` on this thread. OpenBLAS splits any matrix-vector product above ~9,000
+    numbers over its threads, and on a busy 2-core machine each call then waits for a thread to
+    be scheduled: measured 20 ms for 1,000 x 512, against 0.04 ms here (0.01 ms idle either way)."""
+    return np.einsum("ij,j->i", matrix, np.asarray(vector, dtype=matrix.dtype).reshape(-1))
+
+
 def exact_rescore(
     query: np.ndarray, candidate_ids: np.ndarray, store: VectorStore
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -24,7 +31,7 @@ def exact_rescore(
     if ids.size == 0:
         return ids, np.empty(0, dtype=np.float32)
     # float16 storage leaves norms a hair off 1; dividing keeps scores true cosines (<= 1)
-    scores = (vectors @ q) / np.maximum(np.linalg.norm(vectors, axis=1), 1e-12)
+    scores = dot_rows(vectors, q) / np.maximum(np.linalg.norm(vectors, axis=1), 1e-12)
     order = np.argsort(-scores, kind="stable")
     return ids[order], scores[order].astype(np.float32, copy=False)
 
@@ -76,5 +83,5 @@ def mmr(
             order[step] = int(np.argmax(objective))
         chosen = order[step]
         picked[chosen] = True
-        np.maximum(max_sim, vecs @ vecs[chosen], out=max_sim)
+        np.maximum(max_sim, dot_rows(vecs, vecs[chosen]), out=max_sim)
     return ids[order], rel[order]

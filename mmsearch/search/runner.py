@@ -20,7 +20,7 @@ from mmsearch.errors import BadInput, ModelMismatch
 from mmsearch.search.live import LiveIndexes
 from mmsearch.search.query_embedding import QueryEmbedder
 from mmsearch.search.request import Hit, Metadata, Query, SearchResponse, default_target
-from mmsearch.search.rerank import exact_rescore, mmr
+from mmsearch.search.rerank import dot_rows, exact_rescore, mmr
 from mmsearch.search.subsets import Subset, SubsetCache
 from mmsearch.settings import Settings
 from mmsearch.storage.catalog import Catalog
@@ -252,7 +252,7 @@ class QueryRunner(QueryEmbedder):
             pick = np.sort(rng.choice(live, size=min(BACKGROUND_SAMPLE, len(live)), replace=False))
             _, vectors = store.lookup(pick)
             cached = self._background[collection] = (len(live), vectors)  # one per collection
-        s = cached[1] @ qv
+        s = dot_rows(cached[1], qv)
         return float(s.mean()), float(max(s.std(), 1e-6))
 
 
@@ -275,7 +275,7 @@ def dedup(cands: list[_Candidate], store: VectorStore, threshold: float, need: i
     for c, present, row in zip(cands, found.tolist(), rows.tolist()):
         if not present:
             continue
-        if kept_rows and float(np.max(vectors[kept_rows] @ vectors[row])) >= threshold:
+        if kept_rows and float(np.max(dot_rows(vectors[kept_rows], vectors[row]))) >= threshold:
             continue
         kept.append(c)
         kept_rows.append(row)

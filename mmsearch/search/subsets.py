@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mmsearch.search.rerank import dot_rows
 from mmsearch.storage.catalog import Catalog
 from mmsearch.storage.filters import Filter
 from mmsearch.storage.vectors import VectorStore
@@ -74,6 +75,6 @@ class SubsetCache:
     def score(self, subset: Subset, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(ids, exact cosines) of the whole subset, best first: what exact_rescore would give."""
         assert subset.vectors is not None and subset.ids is not None
-        scores = subset.vectors @ np.asarray(query, dtype=np.float32).reshape(-1)
+        scores = dot_rows(subset.vectors, query)
         order = np.argsort(-scores, kind="stable")
         return subset.ids[order], scores[order]

@@ -20,6 +20,7 @@ from mmsearch.errors import BadInput, MMSearchError, NotFound
 from mmsearch.export import ExportFormat, ItemVectors, blocks, item_vectors, write_npy, write_parquet
 from mmsearch.indexer.pipeline import IndexReport, Progress, index_folders
 from mmsearch.search.ann import AnnIndex
+from mmsearch.search.duplicates import DuplicatesResponse, find_duplicates
 from mmsearch.search.live import LiveIndexes
 from mmsearch.search.query_embedding import Embedding, Embeddings, QueryEmbedder
 from mmsearch.search.request import Hit, Profile, Query, SearchResponse, weighted
@@ -115,6 +116,17 @@ class Engine:
         file changes). Milliseconds at any size: no index is rewritten."""
         with self.writing() as writer:
             writer.delete_item(item_id)
+
+    def tag(self, item_id: int, *, add: Sequence[str] = (), remove: Sequence[str] = (),
+            set: Mapping[str, str] | None = None) -> list[str]:  # noqa: A002 - the option's name on every face
+        """Change an item's own tags: ``remove`` names (or ``key=value``: only while it has that
+        value), then ``add`` plain tags, then ``set`` keys to values. Returns its tags after, as
+        ``tag`` and ``key=value``. Tags survive re-indexing: they belong to the item id."""
+        for name, group in (("add", add), ("remove", remove)):
+            if isinstance(group, str):
+                raise BadInput(f"{name} takes a list of tags, not one string")
+        with self.writing() as writer:
+            return writer.set_tags(item_id, list(add), list(remove), set)
 
     def check(self, *, repair: bool = False) -> dict[str, Any]:
         """What is damaged: index files missing, unreadable or replaced, and live rows whose
@@ -268,7 +280,27 @@ class Engine:
         raise BadInput(f"unknown export format {format!r}: parquet or npy")
 
     def item(self, item_id: int) -> ItemRow:
+        """An item with its file's facts (``facts``: EXIF date, camera, place, size in pixels,
+        media type) and its tags."""
         return self.catalog.item(item_id)
+
+    def duplicates(self, *, threshold: float = 0.95, collection: str = "clip.image",
+                   limit: int | None = None) -> DuplicatesResponse:
+        """Groups of near-duplicate items of a collection (cosine >= ``threshold``), largest
+        first; ``limit`` caps the groups returned. See search/duplicates.py."""
+        if not 0 < threshold <= 1:
+            raise BadInput("threshold is a cosine in (0, 1], e.g. 0.95")
+        if limit is not None and limit < 1:
+            raise BadInput("limit is at least 1")
+        self.indexes.refresh()
+        spaces = self.catalog.spaces()
+        space = spaces.get(collection.split(".")[0])
+        index = self.indexes.index(collection) if space is not None else None
+        if index is None or collection not in self.catalog.collections():
+            known = ", ".join(self.catalog.collections()) or "none"
+            raise NotFound(f"no collection {collection!r} in this catalog (it has: {known})")
+        return find_duplicates(self.catalog, index, self.indexes.store(collection, space[1]), collection,
+                               threshold, limit)
 
     def lookup(self, path: str | Path) -> list[int]:
         """The item ids of an indexed file (one for a photo or a sound, one per row of a captions

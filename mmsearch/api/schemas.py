@@ -14,7 +14,20 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, computed_field, model_validator
 
 from mmsearch.engine import Embedding, Embeddings
-from mmsearch.search.request import CleanText, Hit, Profile, Query, SearchResponse, Target
+from mmsearch.search.duplicates import DuplicatesResponse
+from mmsearch.search.request import (
+    CleanText,
+    DateBound,
+    Extensions,
+    Hit,
+    Metadata,
+    Near,
+    Profile,
+    Query,
+    SearchResponse,
+    Size,
+    Target,
+)
 from mmsearch.search.request import Weight as FiniteWeight
 from mmsearch.search.scoring import DISLIKE_WEIGHT, Scoring
 
@@ -36,7 +49,7 @@ def _desc(name: str) -> str | None:
 
 
 class Filters(BaseModel):
-    """Where to look and how many: shared by search and similar."""
+    """Where to look and how many: shared by search, similar and recommend."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -47,9 +60,22 @@ class Filters(BaseModel):
     min_score: float | None = Field(None, ge=-1.0, le=1.0, description="Drop results below this cosine.")
     diversity: float = Field(0.0, ge=0.0, le=1.0, description=_desc("diversity"))
     exclude_ids: list[ItemId] = Field(default_factory=list, max_length=1000, description=_desc("exclude_ids"))
+    # the engine's own filter fields, with its validation (dates, sizes, "lat,lon,km")
+    date_from: DateBound | None = Field(None, description=_desc("date_from"))
+    date_to: DateBound | None = Field(None, description=_desc("date_to"))
+    camera: Annotated[CleanStr, Field(min_length=1, max_length=130)] | None = Field(None, description=_desc("camera"))
+    near: Near | None = Field(None, description=_desc("near"))
+    min_size: Size | None = Field(None, description=_desc("min_size"))
+    min_duration: float | None = Field(None, ge=0, description=_desc("min_duration"))
+    max_duration: float | None = Field(None, ge=0, description=_desc("max_duration"))
+    ext: Extensions = Field(default_factory=list, max_length=32, description=_desc("ext"))
+    tags: list[Annotated[CleanStr, Field(min_length=1, max_length=330)]] = Field(
+        default_factory=list, max_length=32, description=_desc("tags"))
+    dedup: float | None = Field(None, gt=0.0, le=1.0, description=_desc("dedup"))
 
     def filters(self) -> dict[str, Any]:
-        return self.model_dump(include={"offset", "path", "min_score", "diversity", "exclude_ids"})
+        """The fields search and similar pass to the engine as Query fields (all but to and k)."""
+        return self.model_dump(exclude={"to", "k"} | (set(type(self).model_fields) - set(Filters.model_fields)))
 
 
 class SearchRequest(Filters):
@@ -207,7 +233,7 @@ class ItemVectorsOut(BaseModel):
                                          "one per window.")
 
 
-class ItemOut(BaseModel):
+class _ItemFields(BaseModel):
     id: int
     path: str
     modality: str
@@ -215,11 +241,31 @@ class ItemOut(BaseModel):
     text: str | None = None
     ref_path: str | None = Field(None, description="For captions: the media file they describe.")
     duration: float | None = Field(None, description="Audio: length in seconds.")
-    size: int = Field(description="File size in bytes.")
-    modified: datetime
     media_url: str
     thumbnail_url: str | None = Field(None, description="Null when the item has no picture.")
     similar_url: str
+
+
+class ItemOut(Metadata, _ItemFields):
+    """An item, then what its file says (size, dates, camera, place...) and its tags."""
+
+
+class TagsRequest(BaseModel):
+    """Changes to an item's tags, applied in this order: remove, add, set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    add: list[Annotated[CleanStr, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=list, max_length=100, description="Plain tags to add.")
+    remove: list[Annotated[CleanStr, Field(min_length=1, max_length=330)]] = Field(
+        default_factory=list, max_length=100, description="Tags or keys to remove (`key=value`: only with that value).")
+    set: dict[Annotated[CleanStr, Field(min_length=1, max_length=64)], Annotated[CleanStr, Field(max_length=256)]] = \
+        Field(default_factory=dict, max_length=100, description="Keys to set to values.")
+
+
+class TagsOut(BaseModel):
+    id: int
+    tags: list[str] = Field(description="The item's tags after the change: `tag` or `key=value`.")
 
 
 class LookupOut(BaseModel):
@@ -293,8 +339,9 @@ class ErrorOut(BaseModel):
 
 
 __all__ = [
-    "BatchEntry", "CatalogInfo", "EmbedForm", "EmbedRequest", "EmbeddingOut", "EmbeddingsOut", "ErrorOut", "Filters",
-    "Health", "Hit", "ItemOut", "ItemVectorsOut", "JobList", "JobOut", "JobRequest", "Readiness", "RecommendBatchRequest",
-    "RecommendBatchResponse", "RecommendRequest", "SearchForm", "SearchPage", "SearchRequest", "SegmentVector",
-    "SimilarBatchEntry", "SimilarBatchRequest", "SimilarBatchResponse", "SimilarRequest", "Stats",
+    "BatchEntry", "CatalogInfo", "DuplicatesResponse", "EmbedForm", "EmbedRequest", "EmbeddingOut",
+    "EmbeddingsOut", "ErrorOut", "Filters", "Health", "Hit", "ItemOut", "ItemVectorsOut", "JobList", "JobOut",
+    "JobRequest", "Readiness", "RecommendBatchRequest", "RecommendBatchResponse", "RecommendRequest", "SearchForm",
+    "SearchPage", "SearchRequest", "SegmentVector", "SimilarBatchEntry", "SimilarBatchRequest",
+    "SimilarBatchResponse", "SimilarRequest", "Stats", "TagsOut", "TagsRequest",
 ]

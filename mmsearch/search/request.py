@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Literal
+from datetime import date, datetime, timedelta, timezone
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from mmsearch.search.scoring import DISLIKE_WEIGHT, Scoring
+from mmsearch.storage.filters import Filter
 
 Target = Literal["image", "text", "audio", "all"]
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", re.IGNORECASE)
+_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 
 
 def clean_text(value: str | None) -> str | None:
@@ -39,6 +44,71 @@ def _finite(value: float) -> float:
 Weight = Annotated[float, AfterValidator(_finite)]
 
 
+def _date_bound(value: Any) -> Any:
+    """"2024-05-01" is a day; anything longer an ISO date-time ("2024-05-01T18:00", "...Z")."""
+    if isinstance(value, str):
+        text = value.strip()
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            return date.fromisoformat(text)
+        return datetime.fromisoformat(text.replace("z", "Z").replace("Z", "+00:00"))
+    return value
+
+
+def _near(value: Any) -> Any:
+    """"lat,lon,km" (a query string, a CLI option) or three numbers."""
+    if isinstance(value, (list, tuple)) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",")]
+    return value
+
+
+def _check_near(value: tuple[float, float, float]) -> tuple[float, float, float]:
+    lat, lon, km = value
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180 and 0 < km <= 20_040):
+        raise ValueError("near is lat,lon,km: lat in -90..90, lon in -180..180, km in (0, 20040]")
+    return value
+
+
+def _size(value: Any) -> Any:
+    """Bytes, or a size with a unit: "500k", "2MB", "1.5 GiB" (powers of 1024)."""
+    if isinstance(value, str):
+        match = _SIZE.fullmatch(value)
+        if match is None:
+            raise ValueError("a size is bytes, or a number with k, M, G or T (powers of 1024): '2MB'")
+        return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    return value
+
+
+def _extensions(value: Any) -> Any:
+    """"jpg,png" or ["jpg", ".PNG"]: lower case, without dots."""
+    if isinstance(value, str):
+        value = value.split(",")
+    if isinstance(value, (list, tuple)):
+        value = [p.strip().lower().lstrip(".") if isinstance(p, str) else p for item in value
+                 for p in (item.split(",") if isinstance(item, str) else [item])]
+        value = [p for p in value if p != ""]
+    return value
+
+
+DateBound = Annotated[datetime | date, BeforeValidator(_date_bound)]
+Near = Annotated[tuple[float, float, float], BeforeValidator(_near), AfterValidator(_check_near)]
+Size = Annotated[int, BeforeValidator(_size), Field(ge=0, le=2**62)]
+Extensions = Annotated[list[Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[a-z0-9_+-]+$")]],
+                       BeforeValidator(_extensions)]
+
+
+def epoch(value: date | datetime, *, end: bool = False) -> int:
+    """Seconds since 1970 (UTC; a naive date-time is UTC). A day starts at midnight, or with
+    ``end`` is taken through its last second."""
+    if not isinstance(value, datetime):
+        value = datetime(value.year, value.month, value.day, tzinfo=timezone.utc) + (
+            timedelta(days=1, seconds=-1) if end else timedelta())
+    elif value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return int(value.timestamp() // 1)
+
+
 class Filters(BaseModel):
     """Which results and how many: every query form (search, similar, recommend) takes these, on
     every face. Unknown fields are refused, so a typo (``tpo=``, ``min_szie=``) is an error."""
@@ -55,6 +125,34 @@ class Filters(BaseModel):
     min_score: float | None = Field(None, ge=-1.0, le=1.0)
     diversity: float = Field(0.0, ge=0.0, le=1.0, description="0: pure relevance; >0: MMR diversity.")
     exclude_ids: list[int] = Field(default_factory=list, description="Items never returned (e.g. already seen).")
+    date_from: DateBound | None = Field(None, description="Only items dated on or after this day or ISO date-time "
+                                        "(UTC): the EXIF date taken, else the file's modification time.")
+    date_to: DateBound | None = Field(None, description="... and on or before this one (a day: through its end).")
+    camera: CleanText | None = Field(None, min_length=1, max_length=130, description="Camera: a case-insensitive "
+                                     "prefix of its make and model ('canon', 'canon eos 5d') or of the model "
+                                     "alone ('eos 5d', 'iphone').")
+    near: Near | None = Field(None, description="`lat,lon,km`: only photos taken within km of this place "
+                              "(EXIF GPS).")
+    min_size: Size | None = Field(None, description="Only files of at least this size: bytes, or '500k', '2MB'.")
+    min_duration: float | None = Field(None, ge=0, description="Only sounds at least this long (seconds).")
+    max_duration: float | None = Field(None, ge=0, description="Only sounds at most this long (seconds).")
+    ext: Extensions = Field(default_factory=list, max_length=32,
+                            description="Only files with one of these extensions ('jpg', 'png').")
+    tags: list[Annotated[CleanText, Field(min_length=1, max_length=330)]] = Field(
+        default_factory=list, max_length=32, description="Only items with all of these tags: `tag` (any "
+        "value), or `key=value`.")
+    dedup: float | None = Field(None, gt=0.0, le=1.0, description="Collapse results within this cosine of a "
+                                "better one (near duplicates), e.g. 0.95.")
+
+    def filter(self) -> Filter:
+        """The SQL side of the query's filters (storage/filters.py)."""
+        return Filter(
+            path=self.path,
+            date_from=epoch(self.date_from) if self.date_from is not None else None,
+            date_to=epoch(self.date_to, end=True) if self.date_to is not None else None,
+            camera=self.camera.strip().lower() if self.camera else None, near=self.near,
+            min_size=self.min_size, min_duration=self.min_duration, max_duration=self.max_duration,
+            ext=tuple(sorted(set(self.ext))), tags=tuple(sorted({t.strip() for t in self.tags})))
 
 
 class Query(Filters):
@@ -125,7 +223,35 @@ def weighted(items: Sequence[int] | Mapping[int, float]) -> dict[int, float]:
     return {int(i): 1.0 for i in items}
 
 
-class Hit(BaseModel):
+class Metadata(BaseModel):
+    """What the catalog knows about an item's file, and the user's tags: returned with every hit
+    and by an item's details. Null: unknown (not a photo, no EXIF, an unreadable field)."""
+
+    size: int | None = Field(None, description="File size in bytes.")
+    modified: datetime | None = Field(None, description="The file's modification time (UTC).")
+    mime: str | None = Field(None, description="Media type, e.g. image/jpeg.")
+    width: int | None = Field(None, description="Pictures: width in pixels, as shown (after the EXIF orientation).")
+    height: int | None = None
+    taken_at: datetime | None = Field(None, description="EXIF date taken (UTC when the photo gives no offset).")
+    camera_make: str | None = None
+    camera_model: str | None = None
+    lens: str | None = None
+    lat: float | None = Field(None, description="EXIF GPS latitude, degrees north.")
+    lon: float | None = Field(None, description="EXIF GPS longitude, degrees east.")
+    orientation: int | None = Field(None, description="EXIF orientation, 1-8.")
+    tags: list[str] = Field(default_factory=list, description="The user's tags: `tag` or `key=value`.")
+
+    @staticmethod
+    def of(row: Any) -> dict[str, Any]:
+        """The fields, from a catalog ItemRow."""
+        f = row.facts
+        return dict(size=row.size, modified=datetime.fromtimestamp(row.mtime_ns / 1e9, tz=timezone.utc)
+                    if row.mtime_ns >= 0 else None, mime=f.mime, width=f.width, height=f.height,
+                    taken_at=f.taken_at, camera_make=f.camera_make, camera_model=f.camera_model, lens=f.lens,
+                    lat=f.lat, lon=f.lon, orientation=f.orientation, tags=row.tags)
+
+
+class _Found(BaseModel):
     id: int
     path: str
     modality: str
@@ -138,6 +264,10 @@ class Hit(BaseModel):
     start: float | None = Field(None, description="Audio: where the best-matching window starts (s).")
     end: float | None = None
     duration: float | None = None
+
+
+class Hit(Metadata, _Found):
+    """One result: the item, its score, and what its file says (Metadata, after the item's own fields)."""
 
 
 class SearchResponse(BaseModel):

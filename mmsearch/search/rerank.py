@@ -13,6 +13,13 @@ from mmsearch.storage.vectors import VectorStore
 READ_ROWS = 1_024  # candidate rows read and widened at a time: 2 MB of float32 at 512-d stays in cache
 
 
+def dot_rows(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    """``matrix @ vector`` on this thread. OpenBLAS splits any matrix-vector product above ~9,000
+    numbers over its threads, and on a busy 2-core machine each call then waits for a thread to
+    be scheduled: measured 20 ms for 1,000 x 512, against 0.04 ms here (0.01 ms idle either way)."""
+    return np.einsum("ij,j->i", matrix, np.asarray(vector, dtype=matrix.dtype).reshape(-1))
+
+
 def exact_rescore(
     query: np.ndarray | QueryVector, candidate_ids: np.ndarray, store: VectorStore
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -51,7 +58,7 @@ def exact_rescore_many(
             if isinstance(query, QueryVector):
                 scores = query.score(mine)
             else:
-                scores = mine @ np.asarray(query, dtype=np.float32).reshape(-1)
+                scores = dot_rows(mine, np.asarray(query, dtype=np.float32))
             order = np.argsort(-scores, kind="stable")
             out.append((ids[order], scores[order].astype(np.float32, copy=False)))
         start = stop
@@ -105,5 +112,5 @@ def mmr(
             order[step] = int(np.argmax(objective))
         chosen = order[step]
         picked[chosen] = True
-        np.maximum(max_sim, vecs @ vecs[chosen], out=max_sim)
+        np.maximum(max_sim, dot_rows(vecs, vecs[chosen]), out=max_sim)
     return ids[order], rel[order]

@@ -22,15 +22,17 @@ from mmsearch.encoders.encoder_set import EncoderSet
 from mmsearch.errors import BadInput, MMSearchError, ModelMismatch
 from mmsearch.search.live import LiveIndex, LiveIndexes
 from mmsearch.search.query_embedding import QueryEmbedder
-from mmsearch.search.request import Hit, Query, SearchResponse, default_target
-from mmsearch.search.rerank import exact_rescore, exact_rescore_many, mmr
+from mmsearch.search.request import Hit, Metadata, Query, SearchResponse, default_target
+from mmsearch.search.rerank import dot_rows, exact_rescore, exact_rescore_many, mmr
 from mmsearch.search.scoring import QueryVector
 from mmsearch.search.subsets import Subset, SubsetCache
 from mmsearch.settings import Settings
 from mmsearch.storage.catalog import Catalog
+from mmsearch.storage.filters import NO_FILTER, Filter
 from mmsearch.storage.vectors import VectorStore
 
-EXACT_SUBSET_MAX = 20_000  # a path filter selecting fewer vectors is searched exactly
+EXACT_SUBSET_MAX = 20_000  # a filter selecting fewer vectors is searched exactly
+BROAD_SHARE = 0.05  # a filter matching more than this share of a collection (and EXACT_SUBSET_MAX) is broad
 MAX_CANDIDATES = 50_000  # per collection and query: bounds the cost of deep pages
 BACKGROUND_SAMPLE = 1_000
 
@@ -58,7 +60,7 @@ class _Clock:
 
 @dataclass(frozen=True)
 class _Pass:
-    """One round of candidates: what the ANN search (or a path filter) gave, and it rescored."""
+    """One round of candidates: what the ANN search (or a filter) gave, and it rescored."""
 
     candidates: np.ndarray  # ids searched, in ANN order
     exhaustive: bool  # nothing more to find
@@ -74,11 +76,16 @@ class _Part:
     collection: str
     qv: QueryVector
     store: VectorStore
-    allowed: Subset | None  # a path filter's selection
+    allowed: Subset | None  # a filter's selection (path, metadata, tags); broad: checked on candidates
     exclude: set[int]
     calibrate: bool  # one of several lists merged by calibrated score
     want: int  # candidates of the first ANN pass
     clock: _Clock = field(default_factory=_Clock)
+
+    @property
+    def after(self) -> Filter:
+        """A broad filter, checked on the candidates as their owners are read (else NO_FILTER)."""
+        return self.allowed.filter if self.allowed is not None and self.allowed.broad else NO_FILTER
 
 
 class QueryRunner(QueryEmbedder):
@@ -174,26 +181,37 @@ class QueryRunner(QueryEmbedder):
                 answers[i] = e
                 continue
             exclude = set(q.exclude_ids) | set(q.item_ids) | set(q.negative_ids)
+            where = q.filter()
             for collection in targets:
                 space = collection.split(".")[0]
                 qv = vectors[i][space]
                 # the catalog's dim, never the query's: a stale process must not reopen files wrongly
                 store = self.indexes.store(collection, recorded.get(space, ("", qv.dim))[1])
                 t1 = time.perf_counter()
-                allowed = self._subsets.get(collection, q.path, store) if q.path else None  # once per query
+                allowed = self._subsets.get(collection, where, store, _broad_cap(len(store))) if where else None
                 part = _Part(i, collection, qv, store, allowed, exclude, len(targets) > 1,
                              min(q.offset + q.k * self.settings.rerank_factor + len(exclude), MAX_CANDIDATES))
                 part.clock.ann += time.perf_counter() - t1
                 parts.append(part)
-        first, shared_ann = self._first_passes([p for p in parts if p.allowed is None])
-        owners: dict[int, _Owner | None] = {}  # embedding id -> owner, shared by the batch's queries
-        heads = {int(e) for part, done in first.items()
+        # a broad filter does not narrow the ANN search: its parts share it, and check their candidates
+        first, shared_ann = self._first_passes([p for p in parts if p.allowed is None or p.allowed.broad])
+        owners: dict[int, _Owner | None] = {}  # embedding id -> owner, shared by the unfiltered queries
+        heads = {int(e) for part, done in first.items() if not part.after
                  for e in done.ids[:queries[part.query].offset + queries[part.query].k + len(part.exclude)]}
         self._owners(sorted(heads), owners)  # the likely pages' owners in one read, not one per query
         merged: dict[int, list[_Candidate]] = {i: [] for i, a in enumerate(answers) if a is None}
         for part in parts:
             q = queries[part.query]
-            cands = self._best_items(part, q, owners, first.get(part))
+            # a broad filter maps ids to owners through itself (None: filtered out): its own mapping
+            cands, cut_short = self._best_items(part, q, owners if not part.after else {}, first.get(part))
+            if part.after and cut_short:
+                # a broad filter whose matches the candidates missed (two broad conditions that
+                # rarely meet): fetch its whole selection after all
+                t2 = time.perf_counter()
+                assert part.allowed is not None
+                part.allowed = self._subsets.get(part.collection, part.allowed.filter, part.store, None)
+                part.clock.ann += time.perf_counter() - t2
+                cands, _ = self._best_items(part, q, owners, None)
             t3 = time.perf_counter()
             if part.calibrate:
                 mu, sigma = self._calibration(part.collection, part.store, part.qv)
@@ -215,7 +233,8 @@ class QueryRunner(QueryEmbedder):
             mine = [p for p in parts if p.query == i]
             hits = [Hit(id=c.item_id, path=r.path, modality=r.modality, score=round(c.score, 6),
                         calibrated=round(c.rank_score, 4) if len(mine) > 1 else None, collection=c.collection,
-                        text=r.text, ref_path=r.ref_path, start=c.start, end=c.end, duration=r.duration)
+                        text=r.text, ref_path=r.ref_path, start=c.start, end=c.end, duration=r.duration,
+                        **Metadata.of(r))
                     for c in page if (r := rows.get(c.item_id)) is not None]
             timings = {"embed": embed_ms, "ann": (shared_ann + sum(p.clock.ann for p in mine)) * 1000,
                        "rerank": sum(p.clock.rerank for p in mine) * 1000, "hydrate": hydrate_ms,
@@ -224,7 +243,7 @@ class QueryRunner(QueryEmbedder):
         return [a for a in answers if a is not None]
 
     def _first_passes(self, parts: list[_Part]) -> tuple[dict[_Part, _Pass], float]:
-        """The first pass of every part without a path filter: one ANN search per collection for
+        """The first pass of every part without a narrowing filter (none, or a broad one): one ANN search per collection for
         all of them (each part takes its own depth from the deepest one's rows), then each
         part's exact rescoring. Also the seconds the shared searches took."""
         out: dict[_Part, _Pass] = {}
@@ -246,7 +265,7 @@ class QueryRunner(QueryEmbedder):
         return out, searching
 
     def _pass(self, part: _Part, want: int) -> _Pass:
-        """One pass of a part on its own: the whole of a small path filter's selection, exactly,
+        """One pass of a part on its own: the whole of a small filter's selection, exactly,
         or ``want`` ANN candidates (within a large one's), rescored exactly."""
         t1 = time.perf_counter()
         allowed, qv = part.allowed, part.qv
@@ -263,16 +282,19 @@ class QueryRunner(QueryEmbedder):
         return done
 
     def _best_items(self, part: _Part, q: Query, owners: dict[int, _Owner | None],
-                    first: _Pass | None) -> list[_Candidate]:
-        """The collection's best ``offset + k`` items that pass the filters, best first.
+                    first: _Pass | None) -> tuple[list[_Candidate], bool]:
+        """The collection's best ``offset + k`` items that pass the filters, best first, and
+        whether the search stopped at MAX_CANDIDATES with too few.
 
         The pool starts at ``offset + k * rerank_factor`` vectors (``first``, when the batch's
         shared search fetched it): a deep page needs the rescoring margin of one page, not of
         every page before it. It deepens while too few items pass (audio items hold many windows;
-        exclusions and ``min_score`` drop some), and stops once every vector the last pass added
-        scores below ``min_score``: the ones deeper still rank lower (exactly so in a flat index)."""
+        exclusions, a broad filter, ``min_score`` and ``dedup`` drop some), and stops once every
+        vector the last pass added scores below ``min_score``: the ones deeper still rank lower
+        (exactly so in a flat index)."""
         need = q.offset + q.k
         want, fetched = part.want, 0
+        after = part.after  # a broad filter, checked on candidates
         while True:
             done, first = first or self._pass(part, want), None
             t = time.perf_counter()
@@ -282,10 +304,19 @@ class QueryRunner(QueryEmbedder):
             ids, scores = ids[:passing], scores[:passing]  # best first, so a prefix
             if q.diversity > 0 and len(ids):
                 ids, scores = mmr(part.qv.vector, ids, scores, part.store, min(len(ids), 2 * need), q.diversity)
-            cands = self._by_item(part.collection, ids, scores, part.exclude, need, owners)
+            target = 2 * need if q.dedup else need
+            while True:  # with dedup, map more of the ranking to items until a page survives it
+                cands = self._by_item(part.collection, ids, scores, part.exclude, target, owners, after)
+                if not q.dedup:
+                    break
+                kept = dedup(cands, part.store, q.dedup, need)
+                if len(kept) >= need or len(cands) < target:
+                    cands = kept
+                    break
+                target *= 4
             part.clock.rerank += time.perf_counter() - t
             if len(cands) >= need or done.exhaustive or below or want >= MAX_CANDIDATES:
-                return cands
+                return cands[:need], len(cands) < need and not done.exhaustive and not below
             fetched = len(done.candidates)
             want = min(want * 4, MAX_CANDIDATES)
 
@@ -293,7 +324,8 @@ class QueryRunner(QueryEmbedder):
                 allowed: np.ndarray | None = None) -> list[tuple[np.ndarray, bool]]:
         """(ANN candidate ids, whether they are all there is to find) of each query, from one
         search of all their probe rows (one per Rocchio query, one per liked item for ``best``);
-        ``allowed``: a path filter's selection, too large to score exactly, applied while scanning."""
+        ``allowed``: a filter's selection, too large to score exactly, applied while scanning (an id
+        selector)."""
         if idx is None or idx.ntotal == 0:
             return [(np.zeros(0, dtype=np.int64), True) for _ in probes]
         k = min(max(wants), idx.ntotal)
@@ -306,15 +338,17 @@ class QueryRunner(QueryEmbedder):
         return out
 
     def _by_item(self, collection: str, ids: np.ndarray, scores: np.ndarray, exclude: set[int], need: int,
-                 owners: dict[int, _Owner | None]) -> list[_Candidate]:
+                 owners: dict[int, _Owner | None], after: Filter = NO_FILTER) -> list[_Candidate]:
         """Audio items have one vector per window: an item scores as its best window. Ids arrive
         best first and are mapped to items a slice at a time until ``need`` items are found, so
-        SQL work follows the page, not the pool; ``owners`` keeps the mapping across passes."""
+        SQL work follows the page, not the pool; ``owners`` keeps the mapping across passes.
+        ``after``: a broad filter, checked in the same SQL (an id that fails it maps to None)."""
         best: dict[int, _Candidate] = {}
-        step = need + len(exclude)
-        for start in range(0, len(ids), step):
+        step = max(1, need + len(exclude))
+        start = 0
+        while start < len(ids):
             part = ids[start:start + step].tolist()
-            self._owners(part, owners)
+            self._owners(part, owners, after)
             for eid, score in zip(part, scores[start:start + step].tolist()):
                 owner = owners[eid]
                 if owner is None or owner[0] in exclude or owner[0] in best:  # ids arrive best first
@@ -323,13 +357,15 @@ class QueryRunner(QueryEmbedder):
                 best[item_id] = _Candidate(item_id, eid, score, score, collection, window_start, window_end)
             if len(best) >= need:
                 break
+            start += step
+            step *= 2  # a filter or exclusions drop many: take larger slices
         return list(best.values())
 
-    def _owners(self, ids: list[int], owners: dict[int, _Owner | None]) -> None:
+    def _owners(self, ids: list[int], owners: dict[int, _Owner | None], after: Filter = NO_FILTER) -> None:
         """Read the owners of the ids ``owners`` does not hold yet (None: deleted since the index
-        was built)."""
+        was built, or failing ``after``, a broad filter: such a mapping is the filter's own)."""
         missing = [e for e in ids if e not in owners]
-        found = self.catalog.embedding_items(missing)
+        found = self.catalog.embedding_items(missing, after)
         owners.update({e: found.get(e) for e in missing})
 
     def _calibration(self, collection: str, store: VectorStore, qv: QueryVector) -> tuple[float, float]:
@@ -344,6 +380,34 @@ class QueryRunner(QueryEmbedder):
             cached = self._background[collection] = (len(live), vectors)  # one per collection
         s = qv.score(cached[1])
         return float(s.mean()), float(max(s.std(), 1e-6))
+
+
+def _broad_cap(vectors: int) -> int:
+    """Matches above which a filter is broad: checked on the search's candidates, not fetched.
+    ``vectors``: the collection's stored vectors (dead ones too: an estimate is enough here)."""
+    return max(EXACT_SUBSET_MAX, int(BROAD_SHARE * vectors))
+
+
+def dedup(cands: list[_Candidate], store: VectorStore, threshold: float, need: int) -> list[_Candidate]:
+    """clip-retrieval's dedup: walking down the ranking, a result within ``threshold`` (cosine) of
+    one already kept is dropped. Stops once ``need`` are kept."""
+    if not cands:
+        return cands
+    found, vectors = store.lookup(np.array([c.embedding_id for c in cands], dtype=np.int64))
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    rows = np.cumsum(found) - 1
+    kept: list[_Candidate] = []
+    kept_rows: list[int] = []
+    for c, present, row in zip(cands, found.tolist(), rows.tolist()):
+        if not present:
+            continue
+        if kept_rows and float(np.max(dot_rows(vectors[kept_rows], vectors[row]))) >= threshold:
+            continue
+        kept.append(c)
+        kept_rows.append(row)
+        if len(kept) >= need:
+            break
+    return kept
 
 
 def _ms(t0: float) -> float:

@@ -54,7 +54,9 @@ class QueryVector:
     def score(self, unit_rows: np.ndarray) -> np.ndarray:
         """Scores of stored unit vectors (n, d) against this query: (n,) float32."""
         if len(self.rows) == 1 and not len(self.penalties):
-            return (unit_rows @ self.rows[0]).astype(np.float32, copy=False)
+            # rerank.dot_rows (one thread: OpenBLAS's threaded matrix-vector product waits on a busy machine)
+            return np.einsum("ij,j->i", unit_rows, self.rows[0].astype(unit_rows.dtype, copy=False)).astype(
+                np.float32, copy=False)
         s = (unit_rows @ self.rows.T).max(axis=1)
         if len(self.penalties):
             s = s - (unit_rows @ self.penalties.T).max(axis=1)

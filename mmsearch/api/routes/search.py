@@ -79,8 +79,10 @@ async def search_post(request: Request, response: Response, service: ServiceDep)
 
     JSON for text and ids; ``multipart/form-data`` to upload an `image` or `audio` file,
     with the other fields as form fields. `to` picks the modality returned, `k` and
-    `offset` page through the results, `path`, `min_score` and `exclude_ids` filter."""
-    lists = ("item_ids", "negative_text", "exclude_ids")
+    `offset` page through the results; `path`, `date_from`/`date_to`, `camera`, `near`,
+    `min_size`, `min_duration`/`max_duration`, `ext`, `tags`, `min_score` and `exclude_ids`
+    filter, and `dedup` collapses near duplicates."""
+    lists = ("item_ids", "negative_text", "exclude_ids", "ext", "tags")
     fields, files = await read_body(request, ("image", "audio"), lists, service.settings.max_upload_bytes)
     req = validate(SearchRequest, fields)
     page = await run_in_threadpool(run_search, service, req, files.get("image"), files.get("audio"))

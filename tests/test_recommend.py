@@ -216,6 +216,43 @@ def test_a_batch_answers_what_a_loop_of_single_queries_answers(world: dict[str, 
     assert engine.recommend_batch([]) == []
 
 
+@pytest.mark.parametrize("mode", ["exact", "selector", "broad"])
+def test_metadata_filters_and_dedup_apply_to_profiles_batched_or_not(world: dict[str, Any], mode: str,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The metadata filters are Filters fields: a profile takes them, and a batch answers what a
+    loop answers whether the filter's selection is scored exactly, searched through an id
+    selector, or (broad) checked on the shared search's candidates."""
+    from mmsearch.search import runner as runner_module
+
+    engine: Engine = world["engine"]
+    photo, copy = world["photo"], world["copy"]
+    if mode != "exact":
+        monkeypatch.setattr(engine.runner._subsets, "exact_max", 0)
+        monkeypatch.setattr(runner_module, "EXACT_SUBSET_MAX", 0)
+    if mode == "broad":
+        monkeypatch.setattr(runner_module, "BROAD_SHARE", 0.0)
+    monkeypatch.setattr(engine.runner._subsets, "_entries", type(engine.runner._subsets._entries)())
+    sizes = sorted(h.size for h in engine.recommend(like=[photo[0]], k=100).results)
+    median = sizes[len(sizes) // 2]
+    profiles: list[dict[str, Any]] = [
+        {"like": [photo[0]], "ext": ["txt"], "to": "all"},
+        {"like": [photo[1]], "min_size": median, "k": 5},
+        {"like": [photo[2]], "path": "copies", "ext": ["jpg"], "k": 3},
+        {"like": [photo[3]], "date_from": "1970-01-02", "dedup": 0.999},
+        {"like": [photo[4]]},
+    ]
+    batch = engine.recommend_batch(profiles)
+    loop = [engine.recommend(**p) for p in profiles]
+    for got, want in zip(batch, loop):
+        assert [(h.id, h.score) for h in got.results] == [(h.id, h.score) for h in want.results], mode
+    assert batch[0].results and all(h.path.endswith(".txt") for h in batch[0].results)
+    assert batch[1].results and all(h.size >= median for h in batch[1].results)
+    assert batch[2].results and all("/copies/" in h.path for h in batch[2].results)
+    assert batch[2].results[0].id == copy[2]  # its own near copy
+    assert ids(batch[3])[0] == copy[3]  # dedup keeps the best of near copies
+    assert ids(batch[4])[0] == copy[4]
+
+
 def test_a_batch_reports_a_bad_profile_in_its_place(world: dict[str, Any]) -> None:
     engine: Engine = world["engine"]
     photo = world["photo"]

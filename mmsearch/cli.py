@@ -7,7 +7,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import typer
 
@@ -24,6 +24,9 @@ ModelOpt = Annotated[Optional[str], typer.Option("--model", help="Image/text mod
 AudioModelOpt = Annotated[Optional[str], typer.Option("--audio-model", help="Audio/text model spec, clap:HF_ID_OR_DIR.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 KOpt = Annotated[int, typer.Option("-k", "--k", min=1, max=1000, help="Number of results.")]
+RuntimeOpt = Annotated[Optional[Literal["auto", "torch", "onnx"]], typer.Option(
+    "--runtime", help="What runs the models: onnx (CPU, exported once and cached), torch, or auto (onnx on a CPU when "
+    "onnxruntime is installed, torch on a GPU). Default: MMSEARCH_RUNTIME, else auto.")]
 ToOpt = Annotated[Optional[str], typer.Option("--to", help="Return only: image, text, audio (default: all media).")]
 DEFAULT_CATALOG = Path(".mmsearch")
 
@@ -80,13 +83,13 @@ def index(
         "--follow-links", help="Follow symlinks to files outside the folders being indexed (default: skip them).")] = False,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1)] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu or cuda.")] = None,
-    as_json: JsonOpt = False,
+    runtime: RuntimeOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Scan folders, embed new and changed files, drop deleted ones, update the indexes."""
     from tqdm import tqdm
 
     settings = _settings(catalog, db, model, audio_model, audio=audio, batch_size=batch_size, device=device,
-                         follow_links=follow_links or None)  # not given: MMSEARCH_FOLLOW_LINKS decides
+                         runtime=runtime, follow_links=follow_links or None)  # not given: MMSEARCH_FOLLOW_LINKS decides
     with _engine(settings, reembed=reembed) as engine:
         bar = tqdm(total=0, unit="file", desc="indexing", file=sys.stderr, disable=None, dynamic_ncols=True)
 
@@ -156,7 +159,7 @@ def search(
     negative: Annotated[Optional[list[str]], typer.Option("--not", help="Steer away from this text.")] = None,
     diversity: Annotated[float, typer.Option("--diversity", min=0.0, max=1.0, help="MMR diversity, 0..1.")] = 0.0,
     catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, model: ModelOpt = None,
-    audio_model: AudioModelOpt = None, as_json: JsonOpt = False,
+    audio_model: AudioModelOpt = None, runtime: RuntimeOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Search by text, an image, a sound, or a mix of them."""
     from pydantic import ValidationError
@@ -169,7 +172,7 @@ def search(
     except ValidationError as e:
         typer.echo(f"error: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}", err=True)
         raise typer.Exit(2) from None
-    with _engine(_settings(catalog, db, model, audio_model), create=False) as engine:
+    with _engine(_settings(catalog, db, model, audio_model, runtime=runtime), create=False) as engine:
         response = engine.search(q)
     _show(response, as_json)
 
@@ -178,10 +181,10 @@ def search(
 def similar(
     item_ids: Annotated[list[int], typer.Argument(help="Item ids (from search results).")],
     to: ToOpt = None, k: KOpt = 10,
-    catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, as_json: JsonOpt = False,
+    catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, runtime: RuntimeOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Items like the given ones (by default in their own modality)."""
-    with _engine(_settings(catalog, db), create=False) as engine:
+    with _engine(_settings(catalog, db, runtime=runtime), create=False) as engine:
         response = engine.similar(item_ids, to=to, k=k)
     _show(response, as_json)
 
@@ -193,13 +196,13 @@ def embed(
     audio_file: Annotated[Optional[Path], typer.Option("--audio", help="Audio file to embed.")] = None,
     space: Annotated[Optional[str], typer.Option("--space", help="For text: clip (default) or clap.")] = None,
     catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, model: ModelOpt = None,
-    audio_model: AudioModelOpt = None, as_json: JsonOpt = False,
+    audio_model: AudioModelOpt = None, runtime: RuntimeOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Print the raw embedding vector, for other systems."""
     from mmsearch.engine import embed_without_catalog
     from mmsearch.storage.catalog import catalog_exists
 
-    settings = _settings(catalog, db, model, audio_model)
+    settings = _settings(catalog, db, model, audio_model, runtime=runtime)
     if catalog_exists(settings):
         with _engine(settings, create=False) as engine:
             result = engine.embed(text=text, image=_read(image), audio=_read(audio_file), space=space)
@@ -316,6 +319,7 @@ def serve(
     batching: Annotated[bool, typer.Option(
         "--batching/--no-batching", help="Embed concurrent text queries together (micro-batching).")] = True,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
+    runtime: RuntimeOpt = None,
 ) -> None:
     """Run the HTTP API and the search page (http://HOST:PORT/, API docs at /docs)."""
     import uvicorn
@@ -329,7 +333,7 @@ def serve(
             typer.echo(f"error: --index-root {r} is not a folder", err=True)
             raise typer.Exit(2)
     settings = _settings(catalog, db, model, audio_model, api_key=api_key, audio=audio,
-                         index_roots=roots or None)
+                         index_roots=roots or None, runtime=runtime)
     try:
         check_bind(host, settings, read_only=read_only)
     except MMSearchError as e:

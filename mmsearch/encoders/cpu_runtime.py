@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -43,6 +44,8 @@ EXPORT_VERSION = 1  # bump when the exported graphs change, so old cache entries
 MIN_COS_FP32 = 0.9999  # an fp32 export must match the torch forward this closely on every probe
 MIN_COS_INT8 = 0.99  # an int8 model must match its fp32 export this closely
 OPSET = 18
+# Exports swap sys.stdout and sys.stderr for the process: two at once would restore them wrongly.
+_EXPORT_LOCK = threading.Lock()
 _PROBE_TEXTS = (
     "a dog",
     "two children playing football on a wet field in the rain",
@@ -336,8 +339,8 @@ def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def export_tower(base: Any, tower: Tower, folder: Path) -> None:
-    """Export ``tower`` to ``folder/model.onnx`` with its dynamic axes (quietly: the exporter
-    prints progress on stdout, which would corrupt ``--json`` output)."""
+    """Export ``tower`` to ``folder/model.onnx`` with its dynamic axes, quietly: the exporter prints
+    progress on stdout (which would corrupt ``--json`` output) and graphs on stderr when it fails."""
     import torch
     from torch.export import Dim
 
@@ -346,12 +349,20 @@ def export_tower(base: Any, tower: Tower, folder: Path) -> None:
                    for d in tower.dynamic)
     items = tower.probe()[:2]  # batch 2: a batch of 1 would be specialised into the graph
     example = tuple(torch.from_numpy(x) for x in tower.feeds(items))
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), torch.inference_mode(False), \
-            torch.no_grad():
+    with _EXPORT_LOCK, contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+            warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(tower.module, example, str(folder / "model.onnx"), dynamo=True,
                           dynamic_shapes=(shapes,), input_names=list(tower.input_names),
                           output_names=["vectors"], opset_version=OPSET, verbose=False)
+
+
+def _short(e: BaseException) -> str:
+    """One line of an exporter error: its summary when it has one (torch's run to pages), no colours."""
+    lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(e)).splitlines() if ln.strip()]
+    if "## Exception summary" in lines[:-1]:
+        lines = lines[lines.index("## Exception summary") + 1:]
+    return f"{type(e).__name__}: {(lines or [''])[0][:300]}"
 
 
 def check_export(base: Any, tower: Tower, run: Runner) -> float:
@@ -424,8 +435,7 @@ class ExportCache:
                 export_tower(self.base, tower, tmp)
                 cos = check_export(self.base, tower, OrtRunner(tmp / "model.onnx"))
             except Exception as e:  # noqa: BLE001 - any exporter or runtime failure: torch runs the tower
-                first = (str(e).strip().splitlines() or [""])[0][:300]
-                self._refuse(folder, f"could not export {what} to ONNX ({type(e).__name__}: {first}); using torch")
+                self._refuse(folder, f"could not export {what} to ONNX ({_short(e)}); using torch")
             if not cos >= MIN_COS_FP32:
                 self._refuse(folder, f"the ONNX export of {what} does not match torch (min cosine {cos:.6f} "
                              f"< {MIN_COS_FP32}); using torch")

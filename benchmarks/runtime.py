@@ -1,0 +1,165 @@
+"""CPU runtime against eager PyTorch: images/s and texts/s for torch, ONNX fp32 and int8 (ONNX Runtime),
+and ONNX fp32 on OpenVINO, on the same prepared inputs and batches, with each one's smallest cosine to
+torch. Decoding and preprocessing are done beforehand: this measures the model forwards only.
+
+    python benchmarks/runtime.py                       # ViT-B-32@random, 128 Flickr photos, 640 captions
+    python benchmarks/runtime.py --tune                # also: ORT optimisation levels and thread counts
+
+The first run exports the towers into --cache-dir (a minute or two for ViT-B-32); later runs load them.
+Ends with one line: torch_img_s=... onnx_img_s=... int8_img_s=... speedup=... min_cos=... int8_min_cos=...
+(speedup: ONNX fp32 images/s over torch; min_cos: ONNX fp32 to torch; int8_min_cos: int8 to torch), medians
+of --runs, the runtimes taking turns within each run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from mmsearch.encoders import cpu_runtime, load_encoder  # noqa: E402
+from mmsearch.media.decode import load_image  # noqa: E402
+from mmsearch.settings import Settings  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+FLICKR = REPO.parent / "shared" / "data" / "flickr8k-1k"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--folder", type=Path, default=FLICKR, help="A folder with images/ and captions.csv.")
+    ap.add_argument("--model", default="open_clip:ViT-B-32@random")
+    ap.add_argument("--images", type=int, default=128)
+    ap.add_argument("--texts", type=int, default=640)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="Intra-op threads for every runtime (default: "
+                    "what the CPU runtime picks: the cores torch uses, capped by CPU affinity).")
+    ap.add_argument("--cache-dir", type=Path, default=None, help="Export cache (default: the setting's).")
+    ap.add_argument("--no-openvino", action="store_true")
+    ap.add_argument("--tune", action="store_true", help="Time ORT graph optimisation levels and thread counts.")
+    args = ap.parse_args()
+
+    import torch
+
+    threads = args.threads or cpu_runtime.intra_op_threads()
+    torch.set_num_threads(threads)
+    base = Settings(model=args.model, device="cpu", batch_size=args.batch_size,
+                    model_config_dirs=[REPO / "tests" / "assets"],
+                    **({"cache_dir": args.cache_dir} if args.cache_dir else {}))
+    t0 = time.perf_counter()
+    ref = load_encoder(args.model, base.model_copy(update={"runtime": "torch"}))
+    print(f"torch model loaded in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    fp32 = load_encoder(args.model, base.model_copy(update={"runtime": "onnx"}))
+    int8 = load_encoder(args.model, base.model_copy(update={"runtime": "onnx", "int8": True}))
+    assert isinstance(fp32, cpu_runtime.OnnxEncoder) and isinstance(int8, cpu_runtime.OnnxEncoder)
+
+    photos = sorted((args.folder / "images").glob("*.jpg"))[: args.images]
+    with open(args.folder / "captions.csv", newline="") as fh:
+        captions = [row["caption"] for row in csv.DictReader(fh)][: args.texts]
+    images = [ref.prepare("image", load_image(p, base.max_image_pixels)) for p in photos]
+    texts = [ref.prepare("text", c) for c in captions]
+    inputs = {"image": images, "text": texts}
+
+    for enc in (fp32, int8):  # export (first run only), quantise, load the sessions
+        for modality in ("image", "text"):
+            t0 = time.perf_counter()
+            enc.runner(modality)
+            print(f"{'int8' if enc is int8 else 'fp32'} {modality} tower ready in {time.perf_counter() - t0:.1f} s",
+                  file=sys.stderr)
+
+    runners: dict[str, dict[str, Callable[[list[Any]], np.ndarray]]] = {
+        "torch": {m: (lambda items, m=m: ref.encode(m, items)) for m in inputs},
+        "onnx": {m: (lambda items, m=m: fp32.encode(m, items)) for m in inputs},
+        "int8": {m: (lambda items, m=m: int8.encode(m, items)) for m in inputs},
+    }
+    if not args.no_openvino and _has_openvino():
+        runners["openvino"] = {m: _openvino(fp32, m, threads) for m in inputs}
+
+    vectors = {name: {m: run(inputs[m][: args.batch_size]) for m, run in fns.items()}  # warm-up
+               for name, fns in runners.items()}
+    seconds: dict[str, dict[str, list[float]]] = {name: {m: [] for m in inputs} for name in runners}
+    for r in range(args.runs):
+        order = list(runners)[r % len(runners):] + list(runners)[: r % len(runners)]
+        for modality, items in inputs.items():
+            for name in order:
+                t0 = time.perf_counter()
+                out = [runners[name][modality](items[i:i + args.batch_size])
+                       for i in range(0, len(items), args.batch_size)]
+                seconds[name][modality].append(time.perf_counter() - t0)
+                vectors[name][modality] = np.concatenate(out)
+
+    rate = {name: {m: len(inputs[m]) / statistics.median(s) for m, s in per.items()} for name, per in seconds.items()}
+    cos = {name: min(cpu_runtime.min_cosine(vectors[name][m], vectors["torch"][m]) for m in inputs)
+           for name in runners}
+    print(f"model={ref.spec} threads={threads} batch={args.batch_size} images={len(images)} texts={len(texts)} "
+          f"runs={args.runs}")
+    for name in runners:
+        print(f"  {name:<9} images/s={rate[name]['image']:8.1f}  texts/s={rate[name]['text']:8.1f}  "
+              f"min_cos_to_torch={cos[name]:.6f}  (image s: {_fmt(seconds[name]['image'])}; "
+              f"text s: {_fmt(seconds[name]['text'])})")
+    for enc, label in ((int8, "int8"),):
+        for modality in inputs:
+            meta = _meta(enc, modality)
+            print(f"  {label} {modality} tower: min cosine to fp32 {meta.get('int8_min_cos', float('nan')):.4f} "
+                  f"(at quantisation); fp32 export min cosine to torch {meta.get('min_cos', float('nan')):.6f}")
+    if args.tune:
+        _tune(fp32, images, args.batch_size, threads)
+    t = rate["torch"]
+    if "openvino" in rate:
+        print(f"openvino_img_s={rate['openvino']['image']:.1f} openvino_txt_s={rate['openvino']['text']:.1f} "
+              f"openvino_min_cos={cos['openvino']:.6f}")
+    print(f"torch_txt_s={t['text']:.1f} onnx_txt_s={rate['onnx']['text']:.1f} int8_txt_s={rate['int8']['text']:.1f} "
+          f"int8_speedup={rate['int8']['image'] / t['image']:.2f}")
+    print(f"torch_img_s={t['image']:.1f} onnx_img_s={rate['onnx']['image']:.1f} int8_img_s={rate['int8']['image']:.1f} "
+          f"speedup={rate['onnx']['image'] / t['image']:.2f} min_cos={cos['onnx']:.6f} int8_min_cos={cos['int8']:.6f}")
+
+
+def _has_openvino() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
+def _openvino(enc: cpu_runtime.OnnxEncoder, modality: str, threads: int) -> Callable[[list[Any]], np.ndarray]:
+    """The same exported fp32 graph and feeds, run by OpenVINO instead of ONNX Runtime."""
+    tower = enc._towers[modality]  # type: ignore[index]
+    run = cpu_runtime.OpenVinoRunner(enc.cache.folder(modality) / "model.onnx", threads)
+    return lambda items: cpu_runtime.l2_normalise(run(tower.input_names, tower.feeds(items)))
+
+
+def _meta(enc: cpu_runtime.OnnxEncoder, modality: str) -> dict[str, Any]:
+    import json
+
+    return json.loads((enc.cache.folder(modality) / "meta.json").read_text())
+
+
+def _tune(enc: cpu_runtime.OnnxEncoder, images: list[Any], batch: int, threads: int) -> None:
+    """Images/s of the fp32 image tower per ORT graph optimisation level and thread count."""
+    tower = enc._towers["image"]  # type: ignore[index]
+    path = enc.cache.folder("image") / "model.onnx"
+    feeds = [tower.feeds(images[i:i + batch]) for i in range(0, len(images), batch)]
+    for level in ("basic", "extended", "all"):
+        for n in sorted({1, threads}):
+            run = cpu_runtime.OrtRunner(path, n, level)
+            run(tower.input_names, feeds[0])
+            t0 = time.perf_counter()
+            for f in feeds:
+                run(tower.input_names, f)
+            print(f"  tune: ort level={level:<8} threads={n}  images/s={len(images) / (time.perf_counter() - t0):.1f}")
+
+
+def _fmt(xs: list[float]) -> str:
+    return ",".join(f"{x:.2f}" for x in xs)
+
+
+if __name__ == "__main__":
+    main()

@@ -128,6 +128,12 @@ def test_a_mismatching_export_is_refused_and_torch_runs(clip_spec: str, tmp_path
     _both(load_encoder(clip_spec, settings), "text", TEXTS)  # the refusal is remembered: not exported again
     assert export_spy == ["text"]
 
+    monkeypatch.setattr(cpu_runtime, "MIN_COS_FP32", 0.9999)  # say torch or onnxruntime were upgraded:
+    monkeypatch.setattr(cpu_runtime, "_versions", lambda: {"torch": "next", "onnxruntime": "next"})
+    enc = load_encoder(clip_spec, settings)
+    assert isinstance(enc.runner("text"), cpu_runtime.OrtRunner)  # tried again, and kept
+    assert export_spy == ["text", "text"]
+
 
 def test_check_export_measures_the_cosine_to_torch(clip_spec: str, tmp_path: Path) -> None:
     enc = load_encoder(clip_spec, _settings(tmp_path / "cache", runtime="onnx"))

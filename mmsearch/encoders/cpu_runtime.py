@@ -444,6 +444,8 @@ class ExportCache:
                     "export_s": round(time.perf_counter() - t0, 2), **_versions()}
             _write_atomic(tmp / "meta.json", json.dumps(meta, indent=1))
             log.info("exported %s to ONNX in %.1f s (min cosine to torch %.6f)", what, meta["export_s"], cos)
+            if folder.exists() and not (folder / "meta.json").exists():
+                shutil.rmtree(folder, ignore_errors=True)  # an earlier refusal, with other versions
             try:
                 os.rename(tmp, folder)
             except OSError:  # another process exported it first: theirs is as good
@@ -464,6 +466,7 @@ class ExportCache:
         if "int8_min_cos" not in meta:
             fd, tmp = tempfile.mkstemp(dir=folder, prefix=".int8-", suffix=".onnx")
             os.close(fd)
+            cos: float | None = None
             try:
                 quantise_int8(folder / "model.onnx", Path(tmp))
                 items = tower.probe()
@@ -471,13 +474,17 @@ class ExportCache:
                 cos = min_cosine(OrtRunner(Path(tmp))(tower.input_names, tower.feeds(items)), fp32)
                 if cos >= MIN_COS_INT8:
                     os.replace(tmp, path)
+            except Exception as e:  # noqa: BLE001 - a quantiser failure leaves fp32 running
+                log.warning("could not quantise the %s tower of %s to int8 (%s); fp32 runs it", tower.modality,
+                            self.base.spec, _short(e))
             finally:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
             meta["int8_min_cos"] = cos
             _write_atomic(folder / "meta.json", json.dumps(meta, indent=1))
-            log.warning("int8 %s tower of %s: min cosine to fp32 %.4f%s", tower.modality, self.base.spec, cos,
-                        "" if cos >= MIN_COS_INT8 else f" < {MIN_COS_INT8}: fp32 runs it")
+            if cos is not None:
+                log.warning("int8 %s tower of %s: min cosine to fp32 %.4f%s", tower.modality, self.base.spec, cos,
+                            "" if cos >= MIN_COS_INT8 else f" < {MIN_COS_INT8}: fp32 runs it")
         if not path.exists():
             return None
         return OrtRunner(path)

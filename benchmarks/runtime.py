@@ -8,7 +8,7 @@ torch. Decoding and preprocessing are done beforehand: this measures the model f
 The first run exports the towers into --cache-dir (a minute or two for ViT-B-32); later runs load them.
 Ends with one line: torch_img_s=... onnx_img_s=... int8_img_s=... speedup=... min_cos=... int8_min_cos=...
 (speedup: ONNX fp32 images/s over torch; min_cos: ONNX fp32 to torch; int8_min_cos: int8 to torch), medians
-of --runs, the runtimes taking turns within each run.
+of --runs; within a run the runtimes take turns batch by batch, so load from other processes falls on all.
 """
 
 from __future__ import annotations
@@ -86,16 +86,22 @@ def main() -> None:
 
     vectors = {name: {m: run(inputs[m][: args.batch_size]) for m, run in fns.items()}  # warm-up
                for name, fns in runners.items()}
+    # Interleaved batch by batch: on a shared machine, load from other processes comes and goes in
+    # seconds, and each runtime should see the same share of it.
     seconds: dict[str, dict[str, list[float]]] = {name: {m: [] for m in inputs} for name in runners}
     for r in range(args.runs):
-        order = list(runners)[r % len(runners):] + list(runners)[: r % len(runners)]
         for modality, items in inputs.items():
-            for name in order:
-                t0 = time.perf_counter()
-                out = [runners[name][modality](items[i:i + args.batch_size])
-                       for i in range(0, len(items), args.batch_size)]
-                seconds[name][modality].append(time.perf_counter() - t0)
-                vectors[name][modality] = np.concatenate(out)
+            spent = dict.fromkeys(runners, 0.0)
+            out: dict[str, list[np.ndarray]] = {name: [] for name in runners}
+            for b, i in enumerate(range(0, len(items), args.batch_size)):
+                k = (r + b) % len(runners)
+                for name in list(runners)[k:] + list(runners)[:k]:
+                    t0 = time.perf_counter()
+                    out[name].append(runners[name][modality](items[i:i + args.batch_size]))
+                    spent[name] += time.perf_counter() - t0
+            for name in runners:
+                seconds[name][modality].append(spent[name])
+                vectors[name][modality] = np.concatenate(out[name])
 
     rate = {name: {m: len(inputs[m]) / statistics.median(s) for m, s in per.items()} for name, per in seconds.items()}
     cos = {name: min(cpu_runtime.min_cosine(vectors[name][m], vectors["torch"][m]) for m in inputs)
@@ -143,18 +149,25 @@ def _meta(enc: cpu_runtime.OnnxEncoder, modality: str) -> dict[str, Any]:
 
 
 def _tune(enc: cpu_runtime.OnnxEncoder, images: list[Any], batch: int, threads: int) -> None:
-    """Images/s of the fp32 image tower per ORT graph optimisation level and thread count."""
+    """Images/s of the fp32 image tower per ORT graph optimisation level, thread count and spinning,
+    the configurations taking turns batch by batch."""
     tower = enc._towers["image"]  # type: ignore[index]
     path = enc.cache.folder("image") / "model.onnx"
     feeds = [tower.feeds(images[i:i + batch]) for i in range(0, len(images), batch)]
-    for level in ("basic", "extended", "all"):
-        for n in sorted({1, threads}):
-            run = cpu_runtime.OrtRunner(path, n, level)
-            run(tower.input_names, feeds[0])
+    configs = [(level, n, "1") for level in ("basic", "extended", "all") for n in sorted({1, threads})]
+    configs.append(("all", threads, "0"))
+    runs = {c: cpu_runtime.OrtRunner(path, c[1], c[0], {"session.intra_op.allow_spinning": c[2]}) for c in configs}
+    spent = dict.fromkeys(configs, 0.0)
+    for c, run in runs.items():
+        run(tower.input_names, feeds[0])
+    for b, f in enumerate(feeds * 2):
+        k = b % len(configs)
+        for c in configs[k:] + configs[:k]:
             t0 = time.perf_counter()
-            for f in feeds:
-                run(tower.input_names, f)
-            print(f"  tune: ort level={level:<8} threads={n}  images/s={len(images) / (time.perf_counter() - t0):.1f}")
+            runs[c](tower.input_names, f)
+            spent[c] += time.perf_counter() - t0
+    for (level, n, spin), s in spent.items():
+        print(f"  tune: ort level={level:<8} threads={n} spinning={spin}  images/s={2 * len(images) / s:.1f}")
 
 
 def _fmt(xs: list[float]) -> str:

@@ -216,7 +216,8 @@ class OrtRunner:
 
     name = "onnxruntime"
 
-    def __init__(self, path: Path, threads: int | None = None, optimisation: str = "all") -> None:
+    def __init__(self, path: Path, threads: int | None = None, optimisation: str = "all",
+                 config: dict[str, str] | None = None) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -229,6 +230,8 @@ class OrtRunner:
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }[optimisation]
         opts.log_severity_level = 3
+        for key, value in (config or {}).items():
+            opts.add_session_config_entry(key, value)
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
 

@@ -17,6 +17,8 @@ from typing import Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from mmsearch.media.metadata import FileFacts, image_facts
+
 MEDIA_COLUMNS = ("image", "file", "filename", "path", "audio")
 CAPTION_COLUMNS = ("caption", "text", "description")
 
@@ -60,6 +62,12 @@ HEIF = _enable_heif()
 
 def load_image(source: str | Path | Any, max_pixels: int) -> Image.Image:
     """Decode fully (so truncation is caught here, not in a worker later), first frame, upright, RGB."""
+    return read_image(source, max_pixels)[0]
+
+
+def read_image(source: str | Path | Any, max_pixels: int) -> tuple[Image.Image, FileFacts]:
+    """``load_image`` and the file's facts (EXIF date, camera, place...), read from the same open
+    file. A damaged EXIF block costs its facts and the turn upright, never the image."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -70,10 +78,14 @@ def load_image(source: str | Path | Any, max_pixels: int) -> Image.Image:
                                       "(decompression bomb guard)")
                 img.seek(0)
                 img.load()
-                img = ImageOps.exif_transpose(img)
+                facts = image_facts(img, str(source) if isinstance(source, (str, Path)) else "")
+                try:
+                    img = ImageOps.exif_transpose(img)
+                except Exception:  # noqa: BLE001 - an unreadable orientation: keep the pixels as stored
+                    pass
                 if img.mode == "P" and "transparency" in img.info:
                     img = img.convert("RGBA")  # what Pillow asks for before dropping alpha
-                return img.convert("RGB")
+                return img.convert("RGB"), facts
     except DecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:

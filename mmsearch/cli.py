@@ -7,7 +7,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import typer
 
@@ -24,6 +24,9 @@ ModelOpt = Annotated[Optional[str], typer.Option("--model", help="Image/text mod
 AudioModelOpt = Annotated[Optional[str], typer.Option("--audio-model", help="Audio/text model spec, clap:HF_ID_OR_DIR.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 KOpt = Annotated[int, typer.Option("-k", "--k", min=1, max=1000, help="Number of results.")]
+RuntimeOpt = Annotated[Optional[Literal["auto", "torch", "onnx"]], typer.Option(
+    "--runtime", help="What runs the models: onnx (CPU, exported once and cached), torch, or auto (onnx on a CPU when "
+    "onnxruntime is installed, torch on a GPU). Default: MMSEARCH_RUNTIME, else auto.")]
 ToOpt = Annotated[Optional[str], typer.Option("--to", help="Return only: image, text, audio (default: all media).")]
 OffsetOpt = Annotated[int, typer.Option("--offset", min=0, help="Skip this many results (paging).")]
 DiversityOpt = Annotated[float, typer.Option("--diversity", min=0.0, max=1.0, help="MMR diversity, 0..1.")]
@@ -99,13 +102,13 @@ def index(
         "--follow-links", help="Follow symlinks to files outside the folders being indexed (default: skip them).")] = False,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1)] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu or cuda.")] = None,
-    as_json: JsonOpt = False,
+    runtime: RuntimeOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Scan folders, embed new and changed files, drop deleted ones, update the indexes."""
     from tqdm import tqdm
 
     settings = _settings(catalog, db, model, audio_model, audio=audio, batch_size=batch_size, device=device,
-                         follow_links=follow_links or None)  # not given: MMSEARCH_FOLLOW_LINKS decides
+                         runtime=runtime, follow_links=follow_links or None)  # not given: MMSEARCH_FOLLOW_LINKS decides
     with _engine(settings, reembed=reembed) as engine:
         bar = tqdm(total=0, unit="file", desc="indexing", file=sys.stderr, disable=None, dynamic_ncols=True)
 
@@ -206,7 +209,7 @@ def search(
     min_size: MinSizeOpt = None, min_duration: MinDurationOpt = None, max_duration: MaxDurationOpt = None,
     ext: ExtOpt = None, tag: TagOpt = None, dedup: DedupOpt = None,
     catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, model: ModelOpt = None,
-    audio_model: AudioModelOpt = None, as_json: JsonOpt = False,
+    audio_model: AudioModelOpt = None, runtime: RuntimeOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Search by text, an image, a sound, or a mix of them."""
     filters = _filters(k=k, offset=offset, path=path, min_score=min_score, diversity=diversity, exclude=exclude,
@@ -214,7 +217,7 @@ def search(
                        min_duration=min_duration, max_duration=max_duration, ext=ext, tag=tag, dedup=dedup)
     q = _query(text=text, image=_read(image), audio=_read(audio_file), negative_text=negative or [], to=to,
                **filters)
-    with _engine(_settings(catalog, db, model, audio_model), create=False) as engine:
+    with _engine(_settings(catalog, db, model, audio_model, runtime=runtime), create=False) as engine:
         response = engine.search(q)
     _show(response, as_json)
 
@@ -227,14 +230,14 @@ def similar(
     date_from: DateFromOpt = None, date_to: DateToOpt = None, camera: CameraOpt = None, near: NearOpt = None,
     min_size: MinSizeOpt = None, min_duration: MinDurationOpt = None, max_duration: MaxDurationOpt = None,
     ext: ExtOpt = None, tag: TagOpt = None, dedup: DedupOpt = None,
-    catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, as_json: JsonOpt = False,
+    catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, runtime: RuntimeOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Items like the given ones (by default in their own modality)."""
     filters = _filters(k=k, offset=offset, path=path, min_score=min_score, diversity=diversity, exclude=exclude,
                        date_from=date_from, date_to=date_to, camera=camera, near=near, min_size=min_size,
                        min_duration=min_duration, max_duration=max_duration, ext=ext, tag=tag, dedup=dedup)
     _query(item_ids=item_ids, to=to, **filters)  # a bad option exits 2 before the catalog opens
-    with _engine(_settings(catalog, db), create=False) as engine:
+    with _engine(_settings(catalog, db, runtime=runtime), create=False) as engine:
         response = engine.similar(item_ids, to=to, **filters)
     _show(response, as_json)
 
@@ -267,7 +270,7 @@ def recommend(
     date_from: DateFromOpt = None, date_to: DateToOpt = None, camera: CameraOpt = None, near: NearOpt = None,
     min_size: MinSizeOpt = None, min_duration: MinDurationOpt = None, max_duration: MaxDurationOpt = None,
     ext: ExtOpt = None, tag: TagOpt = None, dedup: DedupOpt = None,
-    catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, as_json: JsonOpt = False,
+    catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, runtime: RuntimeOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Items for a profile: liked and disliked items (never returned themselves), optionally a text;
     --exclude leaves out more (those already seen)."""
@@ -278,7 +281,7 @@ def recommend(
     profile = dict(like=liked, dislike=disliked, text=text, text_weight=text_weight, dislike_weight=dislike_weight,
                    scoring=scoring, to=to, **filters)
     _query(model="Profile", **profile)  # a bad option exits 2 before the catalog opens
-    with _engine(_settings(catalog, db), create=False) as engine:
+    with _engine(_settings(catalog, db, runtime=runtime), create=False) as engine:
         response = engine.recommend(**profile)
     _show(response, as_json)
 
@@ -359,13 +362,13 @@ def embed(
     audio_file: Annotated[Optional[Path], typer.Option("--audio", help="Audio file to embed.")] = None,
     space: Annotated[Optional[str], typer.Option("--space", help="For text: clip (default) or clap.")] = None,
     catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, model: ModelOpt = None,
-    audio_model: AudioModelOpt = None, as_json: JsonOpt = False,
+    audio_model: AudioModelOpt = None, runtime: RuntimeOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Print the raw embedding vector, for other systems."""
     from mmsearch.engine import embed_without_catalog
     from mmsearch.storage.catalog import catalog_exists
 
-    settings = _settings(catalog, db, model, audio_model)
+    settings = _settings(catalog, db, model, audio_model, runtime=runtime)
     if catalog_exists(settings):
         with _engine(settings, create=False) as engine:
             result = engine.embed(text=text, image=_read(image), audio=_read(audio_file), space=space)
@@ -482,6 +485,7 @@ def serve(
     batching: Annotated[bool, typer.Option(
         "--batching/--no-batching", help="Embed concurrent text queries together (micro-batching).")] = True,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
+    runtime: RuntimeOpt = None,
 ) -> None:
     """Run the HTTP API and the search page (http://HOST:PORT/, API docs at /docs)."""
     import uvicorn
@@ -495,7 +499,7 @@ def serve(
             typer.echo(f"error: --index-root {r} is not a folder", err=True)
             raise typer.Exit(2)
     settings = _settings(catalog, db, model, audio_model, api_key=api_key, audio=audio,
-                         index_roots=roots or None)
+                         index_roots=roots or None, runtime=runtime)
     try:
         check_bind(host, settings, read_only=read_only)
     except MMSearchError as e:

@@ -196,9 +196,13 @@ def test_ivfpq_path_agrees_with_exact_search(make_settings, tmp_path: Path) -> N
             got = _vector_query(e, q)
             recalls.append(len(set(exact.tolist()) & set(got)) / 10)
         assert np.mean(recalls) >= 0.9
-        # and a real query path: every image still finds itself first through IVF-PQ + rerank
+        # and a real query path: every image finds itself through IVF-PQ + rerank, at the top up
+        # to near-ties (the tiny random model maps some photos almost onto each other, and a
+        # first place decided by the last digits flipped between runs)
         for src in flickr_images(600)[::100]:
-            assert _top(e, image=src.read_bytes(), to="image", k=1)[0].path == str(folder / src.name)
+            hits = _top(e, image=src.read_bytes(), to="image", k=5)
+            mine = [h for h in hits if h.path == str(folder / src.name)]
+            assert mine and mine[0].score >= hits[0].score - 1e-3
 
 
 def _vector_query(e: Engine, q: np.ndarray) -> list[int]:

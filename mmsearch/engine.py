@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 
+from mmsearch import cpus
 from mmsearch.encoders.base import Encoder
 from mmsearch.encoders.encoder_set import EncoderSet
 from mmsearch.errors import BadInput, NotFound
@@ -47,6 +48,7 @@ class Engine:
         catalog is made, or an old one upgraded, by briefly opening its writer; without it a
         missing catalog is NotFound and nothing is written."""
         settings = settings or Settings()
+        cpus.apply(settings)
         try:
             catalog = Catalog(settings)
         except (NotFound, SchemaOutdated):

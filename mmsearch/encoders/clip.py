@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from mmsearch.cpus import apply_torch_threads
 from mmsearch.encoders.base import Modality, Spec, l2_normalise, pick_device
 from mmsearch.errors import ModelUnavailable
 from mmsearch.settings import Settings
@@ -63,6 +64,7 @@ class OpenClipEncoder:
                 "print(open_clip.list_models())\"` or add a config JSON with MMSEARCH_MODEL_CONFIG_DIRS"
             )
         device = pick_device(settings.device)
+        apply_torch_threads(settings)
         if pretrained == RANDOM:
             with torch.random.fork_rng(devices=[]), _quiet_random_init_warning():
                 torch.manual_seed(RANDOM_SEED)

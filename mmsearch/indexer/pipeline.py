@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
+from mmsearch import cpus
 from mmsearch.encoders.encoder_set import EncoderSet
 from mmsearch.errors import BadInput, MMSearchError
 from mmsearch.indexer.scan import FoundFile, content_hash, dedupe_roots, scan
@@ -229,7 +230,8 @@ class _Ingest:
         for i in range(len(work)):
             files.put(i)
         events: queue.Queue[tuple] = queue.Queue(maxsize=max(64, 4 * self.settings.batch_size))
-        n_workers = min(self.settings.decode_workers or self._auto_decode_workers(), len(work))
+        on_gpu = any(self.encoders.get(s).device.startswith("cuda") for s in self.spaces)
+        n_workers = min(cpus.decode_workers(self.settings, on_gpu), len(work))
         workers = [threading.Thread(target=self._decode_worker, args=(files, events), daemon=True)
                    for _ in range(n_workers)]
         for w in workers:
@@ -263,11 +265,6 @@ class _Ingest:
             for w in workers:
                 w.join(timeout=5)
             self._commit()  # what finished before an interrupt is kept
-
-    def _auto_decode_workers(self) -> int:
-        cores = os.cpu_count() or 2
-        on_gpu = any(self.encoders.get(s).device.startswith("cuda") for s in self.spaces)
-        return min(8, cores) if on_gpu else max(1, cores // 4)
 
     def _decode_worker(self, files: queue.Queue[int], events: queue.Queue[tuple]) -> None:
         try:

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 from mmsearch.encoders.base import l2_normalise
 from mmsearch.encoders.encoder_set import SPACES, EncoderSet
@@ -19,6 +23,9 @@ from mmsearch.search.live import LiveIndexes
 from mmsearch.search.request import Query
 from mmsearch.settings import Settings
 from mmsearch.storage.catalog import Catalog
+
+MAX_QUERY_AUDIO_S = 600  # seconds of a query clip that are read
+CHECK_WINDOW_S = 30.0  # window of the decode check (any length works: only the decode matters)
 
 
 class Embedding(BaseModel):
@@ -50,8 +57,22 @@ class QueryEmbedder:
             vec = self.embed_text(space, [text or ""])[0]
         return Embedding(space=space, model=self.encoders.get(space).spec, vector=[float(x) for x in vec])
 
-    def embed_query(self, q: Query, spaces: Sequence[str]) -> dict[str, np.ndarray]:
-        """One unit vector per reachable space."""
+    def check_inputs(self, q: Query) -> Image.Image | None:
+        """Decode the query's media, so a bad image or sound is refused before any model loads
+        (a model takes seconds; the refusal, milliseconds). Returns the decoded image."""
+        if q.audio is not None:
+            self._check_audio(q.audio)
+        return self._decode_image(q.image) if q.image is not None else None
+
+    @staticmethod
+    def needs_model(q: Query, space: str) -> bool:
+        """Whether embedding ``q`` in ``space`` runs that space's model (stored items do not)."""
+        mods = SPACES[space][0]
+        return bool(((q.text or q.negative_text) and "text" in mods) or (q.image is not None and "image" in mods)
+                    or (q.audio is not None and "audio" in mods))
+
+    def embed_query(self, q: Query, spaces: Sequence[str], image: Image.Image | None = None) -> dict[str, np.ndarray]:
+        """One unit vector per reachable space; ``image``: the query image already decoded."""
         out: dict[str, np.ndarray] = {}
         for space in spaces:
             parts: list[np.ndarray] = []
@@ -59,7 +80,7 @@ class QueryEmbedder:
             if q.text and "text" in mods:
                 parts.append(q.text_weight * self.embed_text(space, [q.text])[0])
             if q.image is not None and "image" in mods:
-                parts.append(q.image_weight * self.embed_image(q.image))
+                parts.append(q.image_weight * self.embed_image(image if image is not None else q.image))
             if q.audio is not None and "audio" in mods:
                 parts.append(q.audio_weight * self.embed_audio(q.audio))
             for item_id in q.item_ids:
@@ -78,24 +99,41 @@ class QueryEmbedder:
         enc = self.encoders.get(space)
         return enc.encode("text", [enc.prepare("text", t) for t in texts])
 
-    def embed_image(self, data: bytes) -> np.ndarray:
+    def _decode_image(self, data: bytes) -> Image.Image:
         from mmsearch.media.decode import DecodeError, load_image
 
-        enc = self.encoders.get("clip")
         try:
-            img = load_image(io.BytesIO(data), self.settings.max_image_pixels)
+            return load_image(io.BytesIO(data), self.settings.max_image_pixels)
         except DecodeError as e:
             raise BadInput(f"query image: {e}") from e
+
+    def embed_image(self, data: bytes | Image.Image) -> np.ndarray:
+        img = self._decode_image(data) if isinstance(data, bytes) else data  # before the model loads
+        enc = self.encoders.get("clip")
         return enc.encode("image", [enc.prepare("image", img)])[0]
+
+    @staticmethod
+    def _check_audio(data: bytes) -> None:
+        """Decode at the file's own rate: the model's rate is not known before the model loads,
+        and a query clip is short enough to decode twice."""
+        from mmsearch.media.audio import AudioDecodeError, audio_rate, iter_windows
+
+        try:
+            for _ in iter_windows(io.BytesIO(data), audio_rate(io.BytesIO(data)), CHECK_WINDOW_S,
+                                  max_seconds=MAX_QUERY_AUDIO_S):
+                pass
+        except AudioDecodeError as e:
+            raise BadInput(f"query audio: {e}") from e
 
     def embed_audio(self, data: bytes) -> np.ndarray:
         """A query clip longer than one window is the mean of its windows."""
         from mmsearch.media.audio import AudioDecodeError, iter_windows
 
+        self._check_audio(data)
         enc = self.encoders.get("clap")
         try:
             windows = list(iter_windows(io.BytesIO(data), enc.sample_rate, enc.window_seconds,  # type: ignore[attr-defined]
-                                        max_seconds=600))
+                                        max_seconds=MAX_QUERY_AUDIO_S))
         except AudioDecodeError as e:
             raise BadInput(f"query audio: {e}") from e
         vecs = enc.encode("audio", [enc.prepare("audio", w.samples) for w in windows])

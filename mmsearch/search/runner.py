@@ -23,6 +23,7 @@ from mmsearch.search.request import Hit, Query, SearchResponse, default_target
 from mmsearch.search.rerank import exact_rescore, mmr
 from mmsearch.search.subsets import Subset, SubsetCache
 from mmsearch.settings import Settings
+from mmsearch.storage import path_filter
 from mmsearch.storage.catalog import Catalog
 from mmsearch.storage.vectors import VectorStore
 
@@ -101,7 +102,16 @@ class QueryRunner(QueryEmbedder):
     def run(self, q: Query) -> SearchResponse:
         recorded = self.catalog.spaces()
         spaces = self.query_spaces(q, recorded)
+        # inputs are checked before any model loads: a refusal costs milliseconds, not a model load
+        image = self.check_inputs(q)
+        if q.path:
+            path_filter.scans(q.path, self.catalog.roots)  # BadInput for a pattern that cannot match
+        if not self.targets(q, set(spaces)):  # BadInput, or nothing of what it asks for is stored
+            return SearchResponse(results=[], timings_ms=dict.fromkeys(("embed", "ann", "rerank", "hydrate",
+                                                                        "total"), 0.0))
         for space in spaces:
+            if not self.needs_model(q, space):
+                continue  # stored items only (``similar``): their vectors come from the store
             enc = self.encoders.get(space)  # a first query loads its models: not part of its timings
             if space in recorded and recorded[space][0] != enc.spec:
                 raise ModelMismatch(f"the catalog's {space} vectors come from {recorded[space][0]}, not "
@@ -109,7 +119,7 @@ class QueryRunner(QueryEmbedder):
                                     "running server re-embedded since it started needs a restart)")
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
-        vectors = self.embed_query(q, spaces)
+        vectors = self.embed_query(q, spaces, image)
         timings["embed"] = _ms(t0)
         targets = self.targets(q, set(vectors))
         exclude = set(q.exclude_ids) | set(q.item_ids)

@@ -21,6 +21,8 @@ import torch
 from mmsearch.cpus import apply_torch_threads
 from mmsearch.encoders.base import Modality, Spec, l2_normalise, pick_device
 from mmsearch.errors import ModelUnavailable
+from mmsearch.media.decode import JpegFile
+from mmsearch.media.device_images import DeviceImages, StagedImages, tensor_steps
 from mmsearch.settings import Settings
 
 RANDOM = "random"
@@ -57,6 +59,7 @@ class OpenClipEncoder:
         self._tower_lock = threading.Lock()
         self.preprocess = preprocess
         self._pil_stage, self._norm = _split_preprocess(preprocess)
+        self._device_images: DeviceImages | None = None
         self.tokenizer = tokenizer
         self.device = device
         self.batch_size = batch_size
@@ -70,8 +73,13 @@ class OpenClipEncoder:
     @property
     def model(self) -> torch.nn.Module:
         """The whole open_clip model, both towers loaded (for callers that export or inspect it)."""
-        self._tower("image")
-        return self._tower("text")
+        self.load_towers()
+        return self._module
+
+    def load_towers(self) -> None:
+        """Read every tower now: a server does before its port opens, not on its first query."""
+        for modality in self.modalities:
+            self._tower(modality)
 
     def loaded_towers(self) -> set[Modality]:
         return {"image", "text"} - self._unloaded
@@ -122,8 +130,11 @@ class OpenClipEncoder:
     def prepare(self, modality: Modality, decoded: Any) -> Any:
         """Images leave here as uint8 after the PIL steps (resize, crop); ``encode`` turns the whole
         batch into normalised floats at once, on the GPU when there is one. Small per-image torch
-        ops in decode threads would fight the encoder for cores."""
+        ops in decode threads would fight the encoder for cores. A JpegFile (bytes checked from
+        the header) passes through: it is decoded with its batch on the device (``stage_images``)."""
         if modality == "image":
+            if isinstance(decoded, JpegFile):
+                return decoded
             if self._pil_stage is None:
                 return self.preprocess(decoded)
             arr = np.array(self._pil_stage(decoded), dtype=np.uint8)
@@ -139,10 +150,18 @@ class OpenClipEncoder:
             return np.zeros((0, self.dim), dtype=np.float32)
         if modality not in self.modalities:
             raise ValueError(f"{self.spec} does not embed {modality}")
+        if modality == "image" and any(isinstance(p, JpegFile) for p in prepared):
+            staged = self.stage_images(prepared)
+            if staged.failed:
+                raise ValueError("; ".join(f"{prepared[i].path}: {why}" for i, why in staged.failed.items()))
+            return self.encode_staged(staged)
         model = self._tower(modality)
         with torch.inference_mode(), self._autocast():
             if modality == "image":
-                x = torch.stack(list(prepared)).to(self.device, non_blocking=True)
+                x = torch.stack(list(prepared))
+                if self.device.startswith("cuda"):
+                    x = x.pin_memory()  # an asynchronous copy needs page-locked memory
+                x = x.to(self.device, non_blocking=True)
                 if x.dtype == torch.uint8:  # the ToTensor and Normalize steps, for the whole batch
                     mean, std = (torch.as_tensor(v, dtype=torch.float32, device=x.device).view(-1, 1, 1)
                                  for v in self._norm)  # type: ignore[union-attr]
@@ -151,6 +170,37 @@ class OpenClipEncoder:
             else:
                 tokens = self.tokenizer(list(prepared)).to(self.device)
                 out = self._encode_text(tokens)
+        return l2_normalise(out.float().cpu().numpy())
+
+    def device_images(self) -> DeviceImages | None:
+        """Batched JPEG decoding and preprocessing on this encoder's device; None when its
+        transform has a step that path does not reproduce (Pillow then does all of it)."""
+        if self._device_images is None and self._pil_stage is not None and self._norm is not None:
+            steps = tensor_steps(self._pil_stage)
+            if steps is None:
+                return None
+            self._device_images = DeviceImages(steps, self._norm, self.device, lambda img: self.prepare("image", img))
+        return self._device_images
+
+    def stage_images(self, prepared: Sequence[Any]) -> StagedImages:
+        """A batch of JpegFile and prepared tensors, decoded and normalised on the device; thread
+        safe, so the pipeline stages the next batch while ``encode_staged`` runs this one."""
+        stager = self.device_images()
+        if stager is None:
+            raise ValueError(f"{self.spec}: its image transform cannot run on the device")
+        with torch.inference_mode():
+            return stager(prepared)
+
+    def encode_staged(self, staged: StagedImages) -> np.ndarray:
+        """Vectors of a staged batch (its failed images left out), rows L2-normalised."""
+        x = staged.pixels
+        if not len(x):
+            return np.zeros((0, self.dim), dtype=np.float32)
+        model = self._tower("image")
+        if x.device.type == "cuda":  # made on the stager's stream: keep its memory until this one is done
+            x.record_stream(torch.cuda.current_stream(x.device))
+        with torch.inference_mode(), self._autocast():
+            out = model.encode_image(x)
         return l2_normalise(out.float().cpu().numpy())
 
     def _encode_text(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ embeds 5,000/s). Here JPEGs are decoded together by ``torchvision.io.decode_jpeg
 (nvJPEG), then turned upright, resized, cropped and normalised there; other formats arrive
 decoded and resized by the CPU workers (Pillow, which releases the GIL while it works) and cross
 to the device through pinned memory. Where there is no CUDA the same code runs on the CPU, which
-is how it is tested: its vectors match the Pillow path's to a cosine of 0.9998 or better
+is how it is tested: its vectors match the Pillow path's to a cosine of 0.99999 per image
 (docs/benchmarks.md).
 """
 

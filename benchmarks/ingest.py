@@ -40,6 +40,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--limit", type=int, default=0, help="Use only the first N files.")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnx"])
     ap.add_argument("--image-decode", choices=["auto", "pillow", "torch"], default="auto",
                     help="Pillow in worker threads, or torchvision decode_jpeg in batches on the device.")
     ap.add_argument("--repeat", type=int, default=1, help="Link each file this many times (more work).")
@@ -55,7 +56,7 @@ def main() -> None:
         for i, f in enumerate(files):  # the same files, behind links, so the pipeline scans only these
             (media / f"{i:06d}-{Path(f.path).name}").symlink_to(f.path)
         base = Settings(model=args.model, audio_model=args.audio_model, audio=args.modality == "audio",
-                        batch_size=args.batch_size, device=args.device, follow_links=True,
+                        batch_size=args.batch_size, device=args.device, runtime=args.runtime, follow_links=True,
                         image_decode=args.image_decode,
                         model_config_dirs=[REPO / "tests" / "assets"])
         space = "clip" if args.modality == "image" else "clap"
@@ -79,6 +80,7 @@ def main() -> None:
                 pipeline_s.append(time.perf_counter() - t0)
     n = len(files)
     print(f"files={n} units={len(prepared)} batch={args.batch_size} model={enc.spec} device={enc.device} "
+          f"runtime={getattr(enc, 'runtime', 'torch')} "
           f"failed={report.failed} runs={args.runs} image_decode={args.image_decode} "
           f"encoder_s={_fmt(encoder_s)} pipeline_s={_fmt(pipeline_s)}",
           file=sys.stderr)

@@ -102,19 +102,20 @@ def build_media(root: Path, n: int) -> None:
     (root / NOTES).mkdir()
 
 
-def watch_commits() -> list[float]:
-    """Times at which the ingest commits a batch (the writer's commit_files), to find its longest
-    pause: a retrain inside the ingest would show as a gap of its own length."""
+def watch_batches() -> list[float]:
+    """Times at which the ingest stores a batch of vectors (the writer's append_vectors, once per
+    encoder batch): its heartbeat. A retrain or a merge that stalled the ingest would show as a
+    gap of its own length; retrains that run beside it leave only batch-sized gaps."""
     from mmsearch.writer import CatalogWriter
 
     stamps: list[float] = []
-    original = CatalogWriter.commit_files
+    original = CatalogWriter.append_vectors
 
-    def commit_files(self, records):  # type: ignore[no-untyped-def]
-        original(self, records)
+    def append_vectors(self, collection, ids, vectors):  # type: ignore[no-untyped-def]
+        original(self, collection, ids, vectors)
         stamps.append(time.perf_counter())
 
-    CatalogWriter.commit_files = commit_files  # type: ignore[method-assign]
+    CatalogWriter.append_vectors = append_vectors  # type: ignore[method-assign]
     return stamps
 
 
@@ -148,13 +149,22 @@ def rebuild_env() -> dict[str, str]:
 
 
 def wait_child(proc: subprocess.Popen, log: Path) -> tuple[int, float]:
-    """Reap the child with wait4: its exit code and its own peak RSS in MiB (not a running
-    maximum over all children, as RUSAGE_CHILDREN would be)."""
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    """Wait for the child and return its exit code and its own peak RSS in MiB: VmHWM of its
+    address space, polled from /proc until it exits. (ru_maxrss would not do: a child forked
+    from this large process carries the parent's RSS as its high-water mark across exec.)"""
+    peak_kib = 0
+    status_file = Path(f"/proc/{proc.pid}/status")
+    while proc.poll() is None:
+        try:
+            for line in status_file.read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak_kib = max(peak_kib, int(line.split()[1]))
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
     if proc.returncode != 0:
         sys.exit(f"the rebuild failed (exit {proc.returncode}):\n{log.read_text()[-3000:]}")
-    return proc.returncode, rss_mb(usage.ru_maxrss)
+    return proc.returncode, rss_mb(peak_kib)
 
 
 def empty_folder(folder: Path) -> None:
@@ -180,12 +190,12 @@ def run_one_n(n: int, base: Path, args: argparse.Namespace) -> dict[str, float]:
     out: dict[str, float] = {"n": n}
     with Engine.open(settings) as engine:
         engine.embed(text="warm up the text tower")  # loads the model: not part of the ingest time
-        commits = watch_commits()
+        batches = watch_batches()
         t_ingest, report = timed(lambda: engine.index([root]))
-        gaps = np.diff(np.array(commits)) if len(commits) > 1 else np.zeros(1)
+        gaps = np.diff(np.array(batches)) if len(batches) > 1 else np.zeros(1)
         out["ingest_longest_pause_s"] = float(gaps.max())
-        print(f"[n={n}] longest gap between ingest commits: {gaps.max():.2f} s (median {np.median(gaps):.3f} s) "
-              "- retrains run beside the ingest", file=sys.stderr)
+        print(f"[n={n}] longest gap between stored batches: {gaps.max():.2f} s (median {np.median(gaps):.3f} s, "
+              f"{len(batches)} batches) - retrains run beside the ingest", file=sys.stderr)
         items = report.items
         out["ingest_items_per_s"] = items / t_ingest
         print(f"[n={n}] ingest: {items} items from {report.added} files in {t_ingest:.1f} s "

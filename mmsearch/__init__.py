@@ -16,8 +16,10 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Engine": "mmsearch.engine", "Embedding": "mmsearch.engine",
+    "Engine": "mmsearch.engine", "Embedding": "mmsearch.engine", "Embeddings": "mmsearch.engine",
+    "ItemVectors": "mmsearch.engine",
     "Query": "mmsearch.search.request", "Hit": "mmsearch.search.request", "SearchResponse": "mmsearch.search.request",
+    "Profile": "mmsearch.search.request", "Filters": "mmsearch.search.request",
     "Settings": "mmsearch.settings",
     "MMSearchError": "mmsearch.errors", "BadInput": "mmsearch.errors", "ModelMismatch": "mmsearch.errors",
     "ModelUnavailable": "mmsearch.errors", "NotFound": "mmsearch.errors",

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional
 
 import typer
 
@@ -26,8 +26,30 @@ ModelOpt = Annotated[Optional[str], typer.Option("--model", help="Image/text mod
 AudioModelOpt = Annotated[Optional[str], typer.Option("--audio-model", help="Audio/text model spec, clap:HF_ID_OR_DIR.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 KOpt = Annotated[int, typer.Option("-k", "--k", min=1, max=1000, help="Number of results.")]
+RuntimeOpt = Annotated[Optional[Literal["auto", "torch", "onnx"]], typer.Option(
+    "--runtime", help="What runs the models: onnx (CPU, exported once and cached), torch, or auto (onnx on a CPU when "
+    "onnxruntime is installed, torch on a GPU). Default: MMSEARCH_RUNTIME, else auto.")]
 ToOpt = Annotated[Optional[str], typer.Option("--to", help="Return only: image, text, audio (default: all media).")]
+OffsetOpt = Annotated[int, typer.Option("--offset", min=0, help="Skip this many results (paging).")]
+DiversityOpt = Annotated[float, typer.Option("--diversity", min=0.0, max=1.0, help="MMR diversity, 0..1.")]
+ExcludeOpt = Annotated[Optional[list[int]], typer.Option("--exclude", help="Never return this item (repeatable).")]
 DEFAULT_CATALOG = Path(".mmsearch")
+# Filters shared by search, similar and recommend: each is the Query field of the same name (--tag fills
+# tags, --exclude exclude_ids).
+PathOpt = Annotated[Optional[str], typer.Option("--path", help="Only under this folder, or matching a glob.")]
+MinScoreOpt = Annotated[Optional[float], typer.Option("--min-score", help="Drop results below this cosine.")]
+DateFromOpt = Annotated[Optional[str], typer.Option(
+    "--date-from", help="Only dated on or after this day (YYYY-MM-DD) or ISO time: EXIF date taken, else modified.")]
+DateToOpt = Annotated[Optional[str], typer.Option("--date-to", help="... and on or before this one (a day: all of it).")]
+CameraOpt = Annotated[Optional[str], typer.Option(
+    "--camera", help="Camera: case-insensitive prefix of make and model ('canon eos') or of the model ('iphone').")]
+NearOpt = Annotated[Optional[str], typer.Option("--near", help="LAT,LON,KM: photos taken within KM of a place.")]
+MinSizeOpt = Annotated[Optional[str], typer.Option("--min-size", help="Only files of at least this size ('2MB').")]
+MinDurationOpt = Annotated[Optional[float], typer.Option("--min-duration", help="Only sounds at least this long (s).")]
+MaxDurationOpt = Annotated[Optional[float], typer.Option("--max-duration", help="Only sounds at most this long (s).")]
+ExtOpt = Annotated[Optional[list[str]], typer.Option("--ext", help="Only these extensions (repeatable, or jpg,png).")]
+TagOpt = Annotated[Optional[list[str]], typer.Option("--tag", help="Only items with this tag, or key=value (repeatable: all).")]
+DedupOpt = Annotated[Optional[float], typer.Option("--dedup", help="Collapse results within this cosine of a better one (0.95).")]
 
 
 def _settings(catalog: Path, db: str | None, model: str | None = None, audio_model: str | None = None,
@@ -84,13 +106,13 @@ def index(
         "--follow-links", help="Follow symlinks to files outside the folders being indexed (default: skip them).")] = False,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1)] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu or cuda.")] = None,
-    as_json: JsonOpt = False,
+    runtime: RuntimeOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Scan folders, embed new and changed files, drop deleted ones, update the indexes."""
     from tqdm import tqdm
 
     settings = _settings(catalog, db, model, audio_model, audio=audio, batch_size=batch_size, device=device,
-                         follow_links=follow_links or None)  # not given: MMSEARCH_FOLLOW_LINKS decides
+                         runtime=runtime, follow_links=follow_links or None)  # not given: MMSEARCH_FOLLOW_LINKS decides
     with _engine(settings, reembed=reembed) as engine:
         bar = tqdm(total=0, unit="file", desc="indexing", file=sys.stderr, disable=None, dynamic_ncols=True)
 
@@ -136,7 +158,7 @@ def _read(path: Path | None) -> bytes | None:
 
 def _show(response: Any, as_json: bool) -> None:
     if as_json:
-        _print_json(response.model_dump(exclude_none=True))
+        _print_json(response.model_dump(mode="json", exclude_none=True))
         return
     if not response.results:
         typer.echo("no results")
@@ -148,32 +170,58 @@ def _show(response: Any, as_json: bool) -> None:
     typer.echo(f"({len(response.results)} results in {t.get('total', 0):.1f} ms)", err=True)
 
 
+def _filters(**given: Any) -> dict[str, Any]:
+    """The filter options given, as Query (and Profile) fields (lists left out when empty)."""
+    out = {k: v for k, v in given.items() if v is not None and v != []}
+    if "tag" in out:
+        out["tags"] = out.pop("tag")
+    if "exclude" in out:
+        out["exclude_ids"] = out.pop("exclude")
+    return out
+
+
+def _query(model: str = "Query", **fields: Any) -> Any:
+    """A Query (or a Profile), or exit 2 with the first field error."""
+    from pydantic import ValidationError
+
+    from mmsearch.search import request
+
+    try:
+        return getattr(request, model)(**fields)
+    except ValidationError as e:
+        err = e.errors()[0]
+        if not err["loc"]:  # the model's own check (e.g. a profile with nothing liked)
+            typer.echo(f"error: {err['msg'].removeprefix('Value error, ')}", err=True)
+            raise typer.Exit(2) from None
+        name = str(err["loc"][0])
+        label = {"text": "--text" if model == "Profile" else "text", "negative_text": "--not", "tags": "--tag",
+                 "image": "--image", "audio": "--audio", "exclude_ids": "--exclude"}.get(
+                     name, "--" + name.replace("_", "-"))
+        typer.echo(f"error: {label}: {err['msg']}", err=True)
+        raise typer.Exit(2) from None
+
+
 @app.command()
 def search(
     text: Annotated[Optional[str], typer.Argument(help="Text query.")] = None,
     image: Annotated[Optional[Path], typer.Option("--image", help="Image file as the query.")] = None,
     audio_file: Annotated[Optional[Path], typer.Option("--audio", help="Audio file as the query.")] = None,
-    to: ToOpt = None, k: KOpt = 10,
-    offset: Annotated[int, typer.Option("--offset", min=0, help="Skip this many results (paging).")] = 0,
-    path: Annotated[Optional[str], typer.Option("--path", help="Only under this prefix, or matching a glob.")] = None,
-    min_score: Annotated[Optional[float], typer.Option("--min-score", help="Drop results below this cosine.")] = None,
     negative: Annotated[Optional[list[str]], typer.Option("--not", help="Steer away from this text.")] = None,
-    diversity: Annotated[float, typer.Option("--diversity", min=0.0, max=1.0, help="MMR diversity, 0..1.")] = 0.0,
+    to: ToOpt = None, k: KOpt = 10, offset: OffsetOpt = 0, path: PathOpt = None, min_score: MinScoreOpt = None,
+    diversity: DiversityOpt = 0.0, exclude: ExcludeOpt = None,
+    date_from: DateFromOpt = None, date_to: DateToOpt = None, camera: CameraOpt = None, near: NearOpt = None,
+    min_size: MinSizeOpt = None, min_duration: MinDurationOpt = None, max_duration: MaxDurationOpt = None,
+    ext: ExtOpt = None, tag: TagOpt = None, dedup: DedupOpt = None,
     catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, model: ModelOpt = None,
-    audio_model: AudioModelOpt = None, as_json: JsonOpt = False,
+    audio_model: AudioModelOpt = None, runtime: RuntimeOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Search by text, an image, a sound, or a mix of them."""
-    from pydantic import ValidationError
-
-    from mmsearch.search.request import Query
-
-    try:
-        q = Query(text=text, image=_read(image), audio=_read(audio_file), to=to, k=k, offset=offset, path=path,
-                  min_score=min_score, negative_text=negative or [], diversity=diversity)
-    except ValidationError as e:
-        typer.echo(f"error: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}", err=True)
-        raise typer.Exit(2) from None
-    with _engine(_settings(catalog, db, model, audio_model), create=False) as engine:
+    filters = _filters(k=k, offset=offset, path=path, min_score=min_score, diversity=diversity, exclude=exclude,
+                       date_from=date_from, date_to=date_to, camera=camera, near=near, min_size=min_size,
+                       min_duration=min_duration, max_duration=max_duration, ext=ext, tag=tag, dedup=dedup)
+    q = _query(text=text, image=_read(image), audio=_read(audio_file), negative_text=negative or [], to=to,
+               **filters)
+    with _engine(_settings(catalog, db, model, audio_model, runtime=runtime), create=False) as engine:
         response = engine.search(q)
     _show(response, as_json)
 
@@ -181,13 +229,134 @@ def search(
 @app.command()
 def similar(
     item_ids: Annotated[list[int], typer.Argument(help="Item ids (from search results).")],
-    to: ToOpt = None, k: KOpt = 10,
-    catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, as_json: JsonOpt = False,
+    to: ToOpt = None, k: KOpt = 10, offset: OffsetOpt = 0, path: PathOpt = None, min_score: MinScoreOpt = None,
+    diversity: DiversityOpt = 0.0, exclude: ExcludeOpt = None,
+    date_from: DateFromOpt = None, date_to: DateToOpt = None, camera: CameraOpt = None, near: NearOpt = None,
+    min_size: MinSizeOpt = None, min_duration: MinDurationOpt = None, max_duration: MaxDurationOpt = None,
+    ext: ExtOpt = None, tag: TagOpt = None, dedup: DedupOpt = None,
+    catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, runtime: RuntimeOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Items like the given ones (by default in their own modality)."""
-    with _engine(_settings(catalog, db), create=False) as engine:
-        response = engine.similar(item_ids, to=to, k=k)
+    filters = _filters(k=k, offset=offset, path=path, min_score=min_score, diversity=diversity, exclude=exclude,
+                       date_from=date_from, date_to=date_to, camera=camera, near=near, min_size=min_size,
+                       min_duration=min_duration, max_duration=max_duration, ext=ext, tag=tag, dedup=dedup)
+    _query(item_ids=item_ids, to=to, **filters)  # a bad option exits 2 before the catalog opens
+    with _engine(_settings(catalog, db, runtime=runtime), create=False) as engine:
+        response = engine.similar(item_ids, to=to, **filters)
     _show(response, as_json)
+
+
+def _weighted(values: list[str] | None, flag: str) -> list[int] | dict[int, float]:
+    """``--like 12 --like 40:2.5``: ids, or ids to weights once any weight is given."""
+    out: dict[int, float] = {}
+    for value in values or []:
+        item, _, weight = value.partition(":")
+        try:
+            out[int(item)] = float(weight) if weight else 1.0
+        except ValueError:
+            typer.echo(f"error: {flag} {value!r}: give an item id, or ID:WEIGHT", err=True)
+            raise typer.Exit(2) from None
+    return out if any(":" in v for v in values or []) else list(out)
+
+
+@app.command()
+def recommend(
+    like: Annotated[Optional[list[str]], typer.Option("--like", help="A liked item id, or ID:WEIGHT (repeatable).")] = None,
+    dislike: Annotated[Optional[list[str]], typer.Option(
+        "--dislike", help="A disliked item id, or ID:WEIGHT (repeatable).")] = None,
+    text: Annotated[Optional[str], typer.Option("--text", help="Text to steer by (e.g. 'at night').")] = None,
+    text_weight: Annotated[float, typer.Option("--text-weight", help="Weight of the text.")] = 1.0,
+    dislike_weight: Annotated[float, typer.Option("--dislike-weight", help="Strength of the dislikes.")] = 0.25,
+    scoring: Annotated[str, typer.Option("--scoring", help="rocchio (one blended vector) or best (each result by "
+                                         "its best liked item, less its closest disliked one).")] = "rocchio",
+    to: ToOpt = None, k: KOpt = 10, offset: OffsetOpt = 0, path: PathOpt = None, min_score: MinScoreOpt = None,
+    diversity: DiversityOpt = 0.0, exclude: ExcludeOpt = None,
+    date_from: DateFromOpt = None, date_to: DateToOpt = None, camera: CameraOpt = None, near: NearOpt = None,
+    min_size: MinSizeOpt = None, min_duration: MinDurationOpt = None, max_duration: MaxDurationOpt = None,
+    ext: ExtOpt = None, tag: TagOpt = None, dedup: DedupOpt = None,
+    catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, runtime: RuntimeOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Items for a profile: liked and disliked items (never returned themselves), optionally a text;
+    --exclude leaves out more (those already seen)."""
+    liked, disliked = _weighted(like, "--like"), _weighted(dislike, "--dislike")
+    filters = _filters(k=k, offset=offset, path=path, min_score=min_score, diversity=diversity, exclude=exclude,
+                       date_from=date_from, date_to=date_to, camera=camera, near=near, min_size=min_size,
+                       min_duration=min_duration, max_duration=max_duration, ext=ext, tag=tag, dedup=dedup)
+    profile = dict(like=liked, dislike=disliked, text=text, text_weight=text_weight, dislike_weight=dislike_weight,
+                   scoring=scoring, to=to, **filters)
+    _query(model="Profile", **profile)  # a bad option exits 2 before the catalog opens
+    with _engine(_settings(catalog, db, runtime=runtime), create=False) as engine:
+        response = engine.recommend(**profile)
+    _show(response, as_json)
+
+
+@app.command()
+def export(
+    out: Annotated[Path, typer.Option("--out", help="Parquet file, or the folder for npy files.")],
+    format: Annotated[str, typer.Option("--format", help="parquet (one file) or npy (a .npy and a .csv per "
+                                        "collection).")] = "parquet",
+    collection: Annotated[Optional[list[str]], typer.Option(
+        "--collection", help="Only this collection, e.g. clip.image (repeatable; default: all).")] = None,
+    catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Write every stored vector, with its item id, path, modality and span, in bounded memory."""
+    with _engine(_settings(catalog, db), create=False) as engine:
+        counts = engine.export(out, format=format, collections=collection)  # type: ignore[arg-type]
+    if as_json:
+        _print_json({"out": str(out), "format": format, "vectors": counts})
+    else:
+        typer.echo(f"exported {sum(counts.values())} vectors ("
+                   + ", ".join(f"{c}: {n}" for c, n in counts.items()) + f") to {out}")
+
+
+@app.command()
+def tag(
+    item_id: Annotated[int, typer.Argument(help="Item id (from search results).")],
+    add: Annotated[Optional[list[str]], typer.Option("--add", help="Add a tag (repeatable).")] = None,
+    remove: Annotated[Optional[list[str]], typer.Option(
+        "--remove", help="Remove a tag or key (repeatable; key=value: only with that value).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Set key=value (repeatable).")] = None,
+    catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Change an item's own tags and key-values, then print them (none given: just print them)."""
+    values: dict[str, str] = {}
+    for pair in set_ or []:
+        key, eq, value = pair.partition("=")
+        if not eq:
+            typer.echo(f"error: --set takes key=value, not {pair!r}", err=True)
+            raise typer.Exit(2)
+        values[key] = value
+    with _engine(_settings(catalog, db), create=False) as engine:
+        if add or remove or values:
+            tags = engine.tag(item_id, add=add or [], remove=remove or [], set=values)
+        else:
+            tags = engine.item(item_id).tags
+    if as_json:
+        _print_json({"id": item_id, "tags": tags})
+    else:
+        typer.echo(" ".join(tags) if tags else "(no tags)")
+
+
+@app.command()
+def duplicates(
+    threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0,
+                                             help="Cosine at or above which two items are near duplicates.")] = 0.95,
+    collection: Annotated[str, typer.Option("--collection", help="Which vectors: clip.image, clap.audio, clip.text, "
+                                                                 "clap.text.")] = "clip.image",
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Largest groups only.")] = None,
+    catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Groups of near-duplicate items (a photo, its crops and resizes), largest first."""
+    with _engine(_settings(catalog, db), create=False) as engine:
+        response = engine.duplicates(threshold=threshold, collection=collection, limit=limit)
+    if as_json:
+        _print_json(response.model_dump(mode="json", exclude_none=True))
+        return
+    for n, group in enumerate(response.groups, 1):
+        typer.echo(f"group {n}: {len(group.items)} items, best cosine {group.score:.4f}")
+        for it in group.items:
+            typer.echo(f"  #{it.id:<7} {it.path}")
+    typer.echo(f"({len(response.groups)} groups in {response.timings_ms['total'] / 1000:.1f} s)", err=True)
 
 
 @app.command()
@@ -197,13 +366,13 @@ def embed(
     audio_file: Annotated[Optional[Path], typer.Option("--audio", help="Audio file to embed.")] = None,
     space: Annotated[Optional[str], typer.Option("--space", help="For text: clip (default) or clap.")] = None,
     catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, model: ModelOpt = None,
-    audio_model: AudioModelOpt = None, as_json: JsonOpt = False,
+    audio_model: AudioModelOpt = None, runtime: RuntimeOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Print the raw embedding vector, for other systems."""
     from mmsearch.engine import embed_without_catalog
     from mmsearch.storage.catalog import catalog_exists
 
-    settings = _settings(catalog, db, model, audio_model)
+    settings = _settings(catalog, db, model, audio_model, runtime=runtime)
     if catalog_exists(settings):
         with _engine(settings, create=False) as engine:
             result = engine.embed(text=text, image=_read(image), audio=_read(audio_file), space=space)
@@ -312,7 +481,7 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on.")] = 8000,
     api_key: Annotated[Optional[str], typer.Option(
-        "--api-key", envvar="MMSEARCH_API_KEY", help="Key that writes (indexing, deleting) must send.")] = None,
+        "--api-key", envvar="MMSEARCH_API_KEY", help="Key that writes (indexing, deleting, tagging) must send.")] = None,
     index_root: Annotated[Optional[list[Path]], typer.Option(
         "--index-root", help="A folder the API may index (repeatable); none: no indexing over HTTP.")] = None,
     read_only: Annotated[bool, typer.Option("--read-only", help="Refuse every write.")] = False,
@@ -320,6 +489,7 @@ def serve(
     batching: Annotated[bool, typer.Option(
         "--batching/--no-batching", help="Embed concurrent text queries together (micro-batching).")] = True,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
+    runtime: RuntimeOpt = None,
 ) -> None:
     """Run the HTTP API and the search page (http://HOST:PORT/, API docs at /docs)."""
     import uvicorn
@@ -333,7 +503,7 @@ def serve(
             typer.echo(f"error: --index-root {r} is not a folder", err=True)
             raise typer.Exit(2)
     settings = _settings(catalog, db, model, audio_model, api_key=api_key, audio=audio,
-                         index_roots=roots or None)
+                         index_roots=roots or None, runtime=runtime)
     try:
         check_bind(host, settings, read_only=read_only)
     except MMSearchError as e:

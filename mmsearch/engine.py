@@ -10,16 +10,20 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
+from pydantic import ValidationError
 
 from mmsearch import cpus
 from mmsearch.encoders.base import Encoder
 from mmsearch.encoders.encoder_set import EncoderSet
-from mmsearch.errors import BadInput, NotFound
+from mmsearch.errors import BadInput, MMSearchError, NotFound
+from mmsearch.export import ExportFormat, ItemVectors, blocks, item_vectors, write_npy, write_parquet
+from mmsearch.search.duplicates import DuplicatesResponse, find_duplicates
 from mmsearch.search.live import LiveIndexes
-from mmsearch.search.query_embedding import Embedding, QueryEmbedder
-from mmsearch.search.request import Hit, Query, SearchResponse
+from mmsearch.search.query_embedding import Embedding, Embeddings, QueryEmbedder
+from mmsearch.search.request import Hit, Profile, Query, SearchResponse, weighted
+from mmsearch.search.scoring import DISLIKE_WEIGHT, Scoring
 from mmsearch.search.runner import QueryRunner
 from mmsearch.settings import Settings
 from mmsearch.storage.catalog import Catalog, ItemRow, SchemaOutdated
@@ -122,6 +126,17 @@ class Engine:
         with self.writing() as writer:
             writer.delete_item(item_id)
 
+    def tag(self, item_id: int, *, add: Sequence[str] = (), remove: Sequence[str] = (),
+            set: Mapping[str, str] | None = None) -> list[str]:  # noqa: A002 - the option's name on every face
+        """Change an item's own tags: ``remove`` names (or ``key=value``: only while it has that
+        value), then ``add`` plain tags, then ``set`` keys to values. Returns its tags after, as
+        ``tag`` and ``key=value``. Tags survive re-indexing: they belong to the item id."""
+        for name, group in (("add", add), ("remove", remove)):
+            if isinstance(group, str):
+                raise BadInput(f"{name} takes a list of tags, not one string")
+        with self.writing() as writer:
+            return writer.set_tags(item_id, list(add), list(remove), set)
+
     def check(self, *, repair: bool = False) -> dict[str, Any]:
         """What is damaged: index files missing, unreadable or replaced, and live rows whose
         vectors are gone. With ``repair``, indexes are rebuilt and the files of lost vectors
@@ -164,19 +179,139 @@ class Engine:
         return self.runner.run(query)
 
     def similar(self, item_ids: Sequence[int], *, to: str | None = None, k: int = 10, **filters: Any) -> SearchResponse:
-        """More like these items; by default in their own modality."""
+        """More like these items (their mean); by default in their own modality. ``filters``:
+        those of ``Query`` (path, min_score, exclude_ids, ...); an unknown one is refused."""
         if not item_ids:
             raise BadInput("give at least one item id")
-        rows = [self.catalog.item(i) for i in item_ids]  # NotFound for unknown ids
-        to = to or (rows[0].modality if len({r.modality for r in rows}) == 1 else None)
-        return self.search(Query(item_ids=list(item_ids), to=to, k=k, **filters))  # type: ignore[arg-type]
+        return self.recommend(like=item_ids, to=to, k=k, **filters)
 
-    def embed(self, *, text: str | None = None, image: bytes | None = None, audio: bytes | None = None,
-              space: str | None = None) -> Embedding:
-        return self.runner.embed_one(text=text, image=image, audio=audio, space=space)
+    def recommend(self, like: Sequence[int] | Mapping[int, float] = (), dislike: Sequence[int] | Mapping[int, float] = (),
+                  *, text: str | None = None, text_weight: float = 1.0, dislike_weight: float = DISLIKE_WEIGHT,
+                  scoring: Scoring = "rocchio", to: str | None = None, k: int = 10, **filters: Any) -> SearchResponse:
+        """Items for a profile: liked and disliked items (ids, or ids to weights), optionally a text.
+        ``scoring``: "rocchio" (one blended vector) or "best" (each candidate by its best liked
+        item, less its closest disliked one): see docs/search.md. Liked and disliked items are
+        never returned; ``exclude_ids`` leaves out more (e.g. those already seen). By default the
+        results are in the liked items' own modality."""
+        fields = dict(like=like, dislike=dislike, text=text, text_weight=text_weight, dislike_weight=dislike_weight,
+                      scoring=scoring, to=to, k=k, **filters)
+        return self.recommend_batch([fields])[0]
+
+    @overload
+    def recommend_batch(self, profiles: Sequence[Profile | Mapping[str, Any]],
+                        errors: Literal["raise"] = "raise") -> list[SearchResponse]: ...
+
+    @overload
+    def recommend_batch(self, profiles: Sequence[Profile | Mapping[str, Any]],
+                        errors: Literal["return"]) -> list[SearchResponse | MMSearchError]: ...
+
+    def recommend_batch(self, profiles: Sequence[Profile | Mapping[str, Any]],
+                        errors: Literal["raise", "return"] = "raise") -> list[Any]:
+        """One result list per profile (a Profile, or a dict of ``recommend``'s arguments), from one
+        batched ANN search per collection: far cheaper than a loop of ``recommend``. With
+        ``errors="return"`` a profile that cannot run (an unknown item) gets its error in its place
+        and the others are answered; by default the first one is raised."""
+        answers: list[Any] = [None] * len(profiles)
+        checked: dict[int, Profile] = {}
+        for i, p in enumerate(profiles):
+            try:
+                with _checked():
+                    checked[i] = p if isinstance(p, Profile) else Profile.model_validate(dict(p))
+            except MMSearchError as e:
+                answers[i] = e
+        modality = self.catalog.modalities(sorted({j for p in checked.values()
+                                                   for j in (*weighted(p.like), *weighted(p.dislike))}))
+        queries: list[tuple[int, Query]] = []
+        for i, p in checked.items():
+            try:
+                unknown = [j for j in (*weighted(p.like), *weighted(p.dislike)) if j not in modality]
+                if unknown:
+                    raise NotFound(f"no item {unknown[0]}")
+                liked = {modality[j] for j in weighted(p.like)}
+                with _checked():  # e.g. an item both liked and disliked
+                    queries.append((i, p.query(to=liked.pop() if len(liked) == 1 else None)))
+            except MMSearchError as e:
+                answers[i] = e
+        self.indexes.refresh()
+        for (i, _), answer in zip(queries, self.runner.run_batch([q for _, q in queries])):
+            answers[i] = answer
+        if errors == "raise":
+            for answer in answers:
+                if isinstance(answer, MMSearchError):
+                    raise answer
+        return answers
+
+    @overload
+    def embed(self, *, text: str, space: str | None = None) -> Embedding: ...
+
+    @overload
+    def embed(self, *, texts: Sequence[str], space: str | None = None) -> Embeddings: ...
+
+    @overload
+    def embed(self, *, image: bytes) -> Embedding: ...
+
+    @overload
+    def embed(self, *, audio: bytes) -> Embedding: ...
+
+    def embed(self, *, text: str | None = None, texts: Sequence[str] | None = None, image: bytes | None = None,
+              audio: bytes | None = None, space: str | None = None) -> Embedding | Embeddings:
+        """The raw unit vector of a text, an image or a sound; ``texts``: many texts at once."""
+        return _embed(self.runner, text=text, texts=texts, image=image, audio=audio, space=space)
+
+    def vectors(self, item_ids: Sequence[int], *, collection: str | None = None) -> dict[str, ItemVectors]:
+        """The stored vectors of these items, by collection (``clip.image``, ...): numpy arrays with
+        their item ids, embedding ids and spans (an audio item has a row per window)."""
+        self.indexes.refresh()
+        return item_vectors(self.catalog, self.indexes, list(item_ids), collection)
+
+    def export(self, out: str | Path, *, format: ExportFormat = "parquet",
+               collections: Sequence[str] | None = None) -> dict[str, int]:
+        """Stream every stored vector (with item id, path, modality and span) of the collections
+        (default: all) to ``out``: one Parquet file, or a folder of ``.npy`` + ``.csv`` per
+        collection. Memory stays at one block of rows. Returns the rows written per collection."""
+        existing = self.catalog.collections()
+        chosen = list(collections) if collections else existing
+        unknown = [c for c in chosen if c not in existing]
+        if unknown:
+            raise BadInput(f"no collection {unknown[0]!r} in this catalog (it has: {', '.join(existing) or 'none'})")
+        dims = {c: self.catalog.spaces()[c.split(".")[0]][1] for c in chosen}
+        parts = blocks(self.catalog, self.indexes, chosen)
+        if format == "parquet":
+            counts: dict[str, int] = dict.fromkeys(chosen, 0)
+
+            def counted() -> Iterator[ItemVectors]:
+                for b in parts:
+                    counts[b.collection] += len(b)
+                    yield b
+
+            write_parquet(counted(), Path(out), dims)
+            return counts
+        if format == "npy":
+            return write_npy(parts, Path(out))
+        raise BadInput(f"unknown export format {format!r}: parquet or npy")
 
     def item(self, item_id: int) -> ItemRow:
+        """An item with its file's facts (``facts``: EXIF date, camera, place, size in pixels,
+        media type) and its tags."""
         return self.catalog.item(item_id)
+
+    def duplicates(self, *, threshold: float = 0.95, collection: str = "clip.image",
+                   limit: int | None = None) -> DuplicatesResponse:
+        """Groups of near-duplicate items of a collection (cosine >= ``threshold``), largest
+        first; ``limit`` caps the groups returned. See search/duplicates.py."""
+        if not 0 < threshold <= 1:
+            raise BadInput("threshold is a cosine in (0, 1], e.g. 0.95")
+        if limit is not None and limit < 1:
+            raise BadInput("limit is at least 1")
+        self.indexes.refresh()
+        spaces = self.catalog.spaces()
+        space = spaces.get(collection.split(".")[0])
+        index = self.indexes.index(collection) if space is not None else None
+        if index is None or collection not in self.catalog.collections():
+            known = ", ".join(self.catalog.collections()) or "none"
+            raise NotFound(f"no collection {collection!r} in this catalog (it has: {known})")
+        return find_duplicates(self.catalog, index, self.indexes.store(collection, space[1]), collection,
+                               threshold, limit)
 
     def lookup(self, path: str | Path) -> list[int]:
         """The item ids of an indexed file (one for a photo or a sound, one per row of a captions
@@ -204,14 +339,33 @@ class Engine:
         }
 
 
-def embed_without_catalog(settings: Settings, *, text: str | None = None, image: bytes | None = None,
-                          audio: bytes | None = None, space: str | None = None) -> Embedding:
+def embed_without_catalog(settings: Settings, *, text: str | None = None, texts: Sequence[str] | None = None,
+                          image: bytes | None = None, audio: bytes | None = None,
+                          space: str | None = None) -> Embedding | Embeddings:
     """``mmsearch embed`` where no catalog exists: the model named (or the default), and nothing
     is created or recorded."""
-    return QueryEmbedder(None, None, EncoderSet(None, settings), settings).embed_one(
-        text=text, image=image, audio=audio, space=space)
+    return _embed(QueryEmbedder(None, None, EncoderSet(None, settings), settings), text=text, texts=texts,
+                  image=image, audio=audio, space=space)
 
 
+def _embed(embedder: QueryEmbedder, *, text: str | None, texts: Sequence[str] | None, image: bytes | None,
+           audio: bytes | None, space: str | None) -> Embedding | Embeddings:
+    if texts is None:
+        return embedder.embed_one(text=text, image=image, audio=audio, space=space)
+    if text is not None or image is not None or audio is not None:
+        raise BadInput("embed takes exactly one of text, texts, image or audio")
+    return embedder.embed_texts(texts, space)
+
+
+@contextmanager
+def _checked() -> Iterator[None]:
+    """Pydantic's field errors as one BadInput: a typo such as ``min_szie=`` is refused, and
+    reads the same on every face."""
+    try:
+        yield
+    except ValidationError as e:
+        raise BadInput("; ".join(f"{'.'.join(map(str, err['loc'])) or 'input'}: {err['msg']}"
+                                 for err in e.errors())) from None
 
 
 def __getattr__(name: str) -> Any:
@@ -222,4 +376,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'mmsearch.engine' has no attribute {name!r}")
 
 
-__all__ = ["Engine", "Embedding", "Hit", "IndexReport", "NotFound", "Query", "SearchResponse"]
+__all__ = ["Embedding", "Embeddings", "Engine", "Hit", "IndexReport", "ItemVectors", "NotFound", "Profile", "Query",
+           "SearchResponse"]

@@ -16,8 +16,9 @@ class ModelMismatch(MMSearchError):
     """The catalog was built with another model than the one asked for."""
 
 
-class BadInput(MMSearchError):
-    """A query, spec or file the engine cannot use."""
+class BadInput(MMSearchError, ValueError):
+    """A query, spec or file the engine cannot use (also a ValueError, as Python callers expect
+    of a bad argument)."""
 
 
 class NotFound(MMSearchError):

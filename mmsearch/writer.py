@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +120,12 @@ class CatalogWriter:
         touched, so it costs milliseconds at any catalog size and never blocks a query."""
         with self._mutex:
             self.catalog.delete_item(item_id)
+
+    def set_tags(self, item_id: int, add: Sequence[str], remove: Sequence[str],
+                 values: Mapping[str, str] | None) -> list[str]:
+        """Tags are SQL rows: a trigger moves the filters' generation, so cached selections see it."""
+        with self._mutex:
+            return self.catalog.set_tags(item_id, add, remove, values)
 
     def move_file(self, old_path: str, new_path: str, root_id: int, mtime_ns: int) -> None:
         with self._mutex:

@@ -27,6 +27,16 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"test media missing: {DATA} (see ../shared/data/README.md)")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def export_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One ONNX export cache for the run, for every test and every process a test starts: each
+    tiny model is exported once (the CPU runtime is the default on a CPU), never into ~/.cache."""
+    folder = tmp_path_factory.mktemp("export-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MMSEARCH_CACHE_DIR", str(folder))
+        yield folder
+
+
 @pytest.fixture(scope="session")
 def tiny_clip_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised tiny open_clip model saved as a local checkpoint file."""

@@ -38,7 +38,7 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def enc(tiny_dir: Path) -> ClapEncoder:
-    e = load_encoder("clap:" + str(tiny_dir), Settings(device="cpu", batch_size=3))
+    e = load_encoder("clap:" + str(tiny_dir), Settings(device="cpu", batch_size=3, runtime="torch"))
     assert isinstance(e, ClapEncoder)
     return e
 

@@ -194,3 +194,21 @@ def test_lookup_and_delete_by_path(cli, photo_dir: Path) -> None:  # type: ignor
     assert ids[0] not in [h["id"] for h in json.loads(r.stdout)["results"]]
     r = cli("check", "--json")
     assert json.loads(r.stdout)["ok"] is True
+
+
+def test_search_similar_and_recommend_take_the_same_filters(cli, photo_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    cli("index", str(photo_dir), "--model", cli.spec)
+    first = _json(cli("search", "a dog", "--to", "image", "--json", "-k", "1"))["results"][0]
+    for cmd in (["search", "a dog"], ["similar", str(first["id"])], ["recommend", "--like", str(first["id"])]):
+        res = _json(cli(*cmd, "--to", "all", "--ext", "txt", "--min-size", "1", "--date-from", "1970-01-02",
+                        "--dedup", "0.999", "--json", "-k", "5"))
+        assert res["results"] and all(h["path"].endswith(".txt") for h in res["results"]), cmd
+        assert all(h["size"] >= 1 for h in res["results"]), cmd
+        res = _json(cli(*cmd, "--to", "image", "--path", str(photo_dir / "beach"), "--tag", "nowhere", "--json"))
+        assert res["results"] == [], cmd
+        r = cli(*cmd, "--min-size", "2XB", ok=False)
+        assert r.exit_code == 2 and "--min-size" in r.output, (cmd, r.output)
+        r = cli(*cmd, "--near", "100,0,5", ok=False)
+        assert r.exit_code == 2 and "--near" in r.output, (cmd, r.output)
+    r = cli("recommend", "--dislike", str(first["id"]), ok=False)
+    assert r.exit_code == 2 and "liked item or a text" in r.output

@@ -82,9 +82,16 @@ def test_refused_inputs_load_no_model(catalog: Path, tmp_path: Path, no_models: 
     assert no_models == []
 
 
-def test_text_query_reads_only_the_text_tower(catalog: Path, photo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+def test_text_query_reads_only_the_text_tower(catalog: Path, photo_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                              runtime: str, tmp_path: Path) -> None:
     from mmsearch.encoders import encoder_set
+    from mmsearch.encoders.cpu_runtime import onnx_available
 
+    if runtime == "onnx" and not onnx_available():
+        pytest.skip("the CPU runtime is not installed")
+    monkeypatch.setenv("MMSEARCH_RUNTIME", runtime)
+    monkeypatch.setenv("MMSEARCH_CACHE_DIR", str(tmp_path / "cache"))  # exports made here, not reused
     built: list[Any] = []
     real = encoder_set.load_encoder
 
@@ -96,12 +103,16 @@ def test_text_query_reads_only_the_text_tower(catalog: Path, photo_dir: Path, mo
     r = _cli(catalog, "search", "a dog on the beach", "--to", "image", "--json")
     assert r.exit_code == 0 and json.loads(r.stdout)["results"], r.output
     (enc,) = built
-    assert enc.loaded_towers() == {"text"}
-    assert all(p.is_meta for p in enc._module.visual.parameters())  # never read nor allocated
+    torch_encoder = enc.base if runtime == "onnx" else enc
+    assert torch_encoder.loaded_towers() == {"text"}  # the ONNX export of the text tower read it, no more
+    assert all(p.is_meta for p in torch_encoder.module.visual.parameters())  # never read nor allocated
+    if runtime == "onnx":
+        assert set(enc._runners) == {"text"}
     img = sorted(photo_dir.rglob("*.jpg"))[2]
     r = _cli(catalog, "search", "--image", str(img), "--json", "-k", "1")
     assert json.loads(r.stdout)["results"][0]["path"] == str(img)
-    assert built[-1].loaded_towers() == {"image"}
+    torch_encoder = built[-1].base if runtime == "onnx" else built[-1]
+    assert torch_encoder.loaded_towers() == {"image"}
 
 
 def test_lazy_towers_give_the_same_vectors_as_a_whole_model(clip_spec: str, tiny_clip_checkpoint: Path) -> None:
@@ -112,7 +123,7 @@ def test_lazy_towers_give_the_same_vectors_as_a_whole_model(clip_spec: str, tiny
     from mmsearch.encoders import load_encoder
     from mmsearch.settings import Settings
 
-    enc = load_encoder(clip_spec, Settings(model_config_dirs=[CONFIG_DIR], device="cpu"))
+    enc = load_encoder(clip_spec, Settings(model_config_dirs=[CONFIG_DIR], device="cpu", runtime="torch"))
     assert enc.loaded_towers() == set() and enc.dim == 32
     ref = open_clip.create_model("mmtest-tiny", pretrained=str(tiny_clip_checkpoint)).eval()
     with torch.inference_mode():

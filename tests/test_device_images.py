@@ -23,7 +23,7 @@ MIN_COSINE = 0.99  # measured on CPU: 0.99999 (tiny model), 0.999996 (ViT-B-32);
 
 
 def _both_paths(spec: str, paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
-    enc = load_encoder(spec, Settings(model_config_dirs=[CONFIG_DIR], device="cpu"))
+    enc = load_encoder(spec, Settings(model_config_dirs=[CONFIG_DIR], device="cpu", runtime="torch"))
     pillow = enc.encode("image", [enc.prepare("image", load_image(p, 10**9)) for p in paths])
     jpegs = [probe_jpeg(str(p), 10**9) for p in paths]
     assert all(isinstance(j, JpegFile) for j in jpegs)
@@ -67,9 +67,11 @@ def test_probe_leaves_non_jpegs_and_oversized_ones_to_pillow(tmp_path: Path) -> 
     assert probe_jpeg(str(tmp_path / "junk.jpg"), 10**9) is None
 
 
-def test_ingest_through_the_device_path(make_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """The whole pipeline with ``image_decode=torch`` on the CPU: JPEGs, a PNG, a grey JPEG, a
-    rotated one and a truncated one; vectors as the Pillow pipeline's, the bad file failed."""
+def test_ingest_through_the_device_path(make_settings, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole pipeline with ``image_decode=torch`` on the CPU (torch runs the model: the CPU
+    runtime takes Pillow's tensors): JPEGs, a PNG, a grey JPEG, a rotated one and a truncated one;
+    vectors as the Pillow pipeline's, the bad file failed."""
     media = tmp_path / "media"
     media.mkdir()
     photos = flickr_images(20)
@@ -82,14 +84,25 @@ def test_ingest_through_the_device_path(make_settings, tmp_path: Path) -> None: 
     exif[0x0112] = 6
     turned.save(media / "turned.jpg", exif=exif)
     (media / "cut.jpg").write_bytes(photos[3].read_bytes()[:2000])
+    from mmsearch.indexer import pipeline
+
+    staged: list[int] = []
+    stage = pipeline._Ingest._finish_staged
+
+    def counting(self: pipeline._Ingest) -> None:
+        staged.append(1 if self.staged is not None else 0)
+        stage(self)
+
+    monkeypatch.setattr(pipeline._Ingest, "_finish_staged", counting)
     vectors = {}
     for mode in ("pillow", "torch"):
-        settings = make_settings(catalog=tmp_path / f"cat-{mode}", image_decode=mode, batch_size=8)
+        settings = make_settings(catalog=tmp_path / f"cat-{mode}", image_decode=mode, batch_size=8, runtime="torch")
         with Engine.open(settings) as engine:
             report = engine.index([media])
             assert report.added == 23 and report.failed == 1, report.failures
             assert report.failures[0][0].endswith("cut.jpg")
             vectors[mode] = _stored(engine, media)
+        assert (sum(staged) > 0) == (mode == "torch")  # batches went through the device path, or none did
     names = sorted(vectors["pillow"])
     a = np.stack([vectors["pillow"][n] for n in names])
     b = np.stack([vectors["torch"][n] for n in names])

@@ -94,3 +94,22 @@ def test_path_filter_under_a_language_collation(make_settings) -> None:  # type:
             assert under("/a/[P]hotos/*") == ["/a/Photos/y.jpg"]
         finally:
             catalog.close()
+
+
+def test_recommendations_vectors_and_exports_on_postgres(make_settings, photo_dir: Path, pg_url: str,  # type: ignore[no-untyped-def]
+                                                         tmp_path: Path) -> None:
+    import numpy as np
+
+    with Engine.open(make_settings(db_url=pg_url)) as engine:
+        engine.index([photo_dir])
+        photos = [engine.lookup(p)[0] for p in sorted(photo_dir.rglob("*.jpg"))[:6]]
+        profiles = [{"like": photos[:2], "dislike": [photos[2]]}, {"like": {photos[3]: 2.0}, "scoring": "best"},
+                    {"like": [photos[4]], "exclude_ids": photos[5:]}]
+        batch = engine.recommend_batch(profiles)
+        assert [[h.id for h in r.results] for r in batch] == \
+            [[h.id for h in engine.recommend(**p).results] for p in profiles]
+        got = engine.vectors(photos)["clip.image"]
+        assert sorted(got.item_ids.tolist()) == sorted(photos)
+        counts = engine.export(tmp_path / "npy", format="npy", collections=["clip.image"])
+        assert counts == {"clip.image": 24}
+        assert np.load(tmp_path / "npy" / "clip.image.npy").shape == (24, 32)

@@ -13,13 +13,14 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from starlette.concurrency import run_in_threadpool
 
 from mmsearch import __version__
-from mmsearch.api.errors import engine_error, internal_error
+from mmsearch.api.errors import engine_error, internal_error, validation_error
 from mmsearch.api.routes import ROUTERS
 from mmsearch.api.schemas import EmbedForm, EmbedRequest, SearchForm, SearchRequest
 from mmsearch.api.security import FORM_OVERHEAD, BodyLimit, SecurityHeaders
@@ -56,6 +57,7 @@ def create_app(source: Engine | Settings, *, read_only: bool = False, batching: 
     app.add_middleware(BodyLimit, limit=service.settings.max_upload_bytes + FORM_OVERHEAD)
     app.add_middleware(SecurityHeaders)
     app.add_exception_handler(MMSearchError, engine_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(Exception, internal_error)
     for router in ROUTERS:
         app.include_router(router)

@@ -9,6 +9,8 @@ import logging
 from typing import Any
 
 from fastapi import Request
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from mmsearch.api.jobs import JobConflict
@@ -47,6 +49,17 @@ async def engine_error(request: Request, exc: Exception) -> JSONResponse:
     code = next(c for cls, c in ERROR_STATUS if isinstance(exc, cls))
     headers = {"Retry-After": "5"} if code == 503 else None
     return JSONResponse({"detail": str(exc)}, status_code=code, headers=headers)
+
+
+async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's own 422; where an input cannot be written back as JSON (a number too large for a
+    float reads as infinity), the inputs are left out of it rather than the 422 becoming a 500."""
+    assert isinstance(exc, RequestValidationError)
+    try:
+        return await request_validation_exception_handler(request, exc)
+    except ValueError:
+        return JSONResponse({"detail": [{k: v for k, v in err.items() if k not in ("input", "ctx")}
+                                        for err in exc.errors()]}, status_code=422)
 
 
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:

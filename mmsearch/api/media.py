@@ -10,7 +10,6 @@ symlink inside a root that points out of it.
 from __future__ import annotations
 
 import io
-import mimetypes
 import os
 import threading
 import warnings
@@ -20,17 +19,9 @@ from pathlib import Path
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mmsearch.errors import MMSearchError, NotFound
+from mmsearch.media.metadata import media_type
 from mmsearch.storage.catalog import Catalog, ItemRow
 
-# Browsers need exact types to play or show a file; mimetypes' table varies between systems.
-MEDIA_TYPES = {
-    ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
-    ".gif": "image/gif", ".bmp": "image/bmp", ".tif": "image/tiff", ".tiff": "image/tiff",
-    ".heic": "image/heic", ".heif": "image/heif",
-    ".wav": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg", ".oga": "audio/ogg", ".mp3": "audio/mpeg",
-    ".txt": "text/plain; charset=utf-8", ".md": "text/markdown; charset=utf-8",
-    ".csv": "text/csv; charset=utf-8", ".jsonl": "application/jsonl; charset=utf-8",
-}
 THUMB_SIZES = (64, 128, 256, 384, 512, 768, 1024)  # requested sizes round up to one of these
 
 
@@ -40,11 +31,6 @@ class Forbidden(MMSearchError):
 
 class MediaError(MMSearchError):
     """An indexed file that cannot be read now (changed or damaged since it was indexed)."""
-
-
-def media_type(path: str | Path) -> str:
-    ext = os.path.splitext(str(path))[1].lower()
-    return MEDIA_TYPES.get(ext) or mimetypes.guess_type(str(path))[0] or "application/octet-stream"
 
 
 def _is_under(path: str, root: str) -> bool:

@@ -8,14 +8,28 @@ is a 422 with a reason and never reaches the engine.
 
 from __future__ import annotations
 
-import math
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, computed_field, model_validator
 
-from mmsearch.engine import Embedding
-from mmsearch.search.request import CleanText, Hit, Query, SearchResponse, Target
+from mmsearch.engine import Embedding, Embeddings
+from mmsearch.search.duplicates import DuplicatesResponse
+from mmsearch.search.request import (
+    CleanText,
+    DateBound,
+    Extensions,
+    Hit,
+    Metadata,
+    Near,
+    Profile,
+    Query,
+    SearchResponse,
+    Size,
+    Target,
+)
+from mmsearch.search.request import Weight as FiniteWeight
+from mmsearch.search.scoring import DISLIKE_WEIGHT, Scoring
 
 MAX_ID = 2**63 - 1  # SQL BIGINT; larger ids could only be a mistake
 MAX_TEXT = 4_000  # characters; CLIP/CLAP read far fewer tokens anyway
@@ -27,13 +41,7 @@ ItemId = Annotated[int, Field(ge=1, le=MAX_ID)]
 Space = Literal["clip", "clap"]
 
 
-def _finite(value: float) -> float:
-    if not math.isfinite(value):
-        raise ValueError("must be a finite number")
-    return value
-
-
-Weight = Annotated[float, Field(ge=-100.0, le=100.0), AfterValidator(_finite)]
+Weight = Annotated[FiniteWeight, Field(ge=-100.0, le=100.0)]
 
 
 def _desc(name: str) -> str | None:
@@ -41,7 +49,7 @@ def _desc(name: str) -> str | None:
 
 
 class Filters(BaseModel):
-    """Where to look and how many: shared by search and similar."""
+    """Where to look and how many: shared by search, similar and recommend."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -52,9 +60,22 @@ class Filters(BaseModel):
     min_score: float | None = Field(None, ge=-1.0, le=1.0, description="Drop results below this cosine.")
     diversity: float = Field(0.0, ge=0.0, le=1.0, description=_desc("diversity"))
     exclude_ids: list[ItemId] = Field(default_factory=list, max_length=1000, description=_desc("exclude_ids"))
+    # the engine's own filter fields, with its validation (dates, sizes, "lat,lon,km")
+    date_from: DateBound | None = Field(None, description=_desc("date_from"))
+    date_to: DateBound | None = Field(None, description=_desc("date_to"))
+    camera: Annotated[CleanStr, Field(min_length=1, max_length=130)] | None = Field(None, description=_desc("camera"))
+    near: Near | None = Field(None, description=_desc("near"))
+    min_size: Size | None = Field(None, description=_desc("min_size"))
+    min_duration: float | None = Field(None, ge=0, description=_desc("min_duration"))
+    max_duration: float | None = Field(None, ge=0, description=_desc("max_duration"))
+    ext: Extensions = Field(default_factory=list, max_length=32, description=_desc("ext"))
+    tags: list[Annotated[CleanStr, Field(min_length=1, max_length=330)]] = Field(
+        default_factory=list, max_length=32, description=_desc("tags"))
+    dedup: float | None = Field(None, gt=0.0, le=1.0, description=_desc("dedup"))
 
     def filters(self) -> dict[str, Any]:
-        return self.model_dump(include={"offset", "path", "min_score", "diversity", "exclude_ids"})
+        """The fields search and similar pass to the engine as Query fields (all but to and k)."""
+        return self.model_dump(exclude={"to", "k"} | (set(type(self).model_fields) - set(Filters.model_fields)))
 
 
 class SearchRequest(Filters):
@@ -105,6 +126,47 @@ class SimilarBatchRequest(Filters):
     k: int = Field(10, ge=1, le=100, description="Results per item.")
 
 
+IdList = Annotated[list[ItemId], Field(max_length=MAX_QUERY_IDS)]
+IdWeights = Annotated[dict[ItemId, Weight], Field(max_length=MAX_QUERY_IDS)]
+
+
+def _pdesc(name: str) -> str | None:
+    return Profile.model_fields[name].description
+
+
+class RecommendRequest(Filters):
+    """A profile: liked and disliked items (a list of ids, or an object of ids to weights, e.g.
+    `{"12": 2.0, "40": 1}`), optionally a text, and the filters of a search."""
+
+    like: IdList | IdWeights = Field(default_factory=list, description=_pdesc("like"))
+    dislike: IdList | IdWeights = Field(default_factory=list, description=_pdesc("dislike"))
+    text: Annotated[CleanStr, Field(max_length=MAX_TEXT)] | None = Field(None, description=_pdesc("text"))
+    text_weight: Weight = 1.0
+    dislike_weight: Weight = Field(DISLIKE_WEIGHT, description=_pdesc("dislike_weight"))
+    scoring: Scoring = Field("rocchio", description=_pdesc("scoring"))
+
+    def profile(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+class RecommendBatchRequest(BaseModel):
+    """Many profiles answered together (one batched ANN search): e.g. a page of users."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    profiles: list[RecommendRequest] = Field(min_length=1, max_length=1000)
+
+
+class BatchEntry(BaseModel):
+    results: list[Hit] = Field(default_factory=list)
+    error: str | None = Field(None, description="Why this entry got no list (e.g. an unknown item id).")
+
+
+class RecommendBatchResponse(BaseModel):
+    results: list[BatchEntry]
+    timings_ms: dict[str, float]
+
+
 class SimilarBatchEntry(BaseModel):
     item_id: int
     results: list[Hit] = Field(default_factory=list)
@@ -117,10 +179,19 @@ class SimilarBatchResponse(BaseModel):
 
 
 class EmbedRequest(BaseModel):
+    """One text, or a list of them (``texts``) embedded together."""
+
     model_config = ConfigDict(extra="forbid")
 
-    text: Annotated[CleanStr, Field(max_length=MAX_TEXT)]
+    text: Annotated[CleanStr, Field(max_length=MAX_TEXT)] | None = None
+    texts: list[Annotated[CleanStr, Field(max_length=MAX_TEXT)]] | None = Field(None, min_length=1, max_length=256)
     space: Space = Field("clip", description="clip: compare with images; clap: compare with sounds.")
+
+    @model_validator(mode="after")
+    def _one(self) -> "EmbedRequest":
+        if (self.text is None) == (self.texts is None):
+            raise ValueError("give text (one string) or texts (a list), not both")
+        return self
 
 
 class EmbedForm(BaseModel):
@@ -135,17 +206,34 @@ class EmbedForm(BaseModel):
 
 
 class EmbeddingOut(Embedding):
-    dim: int
-
-    @model_validator(mode="before")
-    @classmethod
-    def _dim(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "dim" not in data:
-            data = {**data, "dim": len(data.get("vector") or [])}
-        return data
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def dim(self) -> int:
+        return len(self.vector)
 
 
-class ItemOut(BaseModel):
+class EmbeddingsOut(Embeddings):
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def dim(self) -> int:
+        return len(self.vectors[0]) if self.vectors else 0
+
+
+class SegmentVector(BaseModel):
+    collection: str
+    embedding_id: int = Field(description="Also the FAISS id.")
+    start: float | None = Field(None, description="Audio: the window's start (s); null for a whole item.")
+    end: float | None = None
+    vector: list[float]
+
+
+class ItemVectorsOut(BaseModel):
+    item_id: int
+    vectors: list[SegmentVector] = Field(description="One per collection the item is in; an audio item has "
+                                         "one per window.")
+
+
+class _ItemFields(BaseModel):
     id: int
     path: str
     modality: str
@@ -153,11 +241,31 @@ class ItemOut(BaseModel):
     text: str | None = None
     ref_path: str | None = Field(None, description="For captions: the media file they describe.")
     duration: float | None = Field(None, description="Audio: length in seconds.")
-    size: int = Field(description="File size in bytes.")
-    modified: datetime
     media_url: str
     thumbnail_url: str | None = Field(None, description="Null when the item has no picture.")
     similar_url: str
+
+
+class ItemOut(Metadata, _ItemFields):
+    """An item, then what its file says (size, dates, camera, place...) and its tags."""
+
+
+class TagsRequest(BaseModel):
+    """Changes to an item's tags, applied in this order: remove, add, set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    add: list[Annotated[CleanStr, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=list, max_length=100, description="Plain tags to add.")
+    remove: list[Annotated[CleanStr, Field(min_length=1, max_length=330)]] = Field(
+        default_factory=list, max_length=100, description="Tags or keys to remove (`key=value`: only with that value).")
+    set: dict[Annotated[CleanStr, Field(min_length=1, max_length=64)], Annotated[CleanStr, Field(max_length=256)]] = \
+        Field(default_factory=dict, max_length=100, description="Keys to set to values.")
+
+
+class TagsOut(BaseModel):
+    id: int
+    tags: list[str] = Field(description="The item's tags after the change: `tag` or `key=value`.")
 
 
 class LookupOut(BaseModel):
@@ -231,7 +339,9 @@ class ErrorOut(BaseModel):
 
 
 __all__ = [
-    "CatalogInfo", "EmbedForm", "EmbedRequest", "EmbeddingOut", "ErrorOut", "Filters", "Health", "Hit", "ItemOut",
-    "JobList", "JobOut", "JobRequest", "Readiness", "SearchForm", "SearchPage", "SearchRequest", "SimilarBatchEntry",
-    "SimilarBatchRequest", "SimilarBatchResponse", "SimilarRequest", "Stats",
+    "BatchEntry", "CatalogInfo", "DuplicatesResponse", "EmbedForm", "EmbedRequest", "EmbeddingOut",
+    "EmbeddingsOut", "ErrorOut", "Filters", "Health", "Hit", "ItemOut", "ItemVectorsOut", "JobList", "JobOut",
+    "JobRequest", "Readiness", "RecommendBatchRequest", "RecommendBatchResponse", "RecommendRequest", "SearchForm",
+    "SearchPage", "SearchRequest", "SegmentVector", "SimilarBatchEntry", "SimilarBatchRequest",
+    "SimilarBatchResponse", "SimilarRequest", "Stats", "TagsOut", "TagsRequest",
 ]

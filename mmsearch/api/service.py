@@ -161,6 +161,11 @@ class Service:
         engine.item(item_id)  # NotFound before taking the writer
         engine.delete(item_id)
 
+    def tag(self, item_id: int, **changes: Any) -> list[str]:
+        engine = self.engine()
+        engine.item(item_id)  # NotFound before taking the writer
+        return engine.tag(item_id, **changes)
+
     # -- shutdown -------------------------------------------------------------------------------
 
     def describe(self) -> dict[str, Any]:

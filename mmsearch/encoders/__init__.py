@@ -7,16 +7,23 @@ from mmsearch.settings import Settings
 
 
 def load_encoder(spec: str, settings: Settings | None = None) -> Encoder:
-    """Build the encoder a spec names: ``open_clip:ARCH@PRETRAINED`` or ``clap:HF_ID_OR_DIR``."""
+    """Build the encoder a spec names: ``open_clip:ARCH@PRETRAINED`` or ``clap:HF_ID_OR_DIR``, run
+    by torch or, per ``settings.runtime``, by the CPU runtime (ONNX) around the same torch encoder."""
+    from mmsearch.encoders.cpu_runtime import OnnxEncoder, resolve_runtime
+
     settings = settings or Settings()
     parsed = Spec.parse(spec)
+    runtime = resolve_runtime(settings)
+    torch_settings = settings if runtime == "torch" else settings.model_copy(update={"device": "cpu"})
     if parsed.family == "open_clip":
         from mmsearch.encoders.clip import OpenClipEncoder
 
-        return OpenClipEncoder.from_spec(parsed, settings)
-    from mmsearch.encoders.clap import ClapEncoder
+        base: Encoder = OpenClipEncoder.from_spec(parsed, torch_settings)
+    else:
+        from mmsearch.encoders.clap import ClapEncoder
 
-    return ClapEncoder.from_spec(parsed, settings)
+        base = ClapEncoder.from_spec(parsed, torch_settings)
+    return OnnxEncoder(base, settings) if runtime == "onnx" else base
 
 
 __all__ = ["Encoder", "Modality", "Spec", "load_encoder", "l2_normalise", "pick_device"]

@@ -6,6 +6,9 @@ Decoding and model-specific preprocessing (``prepare``) run in worker threads;
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, Sequence, runtime_checkable
 
@@ -76,3 +79,17 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.maximum(norms, 1e-12)
+
+
+@contextlib.contextmanager
+def quiet_root_log(fragment: str) -> Iterator[None]:
+    """Drop root-logger records containing ``fragment`` for a while: libraries (open_clip, ONNX
+    Runtime's quantiser) log advice there that does not apply to how we call them."""
+    root = logging.getLogger()
+    drop = logging.Filter()
+    drop.filter = lambda record: fragment not in record.getMessage()  # type: ignore[method-assign]
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)

@@ -116,11 +116,16 @@ class ClapEncoder:
                 out = self.model.get_audio_features(input_features=x.to(self.device, non_blocking=True),
                                                     is_longer=longer.to(self.device))
             else:
-                tokens = self.tokenizer(items, padding=True, truncation=True, max_length=self._max_tokens,
-                                        return_tensors="pt")
+                tokens = self.tokens(items, "pt")
                 out = self.model.get_text_features(input_ids=tokens["input_ids"].to(self.device),
                                                    attention_mask=tokens["attention_mask"].to(self.device))
         return _pooled(out).float().cpu().numpy()
+
+    def tokens(self, texts: list[str], tensors: str = "pt") -> Any:
+        """Token ids and mask padded to the batch's longest text (``tensors``: "pt" or "np", for the
+        CPU runtime), so both runtimes see the same inputs."""
+        return self.tokenizer(texts, padding=True, truncation=True, max_length=self._max_tokens,
+                              return_tensors=tensors)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.device.startswith("cuda"):

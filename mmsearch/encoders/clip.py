@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from mmsearch.cpus import apply_torch_threads
-from mmsearch.encoders.base import Modality, Spec, l2_normalise, pick_device
+from mmsearch.encoders.base import Modality, Spec, l2_normalise, pick_device, quiet_root_log
 from mmsearch.errors import ModelUnavailable
 from mmsearch.media.decode import JpegFile
 from mmsearch.media.device_images import DeviceImages, StagedImages, tensor_steps
@@ -55,6 +55,7 @@ class OpenClipEncoder:
         self.spec = str(spec)
         self._module = model.eval() if weights is not None else model.eval().to(device)
         self._weights = weights
+        self.weights_file = weights.path if weights is not None else None  # names the CPU runtime's exports
         self._unloaded: set[Modality] = {"image", "text"} if weights is not None else set()
         self._tower_lock = threading.Lock()
         self.preprocess = preprocess
@@ -80,6 +81,16 @@ class OpenClipEncoder:
         """Read every tower now: a server does before its port opens, not on its first query."""
         for modality in self.modalities:
             self._tower(modality)
+
+    def load_tower(self, modality: Modality) -> None:
+        """Read one tower now (the CPU runtime, before it exports that tower)."""
+        self._tower(modality)
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The open_clip model as far as it is read: the parameters of a tower not used yet are
+        on the meta device. ``model`` reads every tower first."""
+        return self._module
 
     def loaded_towers(self) -> set[Modality]:
         return {"image", "text"} - self._unloaded
@@ -207,15 +218,36 @@ class OpenClipEncoder:
         """``encode_text`` on the batch trimmed to its longest text. Captions fill ~15 of CLIP's 77
         positions; under the causal mask with end-of-text pooling the padding after a text cannot
         change its vector, so trimming gives the same vectors for a fraction of the compute."""
-        m = self._module
+        trimmed = self.trim_tokens(tokens)
+        if trimmed is tokens:
+            return self._tower("text").encode_text(tokens)
+        return self.text_forward(trimmed)
+
+    @property
+    def text_trimmable(self) -> bool:
+        """Plain CLIP text towers (causal mask, end-of-text pooling) may drop trailing padding.
+        Asked of the skeleton: its type and causal mask are there before any weight is read."""
         import open_clip
 
-        trimmable = (type(m) is open_clip.CLIP and getattr(m, "text_pool_type", None) == "argmax"
-                     and isinstance(getattr(m, "attn_mask", None), torch.Tensor))
-        used = int((tokens != 0).sum(dim=1).max().item()) if tokens.numel() else 0
-        if not trimmable or used >= tokens.shape[1] or used == 0:
-            return m.encode_text(tokens)
-        tokens = tokens[:, :used]
+        m = self._module
+        return (type(m) is open_clip.CLIP and getattr(m, "text_pool_type", None) == "argmax"
+                and isinstance(getattr(m, "attn_mask", None), torch.Tensor))
+
+    def trim_tokens(self, tokens: Any) -> Any:
+        """The batch (torch or numpy) without the padding after its longest text; itself when the
+        tower cannot be trimmed or nothing would be dropped. The CPU runtime trims the same way."""
+        used = int((tokens != 0).sum(1).max()) if tokens.shape[0] and tokens.shape[1] else 0
+        if not self.text_trimmable or used >= tokens.shape[1] or used == 0:
+            return tokens
+        return tokens[:, :used]
+
+    def text_forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The text tower on tokens of any length up to the context (a trimmed batch); traceable,
+        so the CPU runtime exports it with a dynamic sequence axis."""
+        import open_clip
+
+        m = self._tower("text")
+        used = tokens.shape[1]
         cast = m.transformer.get_cast_dtype()
         x = m.token_embedding(tokens).to(cast) + m.positional_embedding[:used].to(cast)
         x = m.transformer(x, attn_mask=m.attn_mask[:used, :used])
@@ -229,17 +261,9 @@ class OpenClipEncoder:
         return contextlib.nullcontext()
 
 
-@contextlib.contextmanager
-def _quiet_random_init_warning() -> Any:
+def _quiet_random_init_warning() -> contextlib.AbstractContextManager:
     """open_clip warns that no weights were loaded; with ``@random`` that is what was asked for."""
-    root = logging.getLogger()
-    drop = logging.Filter()
-    drop.filter = lambda record: "No pretrained weights loaded" not in record.getMessage()  # type: ignore[method-assign]
-    root.addFilter(drop)
-    try:
-        yield
-    finally:
-        root.removeFilter(drop)
+    return quiet_root_log("No pretrained weights loaded")
 
 
 def _split_preprocess(preprocess: Any) -> tuple[Any, tuple[Any, Any] | None]:

@@ -26,7 +26,8 @@ from mmsearch import cpus
 from mmsearch.encoders.encoder_set import EncoderSet
 from mmsearch.errors import BadInput, MMSearchError
 from mmsearch.indexer.scan import FoundFile, content_hash, dedupe_roots, scan
-from mmsearch.media.decode import JPEG_SUFFIXES, DecodeError, Unit, load_image, probe_jpeg, read_captions, read_text
+from mmsearch.media.decode import JPEG_SUFFIXES, DecodeError, Unit, probe_jpeg, read_captions, read_image, read_text
+from mmsearch.media.metadata import FileFacts, mime_of
 from mmsearch.settings import Settings
 from mmsearch.storage.catalog import FileRecord, NewItem
 from mmsearch.writer import CatalogWriter
@@ -87,6 +88,7 @@ class _Pending:
     error: str | None = None
     retry: bool = False  # the error was a passing one (see is_passing_failure)
     content_hash: str | None = None
+    facts: FileFacts | None = None  # read by the decode worker
     items: dict[tuple[str, int], NewItem] = field(default_factory=dict)
 
 
@@ -280,6 +282,8 @@ class _Ingest:
         if "clip" not in self.spaces or self.settings.image_decode == "pillow":
             return False
         enc = self.encoders.get("clip")
+        if getattr(enc, "runtime", "torch") != "torch":  # the CPU runtime takes Pillow's tensors
+            return False
         wanted = self.settings.image_decode == "torch" or enc.device.startswith("cuda")
         return wanted and getattr(enc, "device_images", lambda: None)() is not None
 
@@ -293,7 +297,7 @@ class _Ingest:
                 n, error = 0, None
                 try:
                     self.work[idx].content_hash = content_hash(self.work[idx].found.path)
-                    for unit in self._decode(self.work[idx].found):
+                    for unit in self._decode(self.work[idx]):
                         prepared = {s: self.encoders.get(s).prepare(unit.modality, unit.payload)
                                     for s in self.targets(unit.modality)}
                         unit.payload = None
@@ -322,14 +326,21 @@ class _Ingest:
                 if self.stop.is_set() and ev[0] != "exit":
                     return
 
-    def _decode(self, f: FoundFile) -> Iterator[Unit]:
-        s = self.settings
+    def _decode(self, p: _Pending) -> Iterator[Unit]:
+        """The units to embed; an image's facts (EXIF date, camera, place) are kept on ``p``."""
+        s, f = self.settings, p.found
+        p.facts = FileFacts(mime=mime_of(f.path))
         if f.size == 0:
             raise DecodeError("empty file (0 bytes)")
         if f.kind == "image":
             jpeg = probe_jpeg(f.path, s.max_image_pixels) if self.jpegs_on_device and \
                 f.path.lower().endswith(JPEG_SUFFIXES) else None
-            yield Unit("image", jpeg or load_image(f.path, s.max_image_pixels))
+            if jpeg is not None:  # decoded with its batch on the encoder's device
+                p.facts = jpeg.facts or p.facts
+                yield Unit("image", jpeg)
+            else:
+                image, p.facts = read_image(f.path, s.max_image_pixels)
+                yield Unit("image", image)
         elif f.kind == "text":
             text = read_text(f.path, s.max_text_bytes)
             yield Unit("text", text, text=text)
@@ -423,7 +434,8 @@ class _Ingest:
             f = p.found
             records.append(FileRecord(path=f.path, root_id=p.root_id, kind=f.kind, size=f.size,
                                       mtime_ns=f.mtime_ns, items=[] if p.error else list(p.items.values()),
-                                      error=p.error, retry=p.retry, content_hash=p.content_hash))
+                                      error=p.error, retry=p.retry, content_hash=p.content_hash,
+                                      facts=p.facts))
         try:
             self.writer.commit_files(records)
         except SQLAlchemyError as e:

@@ -18,6 +18,8 @@ from typing import Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from mmsearch.media.metadata import FileFacts, image_facts
+
 MEDIA_COLUMNS = ("image", "file", "filename", "path", "audio")
 CAPTION_COLUMNS = ("caption", "text", "description")
 
@@ -61,6 +63,12 @@ HEIF = _enable_heif()
 
 def load_image(source: str | Path | Any, max_pixels: int) -> Image.Image:
     """Decode fully (so truncation is caught here, not in a worker later), first frame, upright, RGB."""
+    return read_image(source, max_pixels)[0]
+
+
+def read_image(source: str | Path | Any, max_pixels: int) -> tuple[Image.Image, FileFacts]:
+    """``load_image`` and the file's facts (EXIF date, camera, place...), read from the same open
+    file. A damaged EXIF block costs its facts and the turn upright, never the image."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -71,10 +79,14 @@ def load_image(source: str | Path | Any, max_pixels: int) -> Image.Image:
                                       "(decompression bomb guard)")
                 img.seek(0)
                 img.load()
-                img = ImageOps.exif_transpose(img)
+                facts = image_facts(img, str(source) if isinstance(source, (str, Path)) else "")
+                try:
+                    img = ImageOps.exif_transpose(img)
+                except Exception:  # noqa: BLE001 - an unreadable orientation: keep the pixels as stored
+                    pass
                 if img.mode == "P" and "transparency" in img.info:
                     img = img.convert("RGBA")  # what Pillow asks for before dropping alpha
-                return img.convert("RGB")
+                return img.convert("RGB"), facts
     except DecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -86,7 +98,6 @@ def load_image(source: str | Path | Any, max_pixels: int) -> Image.Image:
 
 
 JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
-EXIF_ORIENTATION = 0x0112
 
 
 @dataclass
@@ -97,21 +108,23 @@ class JpegFile:
     data: bytes
     orientation: int  # EXIF orientation, 1 (upright) to 8
     path: str  # for messages
+    facts: FileFacts | None = None  # read from the header, as read_image reads them
 
 
 def probe_jpeg(path: str, max_pixels: int) -> JpegFile | None:
     """The file's bytes when the batched decoder can take it: a JPEG in RGB or grey within the
-    pixel limit, read from its header. None: Pillow decodes it (and words any problem)."""
+    pixel limit, read from its header (with the file's facts). None: Pillow decodes it (and
+    words any problem)."""
     with open(path, "rb") as fh:
         data = fh.read()
     try:
         with Image.open(io.BytesIO(data)) as img:
             if img.format != "JPEG" or img.mode not in ("RGB", "L") or img.width * img.height > max_pixels:
                 return None
-            orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+            facts = image_facts(img, path)
     except Exception:  # noqa: BLE001 - whatever it is, Pillow's path finds and words it
         return None
-    return JpegFile(data, int(orientation) if orientation in range(1, 9) else 1, path)
+    return JpegFile(data, facts.orientation or 1, path, facts)
 
 
 def read_text(path: str, max_bytes: int) -> str:

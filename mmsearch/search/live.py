@@ -150,6 +150,12 @@ class LiveIndex:
     def degraded(self) -> bool:
         return self._current().degraded
 
+    @property
+    def approximate(self) -> bool:
+        """Whether its scores are estimates (IVF-PQ codes) rather than exact inner products."""
+        base = self._current().base
+        return base is not None and base.plan.kind != "flat"
+
     def ids(self) -> np.ndarray:
         """Every live id (sorted); computed once per snapshot, for sampling."""
         snap = self._current()

@@ -1,14 +1,15 @@
-"""Turning a Query into one unit vector per embedding space it reaches.
+"""Turning a Query into one QueryVector per embedding space it reaches.
 
-Text, image, sound and stored items are summed per space with their weights, negative texts are
-subtracted, and the sum is normalised: the search side then sees only one vector per space.
+Text, image, sound and liked items are summed per space with their weights, negative texts and
+disliked items are subtracted, and the sum is normalised (Rocchio), or kept per liked item
+(scoring "best"): see scoring.py. The search side sees one QueryVector per space.
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel
@@ -19,8 +20,10 @@ if TYPE_CHECKING:
 from mmsearch.encoders.base import l2_normalise
 from mmsearch.encoders.encoder_set import SPACES, EncoderSet
 from mmsearch.errors import BadInput
+from mmsearch.search import scoring
 from mmsearch.search.live import LiveIndexes
 from mmsearch.search.request import Query
+from mmsearch.search.scoring import QueryVector
 from mmsearch.settings import Settings
 from mmsearch.storage.catalog import Catalog
 
@@ -32,6 +35,17 @@ class Embedding(BaseModel):
     space: str
     model: str
     vector: list[float]
+
+
+class Embeddings(BaseModel):
+    """Vectors of several texts, in their order, from one model."""
+
+    space: str
+    model: str
+    vectors: list[list[float]]
+
+    def array(self) -> np.ndarray:
+        return np.asarray(self.vectors, dtype=np.float32).reshape(len(self.vectors), -1)
 
 
 class QueryEmbedder:
@@ -47,7 +61,9 @@ class QueryEmbedder:
         """The raw vector of one text, image or sound, for other systems."""
         given = [x for x in (text, image, audio) if x is not None]
         if len(given) != 1:
-            raise BadInput("embed takes exactly one of text, image or audio")
+            raise BadInput("embed takes exactly one of text, texts, image or audio")
+        if text is not None and not isinstance(text, str):
+            raise BadInput("text takes one string (for several, use texts=[...])")
         if image is not None:
             space, vec = "clip", self.embed_image(image)
         elif audio is not None:
@@ -56,6 +72,16 @@ class QueryEmbedder:
             space = space or "clip"
             vec = self.embed_text(space, [text or ""])[0]
         return Embedding(space=space, model=self.encoders.get(space).spec, vector=[float(x) for x in vec])
+
+    def embed_texts(self, texts: Sequence[str], space: str | None = None) -> Embeddings:
+        """The raw vectors of many texts, ``batch_size`` at a time (bounded memory at any count)."""
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise BadInput("texts takes a list of strings (for one text, use text=)")
+        space = space or "clip"
+        step = self.settings.batch_size
+        vecs = [self.embed_text(space, list(texts[i:i + step])) for i in range(0, len(texts), step)]
+        return Embeddings(space=space, model=self.encoders.get(space).spec,
+                          vectors=np.concatenate(vecs).tolist() if vecs else [])
 
     def check_inputs(self, q: Query) -> Image.Image | None:
         """Decode the query's media, so a bad image or sound is refused before any model loads
@@ -71,29 +97,41 @@ class QueryEmbedder:
         return bool(((q.text or q.negative_text) and "text" in mods) or (q.image is not None and "image" in mods)
                     or (q.audio is not None and "audio" in mods))
 
-    def embed_query(self, q: Query, spaces: Sequence[str], image: Image.Image | None = None) -> dict[str, np.ndarray]:
-        """One unit vector per reachable space; ``image``: the query image already decoded."""
-        out: dict[str, np.ndarray] = {}
-        for space in spaces:
-            parts: list[np.ndarray] = []
-            mods = set(SPACES[space][0])
-            if q.text and "text" in mods:
-                parts.append(q.text_weight * self.embed_text(space, [q.text])[0])
-            if q.image is not None and "image" in mods:
-                parts.append(q.image_weight * self.embed_image(image if image is not None else q.image))
-            if q.audio is not None and "audio" in mods:
-                parts.append(q.audio_weight * self.embed_audio(q.audio))
-            for item_id in q.item_ids:
-                vec = self.item_vector(item_id, space)
-                if vec is not None:
-                    parts.append(vec)
-            if not parts:
-                continue
-            v = np.sum(parts, axis=0)
-            if q.negative_text and "text" in mods:
-                v = v - q.negative_weight * self.embed_text(space, q.negative_text).sum(axis=0)
-            out[space] = l2_normalise(v[None, :])[0]
-        return out
+    def embed_queries(self, queries: Sequence[Query], spaces: Sequence[Sequence[str]],
+                      images: Sequence[Any] | None = None) -> list[dict[str, QueryVector]]:
+        """One QueryVector per reachable space of each query (see scoring.py). A batch reads the
+        vectors of all its items at once and embeds all its texts in one forward pass per space.
+        ``images``: each query's image already decoded (``check_inputs``), or None."""
+        used = sorted({s for sp in spaces for s in sp})
+        item_ids = sorted({i for q in queries for i in (*q.item_ids, *q.negative_ids)})
+        items = {space: self.item_vectors(item_ids, space) if item_ids else {} for space in used}
+        texts: dict[str, dict[str, np.ndarray]] = {}
+        for space in used:
+            wanted = sorted({t for q, sp in zip(queries, spaces) if space in sp
+                             for t in ([q.text] if q.text else []) + q.negative_text})
+            texts[space] = dict(zip(wanted, self.embed_text(space, wanted))) if wanted else {}
+        decoded = list(images) if images is not None else [None] * len(queries)
+        return [{space: qv for space in sp
+                 if (qv := self._space_query(q, space, items[space], texts[space], image))}
+                for q, sp, image in zip(queries, spaces, decoded)]
+
+    def _space_query(self, q: Query, space: str, items: dict[int, np.ndarray],
+                     texts: dict[str, np.ndarray], image: Image.Image | None = None) -> QueryVector | None:
+        """The query in one space: its text, image and sound summed with their weights, its
+        liked and disliked items, its negative texts (see scoring.build)."""
+        mods = SPACES[space][0]
+        parts: list[np.ndarray] = []
+        if q.text and "text" in mods:
+            parts.append(q.text_weight * texts[q.text])
+        if q.image is not None and "image" in mods:
+            parts.append(q.image_weight * self.embed_image(image if image is not None else q.image))
+        if q.audio is not None and "audio" in mods:
+            parts.append(q.audio_weight * self.embed_audio(q.audio))
+        likes = [(items[i], q.item_weights.get(i, 1.0)) for i in q.item_ids if i in items]
+        dislikes = [(items[i], q.item_weights.get(i, 1.0)) for i in q.negative_ids if i in items]
+        negatives = [texts[t] for t in q.negative_text] if "text" in mods else []
+        return scoring.build(q.scoring, np.sum(parts, axis=0) if parts else None, likes, dislikes, negatives,
+                             q.negative_weight)
 
     def embed_text(self, space: str, texts: list[str]) -> np.ndarray:
         enc = self.encoders.get(space)
@@ -139,16 +177,27 @@ class QueryEmbedder:
         vecs = enc.encode("audio", [enc.prepare("audio", w.samples) for w in windows])
         return l2_normalise(vecs.mean(axis=0, keepdims=True))[0]
 
-    def item_vector(self, item_id: int, space: str) -> np.ndarray | None:
-        """A stored item as a query: the mean of its vectors in ``space`` (audio: its windows)."""
+    def item_vectors(self, item_ids: Sequence[int], space: str) -> dict[int, np.ndarray]:
+        """Stored items as queries: the unit mean of each item's vectors in ``space`` (audio: its
+        windows), read in one pass. Items with no vector there (or whose vectors were lost: the
+        next ``mmsearch index`` embeds them again) are left out."""
         if self.catalog is None or self.indexes is None:
             raise BadInput("item ids need a catalog")
-        rows = [(e, c) for e, c in self.catalog.item_embeddings(item_id) if c.startswith(space + ".")]
+        rows = [r for r in self.catalog.embeddings_of(item_ids) if r[2].startswith(space + ".")]
         if not rows:
-            return None
-        collection = rows[0][1]
+            return {}
         dim = self.catalog.spaces()[space][1]
-        _, vecs = self.indexes.store(collection, dim).lookup(np.array([e for e, _ in rows], dtype=np.int64))
-        if not len(vecs):  # its vectors were lost: `mmsearch index` embeds them again
-            return None
-        return l2_normalise(vecs.mean(axis=0, keepdims=True))[0]
+        out: dict[int, np.ndarray] = {}
+        for collection in sorted({r[2] for r in rows}):
+            eids = np.array([r[0] for r in rows if r[2] == collection], dtype=np.int64)
+            owners = np.array([r[1] for r in rows if r[2] == collection], dtype=np.int64)
+            found, vecs = self.indexes.store(collection, dim).lookup(eids)
+            order = np.argsort(owners[found], kind="stable")
+            uniq, starts = np.unique(owners[found][order], return_index=True)
+            sums = np.add.reduceat(vecs[order], starts) if uniq.size else vecs[:0]  # an item's windows summed
+            out.update(zip(uniq.tolist(), l2_normalise(sums)))
+        return out
+
+    def item_vector(self, item_id: int, space: str) -> np.ndarray | None:
+        """One stored item as a query (see ``item_vectors``)."""
+        return self.item_vectors([item_id], space).get(item_id)

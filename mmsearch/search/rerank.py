@@ -6,27 +6,63 @@ from __future__ import annotations
 
 import numpy as np
 
+from mmsearch.search.scoring import QueryVector
 from mmsearch.storage.vectors import VectorStore
 
 
+READ_ROWS = 1_024  # candidate rows read and widened at a time: 2 MB of float32 at 512-d stays in cache
+
+
+def dot_rows(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    """``matrix @ vector`` on this thread. OpenBLAS splits any matrix-vector product above ~9,000
+    numbers over its threads, and on a busy 2-core machine each call then waits for a thread to
+    be scheduled: measured 20 ms for 1,000 x 512, against 0.04 ms here (0.01 ms idle either way)."""
+    return np.einsum("ij,j->i", matrix, np.asarray(vector, dtype=matrix.dtype).reshape(-1))
+
+
 def exact_rescore(
-    query: np.ndarray, candidate_ids: np.ndarray, store: VectorStore
+    query: np.ndarray | QueryVector, candidate_ids: np.ndarray, store: VectorStore
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, exact cosine scores), best first. -1 padding, duplicates and ids the store no longer
-    holds are dropped; ``query`` is expected L2-normalised like the stored vectors."""
-    q = np.asarray(query, dtype=np.float32).reshape(-1)
-    if q.shape[0] != store.dim:
-        raise ValueError(f"query has dim {q.shape[0]}, store {store.name!r} has {store.dim}")
-    ids = np.unique(np.asarray(candidate_ids, dtype=np.int64).reshape(-1))  # sorted: sequential reads
-    ids = ids[ids >= 0]
-    found, vectors = store.lookup(ids)
-    ids = ids[found]
-    if ids.size == 0:
-        return ids, np.empty(0, dtype=np.float32)
-    # float16 storage leaves norms a hair off 1; dividing keeps scores true cosines (<= 1)
-    scores = (vectors @ q) / np.maximum(np.linalg.norm(vectors, axis=1), 1e-12)
-    order = np.argsort(-scores, kind="stable")
-    return ids[order], scores[order].astype(np.float32, copy=False)
+    """(ids, exact scores), best first. -1 padding, duplicates and ids the store no longer holds
+    are dropped. ``query``: a unit vector (scores are cosines), or a QueryVector (its score)."""
+    return exact_rescore_many([query], [candidate_ids], store)[0]
+
+
+def exact_rescore_many(
+    queries: list[np.ndarray | QueryVector], candidates: list[np.ndarray], store: VectorStore
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``exact_rescore`` of many queries, each with its own candidates: their vectors are read
+    from the store and widened together, ``READ_ROWS`` at a time, rather than once per query."""
+    for query in queries:
+        dim = query.dim if isinstance(query, QueryVector) else np.asarray(query).size
+        if dim != store.dim:
+            raise ValueError(f"query has dim {dim}, store {store.name!r} has {store.dim}")
+    # sorted per query (sequential reads); -1 padding and duplicates (a "best" query's probes) dropped
+    wanted = [np.unique(np.asarray(c, dtype=np.int64).reshape(-1)) for c in candidates]
+    wanted = [w[np.searchsorted(w, 0):] for w in wanted]
+    out: list[tuple[np.ndarray, np.ndarray]] = []
+    start = 0
+    while start < len(queries):
+        stop, rows = start + 1, wanted[start].size
+        while stop < len(queries) and rows + wanted[stop].size <= READ_ROWS:
+            rows += wanted[stop].size
+            stop += 1
+        found, vectors = store.lookup(np.concatenate(wanted[start:stop]))
+        # float16 storage leaves norms a hair off 1; dividing keeps scores true cosines (<= 1)
+        vectors /= np.maximum(np.sqrt(np.einsum("ij,ij->i", vectors, vectors)), 1e-12)[:, None]
+        bounds = np.cumsum([0] + [w.size for w in wanted[start:stop]])  # each query's span of the read
+        kept = np.concatenate([[0], np.cumsum(found)])  # found rows before each position
+        for j, (query, ids) in enumerate(zip(queries[start:stop], wanted[start:stop])):
+            lo, hi = bounds[j], bounds[j + 1]
+            ids, mine = ids[found[lo:hi]], vectors[kept[lo]:kept[hi]]
+            if isinstance(query, QueryVector):
+                scores = query.score(mine)
+            else:
+                scores = dot_rows(mine, np.asarray(query, dtype=np.float32))
+            order = np.argsort(-scores, kind="stable")
+            out.append((ids[order], scores[order].astype(np.float32, copy=False)))
+        start = stop
+    return out
 
 
 def mmr(
@@ -76,5 +112,5 @@ def mmr(
             order[step] = int(np.argmax(objective))
         chosen = order[step]
         picked[chosen] = True
-        np.maximum(max_sim, vecs @ vecs[chosen], out=max_sim)
+        np.maximum(max_sim, dot_rows(vecs, vecs[chosen]), out=max_sim)
     return ids[order], rel[order]

@@ -1,10 +1,13 @@
-"""The vectors a path filter selects, kept between queries.
+"""The vectors a filter selects (path, date, camera, place, size, duration, extension, tags),
+kept between queries.
 
-A filter selecting few vectors is scored exactly over all of them. Finding them (a range scan of
-the files' paths joined to their vectors) and reading them from the float16 store cost more than
-scoring them, and a user tends to run several queries in one folder, so the selection is kept,
-as unit float32 rows, until the catalog changes (the change log moves) or the cache's byte budget
-pushes it out (least recently used first)."""
+A filter selecting few vectors is scored exactly over all of them. Finding them (index range
+scans joined to their vectors, storage/filters.py) and reading them from the float16 store cost
+more than scoring them, and a user tends to run several queries with one filter, so the
+selection is kept, as unit float32 rows, until the catalog changes (the change log or the
+filters' generation moves: tags, moved files) or the cache's byte budget pushes it out (least
+recently used first). A broad filter is remembered as broad: its matches are never fetched, the
+search's candidates are checked instead."""
 
 from __future__ import annotations
 
@@ -14,7 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mmsearch.search.scoring import QueryVector
 from mmsearch.storage.catalog import Catalog
+from mmsearch.storage.filters import Filter
 from mmsearch.storage.vectors import VectorStore
 
 CACHE_BYTES = 128 * 2**20
@@ -22,36 +27,44 @@ CACHE_BYTES = 128 * 2**20
 
 @dataclass(frozen=True)
 class Subset:
-    seq: int
-    ids: np.ndarray  # sorted embedding ids the filter selects
+    stamp: tuple[int, int]  # Catalog.filter_stamp() when it was made
+    filter: Filter
+    ids: np.ndarray | None  # sorted embedding ids the filter selects; None: broad, checked after the search
     vectors: np.ndarray | None  # their unit float32 rows when few enough to score exactly
 
     @property
+    def broad(self) -> bool:
+        return self.ids is None
+
+    @property
     def nbytes(self) -> int:
-        return int(self.ids.nbytes + (self.vectors.nbytes if self.vectors is not None else 0))
+        return int((self.ids.nbytes if self.ids is not None else 0)
+                   + (self.vectors.nbytes if self.vectors is not None else 0))
 
 
 class SubsetCache:
     def __init__(self, catalog: Catalog, exact_max: int, budget: int = CACHE_BYTES) -> None:
         self.catalog, self.exact_max, self.budget = catalog, exact_max, budget
-        self._entries: OrderedDict[tuple[str, str], Subset] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, Filter, bool], Subset] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, collection: str, pattern: str, store: VectorStore) -> Subset:
-        seq = self.catalog.last_seq()
-        key = (collection, pattern)
+    def get(self, collection: str, f: Filter, store: VectorStore, cap: int | None = None) -> Subset:
+        """The filter's selection in a collection; broad (``ids`` None) when every condition of it
+        matches more than ``cap`` rows. ``cap`` None: always the selection, however large."""
+        stamp = self.catalog.filter_stamp()
+        key = (collection, f, cap is None)
         with self._lock:
             hit = self._entries.get(key)
-            if hit is not None and hit.seq == seq:
+            if hit is not None and hit.stamp == stamp:
                 self._entries.move_to_end(key)
                 return hit
-        ids = self.catalog.ids_under(collection, pattern)
+        ids = self.catalog.select_ids(collection, f, cap)
         vectors = None
-        if ids.size <= self.exact_max:
+        if ids is not None and ids.size <= self.exact_max:
             found, vectors = store.lookup(ids)
             ids = ids[found]
             vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        subset = Subset(seq, ids, vectors)
+        subset = Subset(stamp, f, ids, vectors)
         with self._lock:
             self._entries[key] = subset
             self._entries.move_to_end(key)
@@ -59,9 +72,9 @@ class SubsetCache:
                 self._entries.popitem(last=False)
         return subset
 
-    def score(self, subset: Subset, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, exact cosines) of the whole subset, best first: what exact_rescore would give."""
-        assert subset.vectors is not None
-        scores = subset.vectors @ np.asarray(query, dtype=np.float32).reshape(-1)
+    def score(self, subset: Subset, query: QueryVector) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, exact scores) of the whole subset, best first: what exact_rescore would give."""
+        assert subset.vectors is not None and subset.ids is not None
+        scores = query.score(subset.vectors)  # one thread, as rerank.dot_rows
         order = np.argsort(-scores, kind="stable")
         return subset.ids[order], scores[order]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,10 +19,11 @@ import numpy as np
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from mmsearch.errors import MMSearchError, ModelMismatch, NotFound
+from mmsearch.errors import BadInput, MMSearchError, ModelMismatch, NotFound
+from mmsearch.media.metadata import FileFacts, camera_keys, extension, mime_of
 from mmsearch.settings import Settings
+from mmsearch.storage import filters
 from mmsearch.storage import ids as idgen
-from mmsearch.storage import path_filter
 from mmsearch.storage.db import (
     create_db_engine,
     friendly_db_error,
@@ -31,10 +32,14 @@ from mmsearch.storage.db import (
     schema_version,
     write_engine,
 )
-from mmsearch.storage.models import Change, Counter, Embedding, File, Item, Meta, Root, Space, utcnow
+from mmsearch.storage.models import Change, Counter, Embedding, File, Item, Meta, Root, Space, Tag, utcnow
 
 BINDING = "catalog.json"
+TRUNCATE_STEP = 20_000  # change-log positions deleted per transaction
 CATALOG_ID = "catalog_id"
+GENERATION = "filters.generation"  # moved by triggers on tags and file paths (migration 0003)
+MAX_TAG = 64
+MAX_TAG_VALUE = 256
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,7 @@ class FileRecord:
     error: str | None = None
     retry: bool = False  # failed for a passing cause (disk full, out of memory): tried again next run
     content_hash: str | None = None
+    facts: FileFacts | None = None  # read by the decode worker; None: only what the path says
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,8 @@ class ItemRow:
     duration: float | None
     size: int
     mtime_ns: int
+    facts: FileFacts = field(default_factory=FileFacts)
+    tags: list[str] = field(default_factory=list)  # "tag" or "key=value", sorted
 
 
 class SchemaOutdated(MMSearchError):
@@ -298,8 +306,9 @@ class Catalog:
             if file_id is None:
                 raise NotFound(f"no file {old_path}")
             s.execute(delete(File).where(File.path == new_path))  # a failed record at the new path
-            s.execute(update(File).where(File.id == file_id).values(path=new_path, root_id=root_id,
-                                                                    mtime_ns=mtime_ns))
+            s.execute(update(File).where(File.id == file_id).values(
+                path=new_path, root_id=root_id, mtime_ns=mtime_ns, ext=extension(new_path),
+                date_s=func.coalesce(File.taken_s, mtime_ns // 1_000_000_000)))
             for iid, ref in s.execute(select(Item.id, Item.ref_path).where(Item.file_id == file_id,
                                                                           Item.ref_path.is_not(None))).all():
                 if ref.startswith(old_dir):
@@ -330,6 +339,32 @@ class Catalog:
             for i in range(0, len(file_ids), 500):
                 s.execute(update(File).where(File.id.in_([int(x) for x in file_ids[i:i + 500]])).values(mtime_ns=-1))
 
+    def set_tags(self, item_id: int, add: Sequence[str] = (), remove: Sequence[str] = (),
+                 values: Mapping[str, str] | None = None) -> list[str]:
+        """Change an item's tags in one transaction: ``remove`` first (a name, or ``key=value`` to
+        remove the key only while it has that value), then ``add`` plain tags (one already there
+        keeps its value), then ``values`` sets keys. Returns the item's tags after."""
+        self._require_writable()
+        add = [_tag_name(t) for t in add]
+        drops = [filters.parse_tag(_tag_text(t)) for t in remove]
+        pairs = {_tag_name(k): _tag_value(v) for k, v in (values or {}).items()}
+        with self.sessions.begin() as s:
+            if s.get(Item, item_id) is None:
+                raise NotFound(f"no item {item_id}")
+            for name, value in drops:
+                cond = [Tag.item_id == item_id, Tag.tag == name] + ([Tag.value == value] if value is not None else [])
+                s.execute(delete(Tag).where(*cond))
+            have = set(s.scalars(select(Tag.tag).where(Tag.item_id == item_id)))
+            fresh = [t for t in dict.fromkeys(add) if t not in have and t not in pairs]
+            if fresh:
+                s.execute(insert(Tag), [dict(item_id=item_id, tag=t, value=None) for t in fresh])
+            for name, value in pairs.items():
+                if name in have:
+                    s.execute(update(Tag).where(Tag.item_id == item_id, Tag.tag == name).values(value=value))
+                else:
+                    s.execute(insert(Tag).values(item_id=item_id, tag=name, value=value))
+            return _tags_of(s, [item_id]).get(item_id, [])
+
     def raise_id_floor(self, value: int) -> None:
         """Ids up to ``value`` count as used even once no row or vector holds them."""
         self._require_writable()
@@ -346,11 +381,7 @@ class Catalog:
     def last_seq(self) -> int:
         """The log's last position, also once truncation emptied it (the floors remember it)."""
         with self.sessions() as s:
-            last = int(s.scalar(select(func.max(Change.seq))) or 0)
-            if last:
-                return last
-            floors = s.scalars(select(Meta.value).where(Meta.key.like("changes\\_floor.%", escape="\\")))
-            return max((int(v) for v in floors), default=0)
+            return _last_seq(s)
 
     def changes_since(self, collection: str, seq: int) -> tuple[int, int, np.ndarray, np.ndarray]:
         """(floor, last seq, ids added, ids removed) after ``seq``, read in one snapshot. When the
@@ -366,16 +397,23 @@ class Catalog:
         return floor, int(arr[-1, 0]), arr[arr[:, 2] > 0, 1], arr[arr[:, 2] < 0, 1]
 
     def truncate_changes(self, collection: str, upto: int) -> None:
-        """Drop log entries a saved base index already holds; readers behind it reload the base."""
+        """Drop log entries a saved base index already holds. The floor moves first, so a reader
+        behind it reloads the base before any entry it needs is gone; then entries go in slices
+        of TRUNCATE_STEP positions, so an ingest committing beside a merge of a million changes
+        waits for one slice, never for all."""
         self._require_writable()
         key = f"changes_floor.{collection}"
         with self.sessions.begin() as s:
-            s.execute(delete(Change).where(Change.collection == collection, Change.seq <= upto))
             meta = s.get(Meta, key)
             if meta is None:
                 s.add(Meta(key=key, value=str(upto)))
             elif int(meta.value) < upto:
                 meta.value = str(upto)
+            start = int(s.scalar(select(func.min(Change.seq)).where(Change.collection == collection)) or upto)
+        for lo in range(start - 1, upto, TRUNCATE_STEP):
+            with self.sessions.begin() as s:
+                s.execute(delete(Change).where(Change.collection == collection, Change.seq > lo,
+                                               Change.seq <= min(lo + TRUNCATE_STEP, upto)))
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -404,21 +442,30 @@ class Catalog:
 
     def ids_under(self, collection: str, pattern: str) -> np.ndarray:
         """Embedding ids whose file path is under a folder or matches a glob (see path_filter)."""
-        with self.sessions() as s:
-            return path_filter.embedding_ids(s, collection, pattern)
+        ids = self.select_ids(collection, filters.Filter(path=pattern))
+        assert ids is not None
+        return ids
 
-    def embedding_items(self, ids: Sequence[int]) -> dict[int, tuple[int, float | None, float | None]]:
-        """embedding id -> (item id, start, end), for the ids still present."""
+    def select_ids(self, collection: str, f: filters.Filter, cap: int | None = None) -> np.ndarray | None:
+        """Sorted embedding ids of a collection that pass a filter; None when every condition of
+        it matches more than ``cap`` rows (then check candidates with ``embedding_items``)."""
+        with self.sessions() as s:
+            return filters.select_ids(s, collection, f, cap)
+
+    def filter_stamp(self) -> tuple[int, int]:
+        """(change log position, filters generation): a cached filter selection is valid while
+        both stay put. Two index lookups."""
+        with self.sessions() as s:
+            generation = s.scalar(select(Counter.value).where(Counter.key == GENERATION))
+            return _last_seq(s), int(generation or 0)
+
+    def embedding_items(self, ids: Sequence[int], f: filters.Filter = filters.NO_FILTER
+                        ) -> dict[int, tuple[int, float | None, float | None]]:
+        """embedding id -> (item id, start, end), for the ids still present that pass ``f``."""
         if not len(ids):
             return {}
-        out: dict[int, tuple[int, float | None, float | None]] = {}
         with self.sessions() as s:
-            for i in range(0, len(ids), 900):
-                chunk = [int(x) for x in ids[i:i + 900]]
-                q = select(Embedding.id, Embedding.item_id, Embedding.start_s, Embedding.end_s).where(
-                    Embedding.id.in_(chunk))
-                out.update({e: (it, a, b) for e, it, a, b in s.execute(q)})
-        return out
+            return filters.matching(s, f, ids)
 
     def item_embeddings(self, item_id: int) -> list[tuple[int, str]]:
         with self.sessions() as s:
@@ -426,7 +473,33 @@ class Catalog:
                              .order_by(Embedding.id))
             return [(int(e), c) for e, c in rows]
 
+    def embeddings_of(self, item_ids: Sequence[int]) -> list[tuple[int, int, str, float | None, float | None]]:
+        """(embedding id, item id, collection, start, end) of every vector of these items, in id
+        order: many items' vectors in one read (a batch of profiles, ``Engine.vectors``)."""
+        out: list[tuple[int, int, str, float | None, float | None]] = []
+        with self.sessions() as s:
+            for i in range(0, len(item_ids), 900):
+                chunk = [int(x) for x in item_ids[i:i + 900]]
+                q = select(Embedding.id, Embedding.item_id, Embedding.collection, Embedding.start_s,
+                           Embedding.end_s).where(Embedding.item_id.in_(chunk))
+                out += [(int(e), int(it), c, a, b) for e, it, c, a, b in s.execute(q)]
+        out.sort()
+        return out
+
+    def embedding_rows(self, collection: str, after: int, limit: int
+                       ) -> list[tuple[int, int, float | None, float | None, str, str]]:
+        """(embedding id, item id, start, end, path, modality) of a collection's vectors with ids above
+        ``after``, the next ``limit`` in id order: an export walks the collection a block at a time
+        along the (collection, id) index, never holding a long transaction or the whole list."""
+        with self.sessions() as s:
+            q = (select(Embedding.id, Embedding.item_id, Embedding.start_s, Embedding.end_s, File.path, Item.modality)
+                 .join(Item, Embedding.item_id == Item.id).join(File, Item.file_id == File.id)
+                 .where(Embedding.collection == collection, Embedding.id > after)
+                 .order_by(Embedding.id).limit(limit))
+            return [(int(e), int(it), a, b, p, m) for e, it, a, b, p, m in s.execute(q)]
+
     def items(self, item_ids: Sequence[int]) -> dict[int, ItemRow]:
+        """Items with their file's facts and their tags (a page of results, an item's details)."""
         if not len(item_ids):
             return {}
         out: dict[int, ItemRow] = {}
@@ -434,9 +507,22 @@ class Catalog:
             for i in range(0, len(item_ids), 900):
                 chunk = [int(x) for x in item_ids[i:i + 900]]
                 q = (select(Item.id, Item.file_id, File.path, Item.modality, Item.ordinal, Item.text, Item.ref_path,
-                            Item.duration, File.size, File.mtime_ns)
+                            Item.duration, File.size, File.mtime_ns, *_FACT_COLUMNS)
                      .join(File, Item.file_id == File.id).where(Item.id.in_(chunk)))
-                out.update({r[0]: ItemRow(*r) for r in s.execute(q)})
+                tags = _tags_of(s, chunk)
+                for r in s.execute(q):
+                    facts = FileFacts(**dict(zip(_FACT_NAMES, r[10:])))
+                    out[r[0]] = ItemRow(*r[:10], facts=facts, tags=tags.get(r[0], []))
+        return out
+
+    def modalities(self, item_ids: Sequence[int]) -> dict[int, str]:
+        """item id -> modality, for the ids that exist: a batch of profiles checks its items and
+        picks their default modality with one narrow read (no join)."""
+        out: dict[int, str] = {}
+        with self.sessions() as s:
+            for i in range(0, len(item_ids), 900):
+                chunk = [int(x) for x in item_ids[i:i + 900]]
+                out.update({int(k): m for k, m in s.execute(select(Item.id, Item.modality).where(Item.id.in_(chunk)))})
         return out
 
     def item(self, item_id: int) -> ItemRow:
@@ -474,10 +560,65 @@ class Catalog:
         return out
 
 
+_FACT_NAMES = ("mime", "width", "height", "taken_s", "camera_make", "camera_model", "lens", "lat", "lon",
+               "orientation")
+_FACT_COLUMNS = tuple(getattr(File, name) for name in _FACT_NAMES)
+
+
 def _file_values(r: FileRecord) -> dict[str, object]:
     status = "ok" if not r.error else ("retry" if r.retry else "failed")
-    return dict(path=r.path, root_id=r.root_id, kind=r.kind, size=r.size, mtime_ns=r.mtime_ns, status=status,
-                error=r.error, content_hash=r.content_hash)
+    facts = r.facts or FileFacts()
+    camera_key, model_key = camera_keys(facts.camera_make, facts.camera_model)
+    values: dict[str, object] = {name: getattr(facts, name) for name in _FACT_NAMES}
+    values.update(path=r.path, root_id=r.root_id, kind=r.kind, size=r.size, mtime_ns=r.mtime_ns, status=status,
+                  error=r.error, content_hash=r.content_hash, ext=extension(r.path), mime=facts.mime or mime_of(r.path),
+                  date_s=facts.taken_s if facts.taken_s is not None else r.mtime_ns // 1_000_000_000,
+                  camera_key=camera_key, model_key=model_key)
+    return values
+
+
+def _last_seq(s: Session) -> int:
+    last = int(s.scalar(select(func.max(Change.seq))) or 0)
+    if last:
+        return last
+    floors = s.scalars(select(Meta.value).where(Meta.key.like("changes\\_floor.%", escape="\\")))
+    return max((int(v) for v in floors), default=0)
+
+
+def _tags_of(s: Session, item_ids: Sequence[int]) -> dict[int, list[str]]:
+    """item id -> its tags as "tag" and "key=value", sorted."""
+    out: dict[int, list[str]] = {}
+    q = select(Tag.item_id, Tag.tag, Tag.value).where(Tag.item_id.in_(list(item_ids))).order_by(Tag.item_id, Tag.tag)
+    for item_id, tag, value in s.execute(q):
+        out.setdefault(item_id, []).append(tag if value is None else f"{tag}={value}")
+    return out
+
+
+def _tag_text(tag: object) -> str:
+    """Tags are stored and matched as given, less surrounding blanks; NUL and lone surrogates cannot be."""
+    try:
+        ok = isinstance(tag, str) and "\x00" not in tag and bool(tag.encode("utf-8"))
+    except UnicodeEncodeError:
+        ok = False
+    if not ok:
+        raise BadInput(f"a tag is valid UTF-8 text without NUL characters, not {tag!r}")
+    return str(tag).strip()
+
+
+def _tag_name(tag: object) -> str:
+    name = _tag_text(tag)
+    if not name or len(name) > MAX_TAG or "=" in name:
+        raise BadInput(f"bad tag {name!r}: 1 to {MAX_TAG} characters, no '=' (use set for key=value)")
+    return name
+
+
+def _tag_value(value: object) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)  # set={"rating": 5} from Python means "5"
+    text = _tag_text(value)
+    if len(text) > MAX_TAG_VALUE:
+        raise BadInput(f"a tag's value is at most {MAX_TAG_VALUE} characters")
+    return text
 
 
 def _insert_embeddings(s: Session, owned: list[tuple[int, NewItem]]) -> None:

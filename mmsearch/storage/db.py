@@ -24,7 +24,7 @@ from sqlalchemy.exc import DBAPIError
 
 from mmsearch.errors import CatalogDamaged, MMSearchError
 
-SCHEMA_HEAD = "0002"  # the newest migration; bump with each new revision
+SCHEMA_HEAD = "0003"  # the newest migration; bump with each new revision
 
 _IMMEDIATE = "mmsearch_begin_immediate"  # execution option read by _sqlite_begin
 _PG_MIGRATION_LOCK = 0x6D6D736561726368  # "mmsearch": the advisory lock migrations of one database queue on

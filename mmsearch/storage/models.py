@@ -56,8 +56,26 @@ class File(Base):
     indexed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # blake2b of the content: a file that moved is recognised and keeps its items and vectors
     content_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # facts read at ingest (media/metadata.py), each indexed where a filter reads it (migration 0003)
+    ext: Mapped[str | None] = mapped_column(String(16), nullable=True)  # lower case, no dot
+    mime: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    width: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    height: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    taken_s: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # EXIF date taken, epoch seconds
+    date_s: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # taken, else modified: the date filter
+    camera_make: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    camera_model: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    camera_key: Mapped[str | None] = mapped_column(String(130), nullable=True)  # "make model", lower case
+    model_key: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the model alone, lower case
+    lens: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lat: Mapped[float | None] = mapped_column(Float, nullable=True)
+    lon: Mapped[float | None] = mapped_column(Float, nullable=True)
+    orientation: Mapped[int | None] = mapped_column(SmallInteger, nullable=True)
 
-    __table_args__ = (Index("ix_files_size", "size"), Index("ix_files_status", "status"))
+    __table_args__ = (Index("ix_files_size", "size"), Index("ix_files_status", "status"),
+                      Index("ix_files_ext", "ext"), Index("ix_files_date_s", "date_s"),
+                      Index("ix_files_camera_key", "camera_key"), Index("ix_files_model_key", "model_key"),
+                      Index("ix_files_lat_lon", "lat", "lon"))
 
 
 class Item(Base):
@@ -72,6 +90,20 @@ class Item(Base):
     text: Mapped[str | None] = mapped_column(Text, nullable=True)
     ref_path: Mapped[str | None] = mapped_column(Text, nullable=True)  # the media a caption describes
     duration: Mapped[float | None] = mapped_column(Float, nullable=True)  # seconds, audio
+
+    __table_args__ = (Index("ix_items_duration", "duration"),)
+
+
+class Tag(Base):
+    """The user's own labels on an item: a plain tag (``value`` null) or a key with a value.
+    Keyed by the item, whose id survives re-embedding; indexed by tag for the tag filter."""
+
+    __tablename__ = "tags"
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str | None] = mapped_column(String(256), nullable=True)
+
+    __table_args__ = (Index("ix_tags_tag_value", "tag", "value"),)
 
 
 class Embedding(Base):
@@ -103,7 +135,9 @@ class Change(Base):
 
 class Counter(Base):
     """Row counts kept by triggers (files.<status>, items.<modality>, embeddings.<collection>):
-    ``stats`` reads them instead of counting a million rows."""
+    ``stats`` reads them instead of counting a million rows. ``filters.generation`` moves with every
+    change a filter can see that adds or removes no vector (tags, a moved file), so a cached
+    selection knows it is stale."""
 
     __tablename__ = "counters"
     key: Mapped[str] = mapped_column(String(64), primary_key=True)

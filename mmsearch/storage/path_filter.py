@@ -2,9 +2,9 @@
 
 Every pattern becomes range scans of that index (``low <= path < high``, from the pattern's
 literal start), joined to the collection's embeddings through ``items.file_id`` and
-``embeddings.item_id``: the cost follows the number of files in the range, never the size of
-the collection, which a ``LIKE`` with a leading wildcard would scan in full. A glob's rows are
-then matched against its regex in Python.
+``embeddings.item_id`` (storage/filters.py, beside the other filters): the cost follows the
+number of files in the range, never the size of the collection, which a ``LIKE`` with a leading
+wildcard would scan in full. A glob's rows are then matched against its regex in Python.
 
 Semantics are a shell's: ``*``, ``?`` and ``[...]`` (``[!...]`` negated) stay within one folder,
 ``**`` as a whole path segment spans any number of folders, none included. A pattern without
@@ -20,12 +20,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-import numpy as np
-from sqlalchemy import ColumnElement, and_, or_, select, text
-from sqlalchemy.orm import Session
-
 from mmsearch.errors import BadInput
-from mmsearch.storage.models import Embedding, File, Item, Root
 
 _WILDCARD = re.compile(r"[*?[]")
 
@@ -55,12 +50,12 @@ def _scan(pattern: str) -> PathScan:
     wildcard = _WILDCARD.search(pattern)
     if wildcard is None:
         folder = pattern.rstrip("/") + "/"
-        return PathScan(folder, _successor(folder), equal=pattern)
+        return PathScan(folder, successor(folder), equal=pattern)
     literal = pattern[:wildcard.start()]  # absolute, so never empty
-    return PathScan(literal, _successor(literal), regex=glob_regex(pattern))
+    return PathScan(literal, successor(literal), regex=glob_regex(pattern))
 
 
-def _successor(prefix: str) -> str:
+def successor(prefix: str) -> str:
     """The smallest string above every string that starts with ``prefix`` (code point order,
     which is UTF-8 byte order). A last character without a successor is dropped first, and
     surrogates (never in a stored path) are skipped."""
@@ -114,35 +109,3 @@ def _class_end(pattern: str, start: int) -> int:
     if j < len(pattern) and pattern[j] == "]":
         j += 1
     return pattern.find("]", j)
-
-
-def embedding_ids(s: Session, collection: str, pattern: str) -> np.ndarray:
-    """Sorted embedding ids of ``collection`` whose file path matches ``pattern``."""
-    path = _ordered_path(s)
-    found: list[np.ndarray] = []
-    for scan in scans(pattern, lambda: s.scalars(select(Root.path)).all()):
-        in_range: ColumnElement[bool] = and_(path >= scan.low, path < scan.high)
-        if scan.equal is not None:
-            in_range = or_(path == scan.equal, in_range)
-        cols = (Embedding.id,) if scan.regex is None else (Embedding.id, File.path)
-        # ``|| ''`` keeps the collection's own index out of the plan: without statistics SQLite
-        # would drive the join from it (every vector of the collection), not from the path range
-        q = (select(*cols).select_from(File).join(Item, Item.file_id == File.id)
-             .join(Embedding, Embedding.item_id == Item.id)
-             .where(in_range, Embedding.collection + "" == collection))
-        if scan.regex is None:
-            found.append(np.fromiter(s.scalars(q), dtype=np.int64))
-        else:
-            match = scan.regex.fullmatch
-            found.append(np.fromiter((e for e, p in s.execute(q) if match(p)), dtype=np.int64))
-    return np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
-
-
-def _ordered_path(s: Session) -> ColumnElement[str]:
-    """``files.path`` as the range bounds need it: in code point order. SQLite's BINARY collation
-    is, and so is a PostgreSQL database in the C collation; under a language's collation (libc
-    or ICU) ``'B' < 'a'`` is false, and there the comparison is forced to "C": correct, but the
-    index cannot serve the range then."""
-    if s.get_bind().dialect.name != "postgresql" or s.scalar(text("SELECT 'B' < 'a' AND '~' > 'z'")):
-        return File.path
-    return File.path.collate("C")

@@ -33,6 +33,12 @@ except ImportError:  # pragma: no cover - Windows
 _ID_BYTES = 8
 _COMPONENT_BYTES = 2  # float16
 _COPY_ROWS = 65_536  # rows per chunk when compacting, to bound memory
+# float16 -> float32 by table (256 KB, stays in cache): twice as fast as astype, and the same bits
+_F16_TO_F32 = np.arange(65_536, dtype=np.uint16).view(np.float16).astype(np.float32)
+
+
+def _widen(half: np.ndarray) -> np.ndarray:
+    return np.take(_F16_TO_F32, np.ascontiguousarray(half).view(np.uint16))
 
 
 @dataclass(frozen=True)
@@ -221,8 +227,8 @@ class VectorStore:
         rows = rows[found]
         n = view.ids.shape[0]
         if rows.size == n and n and rows[0] == 0 and (np.diff(rows) == 1).all():
-            return found, np.asarray(view.vectors, dtype=np.float32)  # whole store: sequential
-        return found, view.vectors[rows].astype(np.float32)
+            return found, _widen(view.vectors)  # whole store: sequential
+        return found, _widen(view.vectors[rows])
 
     def nbytes(self) -> int:
         return int(self._current().ids.shape[0]) * (self._row_bytes + _ID_BYTES)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+import math
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -13,7 +13,18 @@ from mmsearch.api.deps import ItemIdPath, ServiceDep
 from mmsearch.api.errors import ERRORS, WRITE_ERRORS
 from mmsearch.api.media import media_type
 from mmsearch.api.routes.search import similar_page, timed
-from mmsearch.api.schemas import ErrorOut, Filters, ItemOut, LookupOut, SearchPage
+from mmsearch.api.schemas import (
+    ErrorOut,
+    Filters,
+    ItemOut,
+    ItemVectorsOut,
+    LookupOut,
+    SearchPage,
+    SegmentVector,
+    TagsOut,
+    TagsRequest,
+)
+from mmsearch.search.request import Metadata
 from mmsearch.api.security import require_writer
 
 router = APIRouter(tags=["items"])
@@ -42,10 +53,18 @@ def item(item_id: ItemIdPath, service: ServiceDep) -> ItemOut:
     pictured = row.modality == "image" or bool(row.ref_path and media_type(row.ref_path).startswith("image/"))
     return ItemOut(
         id=row.id, path=row.path, modality=row.modality, ordinal=row.ordinal, text=row.text,
-        ref_path=row.ref_path, duration=row.duration, size=row.size,
-        modified=datetime.fromtimestamp(row.mtime_ns / 1e9, tz=timezone.utc),
+        ref_path=row.ref_path, duration=row.duration, **Metadata.of(row),
         media_url=f"/items/{row.id}/media", similar_url=f"/items/{row.id}/similar",
         thumbnail_url=f"/items/{row.id}/thumbnail" if pictured else None)
+
+
+@router.put("/items/{item_id}/tags", response_model=TagsOut, dependencies=[Depends(require_writer)],
+            responses={400: ERRORS[400], 404: ERRORS[404], 422: ERRORS[422], **WRITE_ERRORS},
+            summary="Change an item's tags")
+def put_tags(item_id: ItemIdPath, req: TagsRequest, service: ServiceDep) -> TagsOut:
+    """Remove, then add plain tags, then set `key=value` pairs: `{"add": ["beach"], "remove":
+    ["todo"], "set": {"rating": "5"}}`. Answers the item's tags after; search with `tags`."""
+    return TagsOut(id=item_id, tags=service.tag(item_id, add=req.add, remove=req.remove, set=req.set))
 
 
 @router.delete("/items/{item_id}", status_code=204, response_class=Response,
@@ -65,6 +84,19 @@ def item_similar(item_id: ItemIdPath, f: Annotated[Filters, QueryParam()], respo
     page = similar_page(service, [item_id], f)
     timed(response, page)
     return page
+
+
+@router.get("/items/{item_id}/vector", response_model=ItemVectorsOut, responses={404: ERRORS[404]},
+            summary="The item's stored vectors")
+def item_vector(item_id: ItemIdPath, service: ServiceDep) -> ItemVectorsOut:
+    """The item's vectors as stored, with their collection and embedding (FAISS) id: one per
+    collection it is in (a note is in clip.text and clap.text), one per window for a sound."""
+    found = service.base.vectors([item_id])
+    return ItemVectorsOut(item_id=item_id, vectors=[
+        SegmentVector(collection=c, embedding_id=e, start=None if math.isnan(a) else a, end=None if math.isnan(b) else b,
+                      vector=v)
+        for c, part in found.items()
+        for e, a, b, v in zip(part.ids.tolist(), part.start.tolist(), part.end.tolist(), part.vectors.tolist())])
 
 
 @router.get("/items/{item_id}/media", response_class=FileResponse, responses=MEDIA_RESPONSES,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi import Query as QueryParam
@@ -13,7 +13,11 @@ from mmsearch.api.bodies import body_schemas, read_body, validate
 from mmsearch.api.deps import ServiceDep, require_audio
 from mmsearch.api.errors import ERRORS
 from mmsearch.api.schemas import (
+    BatchEntry,
     Filters,
+    RecommendBatchRequest,
+    RecommendBatchResponse,
+    RecommendRequest,
     SearchPage,
     SearchRequest,
     SimilarBatchEntry,
@@ -22,7 +26,7 @@ from mmsearch.api.schemas import (
     SimilarRequest,
 )
 from mmsearch.api.service import Service
-from mmsearch.errors import BadInput, NotFound
+from mmsearch.errors import MMSearchError
 from mmsearch.search.request import SearchResponse
 
 router = APIRouter(tags=["search"])
@@ -34,7 +38,7 @@ def _page(response: SearchResponse, k: int, offset: int) -> SearchPage:
                       next_offset=offset + k if full else None)
 
 
-def timed(response: Response, page: SearchPage | SimilarBatchResponse) -> None:
+def timed(response: Response, page: SearchPage | SimilarBatchResponse | RecommendBatchResponse) -> None:
     """Server-Timing lets a browser's devtools (and the page) show where the time went."""
     response.headers["Server-Timing"] = ", ".join(
         f"{name};dur={ms:.2f}" for name, ms in page.timings_ms.items())
@@ -75,8 +79,10 @@ async def search_post(request: Request, response: Response, service: ServiceDep)
 
     JSON for text and ids; ``multipart/form-data`` to upload an `image` or `audio` file,
     with the other fields as form fields. `to` picks the modality returned, `k` and
-    `offset` page through the results, `path`, `min_score` and `exclude_ids` filter."""
-    lists = ("item_ids", "negative_text", "exclude_ids")
+    `offset` page through the results; `path`, `date_from`/`date_to`, `camera`, `near`,
+    `min_size`, `min_duration`/`max_duration`, `ext`, `tags`, `min_score` and `exclude_ids`
+    filter, and `dedup` collapses near duplicates."""
+    lists = ("item_ids", "negative_text", "exclude_ids", "ext", "tags")
     fields, files = await read_body(request, ("image", "audio"), lists, service.settings.max_upload_bytes)
     req = validate(SearchRequest, fields)
     page = await run_in_threadpool(run_search, service, req, files.get("image"), files.get("audio"))
@@ -96,17 +102,41 @@ def similar(req: SimilarRequest, response: Response, service: ServiceDep) -> Sea
 @router.post("/similar/batch", response_model=SimilarBatchResponse, responses=ERRORS,
              summary="More like each of these (batch)")
 def similar_batch(req: SimilarBatchRequest, response: Response, service: ServiceDep) -> SimilarBatchResponse:
-    """One result list per item, for recommendations: a page of items in one call. An unknown
-    item gets an `error` in its entry instead of failing the whole batch."""
-    t0 = time.perf_counter()
-    engine = service.engine()
-    entries = []
-    for item_id in req.item_ids:
-        try:
-            hits = engine.similar([item_id], to=req.to, k=req.k, **req.filters()).results
-            entries.append(SimilarBatchEntry(item_id=item_id, results=hits, error=None))
-        except (NotFound, BadInput) as e:
-            entries.append(SimilarBatchEntry(item_id=item_id, error=str(e)))
-    out = SimilarBatchResponse(results=entries, timings_ms={"total": round((time.perf_counter() - t0) * 1000, 3)})
+    """One result list per item, for recommendations: a page of items in one call, answered by
+    one batched ANN search. An unknown item gets an `error` in its entry instead of failing the
+    whole batch."""
+    profiles = [{"like": [item_id], "to": req.to, "k": req.k, **req.filters()} for item_id in req.item_ids]
+    answers, timings = _batch(service, profiles)
+    out = SimilarBatchResponse(results=[SimilarBatchEntry(item_id=i, **e.model_dump())
+                                        for i, e in zip(req.item_ids, answers)], timings_ms=timings)
     timed(response, out)
     return out
+
+
+@router.post("/recommend", response_model=SearchPage, responses=ERRORS, summary="Recommend for a profile")
+def recommend(req: RecommendRequest, response: Response, service: ServiceDep) -> SearchPage:
+    """Items for a profile: liked and disliked items with weights, optionally a text. Liked and
+    disliked items are never returned; `exclude_ids` leaves out more (those already seen).
+    `scoring`: `rocchio` (default) or `best` (see docs/search.md)."""
+    page = _page(service.engine().recommend(**req.profile()), req.k, req.offset)
+    timed(response, page)
+    return page
+
+
+@router.post("/recommend/batch", response_model=RecommendBatchResponse, responses=ERRORS,
+             summary="Recommend for many profiles (batch)")
+def recommend_batch(req: RecommendBatchRequest, response: Response,
+                    service: ServiceDep) -> RecommendBatchResponse:
+    """One result list per profile, from one batched ANN search. A profile that cannot run (an
+    unknown item) gets an `error` in its entry; the others are answered."""
+    answers, timings = _batch(service, [p.profile() for p in req.profiles])
+    out = RecommendBatchResponse(results=answers, timings_ms=timings)
+    timed(response, out)
+    return out
+
+
+def _batch(service: Service, profiles: list[dict[str, Any]]) -> tuple[list[BatchEntry], dict[str, float]]:
+    t0 = time.perf_counter()
+    entries = [BatchEntry(error=str(a)) if isinstance(a, MMSearchError) else BatchEntry(results=a.results)
+               for a in service.engine().recommend_batch(profiles, errors="return")]
+    return entries, {"total": round((time.perf_counter() - t0) * 1000, 3)}

@@ -1,0 +1,604 @@
+"""The CPU runtime: a torch encoder's towers exported to ONNX once and run by ONNX Runtime.
+
+Eager PyTorch spends much of a CPU forward outside the matrix products (dispatch, small ops,
+no fusion); ONNX Runtime runs the same graph fused and pre-planned. Each tower (CLIP image and
+text, CLAP audio and text) is exported on first use, checked against the torch forward (cosine
+at least ``MIN_COS_FP32``) and cached under ``cache_dir/onnx`` by model spec and weights checksum,
+so it is exported once per model. The wrapper keeps the torch encoder's ``prepare`` (tokeniser,
+image transform, audio front end) and ``spec``: its vectors are interchangeable with torch's, and
+a catalog does not record which runtime built it. A tower that cannot be exported, or whose
+export disagrees with torch, is refused with the reason and runs on torch instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
+
+import numpy as np
+
+from mmsearch.encoders.base import Encoder, Modality, Spec, l2_normalise, quiet_root_log
+from mmsearch.errors import BadInput, MMSearchError
+from mmsearch.settings import Settings
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+EXPORT_VERSION = 1  # bump when the exported graphs change, so old cache entries are not reused
+MIN_COS_FP32 = 0.9999  # an fp32 export must match the torch forward this closely on every probe
+MIN_COS_INT8 = 0.99  # an int8 model must match its fp32 export this closely
+OPSET = 18
+# Exports swap sys.stdout and sys.stderr for the process: two at once would restore them wrongly.
+_EXPORT_LOCK = threading.Lock()
+_PROBE_TEXTS = (
+    "a dog",
+    "two children playing football on a wet field in the rain",
+    "a red car parked outside a small white house",
+    "the quick brown fox jumps over the lazy dog " * 12,  # longer than any context: truncated
+)
+
+
+class ExportRefused(MMSearchError):
+    """A tower that cannot be exported, or whose export does not match torch: torch runs it."""
+
+
+def onnx_available() -> bool:
+    """Whether the CPU runtime can be used here: ONNX Runtime, and the exporter's dependencies."""
+    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx", "onnxscript"))
+
+
+def openvino_available() -> bool:
+    """OpenVINO is optional: where it is installed, it runs an fp32 tower when it measures faster."""
+    return importlib.util.find_spec("openvino") is not None
+
+
+def resolve_runtime(settings: Settings) -> Literal["torch", "onnx"]:
+    """``auto``: ONNX on a CPU when it is installed, torch on a GPU (where fp16 torch is fast)."""
+    if settings.runtime == "torch":
+        return "torch"
+    if settings.runtime == "onnx":
+        if settings.device == "cuda":
+            raise BadInput("runtime 'onnx' runs on the CPU: use --device cpu (or auto), or --runtime torch")
+        if not onnx_available():
+            log.warning("runtime 'onnx' needs onnxruntime, onnx and onnxscript (pip install 'mmsearch[cpu]'); "
+                        "using torch")
+            return "torch"
+        return "onnx"
+    from mmsearch.encoders.base import pick_device
+
+    if pick_device(settings.device) != "cpu" or not onnx_available():
+        return "torch"
+    return "onnx"
+
+
+def intra_op_threads() -> int:
+    """The process's intra-op threads (mmsearch/cpus.py): the ``threads`` setting, else the cores
+    it may use, its CPU affinity capped by the cgroup quota. More threads than cores only makes
+    them wait on each other."""
+    from mmsearch import cpus
+
+    return cpus.intra_op_threads()
+
+
+# ---------------------------------------------------------------------------------------------
+# Towers: what is exported for each modality, and how prepared items become its inputs.
+
+
+@dataclass
+class Tower:
+    """One exportable forward of a torch encoder."""
+
+    modality: Modality
+    module: "torch.nn.Module"  # forward(*inputs) -> (n, dim) embeddings, not yet normalised
+    input_names: tuple[str, ...]
+    dynamic: tuple[dict[int, tuple[str, int, int]], ...]  # per input: axis -> (name, min, max)
+    feeds: Callable[[Sequence[Any]], tuple[np.ndarray, ...]]  # prepared items -> inputs
+    probe: Callable[[], list[Any]]  # prepared items: the export example and the check
+
+
+def _forward_module(model: "torch.nn.Module", fn: Callable[..., Any]) -> "torch.nn.Module":
+    """A module whose forward is ``fn``; ``model`` is registered so its weights are exported."""
+    import torch
+
+    class Forward(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, *inputs: Any) -> Any:
+            return fn(*inputs)
+
+    return Forward().eval()
+
+
+def _probe_images(base: Encoder) -> list[Any]:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    sizes = ((300, 400), (500, 333), (224, 224), (96, 160))
+    return [base.prepare("image", Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)))
+            for h, w in sizes]
+
+
+def _probe_audio(base: Encoder) -> list[Any]:
+    rng = np.random.default_rng(0)
+    rate = int(getattr(base, "sample_rate"))
+    seconds = (1.0, 10.0, 4.5, 0.25)
+    return [base.prepare("audio", (0.1 * rng.standard_normal(int(rate * s))).astype(np.float32))
+            for s in seconds]
+
+
+def clip_towers(base: Any) -> dict[Modality, Tower]:
+    """open_clip: the image tower on normalised pixels, the text tower on token ids. A plain CLIP
+    text tower is exported with a dynamic sequence axis, so batches stay trimmed to their longest
+    text as in torch; other text towers take the full context."""
+    model = base.module  # towers not read yet stay on the meta device: each is read before its export
+    norm = base._norm
+
+    def pixels(items: Sequence[Any]) -> tuple[np.ndarray, ...]:
+        x = np.stack([np.asarray(p) for p in items])
+        if x.dtype == np.uint8 and norm is not None:  # ToTensor and Normalize, as clip.encode does
+            mean, std = (np.asarray(v, dtype=np.float32).reshape(-1, 1, 1) for v in norm)
+            x = (x.astype(np.float32) / np.float32(255) - mean) / std
+        return (np.ascontiguousarray(x, dtype=np.float32),)
+
+    context = int(np.asarray(base.tokenizer(["a"])).shape[1])
+    trimmable = bool(base.text_trimmable)
+
+    def tokens(items: Sequence[Any]) -> tuple[np.ndarray, ...]:
+        t = np.asarray(base.tokenizer([str(s) for s in items]), dtype=np.int64)
+        return (np.ascontiguousarray(base.trim_tokens(t)),)
+
+    image = Tower("image", _forward_module(model, model.encode_image), ("pixels",),
+                  ({0: ("batch", 1, 4096)},), pixels, lambda: _probe_images(base))
+    text = Tower("text", _forward_module(model, base.text_forward if trimmable else model.encode_text),
+                 ("tokens",), ({0: ("batch", 1, 4096), 1: ("seq", 2, context)} if trimmable
+                               else {0: ("batch", 1, 4096)},),
+                 tokens, lambda: list(_PROBE_TEXTS))
+    return {"image": image, "text": text}
+
+
+def clap_towers(base: Any) -> dict[Modality, Tower]:
+    """CLAP: the audio tower on mel features (and the "longer" flags when the model fuses), the
+    text tower on ids and mask padded to the batch's longest text."""
+    from mmsearch.encoders.clap import _pooled
+
+    model = base.model
+    fusion = bool(getattr(model.config.audio_config, "enable_fusion", False))
+
+    def audio_forward(features: Any, longer: Any = None) -> Any:
+        return _pooled(model.get_audio_features(input_features=features, is_longer=longer))
+
+    def audio_feeds(items: Sequence[Any]) -> tuple[np.ndarray, ...]:
+        x = np.stack([p.input_features for p in items]).astype(np.float32, copy=False)
+        if not fusion:
+            return (x,)
+        return (x, np.array([[p.is_longer] for p in items], dtype=bool))
+
+    def text_forward(ids: Any, mask: Any) -> Any:
+        return _pooled(model.get_text_features(input_ids=ids, attention_mask=mask))
+
+    def text_feeds(items: Sequence[Any]) -> tuple[np.ndarray, ...]:
+        t = base.tokens([str(s) for s in items], "np")
+        return (t["input_ids"].astype(np.int64), t["attention_mask"].astype(np.int64))
+
+    batch = {0: ("batch", 1, 4096)}
+    seq = {0: ("batch", 1, 4096), 1: ("seq", 2, int(base._max_tokens))}
+    audio = Tower("audio", _forward_module(model, audio_forward),
+                  ("input_features", "is_longer") if fusion else ("input_features",),
+                  (batch, batch) if fusion else (batch,), audio_feeds, lambda: _probe_audio(base))
+    text = Tower("text", _forward_module(model, text_forward), ("input_ids", "attention_mask"), (seq, seq),
+                 text_feeds, lambda: list(_PROBE_TEXTS))
+    return {"audio": audio, "text": text}
+
+
+def towers(base: Any) -> dict[Modality, Tower]:
+    return clip_towers(base) if base.space == "clip" else clap_towers(base)
+
+
+# ---------------------------------------------------------------------------------------------
+# Runners: an exported model, run by ONNX Runtime (or OpenVINO, for the benchmark's comparison).
+
+
+class OrtRunner:
+    """ONNX Runtime on the CPU: one session, intra-op threads = the cores we may use, every graph
+    optimisation (fusions, layout) on."""
+
+    name = "onnxruntime"
+
+    def __init__(self, path: Path, threads: int | None = None, optimisation: str = "all",
+                 config: dict[str, str] | None = None) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or intra_op_threads()
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = {
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[optimisation]
+        opts.log_severity_level = 3
+        for key, value in (config or {}).items():
+            opts.add_session_config_entry(key, value)
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def __call__(self, names: Sequence[str], inputs: Sequence[np.ndarray]) -> np.ndarray:
+        feed = {n: x for n, x in zip(names, inputs) if n in self.input_names}  # the exporter drops unused inputs
+        return np.asarray(self.session.run(None, feed)[0], dtype=np.float32)
+
+
+class OpenVinoRunner:
+    """OpenVINO on the CPU, reading the same ONNX file (fp32 inference precision: on CPUs with
+    bf16 it would otherwise compute in bf16 and miss the cosine check)."""
+
+    name = "openvino"
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        import openvino as ov
+
+        core = ov.Core()
+        self.compiled = core.compile_model(str(path), "CPU", {
+            "INFERENCE_NUM_THREADS": threads or intra_op_threads(),
+            "INFERENCE_PRECISION_HINT": "f32",
+            "PERFORMANCE_HINT": "LATENCY",
+        })
+        self.input_names = [next(iter(p.get_names())) for p in self.compiled.inputs]
+        self._local = threading.local()
+
+    def __call__(self, names: Sequence[str], inputs: Sequence[np.ndarray]) -> np.ndarray:
+        request = getattr(self._local, "request", None)
+        if request is None:  # an infer request is not thread-safe: one per thread
+            request = self._local.request = self.compiled.create_infer_request()
+        feed = {n: x for n, x in zip(names, inputs) if n in self.input_names}
+        return np.array(request.infer(feed)[self.compiled.output(0)], dtype=np.float32)
+
+
+Runner = Callable[[Sequence[str], Sequence[np.ndarray]], np.ndarray]
+
+
+# ---------------------------------------------------------------------------------------------
+# The export cache.
+
+
+def weights_checksum(base: Any, cache_root: Path) -> str:
+    """A checkpoint file's sha256 (remembered by path, size and mtime, so a second load does not
+    read it again), else the state dict's: ``@random``, pretrained tags and CLAP directories."""
+    spec = Spec.parse(base.spec)
+    if spec.family == "open_clip" and spec.pretrained and Path(spec.pretrained).is_file():
+        return "file:" + _file_sha256(Path(spec.pretrained), cache_root / "checksums.json")
+    weights_file = getattr(base, "weights_file", None)  # a tag's file in the HF cache, read a tower at a time
+    if weights_file:
+        return "file:" + _file_sha256(Path(weights_file), cache_root / "checksums.json")
+    return "state:" + state_dict_sha256(base.model)
+
+
+def state_dict_sha256(model: "torch.nn.Module") -> str:
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def _file_sha256(path: Path, memo_file: Path) -> str:
+    st = path.stat()
+    key, stamp = str(path.resolve()), [st.st_size, st.st_mtime_ns]
+    try:
+        memo = json.loads(memo_file.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    if isinstance(memo.get(key), dict) and memo[key].get("stamp") == stamp:
+        return str(memo[key]["sha256"])
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    memo[key] = {"stamp": stamp, "sha256": h.hexdigest()}
+    with contextlib.suppress(OSError):
+        _write_atomic(memo_file, json.dumps(memo, indent=1))
+    return h.hexdigest()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def export_dir(cache_root: Path, spec: str, modality: Modality, checksum: str) -> Path:
+    """One folder per (spec, tower, weights, export format): a new checkpoint at the same path, or
+    a newer exporter, gets a new folder instead of a stale graph."""
+    key = hashlib.sha256(f"{EXPORT_VERSION}|{spec}|{modality}|{checksum}".encode()).hexdigest()[:20]
+    family = Spec.parse(spec).family
+    return cache_root / f"{family}-{modality}-{key}"
+
+
+def _versions() -> dict[str, str]:
+    import onnxruntime
+    import torch
+
+    return {"torch": str(torch.__version__), "onnxruntime": str(onnxruntime.__version__)}
+
+
+def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """The smallest row-wise cosine between two batches of vectors."""
+    a, b = l2_normalise(a), l2_normalise(b)
+    return float(np.min(np.sum(a * b, axis=1))) if len(a) else 1.0
+
+
+def export_tower(base: Any, tower: Tower, folder: Path) -> None:
+    """Export ``tower`` to ``folder/model.onnx`` with its dynamic axes, quietly: the exporter prints
+    progress on stdout (which would corrupt ``--json`` output) and graphs on stderr when it fails."""
+    import torch
+    from torch.export import Dim
+
+    dims: dict[str, Any] = {}
+    shapes = tuple({axis: dims.setdefault(name, Dim(name, min=lo, max=hi)) for axis, (name, lo, hi) in d.items()}
+                   for d in tower.dynamic)
+    items = tower.probe()[:2]  # batch 2: a batch of 1 would be specialised into the graph
+    example = tuple(torch.from_numpy(x) for x in tower.feeds(items))
+    with _EXPORT_LOCK, contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+            warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(tower.module, example, str(folder / "model.onnx"), dynamo=True,
+                          dynamic_shapes=(shapes,), input_names=list(tower.input_names),
+                          output_names=["vectors"], opset_version=OPSET, verbose=False)
+
+
+def _short(e: BaseException) -> str:
+    """One line of an exporter error: its summary when it has one (torch's run to pages), no colours."""
+    lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(e)).splitlines() if ln.strip()]
+    if "## Exception summary" in lines[:-1]:
+        lines = lines[lines.index("## Exception summary") + 1:]
+    return f"{type(e).__name__}: {(lines or [''])[0][:300]}"
+
+
+def check_export(base: Any, tower: Tower, run: Runner) -> float:
+    """The export's smallest cosine to the torch forward over the probe items: the whole batch
+    (several lengths, so the dynamic axes are exercised) and the first item alone (a query)."""
+    items = tower.probe()
+    worst = 1.0
+    for batch in (items, items[:1]):
+        want = base.encode(tower.modality, batch)
+        got = run(tower.input_names, tower.feeds(batch))
+        worst = min(worst, min_cosine(got, want))
+    return worst
+
+
+def quantise_int8(src: Path, dest: Path) -> None:
+    """Dynamic int8 quantisation of the matrix products (weights int8 per channel, activations
+    quantised on the fly); convolutions stay fp32, where ORT's integer kernels are slower."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+            quiet_root_log("consider to run pre-processing"):  # shape inference: nothing to gain here
+        warnings.simplefilter("ignore")
+        quantize_dynamic(str(src), str(dest), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul", "Gemm"])
+
+
+class ExportCache:
+    """The exported towers of one encoder, under ``cache_dir/onnx``."""
+
+    def __init__(self, base: Any, settings: Settings) -> None:
+        self.base = base
+        self.root = Path(settings.cache_dir).expanduser() / "onnx"
+        self.int8 = settings.int8
+        self._checksum: str | None = None
+
+    def checksum(self) -> str:
+        if self._checksum is None:
+            self._checksum = weights_checksum(self.base, self.root)
+        return self._checksum
+
+    def folder(self, modality: Modality) -> Path:
+        return export_dir(self.root, self.base.spec, modality, self.checksum())
+
+    def runner(self, tower: Tower) -> Runner:
+        """The tower's runner: from the cache, else exported and checked now. Raises
+        ExportRefused when it cannot be exported or does not match torch (remembered, so it is
+        not tried again until torch or onnxruntime change)."""
+        folder = self.folder(tower.modality)
+        meta_file, refused_file = folder / "meta.json", folder / "refused.json"
+        if not meta_file.exists():
+            if refused_file.exists():
+                refused = json.loads(refused_file.read_text())
+                if refused.get("versions") == _versions():
+                    raise ExportRefused(refused["reason"])
+            self._export(tower, folder)
+        meta = json.loads(meta_file.read_text())
+        if self.int8:
+            int8 = self._int8(tower, folder, meta)
+            if int8 is not None:
+                return int8
+        if openvino_available():
+            if "backend" not in meta:
+                meta.update(self._pick_backend(tower, folder / "model.onnx"))
+                _write_atomic(meta_file, json.dumps(meta, indent=1))
+            if meta["backend"] == "openvino":
+                return OpenVinoRunner(folder / "model.onnx")
+        return OrtRunner(folder / "model.onnx")
+
+    def _pick_backend(self, tower: Tower, path: Path) -> dict[str, Any]:
+        """ONNX Runtime or OpenVINO for an fp32 tower, whichever runs the probe batch faster here
+        (best of 3, taking turns), once OpenVINO has passed the same check against torch. On the
+        2-core development machine OpenVINO won by about 30% for ViT-B-32 (benchmarks/runtime.py)."""
+        what = f"the {tower.modality} tower of {self.base.spec}"
+        try:
+            runners: dict[str, Runner] = {"onnxruntime": OrtRunner(path), "openvino": OpenVinoRunner(path)}
+            cos = check_export(self.base, tower, runners["openvino"])
+        except Exception as e:  # noqa: BLE001 - OpenVINO is optional: ONNX Runtime runs the tower
+            log.warning("OpenVINO cannot run %s (%s); ONNX Runtime runs it", what, _short(e))
+            return {"backend": "onnxruntime", "openvino_min_cos": None}
+        if not cos >= MIN_COS_FP32:
+            log.warning("OpenVINO does not match torch on %s (min cosine %.6f); ONNX Runtime runs it", what, cos)
+            return {"backend": "onnxruntime", "openvino_min_cos": cos}
+        feeds = tower.feeds(tower.probe())
+        best = dict.fromkeys(runners, float("inf"))
+        for name, run in runners.items():
+            run(tower.input_names, feeds)  # warm-up: first calls allocate and plan
+        for _ in range(3):
+            for name, run in runners.items():
+                t0 = time.perf_counter()
+                run(tower.input_names, feeds)
+                best[name] = min(best[name], time.perf_counter() - t0)
+        backend = min(best, key=lambda n: best[n])
+        log.info("%s runs on %s (probe batch: %s)", what, backend,
+                 ", ".join(f"{n} {1000 * t:.1f} ms" for n, t in best.items()))
+        return {"backend": backend, "openvino_min_cos": cos,
+                "backend_ms": {n: round(1000 * t, 2) for n, t in best.items()}}
+
+    def _export(self, tower: Tower, folder: Path) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=".export-"))
+        what = f"the {tower.modality} tower of {self.base.spec}"
+        try:
+            t0 = time.perf_counter()
+            try:
+                getattr(self.base, "load_tower", lambda modality: None)(tower.modality)  # its weights, read
+                export_tower(self.base, tower, tmp)
+                cos = check_export(self.base, tower, OrtRunner(tmp / "model.onnx"))
+            except Exception as e:  # noqa: BLE001 - any exporter or runtime failure: torch runs the tower
+                self._refuse(folder, f"could not export {what} to ONNX ({_short(e)}); using torch")
+            if not cos >= MIN_COS_FP32:
+                self._refuse(folder, f"the ONNX export of {what} does not match torch (min cosine {cos:.6f} "
+                             f"< {MIN_COS_FP32}); using torch")
+            meta = {"spec": self.base.spec, "modality": tower.modality, "checksum": self.checksum(),
+                    "export_version": EXPORT_VERSION, "min_cos": cos, "inputs": list(tower.input_names),
+                    "export_s": round(time.perf_counter() - t0, 2), **_versions()}
+            _write_atomic(tmp / "meta.json", json.dumps(meta, indent=1))
+            log.info("exported %s to ONNX in %.1f s (min cosine to torch %.6f)", what, meta["export_s"], cos)
+            if folder.exists() and not (folder / "meta.json").exists():
+                shutil.rmtree(folder, ignore_errors=True)  # an earlier refusal, with other versions
+            try:
+                os.rename(tmp, folder)
+            except OSError:  # another process exported it first: theirs is as good
+                if not (folder / "meta.json").exists():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _refuse(self, folder: Path, reason: str) -> None:
+        with contextlib.suppress(OSError):
+            _write_atomic(folder / "refused.json", json.dumps({"reason": reason, "versions": _versions()}))
+        raise ExportRefused(reason)
+
+    def _int8(self, tower: Tower, folder: Path, meta: dict[str, Any]) -> Runner | None:
+        """The int8 model, quantised from the fp32 export on first use and checked against it;
+        None (fp32 runs) when it is not close enough."""
+        path = folder / "model.int8.onnx"
+        if "int8_min_cos" not in meta:
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".int8-", suffix=".onnx")
+            os.close(fd)
+            cos: float | None = None
+            try:
+                quantise_int8(folder / "model.onnx", Path(tmp))
+                items = tower.probe()
+                fp32 = OrtRunner(folder / "model.onnx")(tower.input_names, tower.feeds(items))
+                cos = min_cosine(OrtRunner(Path(tmp))(tower.input_names, tower.feeds(items)), fp32)
+                if cos >= MIN_COS_INT8:
+                    os.replace(tmp, path)
+            except Exception as e:  # noqa: BLE001 - a quantiser failure leaves fp32 running
+                log.warning("could not quantise the %s tower of %s to int8 (%s); fp32 runs it", tower.modality,
+                            self.base.spec, _short(e))
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            meta["int8_min_cos"] = cos
+            _write_atomic(folder / "meta.json", json.dumps(meta, indent=1))
+            if cos is not None:
+                log.warning("int8 %s tower of %s: min cosine to fp32 %.4f%s", tower.modality, self.base.spec, cos,
+                            "" if cos >= MIN_COS_INT8 else f" < {MIN_COS_INT8}: fp32 runs it")
+        if not path.exists():
+            return None
+        return OrtRunner(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The encoder.
+
+
+class OnnxEncoder:
+    """An Encoder whose forwards run on ONNX Runtime; preprocessing, spec and dimensions are the
+    wrapped torch encoder's, so its vectors can be mixed with torch's in one catalog. Each tower is
+    exported (or loaded from the cache) on its first use: a text query never loads the image tower."""
+
+    runtime = "onnx"
+
+    def __init__(self, base: Any, settings: Settings) -> None:
+        self.base = base
+        self.spec: str = base.spec
+        self.space: str = base.space
+        self.dim: int = base.dim
+        self.modalities: tuple[Modality, ...] = base.modalities
+        self.batch_size: int = base.batch_size
+        self.device = "cpu"
+        self.cache = ExportCache(base, settings)
+        self._towers: dict[Modality, Tower] | None = None
+        self._runners: dict[Modality, Runner | None] = {}
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        """Family-specific attributes (``sample_rate``, ``window_seconds``, ...) are the base's."""
+        if name == "base":
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+    def prepare(self, modality: Modality, decoded: Any) -> Any:
+        return self.base.prepare(modality, decoded)
+
+    def load_towers(self) -> None:
+        """Every tower's runner now (a server, before its port opens), not on its first query."""
+        for modality in self.modalities:
+            self.runner(modality)
+
+    def runner(self, modality: Modality) -> Runner | None:
+        """The modality's runner, None when torch runs it (export refused, reason logged)."""
+        with self._lock:
+            if modality not in self._runners:
+                if self._towers is None:
+                    self._towers = towers(self.base)
+                try:
+                    self._runners[modality] = self.cache.runner(self._towers[modality])
+                except ExportRefused as e:
+                    log.warning("%s", e)
+                    self._runners[modality] = None
+            return self._runners[modality]
+
+    def encode(self, modality: Modality, prepared: Sequence[Any]) -> np.ndarray:
+        if modality not in self.modalities:
+            raise ValueError(f"{self.spec} does not embed {modality}")
+        if not prepared:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        run = self.runner(modality)
+        if run is None:
+            return self.base.encode(modality, prepared)
+        tower = self._towers[modality]  # type: ignore[index]
+        items = list(prepared)
+        out = [run(tower.input_names, tower.feeds(items[i:i + self.batch_size]))
+               for i in range(0, len(items), self.batch_size)]
+        return l2_normalise(np.concatenate(out))

@@ -1,0 +1,515 @@
+"""File metadata read at ingest (EXIF date, camera, lens, GPS, orientation; pixels, media type,
+size, modification time), returned with hits and item details, and the filters on it and on the
+user's tags, on every face: Python, the CLI and HTTP.
+
+One small library: photos made with Pillow carrying EXIF dates, cameras and GPS positions, a
+photo without EXIF, one with a damaged EXIF block, two notes and two sounds. Filters are checked
+against the files they must select (a text query with no ``to`` searches every medium), in each
+of the three ways a filter meets the vector search: scored exactly, an id selector, and checked
+on the candidates after the search (broad). Work is checked through SQL plans, never timings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+from fastapi.testclient import TestClient
+from PIL import Image, TiffImagePlugin
+from sqlalchemy import event, text
+from typer.testing import CliRunner
+
+from mmsearch import BadInput, Engine, NotFound, Query
+from mmsearch.api.app import create_app
+from mmsearch.cli import app as cli_app
+from mmsearch.search import runner as runner_module
+from mmsearch.storage.filters import distance_km
+from tests.conftest import CONFIG_DIR, flickr_images
+
+KEY = "meta-key-01234"
+PARIS = (48.8566, 2.3522)
+VERSAILLES = (48.8049, 2.1204)  # ~18 km from PARIS
+NEW_YORK = (40.7128, -74.0060)
+EVERYTHING = {"paris.jpg", "versailles.jpg", "nyc.jpg", "plain.png", "broken.jpg", "beach.txt", "city.md",
+              "short.wav", "long.wav"}
+
+
+def _dms(degrees: float) -> tuple[TiffImagePlugin.IFDRational, ...]:
+    d = abs(degrees)
+    minutes = (d - int(d)) * 60
+    seconds = (minutes - int(minutes)) * 60
+    return (TiffImagePlugin.IFDRational(int(d), 1), TiffImagePlugin.IFDRational(int(minutes), 1),
+            TiffImagePlugin.IFDRational(round(seconds * 1000), 1000))
+
+
+def make_photo(src: Path, dest: Path, *, taken: str | None = None, offset: str | None = None,
+               make: str | None = None, model: str | None = None, lens: str | None = None,
+               gps: tuple[float, float] | None = None, orientation: int | None = None, scale: float = 1.0) -> Path:
+    """A JPEG of a real photo with the EXIF tags given: DateTimeOriginal (0x9003) and
+    OffsetTimeOriginal in the Exif IFD, Make (0x010F), Model (0x0110), Orientation, LensModel,
+    and a GPS IFD (0x8825)."""
+    img = Image.open(src).convert("RGB")
+    if scale != 1.0:
+        img = img.resize((int(img.width * scale), int(img.height * scale)))
+    exif = Image.Exif()
+    for ifd, tag, value in ((None, 0x010F, make), (None, 0x0110, model), (None, 0x0112, orientation),
+                            (0x8769, 0x9003, taken), (0x8769, 0x9011, offset), (0x8769, 0xA434, lens)):
+        if value:
+            (exif if ifd is None else exif.get_ifd(ifd))[tag] = value
+    if gps:
+        g = exif.get_ifd(0x8825)
+        g[1], g[2] = ("N" if gps[0] >= 0 else "S"), _dms(gps[0])
+        g[3], g[4] = ("E" if gps[1] >= 0 else "W"), _dms(gps[1])
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    img.save(dest, "JPEG", quality=90, exif=exif)
+    return dest
+
+
+def broken_exif() -> bytes:
+    """An EXIF block whose GPS IFD pointer is negative (Pillow raises reading it), beside a
+    readable Make: the photo must index, keeping what can be read."""
+    entries = [(0x010F, 2, 4, b"Pen\x00"), (0x8825, 9, 1, struct.pack("<i", -5))]
+    ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHI", t, ty, n) + v for t, ty, n, v in entries)
+    return b"Exif\x00\x00" + b"II*\x00\x08\x00\x00\x00" + ifd + struct.pack("<I", 0)
+
+
+def _at(day: str) -> int:
+    return int(datetime.fromisoformat(day).replace(tzinfo=timezone.utc).timestamp())
+
+
+def build_library(root: Path) -> Path:
+    src = flickr_images(6)
+    make_photo(src[0], root / "trips" / "paris.jpg", taken="2021:06:15 10:30:00", make="Canon",
+               model="Canon EOS 5D Mark III", lens="EF24-105mm f/4L IS USM", gps=PARIS, orientation=6)
+    make_photo(src[1], root / "trips" / "versailles.jpg", taken="2021:06:20 14:00:00", make="SONY",
+               model="ILCE-7M3", gps=VERSAILLES)
+    make_photo(src[2], root / "trips" / "nyc.jpg", taken="2023:01:02 08:00:00", offset="+02:00", make="Apple",
+               model="iPhone 12", gps=NEW_YORK, scale=2.0)  # 06:00 UTC; the largest file
+    plain = root / "misc" / "plain.png"
+    plain.parent.mkdir(parents=True)
+    Image.open(src[3]).convert("RGB").save(plain)
+    os.utime(plain, (_at("2019-03-03"), _at("2019-03-03")))  # no EXIF: dated by its mtime
+    Image.open(src[4]).convert("RGB").save(root / "misc" / "broken.jpg", "JPEG", exif=broken_exif())
+    (root / "notes").mkdir()
+    (root / "notes" / "beach.txt").write_text("Two dogs play fetch on a sandy beach at sunset.")
+    (root / "notes" / "city.md").write_text("A busy city street with yellow taxis.")
+    for note in (root / "notes").iterdir():
+        os.utime(note, (_at("2022-05-05"), _at("2022-05-05")))
+    (root / "sounds").mkdir()
+    for name, seconds in (("short.wav", 2.0), ("long.wav", 12.0)):
+        t = np.arange(int(16_000 * seconds)) / 16_000
+        sf.write(root / "sounds" / name, (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 16_000)
+    return root
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, clip_spec: str, tiny_clap_dir: Path) -> Iterator[dict[str, Any]]:
+    from mmsearch.settings import Settings
+
+    tmp = tmp_path_factory.mktemp("meta")
+    lib = build_library(tmp / "lib")
+    settings = Settings(catalog=tmp / "catalog", model=clip_spec, model_config_dirs=[CONFIG_DIR],
+                        audio_model=f"clap:{tiny_clap_dir}", batch_size=16, decode_workers=2, device="cpu",
+                        api_key=KEY)
+    engine = Engine.open(settings)
+    report = engine.index([lib])
+    assert (report.added, report.failed) == (len(EVERYTHING), 0), report.failures
+    ids = {Path(p).name: engine.lookup(p)[0] for p in map(str, lib.rglob("*")) if Path(p).is_file()}
+    with TestClient(create_app(engine)) as client:
+        yield {"engine": engine, "lib": lib, "ids": ids, "client": client, "catalog": str(tmp / "catalog"),
+               "settings": settings}
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def cli(world: dict[str, Any]) -> Any:
+    runner = CliRunner()
+    env = {"MMSEARCH_MODEL_CONFIG_DIRS": json.dumps([str(CONFIG_DIR)]), "MMSEARCH_DEVICE": "cpu"}
+
+    def run(*args: str, code: int = 0) -> Any:
+        result = runner.invoke(cli_app, [*args, "--catalog", world["catalog"]], env=env)
+        assert result.exit_code == code, result.output
+        return result
+
+    return run
+
+
+# -- facts read at ingest ---------------------------------------------------------------------
+
+def test_exif_facts_are_stored_and_returned(world: dict[str, Any]) -> None:
+    engine, ids = world["engine"], world["ids"]
+    paris = engine.item(ids["paris.jpg"]).facts
+    assert paris.taken_at == datetime(2021, 6, 15, 10, 30, tzinfo=timezone.utc)
+    assert (paris.camera_make, paris.camera_model, paris.lens) == ("Canon", "Canon EOS 5D Mark III",
+                                                                   "EF24-105mm f/4L IS USM")
+    assert distance_km(paris.lat, paris.lon, *PARIS) < 0.01  # type: ignore[arg-type]
+    assert paris.orientation == 6 and paris.mime == "image/jpeg"
+    stored = Image.open(world["lib"] / "trips" / "paris.jpg").size
+    assert (paris.width, paris.height) == (stored[1], stored[0])  # as shown: a quarter turn
+    nyc = engine.item(ids["nyc.jpg"]).facts
+    assert nyc.taken_at == datetime(2023, 1, 2, 6, 0, tzinfo=timezone.utc)  # the EXIF offset applied
+    assert nyc.lon is not None and nyc.lon < 0 and nyc.orientation is None
+    plain = engine.item(ids["plain.png"])
+    assert plain.facts.mime == "image/png" and plain.facts.taken_at is None and plain.facts.width
+    note = engine.item(ids["beach.txt"])
+    assert note.facts.mime == "text/plain" and note.facts.width is None
+    assert engine.item(ids["long.wav"]).duration == pytest.approx(12.0, abs=0.1)
+
+
+def test_a_damaged_exif_block_still_indexes_the_photo(world: dict[str, Any]) -> None:
+    engine, ids = world["engine"], world["ids"]
+    broken = engine.item(ids["broken.jpg"])  # indexed: the fixture saw no failure
+    assert broken.facts.camera_make == "Pen"  # what could be read is kept
+    assert broken.facts.lat is None and broken.facts.taken_at is None
+    assert broken.facts.width and broken.facts.mime == "image/jpeg"
+    hits = engine.search(Query(image=(world["lib"] / "misc" / "broken.jpg").read_bytes(), k=1)).results
+    assert hits[0].id == ids["broken.jpg"]
+
+
+def test_hits_and_item_details_carry_the_metadata(world: dict[str, Any], cli: Any) -> None:
+    engine, ids, client = world["engine"], world["ids"], world["client"]
+    hit = next(h for h in engine.search(Query(text="a photo", to="image", k=10)).results if h.id == ids["paris.jpg"])
+    assert (hit.camera_model, hit.lens, hit.orientation, hit.mime) == ("Canon EOS 5D Mark III",
+                                                                       "EF24-105mm f/4L IS USM", 6, "image/jpeg")
+    assert hit.taken_at == datetime(2021, 6, 15, 10, 30, tzinfo=timezone.utc)
+    assert hit.size == (world["lib"] / "trips" / "paris.jpg").stat().st_size and hit.modified is not None
+    body = client.get(f"/items/{ids['paris.jpg']}").json()
+    assert body["camera_make"] == "Canon" and body["taken_at"].startswith("2021-06-15T10:30:00")
+    assert body["lat"] == pytest.approx(PARIS[0], abs=1e-4) and body["width"] == hit.width
+    assert body["modified"] and body["mime"] == "image/jpeg" and body["tags"] == []
+    out = json.loads(cli("search", "a photo", "--to", "image", "--json", "-k", "10").stdout)
+    row = next(r for r in out["results"] if r["id"] == ids["paris.jpg"])
+    assert row["camera_make"] == "Canon" and row["lon"] == pytest.approx(PARIS[1], abs=1e-4)
+
+
+# -- filters on every face --------------------------------------------------------------------
+
+FILTERS: list[tuple[dict[str, Any], set[str]]] = [
+    ({"date_from": "2021-06-01", "date_to": "2021-06-30"}, {"paris.jpg", "versailles.jpg"}),
+    ({"date_to": "2020-12-31"}, {"plain.png"}),  # no EXIF: its modification time
+    ({"date_from": "2022-05-05", "date_to": "2022-05-05"}, {"beach.txt", "city.md"}),  # a whole day
+    ({"date_from": "2023-01-02T05:30:00Z", "date_to": "2023-01-02T06:30:00+00:00"}, {"nyc.jpg"}),
+    ({"camera": "canon"}, {"paris.jpg"}),
+    ({"camera": "EOS 5D"}, {"paris.jpg"}),  # the model alone, any case
+    ({"camera": "apple iphone"}, {"nyc.jpg"}),
+    ({"camera": "sony ilce-7"}, {"versailles.jpg"}),
+    ({"camera": "nikon"}, set()),
+    ({"near": (*PARIS, 5)}, {"paris.jpg"}),
+    ({"near": (*PARIS, 25)}, {"paris.jpg", "versailles.jpg"}),
+    ({"near": (*NEW_YORK, 1)}, {"nyc.jpg"}),
+    ({"ext": ["png"]}, {"plain.png"}),
+    ({"ext": ["TXT", ".md"]}, {"beach.txt", "city.md"}),
+    ({"min_duration": 5}, {"long.wav"}),
+    ({"max_duration": 5}, {"short.wav"}),
+    ({"min_duration": 1, "max_duration": 20}, {"short.wav", "long.wav"}),
+    ({"ext": ["jpg"], "camera": "canon", "date_from": "2021-01-01"}, {"paris.jpg"}),  # combined: all hold
+    ({"ext": ["jpg"], "near": (*PARIS, 25), "date_to": "2021-06-16"}, {"paris.jpg"}),
+]
+
+
+def _cli_args(filters: dict[str, Any]) -> list[str]:
+    args: list[str] = []
+    for key, value in filters.items():
+        flag = "--tag" if key == "tags" else "--" + key.replace("_", "-")
+        if key == "near":
+            args += [flag, ",".join(map(str, value))]
+        elif isinstance(value, list):
+            for v in value:
+                args += [flag, str(v)]
+        else:
+            args += [flag, str(value)]
+    return args
+
+
+def _params(filters: dict[str, Any]) -> dict[str, Any]:
+    return {k: ",".join(map(str, v)) if k == "near" else v for k, v in filters.items()}
+
+
+def found(world: dict[str, Any], cli: Any, face: str, filters: dict[str, Any], text_query: str = "a photo") -> set[str]:
+    """File names a filtered text query returns (every medium, k above the library's size)."""
+    if face == "python":
+        results = [h.path for h in world["engine"].search(Query(text=text_query, k=50, **filters)).results]
+    elif face == "cli":
+        out = cli("search", text_query, "-k", "50", "--json", *_cli_args(filters))
+        results = [h["path"] for h in json.loads(out.stdout)["results"]]
+    elif face == "http-get":
+        r = world["client"].get("/search", params={"text": text_query, "k": 50, **_params(filters)})
+        assert r.status_code == 200, r.text
+        results = [h["path"] for h in r.json()["results"]]
+    else:
+        r = world["client"].post("/search", json={"text": text_query, "k": 50, **filters})
+        assert r.status_code == 200, r.text
+        results = [h["path"] for h in r.json()["results"]]
+    return {Path(p).name for p in results}
+
+
+@pytest.mark.parametrize("face", ["python", "cli", "http-get", "http-post"])
+def test_each_filter_on_each_face(world: dict[str, Any], cli: Any, face: str) -> None:
+    assert found(world, cli, face, {}) == EVERYTHING
+    for filters, expected in FILTERS:
+        assert found(world, cli, face, filters) == expected, (face, filters)
+
+
+def test_min_size(world: dict[str, Any], cli: Any) -> None:
+    sizes = {p.name: p.stat().st_size for p in world["lib"].rglob("*") if p.is_file()}
+    largest, second = sorted(sizes, key=sizes.__getitem__)[-1:-3:-1]
+    limit = sizes[largest] - 1
+    for face in ("python", "cli", "http-get", "http-post"):
+        assert found(world, cli, face, {"min_size": limit}) == {largest}
+        assert found(world, cli, face, {"min_size": sizes[second]}) == {largest, second}
+    kib = limit // 1024
+    assert found(world, cli, "python", {"min_size": f"{kib}k"}) >= {largest}
+    assert found(world, cli, "cli", {"min_size": f"{kib}KiB"}) == found(world, cli, "python", {"min_size": f"{kib}k"})
+
+
+def test_filters_on_similar(world: dict[str, Any], cli: Any) -> None:
+    ids, client = world["ids"], world["client"]
+    like = ids["plain.png"]
+    res = world["engine"].similar([like], k=10, camera="canon").results
+    assert [h.id for h in res] == [ids["paris.jpg"]]
+    out = json.loads(cli("similar", str(like), "--near", f"{PARIS[0]},{PARIS[1]},25", "--json").stdout)
+    assert {h["id"] for h in out["results"]} == {ids["paris.jpg"], ids["versailles.jpg"]}
+    r = client.post("/similar", json={"item_ids": [like], "ext": ["jpg"], "date_from": "2022-01-01"})
+    assert {h["id"] for h in r.json()["results"]} == {ids["nyc.jpg"], ids["broken.jpg"]}
+    r = client.get(f"/items/{like}/similar", params={"date_to": "2021-06-15"})
+    assert [h["id"] for h in r.json()["results"]] == [ids["paris.jpg"]]
+
+
+@pytest.mark.parametrize("mode", ["selector", "broad"])
+def test_every_way_a_filter_meets_the_search_agrees(world: dict[str, Any], cli: Any, mode: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scored exactly (the default here), through an id selector (too many to score exactly),
+    or checked on the candidates after the search (broad): the same answers."""
+    engine = world["engine"]
+    monkeypatch.setattr(engine.runner._subsets, "exact_max", 0)
+    monkeypatch.setattr(runner_module, "EXACT_SUBSET_MAX", 0)
+    if mode == "broad":
+        monkeypatch.setattr(runner_module, "BROAD_SHARE", 0.0)
+    for filters, expected in FILTERS:
+        assert found(world, cli, "python", filters) == expected, (mode, filters)
+    # and paging through a broad filter's matches returns each once
+    if mode == "broad":
+        pages = [engine.search(Query(text="x", k=1, offset=i, ext=["jpg"])).results for i in range(4)]
+        assert sorted(h.path.rsplit("/", 1)[1] for p in pages for h in p) == \
+            sorted(["paris.jpg", "versailles.jpg", "nyc.jpg", "broken.jpg"])
+
+
+def test_broad_conditions_that_rarely_meet_fall_back_to_their_selection(world: dict[str, Any],
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two broad conditions whose intersection the candidates miss: the search stops at
+    MAX_CANDIDATES, then fetches the filter's whole selection instead of answering short."""
+    engine = world["engine"]
+    monkeypatch.setattr(runner_module, "BROAD_SHARE", 0.0)
+    monkeypatch.setattr(runner_module, "EXACT_SUBSET_MAX", 0)
+    monkeypatch.setattr(runner_module, "MAX_CANDIDATES", 1)  # every pass is cut short
+    res = engine.search(Query(text="a photo", k=5, ext=["jpg"], camera="sony")).results
+    assert [Path(h.path).name for h in res] == ["versailles.jpg"]
+
+
+def test_filters_are_index_range_scans(world: dict[str, Any]) -> None:
+    """Each condition's SQL starts from its own index; in a combination, the smallest drives and
+    the others are checked on its rows only."""
+    engine = world["engine"]
+    statements: list[tuple[str, Any]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        if "embeddings" in statement and "files" in statement and "embeddings.id IN" not in statement:
+            statements.append((statement, parameters))
+
+    def plan(filters: dict[str, Any]) -> str:
+        statements.clear()
+        engine.runner._subsets._entries.clear()
+        event.listen(engine.catalog.engine, "before_cursor_execute", record)
+        try:
+            engine.search(Query(text="x", to="image", k=5, **filters))
+        finally:
+            event.remove(engine.catalog.engine, "before_cursor_execute", record)
+        (statement, parameters), = statements
+        with engine.catalog.engine.connect() as conn:
+            return " | ".join(row[-1] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters))
+
+    for filters, index in [({"date_from": "2021-01-01", "date_to": "2021-12-31"}, "ix_files_date_s (date_s>? AND date_s<?)"),
+                           ({"camera": "canon"}, "ix_files_camera_key (camera_key>? AND camera_key<?)"),
+                           ({"near": (*PARIS, 10)}, "ix_files_lat_lon (lat>? AND lat<?)"),
+                           ({"ext": ["jpg"]}, "ix_files_ext (ext=?)"),
+                           ({"min_size": 10}, "ix_files_size (size>? AND size<?)"),
+                           ({"date_from": "2021-01-01"}, "ix_files_date_s (date_s>? AND date_s<?)")]:
+        steps = plan(filters)
+        first = next(step for step in steps.split(" | ") if step.startswith("SEARCH"))  # after MULTI-INDEX OR
+        assert first.startswith("SEARCH files USING") and index in first, (filters, steps)
+    assert "ix_files_model_key" in plan({"camera": "canon"})  # the model alone: the OR's other range
+    assert plan({"max_duration": 5}).startswith("SEARCH items USING INDEX ix_items_duration (duration>? AND")
+    engine.tag(world["ids"]["paris.jpg"], add=["planned"])
+    try:
+        assert plan({"tags": ["planned"]}).startswith("SEARCH items USING INTEGER PRIMARY KEY (rowid=?)")
+        assert "ix_tags_tag_value (tag=?)" in plan({"tags": ["planned"]})  # items.id IN (the tag's rows)
+    finally:
+        engine.tag(world["ids"]["paris.jpg"], remove=["planned"])
+    combined = plan({"camera": "canon", "date_from": "2000-01-01"})  # the date matches every image
+    assert "ix_files_camera_key" in combined and "ix_files_date_s" not in combined
+    assert " LIKE " not in combined.upper()
+
+
+def test_bad_filters_are_refused_on_every_face(world: dict[str, Any], cli: Any) -> None:
+    for bad in ({"near": "48.8,2.3"}, {"near": (91, 0, 1)}, {"min_size": "lots"}, {"date_from": "yesterday"},
+                {"ext": ["j p g"]}, {"dedup": 1.5}, {"min_duration": -1}):
+        with pytest.raises(ValueError):
+            Query(text="x", **bad)
+        key, value = next(iter(bad.items()))
+        r = world["client"].post("/search", json={"text": "x", key: value})
+        assert r.status_code == 422, (bad, r.text)
+    r = cli("search", "x", "--near", "1,2", code=2)
+    assert "--near" in r.output
+    r = cli("search", "x", "--date-from", "June", code=2)
+    assert "--date-from" in r.output
+
+
+# -- tags ---------------------------------------------------------------------------------------
+
+def test_tags_add_remove_set_and_filter_on_every_face(world: dict[str, Any], cli: Any) -> None:
+    engine, ids, client = world["engine"], world["ids"], world["client"]
+    paris, nyc, beach = ids["paris.jpg"], ids["nyc.jpg"], ids["beach.txt"]
+    assert found(world, cli, "python", {"tags": ["trip"]}) == set()  # cached as empty...
+    assert engine.tag(paris, add=["trip", "france"], set={"rating": "5"}) == ["france", "rating=5", "trip"]
+    assert found(world, cli, "python", {"tags": ["trip"]}) == {"paris.jpg"}  # ...and no longer: tags move it
+    out = json.loads(cli("tag", str(nyc), "--add", "trip", "--set", "rating=4", "--set", "city=New York",
+                         "--json").stdout)
+    assert out == {"id": nyc, "tags": ["city=New York", "rating=4", "trip"]}
+    r = client.put(f"/items/{beach}/tags", json={"add": ["trip", "todo"], "set": {"rating": "5"}},
+                   headers={"X-API-Key": KEY})
+    assert r.status_code == 200 and r.json() == {"id": beach, "tags": ["rating=5", "todo", "trip"]}
+
+    for face in ("python", "cli", "http-get", "http-post"):
+        assert found(world, cli, face, {"tags": ["trip"]}) == {"paris.jpg", "nyc.jpg", "beach.txt"}
+        assert found(world, cli, face, {"tags": ["rating=5"]}) == {"paris.jpg", "beach.txt"}
+        assert found(world, cli, face, {"tags": ["trip", "rating=4"]}) == {"nyc.jpg"}  # all of them
+        assert found(world, cli, face, {"tags": ["city=New York"], "camera": "apple"}) == {"nyc.jpg"}
+        assert found(world, cli, face, {"tags": ["rating"]}) == {"paris.jpg", "nyc.jpg", "beach.txt"}  # any value
+
+    # remove: a name, or key=value only while it has that value; set replaces a value
+    assert engine.tag(beach, remove=["todo", "rating=4"]) == ["rating=5", "trip"]
+    assert engine.tag(beach, remove=["rating=5"], set={"mood": "calm"}) == ["mood=calm", "trip"]
+    assert engine.tag(beach, set={"n": 3}) == ["mood=calm", "n=3", "trip"]  # a number is its text
+    assert engine.tag(beach, remove=["n"]) == ["mood=calm", "trip"]
+    assert cli("tag", str(beach)).stdout.split() == ["mood=calm", "trip"]
+    assert client.get(f"/items/{beach}").json()["tags"] == ["mood=calm", "trip"]
+    hit = next(h for h in engine.search(Query(text="x", k=50, tags=["trip"])).results if h.id == beach)
+    assert hit.tags == ["mood=calm", "trip"]
+    assert found(world, cli, "python", {"tags": ["rating=5"]}) == {"paris.jpg"}
+
+    # errors: unknown item, bad tags, no key
+    with pytest.raises(NotFound):
+        engine.tag(10**9, add=["x"])
+    for bad in ({"add": ["a=b"]}, {"add": [""]}, {"add": ["x" * 65]}, {"set": {"k": "v" * 257}}):
+        with pytest.raises(BadInput):
+            engine.tag(paris, **bad)
+    assert client.put(f"/items/{paris}/tags", json={"add": ["x"]}).status_code == 401
+    assert client.put(f"/items/{paris}/tags", json={"add": ["x"], "bogus": 1},
+                      headers={"X-API-Key": KEY}).status_code == 422
+    assert client.put("/items/999999999/tags", json={"add": ["x"]}, headers={"X-API-Key": KEY}).status_code == 404
+    cli("tag", str(paris), "--set", "novalue", code=2)
+    engine.tag(paris, remove=["trip", "france", "rating"])
+    engine.tag(nyc, remove=["trip", "rating", "city"])
+    engine.tag(beach, remove=["trip", "mood"])
+
+
+def test_tags_survive_reindexing_a_changed_file(world: dict[str, Any]) -> None:
+    engine, ids, lib = world["engine"], world["ids"], world["lib"]
+    note = lib / "notes" / "city.md"
+    engine.tag(ids["city.md"], add=["keep"])
+    note.write_text("A busy city street with yellow taxis, at night.")
+    os.utime(note, (_at("2022-05-05"), _at("2022-05-05") + 60))
+    report = engine.index([lib])
+    assert report.updated == 1
+    assert engine.lookup(note) == [ids["city.md"]]  # the item keeps its id...
+    assert engine.item(ids["city.md"]).tags == ["keep"]  # ...and its tags
+    assert found(world, None, "python", {"tags": ["keep"]}) == {"city.md"}
+    engine.tag(ids["city.md"], remove=["keep"])
+
+
+# -- an old catalog ------------------------------------------------------------------------------
+
+def test_a_0002_catalog_upgrades_with_empty_metadata_and_stays_searchable(world: dict[str, Any],
+                                                                          tmp_path: Path) -> None:
+    """A catalog made before metadata (schema 0002): opening its writer migrates it; EXIF facts
+    stay empty until a file changes, while the extension, media type and date (modification
+    time) are filled from what it knew, and every filter works."""
+    from alembic import command
+
+    from mmsearch.storage.db import SCHEMA_HEAD, alembic_config, create_db_engine
+
+    catalog = tmp_path / "old"
+    shutil.copytree(world["catalog"], catalog)
+    settings = world["settings"].model_copy(update={"catalog": catalog})
+    db = create_db_engine(settings.resolved_db_url())
+    cfg = alembic_config(db)
+    with db.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0002")
+    with db.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+        columns = {row[1] for row in conn.execute(text("PRAGMA table_info(files)"))}
+        assert "camera_key" not in columns and "tags" not in {
+            r[0] for r in conn.execute(text("SELECT name FROM sqlite_master WHERE type = 'table'"))}
+    db.dispose()
+    with Engine.open(settings) as old:
+        assert old.catalog.schema_version == SCHEMA_HEAD
+        ids = world["ids"]
+        paris = old.item(ids["paris.jpg"])
+        assert paris.facts.camera_make is None and paris.facts.taken_at is None and paris.facts.mime == "image/jpeg"
+        assert len(old.search(Query(text="a photo", k=50)).results) == len(EVERYTHING)
+        names = {Path(h.path).name for h in old.search(Query(text="x", k=50, ext=["png", "jpg"])).results}
+        assert names == {"paris.jpg", "versailles.jpg", "nyc.jpg", "plain.png", "broken.jpg"}
+        dated = {Path(h.path).name for h in old.search(Query(text="x", k=50, date_to="2020-01-01")).results}
+        assert dated == {"plain.png"}  # by modification time now
+        assert old.search(Query(text="x", k=50, camera="canon")).results == []
+        assert old.tag(ids["paris.jpg"], add=["old"]) == ["old"]
+        assert [h.id for h in old.search(Query(text="x", k=5, tags=["old"])).results] == [ids["paris.jpg"]]
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------
+
+def test_metadata_filters_and_tags_on_postgres(make_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The same columns, indexes and triggers on PostgreSQL (a language collation, where prefix
+    ranges are compared in "C"), and the migration's ORM agreement there."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from mmsearch.storage.models import Base
+    from tests.test_postgres import fresh_database
+
+    lib = tmp_path / "lib"
+    src = flickr_images(3)
+    make_photo(src[0], lib / "paris.jpg", taken="2021:06:15 10:30:00", make="Canon", model="Canon EOS 5D Mark III",
+               gps=PARIS)
+    make_photo(src[1], lib / "versailles.jpg", taken="2021:06:20 14:00:00", make="SONY", model="ILCE-7M3",
+               gps=VERSAILLES)
+    make_photo(src[2], lib / "nyc.jpg", taken="2023:01:02 08:00:00", make="Apple", model="iPhone 12", gps=NEW_YORK)
+    with fresh_database("TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en' LOCALE 'C.UTF-8'") as url:
+        with Engine.open(make_settings(db_url=url)) as engine:
+            with engine.catalog.engine.connect() as conn:
+                assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+            assert engine.index([lib]).failed == 0
+
+            def names(**filters: Any) -> set[str]:
+                return {Path(h.path).name for h in engine.search(Query(text="x", k=10, **filters)).results}
+
+            assert names(camera="CANON EOS") == {"paris.jpg"}
+            assert names(camera="iphone") == {"nyc.jpg"}
+            assert names(near=(*PARIS, 25)) == {"paris.jpg", "versailles.jpg"}
+            assert names(date_from="2021-06-16", date_to="2021-12-31") == {"versailles.jpg"}
+            assert names(min_size=1, ext=["jpg"], path=str(lib)) == {"paris.jpg", "versailles.jpg", "nyc.jpg"}
+            nyc = engine.lookup(lib / "nyc.jpg")[0]
+            assert names(tags=["x"]) == set()
+            assert engine.tag(nyc, add=["x"], set={"k": "v"}) == ["k=v", "x"]
+            assert names(tags=["x", "k=v"]) == {"nyc.jpg"}  # the trigger moved the cached selection on
+            assert engine.item(nyc).facts.camera_model == "iPhone 12"

@@ -7,12 +7,14 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional
 
 import typer
 
 from mmsearch.errors import MMSearchError, NotFound
-from mmsearch.settings import Settings
+
+if TYPE_CHECKING:  # imported where used: ``mmsearch --help`` stays light
+    from mmsearch.settings import Settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Cross-modal semantic search over a media folder: images, audio and text.")
@@ -52,6 +54,8 @@ DedupOpt = Annotated[Optional[float], typer.Option("--dedup", help="Collapse res
 
 def _settings(catalog: Path, db: str | None, model: str | None = None, audio_model: str | None = None,
               **extra: Any) -> Settings:
+    from mmsearch.settings import Settings
+
     values: dict[str, Any] = {"catalog": catalog, **{k: v for k, v in extra.items() if v is not None}}
     if db:
         values["db_url"] = db

@@ -10,16 +10,15 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from pydantic import ValidationError
 
+from mmsearch import cpus
 from mmsearch.encoders.base import Encoder
 from mmsearch.encoders.encoder_set import EncoderSet
 from mmsearch.errors import BadInput, MMSearchError, NotFound
 from mmsearch.export import ExportFormat, ItemVectors, blocks, item_vectors, write_npy, write_parquet
-from mmsearch.indexer.pipeline import IndexReport, Progress, index_folders
-from mmsearch.search.ann import AnnIndex
 from mmsearch.search.duplicates import DuplicatesResponse, find_duplicates
 from mmsearch.search.live import LiveIndexes
 from mmsearch.search.query_embedding import Embedding, Embeddings, QueryEmbedder
@@ -28,7 +27,10 @@ from mmsearch.search.scoring import DISLIKE_WEIGHT, Scoring
 from mmsearch.search.runner import QueryRunner
 from mmsearch.settings import Settings
 from mmsearch.storage.catalog import Catalog, ItemRow, SchemaOutdated
-from mmsearch.writer import CatalogWriter
+
+if TYPE_CHECKING:  # imported where used: reading commands (stats, similar) never load the indexer or faiss
+    from mmsearch.indexer.pipeline import IndexReport, Progress
+    from mmsearch.writer import CatalogWriter
 
 
 class Engine:
@@ -51,11 +53,14 @@ class Engine:
         catalog is made, or an old one upgraded, by briefly opening its writer; without it a
         missing catalog is NotFound and nothing is written."""
         settings = settings or Settings()
+        cpus.apply(settings)
         try:
             catalog = Catalog(settings)
         except (NotFound, SchemaOutdated):
             if not create:
                 raise
+            from mmsearch.writer import CatalogWriter
+
             CatalogWriter(settings).close()  # creates or upgrades it, under the write lock
             catalog = Catalog(settings)
         return cls(catalog, EncoderSet(catalog, settings, encoders, reembed=reembed), LiveIndexes(catalog), settings)
@@ -80,6 +85,8 @@ class Engine:
         """The catalog's writer for the block. Blocks in this process share one writer (a delete
         during an indexing job goes through the job's writer, whose mutex orders the two); it
         closes when the last one ends. A second writer process is refused with CatalogBusy."""
+        from mmsearch.writer import CatalogWriter
+
         with self._writer_lock:
             if self._writer is None:
                 self._writer = CatalogWriter(self.settings)
@@ -107,6 +114,8 @@ class Engine:
               allowed_roots: Sequence[Path] | None = None) -> IndexReport:
         """Scan, embed and store the folders; see indexer/pipeline.py. ``allowed_roots`` bounds
         where symlinks and caption rows may reach (the HTTP service passes its index roots)."""
+        from mmsearch.indexer.pipeline import index_folders
+
         with self.writing() as writer:
             return index_folders([Path(p) for p in paths], writer, self.encoders, self.settings, progress, stop,
                                  retry_failed=retry_failed, allowed_roots=allowed_roots)
@@ -132,6 +141,8 @@ class Engine:
         """What is damaged: index files missing, unreadable or replaced, and live rows whose
         vectors are gone. With ``repair``, indexes are rebuilt and the files of lost vectors
         marked, so the next ``index`` run embeds them again."""
+        from mmsearch.search.ann import AnnIndex
+
         report: dict[str, Any] = {"collections": {}, "repaired": repair}
         spaces = self.catalog.spaces()
         for collection in self.catalog.collections():
@@ -355,6 +366,14 @@ def _checked() -> Iterator[None]:
     except ValidationError as e:
         raise BadInput("; ".join(f"{'.'.join(map(str, err['loc'])) or 'input'}: {err['msg']}"
                                  for err in e.errors())) from None
+
+
+def __getattr__(name: str) -> Any:
+    if name == "IndexReport":  # still importable from here, loaded on first use
+        from mmsearch.indexer.pipeline import IndexReport
+
+        return IndexReport
+    raise AttributeError(f"module 'mmsearch.engine' has no attribute {name!r}")
 
 
 __all__ = ["Embedding", "Embeddings", "Engine", "Hit", "IndexReport", "ItemVectors", "NotFound", "Profile", "Query",

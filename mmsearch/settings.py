@@ -39,7 +39,17 @@ class Settings(BaseSettings):
     batch_size: int = Field(32, ge=1, le=4096)
     decode_workers: int | None = Field(
         None, ge=1, description="Decode threads; default: up to 8 when the encoder runs on a GPU (decoding "
-        "is the bottleneck there), one per 4 cores on the CPU (more would take cores from the encoder).")
+        "is the bottleneck there), one per 4 available cores on the CPU (more would take cores from the "
+        "encoder). Available cores: CPU affinity capped by the cgroup quota (mmsearch/cpus.py).")
+    threads: int | None = Field(
+        None, ge=1, description="Intra-op threads of the encoders (torch, ONNX Runtime) and of batched faiss "
+        "searches; default: the available cores (CPU affinity capped by the cgroup quota), never the "
+        "machine's count, which oversubscribes a container.")
+    image_decode: Literal["auto", "pillow", "torch"] = Field(
+        "auto", description="How ingest decodes JPEGs: 'torch' decodes them in batches with "
+        "torchvision.io.decode_jpeg on the encoder's device (nvJPEG on a GPU) and resizes there; "
+        "'pillow' decodes each in a worker thread; 'auto': torch when the encoder runs on CUDA, else "
+        "pillow (faster on a CPU, measured: docs/benchmarks.md).")
     model_config_dirs: list[Path] = Field(
         default_factory=list, description="Extra open_clip architecture JSON files or folders."
     )
@@ -84,7 +94,9 @@ class Settings(BaseSettings):
     index_roots: list[Path] = Field(default_factory=list, description="Folders the API may index.")
 
     def resolved_build_threads(self) -> int:
-        return self.build_threads or max(1, len(os.sched_getaffinity(0)) - 1)
+        from mmsearch.cpus import available_cpus
+
+        return self.build_threads or max(1, min(self.threads or available_cpus(), available_cpus()) - 1)
 
     def resolved_db_url(self) -> str:
         if self.db_url:

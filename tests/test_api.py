@@ -673,6 +673,7 @@ def audio_world(tmp_path_factory: pytest.TempPathFactory, clip_spec: str,
     report = engine.index([media])
     assert report.failed == 0, report.failures
     with TestClient(create_app(engine)) as c:
+        c.app.state.service.engine()  # the warm-up runs in the background: its end, not a race with it
         yield {"client": c, "media": media, "engine": engine}
     engine.close()
 

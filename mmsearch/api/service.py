@@ -98,6 +98,8 @@ class Service:
                 self.audio_off = str(e).splitlines()[0]
         else:
             self.audio_off = "audio is turned off (--no-audio)"
+        for enc in raw.values():  # towers read on first use (a CLI query) are all read here
+            getattr(enc, "load_towers", lambda: None)()
         if self.batching:
             self._batchers = [BatchingEncoder(e) for e in raw.values()]
             self.view = base.with_query_encoders({b.space: b for b in self._batchers})

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from mmsearch.cpus import apply_torch_threads
 from mmsearch.encoders.base import Modality, Spec, l2_normalise, pick_device
 from mmsearch.errors import ModelUnavailable
 from mmsearch.settings import Settings
@@ -79,6 +80,7 @@ class ClapEncoder:
     def from_spec(cls, spec: Spec, settings: Settings) -> "ClapEncoder":
         spec = canonical_spec(spec)
         device = pick_device(settings.device)
+        apply_torch_threads(settings)
         model, processor = _load(spec.name, local=is_local_name(spec.name))
         return cls(spec, model, processor, device, settings.batch_size)
 

@@ -1,17 +1,28 @@
-"""CLIP-family image and text encoder through open_clip."""
+"""CLIP-family image and text encoder through open_clip.
+
+A model read from a checkpoint file is built as a skeleton (parameters on torch's ``meta``
+device: no memory, no random init), and each tower's weights are read the first time that tower
+embeds something: a text query never reads, allocates or runs the image tower. Seeded
+``@random`` weights and checkpoints that need open_clip's conversions load whole, as before.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from mmsearch.cpus import apply_torch_threads
 from mmsearch.encoders.base import Modality, Spec, l2_normalise, pick_device, quiet_root_log
 from mmsearch.errors import ModelUnavailable
+from mmsearch.media.decode import JpegFile
+from mmsearch.media.device_images import DeviceImages, StagedImages, tensor_steps
 from mmsearch.settings import Settings
 
 RANDOM = "random"
@@ -38,16 +49,61 @@ class OpenClipEncoder:
     modalities: tuple[Modality, ...] = ("image", "text")
 
     def __init__(self, spec: Spec, model: torch.nn.Module, preprocess: Any, tokenizer: Any,
-                 device: str, batch_size: int) -> None:
+                 device: str, batch_size: int, weights: "_Checkpoint | None" = None) -> None:
+        """``weights``: where the towers of a skeleton ``model`` are read from on first use;
+        None: ``model`` holds every weight already."""
         self.spec = str(spec)
-        self.model = model.eval().to(device)
+        self._module = model.eval() if weights is not None else model.eval().to(device)
+        self._weights = weights
+        self.weights_file = weights.path if weights is not None else None  # names the CPU runtime's exports
+        self._unloaded: set[Modality] = {"image", "text"} if weights is not None else set()
+        self._tower_lock = threading.Lock()
         self.preprocess = preprocess
         self._pil_stage, self._norm = _split_preprocess(preprocess)
+        self._device_images: DeviceImages | None = None
         self.tokenizer = tokenizer
         self.device = device
         self.batch_size = batch_size
-        self.dim = int(model.text_projection.shape[1]) if hasattr(model, "text_projection") and isinstance(
-            getattr(model, "text_projection"), torch.Tensor) else _probe_dim(model, device)
+        proj = getattr(model, "text_projection", None)
+        if isinstance(proj, torch.Tensor):
+            self.dim = int(proj.shape[1])
+        else:
+            self._tower("text")
+            self.dim = _probe_dim(model, device)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The whole open_clip model, both towers loaded (for callers that export or inspect it)."""
+        self.load_towers()
+        return self._module
+
+    def load_towers(self) -> None:
+        """Read every tower now: a server does before its port opens, not on its first query."""
+        for modality in self.modalities:
+            self._tower(modality)
+
+    def load_tower(self, modality: Modality) -> None:
+        """Read one tower now (the CPU runtime, before it exports that tower)."""
+        self._tower(modality)
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The open_clip model as far as it is read: the parameters of a tower not used yet are
+        on the meta device. ``model`` reads every tower first."""
+        return self._module
+
+    def loaded_towers(self) -> set[Modality]:
+        return {"image", "text"} - self._unloaded
+
+    def _tower(self, modality: Modality) -> torch.nn.Module:
+        """The model, with ``modality``'s tower read from the checkpoint if it was not yet."""
+        if modality in self._unloaded:
+            with self._tower_lock:
+                if modality in self._unloaded:
+                    assert self._weights is not None
+                    self._weights.load_tower(self._module, modality, self.device)
+                    self._unloaded.discard(modality)
+        return self._module
 
     @classmethod
     def from_spec(cls, spec: Spec, settings: Settings) -> "OpenClipEncoder":
@@ -62,15 +118,14 @@ class OpenClipEncoder:
                 "print(open_clip.list_models())\"` or add a config JSON with MMSEARCH_MODEL_CONFIG_DIRS"
             )
         device = pick_device(settings.device)
+        apply_torch_threads(settings)
+        weights: _Checkpoint | None = None
         if pretrained == RANDOM:
-            with torch.random.fork_rng(devices=[]), _quiet_random_init_warning():
+            with _BUILD_LOCK, torch.random.fork_rng(devices=[]), _quiet_random_init_warning():
                 torch.manual_seed(RANDOM_SEED)
                 model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=None)
         elif Path(pretrained).is_file():
-            try:
-                model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained)
-            except Exception as e:  # noqa: BLE001 - any load failure is a user-facing model problem
-                raise ModelUnavailable(f"could not load checkpoint {pretrained} into {arch}: {e}") from e
+            model, preprocess, weights = _skeleton(arch, pretrained, {}) or (*_load_file(arch, pretrained), None)
         elif os.sep in pretrained or pretrained.endswith((".pt", ".bin", ".pth", ".safetensors")):
             raise ModelUnavailable(f"checkpoint file not found: {pretrained}")
         else:
@@ -79,15 +134,18 @@ class OpenClipEncoder:
                 raise ModelUnavailable(
                     f"{arch} has no pretrained tag {pretrained!r}; known tags: {', '.join(tags) or 'none'}"
                 )
-            model, preprocess = _load_pretrained_tag(arch, pretrained)
+            model, preprocess, weights = _load_pretrained_tag(arch, pretrained)
         tokenizer = open_clip.get_tokenizer(arch)
-        return cls(spec, model, preprocess, tokenizer, device, settings.batch_size)
+        return cls(spec, model, preprocess, tokenizer, device, settings.batch_size, weights)
 
     def prepare(self, modality: Modality, decoded: Any) -> Any:
         """Images leave here as uint8 after the PIL steps (resize, crop); ``encode`` turns the whole
         batch into normalised floats at once, on the GPU when there is one. Small per-image torch
-        ops in decode threads would fight the encoder for cores."""
+        ops in decode threads would fight the encoder for cores. A JpegFile (bytes checked from
+        the header) passes through: it is decoded with its batch on the device (``stage_images``)."""
         if modality == "image":
+            if isinstance(decoded, JpegFile):
+                return decoded
             if self._pil_stage is None:
                 return self.preprocess(decoded)
             arr = np.array(self._pil_stage(decoded), dtype=np.uint8)
@@ -101,19 +159,59 @@ class OpenClipEncoder:
     def encode(self, modality: Modality, prepared: Sequence[Any]) -> np.ndarray:
         if not prepared:
             return np.zeros((0, self.dim), dtype=np.float32)
+        if modality not in self.modalities:
+            raise ValueError(f"{self.spec} does not embed {modality}")
+        if modality == "image" and any(isinstance(p, JpegFile) for p in prepared):
+            staged = self.stage_images(prepared)
+            if staged.failed:
+                raise ValueError("; ".join(f"{prepared[i].path}: {why}" for i, why in staged.failed.items()))
+            return self.encode_staged(staged)
+        model = self._tower(modality)
         with torch.inference_mode(), self._autocast():
             if modality == "image":
-                x = torch.stack(list(prepared)).to(self.device, non_blocking=True)
+                x = torch.stack(list(prepared))
+                if self.device.startswith("cuda"):
+                    x = x.pin_memory()  # an asynchronous copy needs page-locked memory
+                x = x.to(self.device, non_blocking=True)
                 if x.dtype == torch.uint8:  # the ToTensor and Normalize steps, for the whole batch
                     mean, std = (torch.as_tensor(v, dtype=torch.float32, device=x.device).view(-1, 1, 1)
                                  for v in self._norm)  # type: ignore[union-attr]
                     x = x.to(torch.float32).div(255).sub_(mean).div_(std)
-                out = self.model.encode_image(x)
-            elif modality == "text":
+                out = model.encode_image(x)
+            else:
                 tokens = self.tokenizer(list(prepared)).to(self.device)
                 out = self._encode_text(tokens)
-            else:
-                raise ValueError(f"{self.spec} does not embed {modality}")
+        return l2_normalise(out.float().cpu().numpy())
+
+    def device_images(self) -> DeviceImages | None:
+        """Batched JPEG decoding and preprocessing on this encoder's device; None when its
+        transform has a step that path does not reproduce (Pillow then does all of it)."""
+        if self._device_images is None and self._pil_stage is not None and self._norm is not None:
+            steps = tensor_steps(self._pil_stage)
+            if steps is None:
+                return None
+            self._device_images = DeviceImages(steps, self._norm, self.device, lambda img: self.prepare("image", img))
+        return self._device_images
+
+    def stage_images(self, prepared: Sequence[Any]) -> StagedImages:
+        """A batch of JpegFile and prepared tensors, decoded and normalised on the device; thread
+        safe, so the pipeline stages the next batch while ``encode_staged`` runs this one."""
+        stager = self.device_images()
+        if stager is None:
+            raise ValueError(f"{self.spec}: its image transform cannot run on the device")
+        with torch.inference_mode():
+            return stager(prepared)
+
+    def encode_staged(self, staged: StagedImages) -> np.ndarray:
+        """Vectors of a staged batch (its failed images left out), rows L2-normalised."""
+        x = staged.pixels
+        if not len(x):
+            return np.zeros((0, self.dim), dtype=np.float32)
+        model = self._tower("image")
+        if x.device.type == "cuda":  # made on the stager's stream: keep its memory until this one is done
+            x.record_stream(torch.cuda.current_stream(x.device))
+        with torch.inference_mode(), self._autocast():
+            out = model.encode_image(x)
         return l2_normalise(out.float().cpu().numpy())
 
     def _encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -122,15 +220,16 @@ class OpenClipEncoder:
         change its vector, so trimming gives the same vectors for a fraction of the compute."""
         trimmed = self.trim_tokens(tokens)
         if trimmed is tokens:
-            return self.model.encode_text(tokens)
+            return self._tower("text").encode_text(tokens)
         return self.text_forward(trimmed)
 
     @property
     def text_trimmable(self) -> bool:
-        """Plain CLIP text towers (causal mask, end-of-text pooling) may drop trailing padding."""
+        """Plain CLIP text towers (causal mask, end-of-text pooling) may drop trailing padding.
+        Asked of the skeleton: its type and causal mask are there before any weight is read."""
         import open_clip
 
-        m = self.model
+        m = self._module
         return (type(m) is open_clip.CLIP and getattr(m, "text_pool_type", None) == "argmax"
                 and isinstance(getattr(m, "attn_mask", None), torch.Tensor))
 
@@ -147,7 +246,7 @@ class OpenClipEncoder:
         so the CPU runtime exports it with a dynamic sequence axis."""
         import open_clip
 
-        m = self.model
+        m = self._tower("text")
         used = tokens.shape[1]
         cast = m.transformer.get_cast_dtype()
         x = m.token_embedding(tokens).to(cast) + m.positional_embedding[:used].to(cast)
@@ -184,8 +283,9 @@ def _probe_dim(model: torch.nn.Module, device: str) -> int:
         return int(model.encode_text(torch.zeros((1, 77), dtype=torch.long, device=device)).shape[1])
 
 
-def _load_pretrained_tag(arch: str, tag: str) -> tuple[torch.nn.Module, Any]:
-    """Load a pretrained tag from the HF cache, or download it when the hub answers; else fail fast."""
+def _load_pretrained_tag(arch: str, tag: str) -> tuple[torch.nn.Module, Any, "_Checkpoint | None"]:
+    """Load a pretrained tag from the HF cache (as a skeleton when it can), or download it when
+    the hub answers; else fail fast."""
     import open_clip
 
     from mmsearch.encoders.hub import cached_file, hub_reachable
@@ -196,11 +296,16 @@ def _load_pretrained_tag(arch: str, tag: str) -> tuple[torch.nn.Module, Any]:
     local = cached_file(repo, ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")) if repo else None
     try:
         if local:
-            model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=local, **norm)
-            return model, preprocess
+            lazy = _skeleton(arch, local, norm)
+            if lazy is not None:
+                return lazy
+            with _BUILD_LOCK:
+                model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=local, **norm)
+            return model, preprocess, None
         if not hub_reachable():
             raise ConnectionError("the Hugging Face hub cannot be reached and the weights are not cached")
-        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=tag)
+        with _BUILD_LOCK:
+            model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=tag)
     except Exception as e:  # noqa: BLE001 - network, hub and file errors all mean "no weights"
         raise ModelUnavailable(
             f"could not get the weights for open_clip:{arch}@{tag} ({type(e).__name__}: {e}).\n"
@@ -209,4 +314,125 @@ def _load_pretrained_tag(arch: str, tag: str) -> tuple[torch.nn.Module, Any]:
             "Hugging Face cache on a connected machine and set HF_HUB_OFFLINE=1 here. "
             f"For a demo without weights: --model open_clip:{arch}@random"
         ) from e
+    return model, preprocess, None
+
+
+_BUILD_LOCK = threading.Lock()  # model builds patch torch and open_clip for their own thread: one at a time
+
+
+def _load_file(arch: str, path: str) -> tuple[torch.nn.Module, Any]:
+    """The whole model from a checkpoint file, through open_clip (its format conversions included)."""
+    import open_clip
+
+    try:
+        with _BUILD_LOCK:
+            model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=path)
+    except Exception as e:  # noqa: BLE001 - any load failure is a user-facing model problem
+        raise ModelUnavailable(f"could not load checkpoint {path} into {arch}: {e}") from e
     return model, preprocess
+
+
+def _tower_of(key: str) -> Modality:
+    """Which tower a state-dict key belongs to; the shared scalars (logit scale) go with text."""
+    return "image" if key.startswith("visual.") else "text"
+
+
+class _Checkpoint:
+    """A checkpoint file read one tower at a time: safetensors by key, torch zip files memory-mapped,
+    so the other tower's bytes are never read."""
+
+    def __init__(self, path: str, expected: dict[str, tuple[torch.Size, torch.dtype]]) -> None:
+        self.path = path
+        self.expected = expected  # the skeleton's state-dict keys: shape and dtype
+
+    def _state_dict(self) -> Any:
+        if self.path.endswith(".safetensors"):
+            from safetensors import safe_open
+
+            return safe_open(self.path, framework="pt", device="cpu")
+        try:
+            checkpoint = torch.load(self.path, map_location="cpu", mmap=True, weights_only=True)
+        except RuntimeError:  # the legacy (non-zip) format cannot be mapped
+            checkpoint = torch.load(self.path, map_location="cpu", weights_only=True)
+        sd = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else checkpoint
+        if not isinstance(sd, dict) or not sd:
+            raise ValueError("no state dict in the checkpoint")
+        if next(iter(sd)).startswith("module."):  # saved from DataParallel, as open_clip strips it
+            sd = {k[len("module."):]: v for k, v in sd.items()}
+        return sd
+
+    def matches(self) -> bool:
+        """Whether every key of the model is in the file with its shape (else open_clip's own
+        loader, which converts other layouts, is needed)."""
+        sd = self._state_dict()
+        if hasattr(sd, "get_slice"):  # safetensors: shapes from the header, nothing read
+            keys = set(sd.keys())
+            return keys >= set(self.expected) and all(
+                tuple(sd.get_slice(k).get_shape()) == tuple(shape) for k, (shape, _) in self.expected.items())
+        return set(sd) >= set(self.expected) and all(
+            isinstance(sd[k], torch.Tensor) and sd[k].shape == shape for k, (shape, _) in self.expected.items())
+
+    def load_tower(self, model: torch.nn.Module, modality: Modality, device: str) -> None:
+        """Read one tower's tensors into the skeleton (assigned, not copied into meta tensors) and
+        move them to ``device``."""
+        sd = self._state_dict()
+        mapped = not hasattr(sd, "get_tensor")  # torch.load's tensors live in the mapped file: copy them
+        tensors = {}
+        for key, (_, dtype) in self.expected.items():
+            if _tower_of(key) == modality:
+                t = sd[key] if mapped else sd.get_tensor(key)
+                tensors[key] = t.to(device=device, dtype=dtype, copy=mapped)
+        model.load_state_dict(tensors, strict=False, assign=True)
+        for module in model.modules():  # buffers (the causal mask) were built for real, on the CPU
+            for name, buf in list(module._buffers.items()):
+                if buf is not None and not buf.is_meta:
+                    module._buffers[name] = buf.to(device)
+
+
+@contextlib.contextmanager
+def _parameters_on_meta() -> Any:
+    """Parameters registered by this thread are put on the meta device: building the model
+    allocates and initialises nothing; buffers (the causal mask) stay real. open_clip's final
+    ``model.to(device)`` is skipped: the towers are moved as they are read."""
+    import open_clip.factory
+
+    owner = threading.get_ident()
+    register = torch.nn.Module.register_parameter
+
+    def on_meta(module: torch.nn.Module, name: str, param: torch.nn.Parameter | None) -> None:
+        if param is not None and not param.is_meta and threading.get_ident() == owner:
+            param = torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register(module, name, param)
+
+    place = open_clip.factory._set_model_device_and_precision
+    torch.nn.Module.register_parameter = on_meta  # type: ignore[method-assign]
+    open_clip.factory._set_model_device_and_precision = lambda *a, **k: None
+    try:
+        yield
+    finally:
+        torch.nn.Module.register_parameter = register  # type: ignore[method-assign]
+        open_clip.factory._set_model_device_and_precision = place
+
+
+def _skeleton(arch: str, path: str, norm: dict[str, Any]) -> tuple[torch.nn.Module, Any, _Checkpoint] | None:
+    """The model without weights and a reader for its towers, when the file holds exactly this
+    model's keys and shapes; None (load it whole) otherwise, or if this open_clip cannot be
+    built on the meta device."""
+    import open_clip
+    import open_clip.factory
+
+    if not hasattr(open_clip.factory, "_set_model_device_and_precision"):
+        return None
+    try:
+        with _BUILD_LOCK, _parameters_on_meta(), _quiet_random_init_warning():
+            model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=None, **norm)
+        expected = {k: (t.shape, t.dtype) for k, t in model.state_dict().items()}
+        if not all(t.is_meta for t in model.parameters()):
+            return None
+        weights = _Checkpoint(path, expected)
+        if not weights.matches():
+            return None
+    except Exception:  # noqa: BLE001 - anything unusual: open_clip's own loader decides
+        logging.getLogger(__name__).debug("open_clip:%s@%s: loading whole", arch, path, exc_info=True)
+        return None
+    return model, preprocess, weights

@@ -88,11 +88,12 @@ def resolve_runtime(settings: Settings) -> Literal["torch", "onnx"]:
 
 
 def intra_op_threads() -> int:
-    """The cores torch would use (its default is the physical cores), capped by this process's
-    CPU affinity: more threads than cores only makes them wait on each other."""
-    import torch
+    """The process's intra-op threads (mmsearch/cpus.py): the ``threads`` setting, else the cores
+    it may use, its CPU affinity capped by the cgroup quota. More threads than cores only makes
+    them wait on each other."""
+    from mmsearch import cpus
 
-    return max(1, min(torch.get_num_threads(), len(os.sched_getaffinity(0))))
+    return cpus.intra_op_threads()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,7 +148,7 @@ def clip_towers(base: Any) -> dict[Modality, Tower]:
     """open_clip: the image tower on normalised pixels, the text tower on token ids. A plain CLIP
     text tower is exported with a dynamic sequence axis, so batches stay trimmed to their longest
     text as in torch; other text towers take the full context."""
-    model = base.model
+    model = base.module  # towers not read yet stay on the meta device: each is read before its export
     norm = base._norm
 
     def pixels(items: Sequence[Any]) -> tuple[np.ndarray, ...]:
@@ -284,6 +285,9 @@ def weights_checksum(base: Any, cache_root: Path) -> str:
     spec = Spec.parse(base.spec)
     if spec.family == "open_clip" and spec.pretrained and Path(spec.pretrained).is_file():
         return "file:" + _file_sha256(Path(spec.pretrained), cache_root / "checksums.json")
+    weights_file = getattr(base, "weights_file", None)  # a tag's file in the HF cache, read a tower at a time
+    if weights_file:
+        return "file:" + _file_sha256(Path(weights_file), cache_root / "checksums.json")
     return "state:" + state_dict_sha256(base.model)
 
 
@@ -475,6 +479,7 @@ class ExportCache:
         try:
             t0 = time.perf_counter()
             try:
+                getattr(self.base, "load_tower", lambda modality: None)(tower.modality)  # its weights, read
                 export_tower(self.base, tower, tmp)
                 cos = check_export(self.base, tower, OrtRunner(tmp / "model.onnx"))
             except Exception as e:  # noqa: BLE001 - any exporter or runtime failure: torch runs the tower
@@ -565,6 +570,11 @@ class OnnxEncoder:
 
     def prepare(self, modality: Modality, decoded: Any) -> Any:
         return self.base.prepare(modality, decoded)
+
+    def load_towers(self) -> None:
+        """Every tower's runner now (a server, before its port opens), not on its first query."""
+        for modality in self.modalities:
+            self.runner(modality)
 
     def runner(self, modality: Modality) -> Runner | None:
         """The modality's runner, None when torch runs it (export refused, reason logged)."""

@@ -14,6 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,11 @@ from typing import Any
 import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
+from mmsearch import cpus
 from mmsearch.encoders.encoder_set import EncoderSet
 from mmsearch.errors import BadInput, MMSearchError
 from mmsearch.indexer.scan import FoundFile, content_hash, dedupe_roots, scan
-from mmsearch.media.decode import DecodeError, Unit, read_captions, read_image, read_text
+from mmsearch.media.decode import JPEG_SUFFIXES, DecodeError, Unit, probe_jpeg, read_captions, read_image, read_text
 from mmsearch.media.metadata import FileFacts, mime_of
 from mmsearch.settings import Settings
 from mmsearch.storage.catalog import FileRecord, NewItem
@@ -221,17 +223,24 @@ class _Ingest:
         self.ready_items = 0
         self.done = 0
         self.synced_at = time.monotonic()
+        self.jpegs_on_device = False  # JPEGs decoded in batches on the encoder's device (run decides)
+        self.stager: ThreadPoolExecutor | None = None
+        self.staged: tuple[tuple[str, str], list[tuple[int, Unit, Any]], Future] | None = None
 
     def targets(self, modality: str) -> list[str]:
         return [s for s in self.encoders.spaces_for(modality) if s in self.spaces]
 
     def run(self, work: list[_Pending]) -> None:
         self.work = work
+        self.jpegs_on_device = self._device_decode()
+        if self.jpegs_on_device:  # one thread stages the next image batch on the device while one encodes
+            self.stager = ThreadPoolExecutor(1, thread_name_prefix="mmsearch-stage")
         files: queue.Queue[int] = queue.Queue()
         for i in range(len(work)):
             files.put(i)
         events: queue.Queue[tuple] = queue.Queue(maxsize=max(64, 4 * self.settings.batch_size))
-        n_workers = min(self.settings.decode_workers or self._auto_decode_workers(), len(work))
+        on_gpu = any(self.encoders.get(s).device.startswith("cuda") for s in self.spaces)
+        n_workers = min(cpus.decode_workers(self.settings, on_gpu), len(work))
         workers = [threading.Thread(target=self._decode_worker, args=(files, events), daemon=True)
                    for _ in range(n_workers)]
         for w in workers:
@@ -255,7 +264,7 @@ class _Ingest:
                 else:
                     _, idx, n, error = ev
                     p = work[idx]
-                    p.decoded, p.error = True, error or (None if n else "nothing to index in this file")
+                    p.decoded, p.error = True, error or p.error or (None if n else "nothing to index in this file")
                     self._maybe_ready(idx)
             if not self.stop.is_set():
                 self._flush(partial=True)
@@ -264,12 +273,19 @@ class _Ingest:
             self.stop.set()
             for w in workers:
                 w.join(timeout=5)
+            if self.stager is not None:
+                self.stager.shutdown(wait=True, cancel_futures=True)
             self._commit()  # what finished before an interrupt is kept
 
-    def _auto_decode_workers(self) -> int:
-        cores = os.cpu_count() or 2
-        on_gpu = any(self.encoders.get(s).device.startswith("cuda") for s in self.spaces)
-        return min(8, cores) if on_gpu else max(1, cores // 4)
+    def _device_decode(self) -> bool:
+        """Whether JPEGs go to the encoder's device undecoded (``image_decode``; auto: on CUDA)."""
+        if "clip" not in self.spaces or self.settings.image_decode == "pillow":
+            return False
+        enc = self.encoders.get("clip")
+        if getattr(enc, "runtime", "torch") != "torch":  # the CPU runtime takes Pillow's tensors
+            return False
+        wanted = self.settings.image_decode == "torch" or enc.device.startswith("cuda")
+        return wanted and getattr(enc, "device_images", lambda: None)() is not None
 
     def _decode_worker(self, files: queue.Queue[int], events: queue.Queue[tuple]) -> None:
         try:
@@ -317,8 +333,14 @@ class _Ingest:
         if f.size == 0:
             raise DecodeError("empty file (0 bytes)")
         if f.kind == "image":
-            image, p.facts = read_image(f.path, s.max_image_pixels)
-            yield Unit("image", image)
+            jpeg = probe_jpeg(f.path, s.max_image_pixels) if self.jpegs_on_device and \
+                f.path.lower().endswith(JPEG_SUFFIXES) else None
+            if jpeg is not None:  # decoded with its batch on the encoder's device
+                p.facts = jpeg.facts or p.facts
+                yield Unit("image", jpeg)
+            else:
+                image, p.facts = read_image(f.path, s.max_image_pixels)
+                yield Unit("image", image)
         elif f.kind == "text":
             text = read_text(f.path, s.max_text_bytes)
             yield Unit("text", text, text=text)
@@ -342,10 +364,37 @@ class _Ingest:
                 batch, self.buffers[key] = buf[:bs], buf[bs:]
                 buf = self.buffers[key]
                 self._embed(key, batch)
+        if partial:
+            self._finish_staged()
 
     def _embed(self, key: tuple[str, str], batch: list[tuple[int, Unit, Any]]) -> None:
         space, modality = key
-        vectors = self.encoders.get(space).encode(modality, [prep for _, _, prep in batch])
+        enc = self.encoders.get(space)
+        if self.stager is not None and key == ("clip", "image"):
+            future = self.stager.submit(enc.stage_images, [prep for _, _, prep in batch])  # type: ignore[attr-defined]
+            self._finish_staged()  # the previous batch encodes while this one is staged
+            self.staged = (key, batch, future)
+            return
+        self._store(key, batch, enc.encode(modality, [prep for _, _, prep in batch]))
+
+    def _finish_staged(self) -> None:
+        """Encode and store the staged image batch; images the device could not decode fail."""
+        if self.staged is None:
+            return
+        key, batch, future = self.staged
+        self.staged = None
+        staged = future.result()
+        vectors = self.encoders.get(key[0]).encode_staged(staged)  # type: ignore[attr-defined]
+        for i, reason in staged.failed.items():
+            idx = batch[i][0]
+            self.work[idx].error = reason
+            self._maybe_ready(idx)
+        self._store(key, [b for i, b in enumerate(batch) if i not in staged.failed], vectors)
+
+    def _store(self, key: tuple[str, str], batch: list[tuple[int, Unit, Any]], vectors: np.ndarray) -> None:
+        space, modality = key
+        if not batch:
+            return
         ids = np.arange(self.next_id, self.next_id + len(batch), dtype=np.int64)
         self.next_id += len(batch)
         collection = f"{space}.{modality}"

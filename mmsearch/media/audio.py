@@ -51,6 +51,12 @@ def audio_duration(path: Path) -> float:
         return f.frames / f.samplerate
 
 
+def audio_rate(source: Path | BinaryIO) -> int:
+    """The file's own sample rate, from its header: decoding at it needs no resampler."""
+    with _open(source) as f:
+        return int(f.samplerate)
+
+
 def iter_windows(
     path: Path | BinaryIO,
     sample_rate: int,

@@ -7,6 +7,7 @@ against the file and carries on with the rest.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import warnings
@@ -94,6 +95,36 @@ def read_image(source: str | Path | Any, max_pixels: int) -> tuple[Image.Image, 
         raise DecodeError("not a readable image (unknown or corrupt format)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise DecodeError(f"corrupt or truncated image: {e}") from e
+
+
+JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
+
+
+@dataclass
+class JpegFile:
+    """A JPEG's bytes, checked from its header only: it is decoded later, in a batch, on the
+    encoder's device (mmsearch/media/device_images.py)."""
+
+    data: bytes
+    orientation: int  # EXIF orientation, 1 (upright) to 8
+    path: str  # for messages
+    facts: FileFacts | None = None  # read from the header, as read_image reads them
+
+
+def probe_jpeg(path: str, max_pixels: int) -> JpegFile | None:
+    """The file's bytes when the batched decoder can take it: a JPEG in RGB or grey within the
+    pixel limit, read from its header (with the file's facts). None: Pillow decodes it (and
+    words any problem)."""
+    with open(path, "rb") as fh:
+        data = fh.read()
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.format != "JPEG" or img.mode not in ("RGB", "L") or img.width * img.height > max_pixels:
+                return None
+            facts = image_facts(img, path)
+    except Exception:  # noqa: BLE001 - whatever it is, Pillow's path finds and words it
+        return None
+    return JpegFile(data, facts.orientation or 1, path, facts)
 
 
 def read_text(path: str, max_bytes: int) -> str:

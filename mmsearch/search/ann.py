@@ -20,6 +20,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from mmsearch.cpus import available_cpus, intra_op_threads
 from mmsearch.search.index_plan import IndexPlan
 from mmsearch.storage.vectors import VectorStore
 
@@ -56,13 +57,15 @@ def _float16_quantizer(ivf: faiss.IndexIVF) -> None:
     old.this.acquire()
 
 
+faiss.omp_set_num_threads(available_cpus())  # OpenMP counts the affinity's cores, not the cgroup quota
+
+
 @contextlib.contextmanager
 def _omp_threads(threads: int | None) -> Iterator[None]:
-    """Cap faiss's OpenMP threads for a block. The setting is per calling thread in OpenMP, so
-    other threads (another request, the indexer) are unaffected; it is restored on exit."""
-    if threads is None:
-        yield
-        return
+    """Cap faiss's OpenMP threads for a block (None: the process's intra-op threads, see
+    mmsearch/cpus.py). The setting is per calling thread in OpenMP, so other threads (another
+    request, the indexer) are unaffected; it is restored on exit."""
+    threads = threads or intra_op_threads()
     before = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(max(1, int(threads)))
     try:

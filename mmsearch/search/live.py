@@ -17,14 +17,17 @@ import logging
 import os
 import threading
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mmsearch.search.ann import AnnIndex
 from mmsearch.search.index_files import IndexFiles
 from mmsearch.storage.catalog import Catalog
 from mmsearch.storage.stores import VectorStores
 from mmsearch.storage.vectors import VectorStore
+
+if TYPE_CHECKING:  # loaded with the first index: ``stats`` never imports faiss
+    from mmsearch.search.ann import AnnIndex
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +96,8 @@ class LiveIndex:
             return (0, 0, 0)
 
     def _load(self, stamp: tuple[int, int, int]) -> _Snapshot:
+        from mmsearch.search.ann import AnnIndex
+
         base = AnnIndex.load(self.files.index_path(self.collection)) if stamp != (0, 0, 0) else None
         if base is not None:
             nprobe = self.catalog.settings.nprobe  # the setting wins over the nprobe saved with the plan

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 from mmsearch.encoders.base import l2_normalise
 from mmsearch.encoders.encoder_set import SPACES, EncoderSet
@@ -22,6 +26,9 @@ from mmsearch.search.request import Query
 from mmsearch.search.scoring import QueryVector
 from mmsearch.settings import Settings
 from mmsearch.storage.catalog import Catalog
+
+MAX_QUERY_AUDIO_S = 600  # seconds of a query clip that are read
+CHECK_WINDOW_S = 30.0  # window of the decode check (any length works: only the decode matters)
 
 
 class Embedding(BaseModel):
@@ -76,10 +83,25 @@ class QueryEmbedder:
         return Embeddings(space=space, model=self.encoders.get(space).spec,
                           vectors=np.concatenate(vecs).tolist() if vecs else [])
 
-    def embed_queries(self, queries: Sequence[Query], spaces: Sequence[Sequence[str]]
-                      ) -> list[dict[str, QueryVector]]:
+    def check_inputs(self, q: Query) -> Image.Image | None:
+        """Decode the query's media, so a bad image or sound is refused before any model loads
+        (a model takes seconds; the refusal, milliseconds). Returns the decoded image."""
+        if q.audio is not None:
+            self._check_audio(q.audio)
+        return self._decode_image(q.image) if q.image is not None else None
+
+    @staticmethod
+    def needs_model(q: Query, space: str) -> bool:
+        """Whether embedding ``q`` in ``space`` runs that space's model (stored items do not)."""
+        mods = SPACES[space][0]
+        return bool(((q.text or q.negative_text) and "text" in mods) or (q.image is not None and "image" in mods)
+                    or (q.audio is not None and "audio" in mods))
+
+    def embed_queries(self, queries: Sequence[Query], spaces: Sequence[Sequence[str]],
+                      images: Sequence[Any] | None = None) -> list[dict[str, QueryVector]]:
         """One QueryVector per reachable space of each query (see scoring.py). A batch reads the
-        vectors of all its items at once and embeds all its texts in one forward pass per space."""
+        vectors of all its items at once and embeds all its texts in one forward pass per space.
+        ``images``: each query's image already decoded (``check_inputs``), or None."""
         used = sorted({s for sp in spaces for s in sp})
         item_ids = sorted({i for q in queries for i in (*q.item_ids, *q.negative_ids)})
         items = {space: self.item_vectors(item_ids, space) if item_ids else {} for space in used}
@@ -88,11 +110,13 @@ class QueryEmbedder:
             wanted = sorted({t for q, sp in zip(queries, spaces) if space in sp
                              for t in ([q.text] if q.text else []) + q.negative_text})
             texts[space] = dict(zip(wanted, self.embed_text(space, wanted))) if wanted else {}
-        return [{space: qv for space in sp if (qv := self._space_query(q, space, items[space], texts[space]))}
-                for q, sp in zip(queries, spaces)]
+        decoded = list(images) if images is not None else [None] * len(queries)
+        return [{space: qv for space in sp
+                 if (qv := self._space_query(q, space, items[space], texts[space], image))}
+                for q, sp, image in zip(queries, spaces, decoded)]
 
     def _space_query(self, q: Query, space: str, items: dict[int, np.ndarray],
-                     texts: dict[str, np.ndarray]) -> QueryVector | None:
+                     texts: dict[str, np.ndarray], image: Image.Image | None = None) -> QueryVector | None:
         """The query in one space: its text, image and sound summed with their weights, its
         liked and disliked items, its negative texts (see scoring.build)."""
         mods = SPACES[space][0]
@@ -100,7 +124,7 @@ class QueryEmbedder:
         if q.text and "text" in mods:
             parts.append(q.text_weight * texts[q.text])
         if q.image is not None and "image" in mods:
-            parts.append(q.image_weight * self.embed_image(q.image))
+            parts.append(q.image_weight * self.embed_image(image if image is not None else q.image))
         if q.audio is not None and "audio" in mods:
             parts.append(q.audio_weight * self.embed_audio(q.audio))
         likes = [(items[i], q.item_weights.get(i, 1.0)) for i in q.item_ids if i in items]
@@ -113,24 +137,41 @@ class QueryEmbedder:
         enc = self.encoders.get(space)
         return enc.encode("text", [enc.prepare("text", t) for t in texts])
 
-    def embed_image(self, data: bytes) -> np.ndarray:
+    def _decode_image(self, data: bytes) -> Image.Image:
         from mmsearch.media.decode import DecodeError, load_image
 
-        enc = self.encoders.get("clip")
         try:
-            img = load_image(io.BytesIO(data), self.settings.max_image_pixels)
+            return load_image(io.BytesIO(data), self.settings.max_image_pixels)
         except DecodeError as e:
             raise BadInput(f"query image: {e}") from e
+
+    def embed_image(self, data: bytes | Image.Image) -> np.ndarray:
+        img = self._decode_image(data) if isinstance(data, bytes) else data  # before the model loads
+        enc = self.encoders.get("clip")
         return enc.encode("image", [enc.prepare("image", img)])[0]
+
+    @staticmethod
+    def _check_audio(data: bytes) -> None:
+        """Decode at the file's own rate: the model's rate is not known before the model loads,
+        and a query clip is short enough to decode twice."""
+        from mmsearch.media.audio import AudioDecodeError, audio_rate, iter_windows
+
+        try:
+            for _ in iter_windows(io.BytesIO(data), audio_rate(io.BytesIO(data)), CHECK_WINDOW_S,
+                                  max_seconds=MAX_QUERY_AUDIO_S):
+                pass
+        except AudioDecodeError as e:
+            raise BadInput(f"query audio: {e}") from e
 
     def embed_audio(self, data: bytes) -> np.ndarray:
         """A query clip longer than one window is the mean of its windows."""
         from mmsearch.media.audio import AudioDecodeError, iter_windows
 
+        self._check_audio(data)
         enc = self.encoders.get("clap")
         try:
             windows = list(iter_windows(io.BytesIO(data), enc.sample_rate, enc.window_seconds,  # type: ignore[attr-defined]
-                                        max_seconds=600))
+                                        max_seconds=MAX_QUERY_AUDIO_S))
         except AudioDecodeError as e:
             raise BadInput(f"query audio: {e}") from e
         vecs = enc.encode("audio", [enc.prepare("audio", w.samples) for w in windows])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +28,7 @@ from mmsearch.search.rerank import dot_rows, exact_rescore, exact_rescore_many, 
 from mmsearch.search.scoring import QueryVector
 from mmsearch.search.subsets import Subset, SubsetCache
 from mmsearch.settings import Settings
+from mmsearch.storage import path_filter
 from mmsearch.storage.catalog import Catalog
 from mmsearch.storage.filters import NO_FILTER, Filter
 from mmsearch.storage.vectors import VectorStore
@@ -158,19 +160,28 @@ class QueryRunner(QueryEmbedder):
         In a batch, ``embed`` and the shared ANN search are the whole batch's, reported in each
         response's timings."""
         recorded = self.catalog.spaces()
+        existing = set(self.indexes.stored_collections())
         answers: list[SearchResponse | MMSearchError | None] = [None] * len(queries)
         spaces: list[list[str]] = []
+        images: list[Any] = [None] * len(queries)
         for i, q in enumerate(queries):
             try:
                 reach = self.query_spaces(q, recorded)
-                self.check_models(reach, recorded)
+                # inputs are checked before any model loads: a refusal costs milliseconds, not a load
+                images[i] = self.check_inputs(q)
+                if q.path:
+                    path_filter.scans(q.path, self.catalog.roots)  # BadInput for a pattern that cannot match
+                if not self.targets(q, set(reach), existing):  # nothing it asks for is stored: no model
+                    answers[i], reach = SearchResponse(results=[], timings_ms=dict.fromkeys(
+                        ("embed", "ann", "rerank", "hydrate", "total"), 0.0)), []
+                # stored items only (``similar``, ``recommend``): their vectors come from the store
+                self.check_models([s for s in reach if self.needs_model(q, s)], recorded)
             except MMSearchError as e:
                 answers[i], reach = e, []
             spaces.append(reach)
         t0 = time.perf_counter()
-        vectors = self.embed_queries(queries, spaces)
+        vectors = self.embed_queries(queries, spaces, images)
         embed_ms = _ms(t0)
-        existing = set(self.indexes.stored_collections())
         parts: list[_Part] = []
         for i, q in enumerate(queries):
             if answers[i] is not None:

@@ -9,8 +9,8 @@
 With ``--checkpoint`` (the default) the ``@random`` weights are saved to a safetensors file first
 and the catalog uses that file: what a pretrained model costs (it is read from a file, a tower at
 a time), where ``@random`` builds and initialises the whole model in every process.
-One warm-up run per command (the page cache then holds the files, as for any second query),
-then the median of ``--runs``. Ends with: cli_text_s=... cli_image_s=... cli_stats_s=...
+One warm-up run per command (the page cache then holds the files, as for any second query, and
+the CPU runtime has exported the towers it needs), then the median of ``--runs``. Ends with: cli_text_s=... cli_image_s=... cli_stats_s=...
 """
 
 from __future__ import annotations
@@ -41,11 +41,14 @@ def main() -> None:
                     help="Save @random weights to a file and use the file (as a pretrained model loads).")
     ap.add_argument("--limit", type=int, default=200, help="Index only the first N photos (0: all).")
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--runtime", choices=["auto", "torch", "onnx"], default=None,
+                    help="MMSEARCH_RUNTIME for every command (default: as set, else auto).")
     ap.add_argument("--image", type=Path, default=None, help="Query image (default: the first photo).")
     args = ap.parse_args()
 
     env = {**os.environ, "PYTHONPATH": str(args.src.resolve()), "MMSEARCH_AUDIO": "false",
-           "MMSEARCH_MODEL_CONFIG_DIRS": json.dumps([str(REPO / "tests" / "assets")])}
+           "MMSEARCH_MODEL_CONFIG_DIRS": json.dumps([str(REPO / "tests" / "assets")]),
+           **({"MMSEARCH_RUNTIME": args.runtime} if args.runtime else {})}
     with tempfile.TemporaryDirectory() as tmp:
         catalog = (args.catalog or Path(tmp) / "catalog").resolve()
         work = catalog.parent / f"{catalog.name}-work"

@@ -89,10 +89,8 @@ class CatalogWriter:
         live = self.catalog.live_ids(collection)
         lost = live[store.rows(live) < 0]
         if lost.size:
-            files = self.catalog.files_of_embeddings(lost.tolist())
-            log.warning("%s: %d vectors missing; %d files will be embedded again", collection, lost.size, len(files))
             with self._mutex:
-                self.catalog.mark_changed(files)
+                self.catalog.mark_lost(collection, lost.tolist())
         return lost
 
     # -- writes ---------------------------------------------------------------------------------

@@ -299,14 +299,7 @@ class LiveIndexes:
                          "nprobe": plan.get("nprobe"), "trained_n": note.get("trained_n"),
                          "bytes": note.get("bytes"), "seq": note.get("seq"),
                          "bytes_per_vector": note["bytes"] / note["ntotal"] if note.get("ntotal") else 0.0}
-            stored = self._stored_rows(collection, dim)
+            stored = len(self.stores.get(collection, dim))
             out[collection] = {"index": index, "live": counts.get(collection, 0),
                                "vectors": {"stored": stored, "bytes": stored * (dim * 2 + 8), "dtype": "float16"}}
         return out
-
-    def _stored_rows(self, collection: str, dim: int) -> int:
-        try:
-            return min(os.stat(self.stores.folder / f"{collection}.f16").st_size // (dim * 2),
-                       os.stat(self.stores.folder / f"{collection}.ids").st_size // 8)
-        except OSError:
-            return 0

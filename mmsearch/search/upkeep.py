@@ -56,7 +56,7 @@ class IndexUpkeep:
             return "rebuild" if n_live or exists else None
         plan = IndexPlan(**note["plan"])
         dim = self._dim(collection)
-        if compact and self._stored_rows(collection, dim) > max(COMPACT_MIN, 2 * n_live):
+        if compact and len(self.stores.get(collection, dim)) > max(COMPACT_MIN, 2 * n_live):
             return "rebuild"
         planned = plan_index(n_live, dim, self.settings)
         if (planned.kind, planned.coarse) != (plan.kind, plan.coarse):
@@ -103,7 +103,7 @@ class IndexUpkeep:
                              threads=self.settings.resolved_build_threads())
         lost = np.setdiff1d(live, idx.ids(), assume_unique=True)
         if lost.size:
-            self._reembed(collection, lost)
+            self.catalog.mark_lost(collection, lost.tolist())
         _, last, added, removed = self.catalog.changes_since(collection, seq0)
         self._apply(collection, idx, added, removed)
         idx.seq = max(seq0, last)
@@ -118,27 +118,17 @@ class IndexUpkeep:
         added = np.setdiff1d(added, removed)
         lost = idx.add_from(self.stores.get(collection, self._dim(collection)), added)
         if lost.size:
-            self._reembed(collection, lost)
+            self.catalog.mark_lost(collection, lost.tolist())
 
     def _save(self, collection: str, idx: AnnIndex) -> None:
         idx.save(self.files.index_path(collection))
         self.files.write_note(collection, idx.meta())
         self.catalog.truncate_changes(collection, idx.seq)
 
-    def _reembed(self, collection: str, lost: np.ndarray) -> None:
-        """Live rows whose vectors are gone: their files are embedded again on the next scan."""
-        files = self.catalog.files_of_embeddings(lost.tolist())
-        log.warning("%s: %d vectors missing from the store; %d files will be embedded again",
-                    collection, lost.size, len(files))
-        self.catalog.mark_changed(files)
-
     def _pending(self, collection: str, seq: int) -> int:
         with self.catalog.sessions() as s:
             return int(s.scalar(select(func.count()).select_from(Change)
                                 .where(Change.collection == collection, Change.seq > seq)) or 0)
-
-    def _stored_rows(self, collection: str, dim: int) -> int:
-        return len(self.stores.get(collection, dim))
 
     def _dim(self, collection: str) -> int:
         return self.catalog.spaces()[collection.split(".")[0]][1]

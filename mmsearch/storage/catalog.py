@@ -10,6 +10,7 @@ the writer (storage/writer.py) opens the one writable Catalog.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from mmsearch.storage.db import (
     write_engine,
 )
 from mmsearch.storage.models import Change, Counter, Embedding, File, Item, Meta, Root, Space, Tag, utcnow
+
+log = logging.getLogger(__name__)
 
 BINDING = "catalog.json"
 TRUNCATE_STEP = 20_000  # change-log positions deleted per transaction
@@ -331,6 +334,15 @@ class Catalog:
         with self.sessions.begin() as s:
             if not s.execute(delete(Item).where(Item.id == item_id)).rowcount:
                 raise NotFound(f"no item {item_id}")
+
+    def mark_lost(self, collection: str, embedding_ids: Sequence[int]) -> int:
+        """Live rows whose vectors are gone: their files are embedded again on the next scan
+        (keeping their item ids). Returns how many files were marked."""
+        files = self.files_of_embeddings(embedding_ids)
+        log.warning("%s: %d vectors missing from the store; %d files will be embedded again",
+                    collection, len(embedding_ids), len(files))
+        self.mark_changed(files)
+        return len(files)
 
     def mark_changed(self, file_ids: Sequence[int]) -> None:
         """Make the next scan embed these files again (their vectors were lost)."""

@@ -360,6 +360,27 @@ def duplicates(
 
 
 @app.command()
+def atlas(
+    collection: Annotated[str, typer.Option("--collection", help="Which vectors: clip.image, clap.audio, clip.text, "
+                                                                 "clap.text.")] = "clip.image",
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Points at most: an even sample of the "
+                                                              "collection.")] = 2000,
+    catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """A 2-D map of a collection (its two principal axes): item id, x, y, modality and path per
+    line, as tab-separated values or JSON; `mmsearch serve` draws it at /atlas."""
+    with _engine(_settings(catalog, db), create=False) as engine:
+        response = engine.atlas(collection=collection, limit=limit)
+    if as_json:
+        _print_json(response.model_dump(mode="json", exclude_none=True))
+        return
+    for p in response.points:
+        typer.echo(f"{p.id}\t{p.x:.5f}\t{p.y:.5f}\t{p.modality}\t{p.path}")
+    typer.echo(f"({len(response.points)} of {response.total} vectors, "
+               f"{100 * sum(response.explained):.0f}% of the variance shown)", err=True)
+
+
+@app.command()
 def embed(
     text: Annotated[Optional[str], typer.Option("--text", help="Text to embed.")] = None,
     image: Annotated[Optional[Path], typer.Option("--image", help="Image file to embed.")] = None,

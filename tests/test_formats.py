@@ -17,6 +17,7 @@ from PIL import Image
 from sqlalchemy import select
 
 from mmsearch import Engine, Query
+from mmsearch.api.media import Thumbnails
 from mmsearch.media import formats
 from mmsearch.media.decode import read_image
 from mmsearch.media.raw import read_raw
@@ -159,7 +160,7 @@ def test_camera_raw_through_rawpy(engine: Engine, tmp_path: Path) -> None:
     preview = _picture((320, 240))
     (folder / "shot.dng").write_bytes(make_dng(preview=preview))
     (folder / "sensor.dng").write_bytes(make_dng())
-    (folder / "no-name").write_bytes(make_dng())  # a DNG Pillow cannot open, under no extension
+    (folder / "no-name").write_bytes(make_dng(80, 60))  # a DNG Pillow cannot open, under no extension
 
     image, facts = read_raw(str(folder / "shot.dng"), 10**8)
     assert image.size == (320, 240)  # the camera's preview, not the 64x48 sensor data
@@ -175,6 +176,14 @@ def test_camera_raw_through_rawpy(engine: Engine, tmp_path: Path) -> None:
     preview.save(jpeg, "JPEG", quality=90)  # the very bytes the DNG embeds
     [hit] = engine.search(Query(image=jpeg.getvalue(), to="image", k=1)).results
     assert hit.path == str(folder / "shot.dng") and hit.score > 0.999
+    # a RAW as a query (bytes, no name) is read the same way
+    [hit] = engine.search(Query(image=(folder / "sensor.dng").read_bytes(), to="image", k=1)).results
+    assert hit.path == str(folder / "sensor.dng") and hit.score > 0.999
+    # and the web page's thumbnails show them
+    thumbs = Thumbnails(max_pixels=10**8)
+    for name, size in (("shot.dng", (128, 96)), ("no-name", (40, 30))):
+        with Image.open(io.BytesIO(thumbs.get(folder / name, 128)[0])) as t:
+            assert (t.format, t.size) == ("JPEG", size)
 
 
 def test_raw_without_rawpy_fails_with_the_install_hint(engine: Engine, tmp_path: Path,
@@ -201,7 +210,9 @@ def test_extension_lists_follow_pillow() -> None:
     assert "TGA" in fmts and "TGA" not in formats.sniff_formats()  # no signature: by extension only
 
 
-def test_index_json_counts_skipped_files_by_extension(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_index_json_counts_skipped_files_by_extension(cli, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MMSEARCH_RUNTIME", "torch")  # no export needed to count files
     folder = tmp_path / "mixed"
     folder.mkdir()
     _picture().save(folder / "a.png")

@@ -19,6 +19,8 @@ from pathlib import Path
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mmsearch.errors import MMSearchError, NotFound
+from mmsearch.media.decode import to_rgb
+from mmsearch.media.formats import is_raw
 from mmsearch.media.metadata import media_type
 from mmsearch.storage.catalog import Catalog, ItemRow
 
@@ -103,6 +105,8 @@ class Thumbnails:
         return data, etag
 
     def _make(self, path: Path, size: int) -> bytes:
+        if is_raw(str(path)):  # Pillow cannot read it: rawpy's picture (the camera's preview)
+            return self._from_decoder(path, size)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -113,6 +117,8 @@ class Thumbnails:
                     source.draft("RGB", (size, size))  # JPEG: decode at a fraction of the size
                     img: Image.Image = ImageOps.exif_transpose(source)
                     img.thumbnail((size, size), Image.Resampling.LANCZOS)
+                    if img.mode in ("I", "F") or img.mode.startswith("I;"):  # 16-bit and float grey
+                        img = to_rgb(img)
                     if img.mode not in ("RGB", "L"):
                         img = img.convert("RGBA")
                         flat = Image.new("RGB", img.size, (255, 255, 255))
@@ -123,9 +129,27 @@ class Thumbnails:
                     return out.getvalue()
         except MediaError:
             raise
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
+        except UnidentifiedImageError:  # a RAW or a format Pillow's plain open does not try: the indexer's way
+            return self._from_decoder(path, size)
+        except (OSError, SyntaxError, ValueError, EOFError,
                 Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise MediaError(f"cannot make a thumbnail of {path.name}: {e}") from e
+
+    def _from_decoder(self, path: Path, size: int) -> bytes:
+        """A thumbnail through the indexer's decoder (camera RAW, HEIF, any Pillow format), its
+        warnings kept off the server's log."""
+        from mmsearch.media.decode import DecodeError, load_image
+        from mmsearch.media.notes import FileNotes
+
+        try:
+            with FileNotes():
+                img = load_image(str(path), self.max_pixels)
+        except DecodeError as e:
+            raise MediaError(f"cannot make a thumbnail of {path.name}: {e}") from e
+        img.thumbnail((size, size), Image.Resampling.LANCZOS)
+        out = io.BytesIO()
+        img.save(out, "JPEG", quality=82, optimize=True)
+        return out.getvalue()
 
 
 __all__ = ["Forbidden", "MediaError", "MediaGuard", "Thumbnails", "media_type"]

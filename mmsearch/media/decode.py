@@ -18,7 +18,8 @@ from typing import Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from mmsearch.media.formats import HEIF_EXTS, PILLOW_EXTS, decode_formats, ext_of, heif_signature, is_raw, read_head, tiff_signature
+from mmsearch.media.formats import (HEAD_BYTES, HEIF_EXTS, PILLOW_EXTS, RAW_EXTS, decode_formats, ext_of,
+                                    heif_signature, raw_signature, read_head, tiff_signature)
 from mmsearch.media.metadata import FileFacts, image_facts
 
 MEDIA_COLUMNS = ("image", "file", "filename", "path", "audio")
@@ -70,28 +71,36 @@ def load_image(source: str | Path | Any, max_pixels: int) -> Image.Image:
 def read_image(source: str | Path | Any, max_pixels: int) -> tuple[Image.Image, FileFacts]:
     """``load_image`` and the file's facts (EXIF date, camera, place...), read from the same open
     file. A damaged EXIF block costs its facts and the turn upright, never the image. Any format
-    Pillow decodes (``formats.decode_formats``); camera RAW through rawpy. What the decoder warns
-    about is left to the caller's ``notes.FileNotes``."""
+    Pillow decodes (``formats.decode_formats``); camera RAW through rawpy, from a file or from
+    bytes (a query). What the decoder warns about is left to the caller's ``notes.FileNotes``."""
     path = str(source) if isinstance(source, (str, Path)) else None
-    if path is not None and is_raw(path):
-        return _read_raw(path, max_pixels)
+    head = _head(source)
+    if (path is not None and ext_of(path) in RAW_EXTS) or raw_signature(head):
+        return _read_raw(source, max_pixels)
     try:
         return _read_pillow(source, max_pixels)
-    except DecodeError:
-        if path is None:
-            raise
-        try:
-            head = read_head(path)
-        except OSError:
-            raise DecodeError("unreadable file") from None
-        if tiff_signature(head) and ext_of(path) not in PILLOW_EXTS and not _opens_as_tiff(path):
+    except DecodeError as e:
+        if tiff_signature(head) and (path is None or ext_of(path) not in PILLOW_EXTS) \
+                and not _opens_as_tiff(source):
             # a TIFF Pillow cannot read, under a name that says nothing: most likely a camera RAW
-            return _read_raw(path, max_pixels)
-        if heif_signature(head) or ext_of(path) in HEIF_EXTS:
-            if not HEIF:
-                raise DecodeError("HEIF/HEIC image, but pillow-heif is not installed: "
-                                  "pip install 'mmsearch[heic]'") from None
+            return _read_raw(source, max_pixels, otherwise=e)
+        if (heif_signature(head) or (path is not None and ext_of(path) in HEIF_EXTS)) and not HEIF:
+            raise DecodeError("HEIF/HEIC image, but pillow-heif is not installed: "
+                              "pip install 'mmsearch[heic]'") from None
         raise
+
+
+def _head(source: str | Path | Any) -> bytes:
+    """The first bytes of a file or of a seekable stream (left where it was); b"" if unreadable."""
+    try:
+        if isinstance(source, (str, Path)):
+            return read_head(str(source))
+        at = source.tell()
+        head = source.read(HEAD_BYTES)
+        source.seek(at)
+        return head if isinstance(head, bytes) else b""
+    except (OSError, AttributeError, ValueError):
+        return b""
 
 
 def _read_pillow(source: str | Path | Any, max_pixels: int) -> tuple[Image.Image, FileFacts]:
@@ -107,7 +116,7 @@ def _read_pillow(source: str | Path | Any, max_pixels: int) -> tuple[Image.Image
                 img = ImageOps.exif_transpose(img)
             except Exception:  # noqa: BLE001 - an unreadable orientation: keep the pixels as stored
                 pass
-            return _to_rgb(img), facts
+            return to_rgb(img), facts
     except DecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -118,7 +127,7 @@ def _read_pillow(source: str | Path | Any, max_pixels: int) -> tuple[Image.Image
         raise DecodeError(f"corrupt or truncated image: {e}") from e
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
     """Three 8-bit channels, whatever the mode: palettes with transparency, 16- and 32-bit grey
     (netpbm, PNG, TIFF, FITS), floating point (PFM) and CMYK (PSD, JPEG, TIFF) included."""
     if img.mode == "P" and "transparency" in img.info:
@@ -134,22 +143,30 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def _opens_as_tiff(path: str) -> bool:
+def _opens_as_tiff(source: str | Path | Any) -> bool:
     try:
-        with Image.open(path, formats=["TIFF"]):
+        if not isinstance(source, (str, Path)):
+            source.seek(0)
+        with Image.open(source, formats=["TIFF"]):
             return True
     except Exception:  # noqa: BLE001 - anything Pillow's TIFF reader refuses may be LibRaw's
         return False
 
 
-def _read_raw(path: str, max_pixels: int) -> tuple[Image.Image, FileFacts]:
+def _read_raw(source: str | Path | Any, max_pixels: int,
+              otherwise: DecodeError | None = None) -> tuple[Image.Image, FileFacts]:
+    """rawpy's picture; ``otherwise``: the error to raise if LibRaw does not know the file either."""
     from mmsearch.media.raw import RawUnavailable, read_raw
 
     try:
-        return read_raw(path, max_pixels)
+        if not isinstance(source, (str, Path)):
+            source.seek(0)
+        return read_raw(source if not isinstance(source, Path) else str(source), max_pixels)
     except RawUnavailable as e:
         raise DecodeError(str(e)) from None
     except Exception as e:  # noqa: BLE001 - LibRaw's errors: a damaged or unsupported RAW
+        if otherwise is not None and type(e).__name__ == "LibRawFileUnsupportedError":
+            raise otherwise from None
         reason = e.args[0] if e.args else e
         if isinstance(reason, bytes):
             reason = reason.decode("utf-8", "replace")

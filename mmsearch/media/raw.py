@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import replace
-from typing import Any
+from typing import Any, BinaryIO
 
 from PIL import Image
 
@@ -27,14 +27,16 @@ class RawUnavailable(Exception):
     """rawpy is not installed: the message says how to install it."""
 
 
-def read_raw(path: str, max_pixels: int) -> tuple[Image.Image, FileFacts]:
-    """An RGB picture of a RAW file and the facts its metadata gives. Raises RawUnavailable
-    without rawpy, and rawpy's own errors (``rawpy.LibRawError``, ``OSError``) for a bad file."""
+def read_raw(source: str | BinaryIO, max_pixels: int) -> tuple[Image.Image, FileFacts]:
+    """An RGB picture of a RAW file (a path, or a stream: a query's bytes) and the facts its
+    metadata gives. Raises RawUnavailable without rawpy, and rawpy's own errors
+    (``rawpy.LibRawError``, ``OSError``) for a bad file."""
     try:
         import rawpy
     except ImportError:
         raise RawUnavailable(f"camera RAW file, but rawpy is not installed: {INSTALL_HINT}") from None
-    with rawpy.imread(path) as raw:
+    path = source if isinstance(source, str) else ""
+    with rawpy.imread(source) as raw:
         sizes = raw.sizes
         width, height = (sizes.height, sizes.width) if sizes.flip in (5, 6) else (sizes.width, sizes.height)
         if width * height > max_pixels:
@@ -43,7 +45,7 @@ def read_raw(path: str, max_pixels: int) -> tuple[Image.Image, FileFacts]:
         image, preview_facts = _preview(raw, rawpy, sizes.flip, max_pixels)
         if image is None:
             image = Image.fromarray(raw.postprocess(half_size=True, use_camera_wb=True, output_bps=8))
-        facts = _tiff_facts(path) or preview_facts or FileFacts()
+        facts = _tiff_facts(source) or preview_facts or FileFacts()
         taken = facts.taken_s
         if taken is None:
             stamp = getattr(getattr(raw, "other", None), "timestamp", None)
@@ -80,11 +82,13 @@ def _preview(raw: Any, rawpy: Any, flip: int, max_pixels: int) -> tuple[Image.Im
     return image, facts
 
 
-def _tiff_facts(path: str) -> FileFacts | None:
+def _tiff_facts(source: str | BinaryIO) -> FileFacts | None:
     """EXIF of a TIFF-based RAW (most are), read as Pillow reads a TIFF's tags; None if it cannot."""
     try:
-        with Image.open(path, formats=["TIFF"]) as img:
-            facts = image_facts(img, path)
+        if not isinstance(source, str):
+            source.seek(0)
+        with Image.open(source, formats=["TIFF"]) as img:
+            facts = image_facts(img, source if isinstance(source, str) else "")
     except Exception:  # noqa: BLE001 - not a TIFF Pillow reads: the facts come from elsewhere
         return None
     return facts if facts.camera_make or facts.camera_model or facts.taken_s is not None else None
@@ -98,6 +102,7 @@ RAW_MIME = {".dng": "image/x-adobe-dng", ".cr2": "image/x-canon-cr2", ".cr3": "i
 
 
 def raw_mime(path: str) -> str:
+    """The media type of a RAW file from its name ("image/x-raw" when it says nothing)."""
     from mmsearch.media.formats import ext_of
 
     return RAW_MIME.get(ext_of(path), "image/x-raw")

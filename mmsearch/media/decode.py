@@ -125,6 +125,10 @@ def _read_pillow(source: str | Path | Any, max_pixels: int) -> tuple[Image.Image
         raise DecodeError("not a readable image (unknown or corrupt format)") from None
     except (OSError, SyntaxError, ValueError, EOFError, TypeError, struct.error) as e:
         raise DecodeError(f"corrupt or truncated image: {e}") from e
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a plugin tripping over a damaged file: still the file's fault
+        raise DecodeError(f"corrupt image: {type(e).__name__}: {e}") from e
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -223,3 +223,36 @@ def test_index_json_counts_skipped_files_by_extension(cli, tmp_path: Path,  # ty
     human = cli("index", str(folder)).stdout
     assert "skipped 4 (not media or text)" in human and "unchanged 1" in human
 
+
+
+def test_notes_take_what_decoders_say_in_their_thread_only(caplog: pytest.LogCaptureFixture,
+                                                           capfd: pytest.CaptureFixture[str]) -> None:
+    import logging
+    import threading
+    import warnings
+
+    from mmsearch.media.notes import FileNotes
+
+    log = logging.getLogger("PIL.TiffImagePlugin")
+
+    def decoder_speaks() -> None:  # a warning issued from Pillow's module, and a log record
+        exec(compile("warnings.warn('Corrupt EXIF data', UserWarning)", "PIL/TiffImagePlugin.py", "exec"),
+             {"warnings": warnings, "__name__": "PIL.TiffImagePlugin"})
+        log.warning("odd tag %d", 700)
+
+    seen: list[str | None] = []
+
+    def one_file() -> None:
+        with FileNotes() as notes:
+            decoder_speaks()
+        seen.append(notes.text)
+
+    for _ in range(2):  # the same warning twice: both files keep it
+        worker = threading.Thread(target=one_file)
+        worker.start()
+        worker.join()
+    assert seen == ["UserWarning: Corrupt EXIF data; odd tag 700"] * 2
+    assert "odd tag" not in caplog.text and capfd.readouterr().err == ""
+    with pytest.warns(UserWarning, match="Corrupt EXIF"):  # outside any file's notes: as before
+        decoder_speaks()
+    assert "odd tag 700" in caplog.text

@@ -25,8 +25,8 @@ PILLOW_EXTS = frozenset({
     ".apng", ".avif", ".avifs", ".blp", ".bmp", ".bw", ".cur", ".dcx", ".dds", ".dib", ".fits", ".flc",
     ".fli", ".ftc", ".ftu", ".gif", ".icb", ".icns", ".ico", ".iim", ".im", ".j2c", ".j2k", ".jfif", ".jp2",
     ".jpc", ".jpe", ".jpeg", ".jpf", ".jpg", ".jpx", ".mpo", ".pbm", ".pcx", ".pfm", ".pgm", ".png", ".pnm",
-    ".ppm", ".psd", ".pxr", ".qoi", ".ras", ".rgb", ".rgba", ".sgi", ".spi", ".tga", ".tif", ".tiff", ".vda", ".vst", ".webp",
-    ".xbm", ".xpm",
+    ".ppm", ".psd", ".pxr", ".qoi", ".ras", ".rgb", ".rgba", ".sgi", ".spi", ".tga", ".tif", ".tiff", ".vda",
+    ".vst", ".webp", ".xbm", ".xpm",
 })
 HEIF_EXTS = frozenset({".heic", ".heics", ".heif", ".heifs", ".hif"})
 # camera RAW, decoded by rawpy (LibRaw)

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import select
 
 from mmsearch import Engine, Query
+from mmsearch.api.app import create_app
 from mmsearch.api.media import Thumbnails
 from mmsearch.media import formats
 from mmsearch.media.decode import read_image
@@ -104,6 +106,12 @@ def test_every_pillow_format_and_mislabelled_images_are_indexed(engine: Engine, 
         assert len(engine.catalog.items_for_path(str(path))) == 1, path.name
     for name, mime in (("scan", "image/png"), ("scan.dat", "image/png"), ("pic-psd.psd", "image/vnd.adobe.photoshop")):
         assert engine.item(engine.catalog.items_for_path(str(folder / name))[0]).facts.mime == mime
+    with TestClient(create_app(engine)) as client:  # served as what it holds, and shown
+        item_id = engine.catalog.items_for_path(str(folder / "scan.dat"))[0]
+        assert client.get(f"/items/{item_id}/media").headers["content-type"] == "image/png"
+        item_id = engine.catalog.items_for_path(str(folder / "pic-ppm.pbm"))[0]
+        r = client.get(f"/items/{item_id}/thumbnail", params={"size": 64})
+        assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
     assert capfd.readouterr().err == ""
 
     # unchanged: nothing is read again, the skipped files are still counted
@@ -197,6 +205,22 @@ def test_raw_without_rawpy_fails_with_the_install_hint(engine: Engine, tmp_path:
     assert report.added == 1
     [(path, reason)] = report.failures
     assert path.endswith("shot.nef") and "pip install 'mmsearch[raw]'" in reason
+
+
+def test_heif_without_pillow_heif_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pillow_heif
+
+    from mmsearch.media import decode
+
+    pillow_heif.register_heif_opener()
+    _picture().save(tmp_path / "phone.heic")
+    (tmp_path / "IMG_0001").write_bytes((tmp_path / "phone.heic").read_bytes())
+    assert formats.sniff_image(str(tmp_path / "IMG_0001"))  # an HEIF under no extension is an image
+    monkeypatch.setattr(decode, "HEIF", False)  # as if pillow-heif were not installed
+    monkeypatch.setattr(decode, "decode_formats", lambda: tuple(f for f in formats.decode_formats() if f != "HEIF"))
+    for name in ("phone.heic", "IMG_0001"):
+        with pytest.raises(decode.DecodeError, match=r"pip install 'mmsearch\[heic\]'"):
+            read_image(str(tmp_path / name), 10**8)
 
 
 def test_extension_lists_follow_pillow() -> None:

@@ -159,6 +159,10 @@ def test_decoder_warnings_go_on_the_file_record(engine: Engine, tmp_path: Path,
     with engine.catalog.sessions() as s:
         rows = dict(s.execute(select(File.path, File.error).where(File.status == "ok")).all())
     assert "DecompressionBombWarning" in rows[str(folder / "big-1.png")] and rows[str(folder / "quiet.png")] is None
+    # a query's picture, and a thumbnail, say nothing on the terminal either
+    [hit] = engine.search(Query(image=(folder / "big-0.png").read_bytes(), to="image", k=1)).results
+    assert hit.path == str(folder / "big-0.png")
+    Thumbnails(max_pixels=10**8).get(folder / "big-1.png", 64)
     assert capfd.readouterr().err == ""
 
 

@@ -137,6 +137,8 @@ def index(
                + (f", moved {report.moved}" if report.moved else "")
                + f", unchanged {report.unchanged}, failed {report.failed}"
                + (f", skipped links {report.skipped_links}" if report.skipped_links else "")
+               + (f", skipped {sum(report.skipped.values())} (not media or text)" if report.skipped else "")
+               + (f", {len(report.warnings)} with decoder warnings" if report.warnings else "")
                + f" ({report.items} items, {report.seconds:.1f} s)")
     for path, reason in report.failures[:20]:
         typer.echo(f"  failed: {path}: {reason}", err=True)

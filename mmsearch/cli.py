@@ -29,7 +29,7 @@ KOpt = Annotated[int, typer.Option("-k", "--k", min=1, max=1000, help="Number of
 RuntimeOpt = Annotated[Optional[Literal["auto", "torch", "onnx"]], typer.Option(
     "--runtime", help="What runs the models: onnx (CPU, exported once and cached), torch, or auto (onnx on a CPU when "
     "onnxruntime is installed, torch on a GPU). Default: MMSEARCH_RUNTIME, else auto.")]
-ToOpt = Annotated[Optional[str], typer.Option("--to", help="Return only: image, text, audio (default: all media).")]
+ToOpt = Annotated[Optional[str], typer.Option("--to", help="Return only: image, text, audio, video (default: all media).")]
 OffsetOpt = Annotated[int, typer.Option("--offset", min=0, help="Skip this many results (paging).")]
 DiversityOpt = Annotated[float, typer.Option("--diversity", min=0.0, max=1.0, help="MMR diversity, 0..1.")]
 ExcludeOpt = Annotated[Optional[list[int]], typer.Option("--exclude", help="Never return this item (repeatable).")]

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -355,6 +355,14 @@ class _Ingest:
                     yield Unit("audio", w.samples, start=w.start, end=w.end)
             except AudioDecodeError as e:
                 raise DecodeError(str(e)) from e
+        elif f.kind == "video":
+            from mmsearch.media.video import VideoInfo, video_units
+
+            clap = self.encoders.get("clap") if self.targets("audio") else None
+            info = VideoInfo()
+            yield from video_units(f.path, s.video_interval, s.video_frame_side,
+                                   (clap.sample_rate, clap.window_seconds) if clap else None, info)  # type: ignore[attr-defined]
+            p.facts = replace(p.facts, width=info.width, height=info.height)
 
     def _flush(self, partial: bool) -> None:
         for key in list(self.buffers):
@@ -397,15 +405,21 @@ class _Ingest:
             return
         ids = np.arange(self.next_id, self.next_id + len(batch), dtype=np.int64)
         self.next_id += len(batch)
-        collection = f"{space}.{modality}"
-        self.writer.append_vectors(collection, ids, vectors)
+        # a video's frames are embedded with the images and stored apart from them (clip.video)
+        collections = [f"{space}.{unit.item or modality}" for _, unit, _ in batch]
+        for collection in dict.fromkeys(collections):
+            rows = np.array([c == collection for c in collections])
+            self.writer.append_vectors(collection, ids[rows], vectors[rows])
         touched = set()
-        for eid, (idx, unit, _) in zip(ids.tolist(), batch):
+        for eid, collection, (idx, unit, _) in zip(ids.tolist(), collections, batch):
             p = self.work[idx]
-            item = p.items.setdefault((unit.modality, unit.ordinal), NewItem(
-                modality=unit.modality, ordinal=unit.ordinal, text=unit.text, ref_path=unit.ref_path))
+            kind = unit.item or unit.modality
+            item = p.items.setdefault((kind, unit.ordinal), NewItem(
+                modality=kind, ordinal=unit.ordinal, text=unit.text, ref_path=unit.ref_path))
             item.embeddings.append((eid, collection, unit.start, unit.end))
-            if unit.end is not None:
+            if unit.duration is not None:
+                item.duration = unit.duration
+            elif unit.end is not None:
                 item.duration = max(item.duration or 0.0, unit.end)
             p.embedded += 1
             touched.add(idx)

@@ -13,7 +13,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from mmsearch.search.scoring import DISLIKE_WEIGHT, Scoring
 from mmsearch.storage.filters import Filter
 
-Target = Literal["image", "text", "audio", "all"]
+Target = Literal["image", "text", "audio", "video", "all"]
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", re.IGNORECASE)
 _UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 
@@ -116,7 +116,8 @@ class Filters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     to: Target | None = Field(None, description="Modality to return. Default: all media for a text "
-                              "query (one calibrated list), the query's own modality for an image or sound.")
+                              "query (one calibrated list), the query's own modality (and videos) for an "
+                              "image or sound.")
     k: int = Field(10, ge=1, le=1000)
     offset: int = Field(0, ge=0, le=10_000)
     path: CleanText | None = Field(None, description="Only files under this folder, or matching this glob "
@@ -261,9 +262,10 @@ class _Found(BaseModel):
     collection: str
     text: str | None = None
     ref_path: str | None = Field(None, description="For captions: the media file they describe.")
-    start: float | None = Field(None, description="Audio: where the best-matching window starts (s).")
-    end: float | None = None
-    duration: float | None = None
+    start: float | None = Field(None, description="Audio and video: where the best-matching window or "
+                                "frame's span starts (s).")
+    end: float | None = Field(None, description="... and where it ends (s).")
+    duration: float | None = Field(None, description="Audio and video: the item's length (s).")
 
 
 class Hit(Metadata, _Found):

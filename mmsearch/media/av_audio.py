@@ -14,7 +14,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from mmsearch.media.audio import SHORTFALL_MIN_SECONDS, SHORTFALL_TOLERANCE, AudioDecodeError
-from mmsearch.media.video import MAX_DECODE_ERRORS, VideoDecodeError, open_media
+from mmsearch.media.video import MAX_DECODE_ERRORS, UnreadableMedia, VideoDecodeError, open_media
 
 Source = str | os.PathLike[str] | BinaryIO
 
@@ -39,6 +39,9 @@ def av_audio_info(source: Source) -> tuple[int, float | None]:
             if not s.rate:
                 raise AudioDecodeError("invalid audio header: no sample rate")
             return int(s.rate), _duration(c, s)
+    except UnreadableMedia as e:
+        raise AudioDecodeError(f"not an audio file, or a damaged one: neither libsndfile nor FFmpeg can open it "
+                               f"({str(e).split('(', 1)[-1].rstrip(')')})") from None
     except VideoDecodeError as e:
         raise AudioDecodeError(str(e)) from None
     finally:
@@ -61,6 +64,9 @@ def iter_av_blocks(source: Source, max_seconds: float | None = None) -> Iterator
             if rate <= 0:
                 raise AudioDecodeError("invalid audio header: no sample rate")
             yield rate, _blocks(c, s, rate, max_seconds, av)
+    except UnreadableMedia as e:
+        raise AudioDecodeError(f"not an audio file, or a damaged one: neither libsndfile nor FFmpeg can open it "
+                               f"({str(e).split('(', 1)[-1].rstrip(')')})") from None
     except VideoDecodeError as e:
         raise AudioDecodeError(str(e)) from None
 

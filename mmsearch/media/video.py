@@ -45,6 +45,10 @@ class VideoDecodeError(Exception):
     """A file that cannot be decoded as video; the message is the human reason."""
 
 
+class UnreadableMedia(VideoDecodeError):
+    """FFmpeg cannot open the file at all (unknown format, or damaged beyond its headers)."""
+
+
 @dataclass(frozen=True)
 class FrameSample:
     start: float  # seconds on the video's timeline
@@ -88,7 +92,7 @@ def open_media(source: str | os.PathLike[str] | BinaryIO) -> Iterator[Any]:
     try:
         container = av.open(source, "r")
     except av.error.FFmpegError as e:
-        raise VideoDecodeError(f"corrupt, truncated or unknown media file ({_why(e)})") from None
+        raise UnreadableMedia(f"corrupt, truncated or unknown media file ({_why(e)})") from None
     except Exception as e:  # noqa: BLE001 - PyAV raises several types for a bad file
         raise VideoDecodeError(f"cannot open as media: {type(e).__name__}: {e}") from None
     try:

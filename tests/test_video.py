@@ -173,3 +173,40 @@ def test_frames_are_sampled_upright_at_their_own_times(media: Path, tmp_path: Pa
     assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
     small = next(iter_frames(moving, 2.0, 32))  # scaled down in libswscale, never enlarged
     assert small.image.size == (48, 32)
+
+
+def test_http_streams_videos_and_shows_their_frames(engine: Engine, media: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from mmsearch.api.app import create_app
+
+    story = media / "story.mp4"
+    with TestClient(create_app(engine, read_only=True)) as client:
+        r = client.post("/search", files={"image": ("q.png", _png(PHOTOS[2]), "image/png")}, data={"to": "video"})
+        assert r.status_code == 200, r.text
+        hit = r.json()["results"][0]
+        assert (hit["path"], hit["modality"]) == (str(story), "video")
+        assert 16.0 <= hit["start"] < hit["end"] <= 24.0 and hit["duration"] == pytest.approx(40.0, abs=0.1)
+        assert client.get("/search", params={"text": "a dog", "to": "video"}).status_code == 200
+        assert client.get("/search", params={"text": "a dog", "to": "film"}).status_code == 422
+        item = client.get(f"/items/{hit['id']}").json()
+        assert item["modality"] == "video" and item["thumbnail_url"] and (item["width"], item["height"]) == (96, 64)
+        size = story.stat().st_size
+        head = client.head(f"/items/{hit['id']}/media")
+        assert head.status_code == 200 and head.headers["content-type"] == "video/mp4" and not head.content
+        assert head.headers["content-length"] == str(size) and head.headers["accept-ranges"] == "bytes"
+        part = client.get(f"/items/{hit['id']}/media", headers={"Range": "bytes=1000-1999"})
+        assert part.status_code == 206 and part.content == story.read_bytes()[1000:2000]
+        assert part.headers["content-range"] == f"bytes 1000-1999/{size}"
+
+        def shown(t: float | None) -> np.ndarray:
+            r = client.get(f"/items/{hit['id']}/thumbnail", params={"size": 96} | ({} if t is None else {"t": t}))
+            assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+            return np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB"), dtype=np.float32)
+
+        for t in (hit["start"], 33.0):  # the matching moment, and a later one: the photo shown then
+            thumb = shown(t)
+            errors = [float(np.abs(thumb - p).mean()) for p in PHOTOS[:5]]
+            assert int(np.argmin(errors)) == int(t // 8), errors
+        assert shown(None).shape == (64, 96, 3)  # a representative frame
+        assert client.get(f"/items/{hit['id']}/thumbnail", params={"t": -1}).status_code == 422

@@ -317,3 +317,34 @@ def video_units(path: str, interval: float, side: int, audio: tuple[int, float] 
                 yield Unit("audio", w.samples, start=w.start, end=w.end, duration=info.duration, item="video")
     except (VideoDecodeError, AudioDecodeError) as e:
         raise DecodeError(str(e)) from e
+
+
+def frame_at(source: str | os.PathLike[str], t: float, side: int) -> Image.Image:
+    """The frame shown at ``t`` seconds (clamped to the video), upright, short side at most
+    ``side``: a thumbnail of the moment a result points at. Seeks to the key frame before ``t``
+    and decodes from there, so it costs one group of pictures, not the video up to ``t``."""
+    import av
+
+    with open_media(source) as c:
+        vs = video_stream(c)
+        if vs is None:
+            raise VideoDecodeError("no video stream in the file")
+        vs.thread_type = "AUTO"
+        base = float(vs.start_time * vs.time_base) if vs.start_time is not None and vs.time_base else 0.0
+        duration = _info(c, vs).duration
+        t = max(0.0, min(t, duration - 1e-3 if duration else t))
+        sampler = _Sampler(1.0, side, VideoInfo())
+        chosen = None
+        try:
+            if t > 0 and vs.time_base:
+                c.seek(int((t + base) / vs.time_base), stream=vs, backward=True, any_frame=False)
+            for frame in c.decode(vs):
+                if chosen is not None and frame.time is not None and frame.time - base > t + 1e-3:
+                    break
+                chosen = frame
+        except av.error.FFmpegError as e:
+            if chosen is None:
+                raise VideoDecodeError(f"cannot decode the frame at {t:.2f} s ({_why(e)})") from None
+        if chosen is None:
+            raise VideoDecodeError(f"no frame at {t:.2f} s")
+        return sampler._picture(chosen)

@@ -21,6 +21,7 @@ failure surfaces as :class:`VideoDecodeError` whose message is the reason record
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -146,11 +147,12 @@ def iter_frames(source: str | os.PathLike[str] | BinaryIO, interval: float = 2.0
         if vs is None:
             raise VideoDecodeError("no video stream in the file")
         vs.thread_type = "AUTO"
-        sampler = _Sampler(interval, side, info)
+        sampler = _Sampler(interval, side, info, vs.time_base)
         decoder = _Decoder(vs)
         base = float(vs.start_time * vs.time_base) if vs.start_time is not None and vs.time_base else 0.0
-        pending: list[Any] = []  # this group's packets not sent to the decoder yet
-        full = False  # the rest of this group is decoded packet by packet
+        head: Any = None  # this group's key frame
+        pending: list[Any] = []  # this group's packets after it not sent to the decoder yet, in order
+        live = False  # the decoder holds this group's state (else it was drained after the key frame)
         last_packet = 0.0
         try:
             for packet in c.demux(vs):
@@ -159,21 +161,21 @@ def iter_frames(source: str | os.PathLike[str] | BinaryIO, interval: float = 2.0
                 t = _time(packet, base)
                 if t is not None:
                     last_packet = max(last_packet, t + float((packet.duration or 0) * (packet.time_base or 0)))
-                if packet.is_keyframe:
-                    full = False
-                    pending = [packet]
+                if packet.is_keyframe:  # a new group: what was pending is never needed
+                    if live:  # the last group's frames still inside the decoder
+                        yield from sampler.take(decoder.drain([]), base)
+                    head, pending, live = packet, [], False
                     if t is None or t - sampler.last_candidate >= MIN_GAP_FRACTION * interval:
-                        yield from sampler.take(decoder.send(pending), base)
-                        pending = []
-                elif full:
-                    yield from sampler.take(decoder.send([packet]), base)
-                else:
-                    pending.append(packet)
-                    if t is None or t >= sampler.due:
-                        full = True
-                        yield from sampler.take(decoder.send(pending), base)
-                        pending = []
-            yield from sampler.take(decoder.send([None]), base)
+                        # drained at once: whether it starts a shot is known before the next packet
+                        yield from sampler.take(decoder.drain([packet]), base)
+                    continue
+                pending.append(packet)
+                if t is None or t >= sampler.due:  # a sample is due: decode up to here, from the group's start
+                    sent = pending if live or head is None else [head, *pending]
+                    yield from sampler.take(decoder.send(sent), base)
+                    pending, live = [], True
+            if live:
+                yield from sampler.take(decoder.drain([]), base)
         except av.error.FFmpegError as e:
             raise VideoDecodeError(f"corrupt or truncated video after {last_packet:.2f} s ({_why(e)})") from None
         if sampler.kept is None:
@@ -192,6 +194,13 @@ class _Decoder:
     def __init__(self, stream: Any) -> None:
         self.stream = stream
         self.errors = 0
+
+    def drain(self, packets: list[Any]) -> list[Any]:
+        """Send the packets, then take every frame still inside the decoder and reset it: a key
+        frame decoded alone comes out now, not a few packets later."""
+        out = self.send([*packets, None])
+        self.stream.codec_context.flush_buffers()
+        return out
 
     def send(self, packets: list[Any]) -> list[Any]:
         import av
@@ -220,23 +229,30 @@ class _Sampler:
     """Chooses, among decoded frames, those to keep; holds the last kept one until the next is
     known (its span ends there)."""
 
-    def __init__(self, interval: float, side: int, info: VideoInfo) -> None:
-        self.interval, self.side, self.info = interval, side, info
+    def __init__(self, interval: float, side: int, info: VideoInfo, time_base: Any = None) -> None:
+        self.interval, self.side, self.info, self.time_base = interval, side, info, time_base
         self.due = 0.0  # the next sample time
         self.last_candidate = -float("inf")
         self.last_frame_end = 0.0
         self.kept: _Kept | None = None
+        self.seen = -float("inf")  # the last frame's time: a key frame decoded again is not seen twice
         self.count = 0
         self.rotation: int | None = None
 
     def take(self, frames: list[Any], base: float) -> Iterator[FrameSample]:
         for frame in frames:
             self.count += 1
-            t = frame.time - base if frame.time is not None else None
-            if t is None:  # no timestamps at all: count frames at the nominal rate
+            # the stream's time base: frames drained from the decoder carry none of their own
+            pts = frame.pts if frame.pts is not None else getattr(frame, "dts", None)
+            tb = self.time_base or frame.time_base
+            t = float(pts * tb) - base if pts is not None and tb else None
+            if t is None or not math.isfinite(t):  # no timestamps at all: count frames at the nominal rate
                 t = (self.count - 1) / 25.0
-            t = max(0.0, float(t))
-            frame_end = t + (float(frame.duration * frame.time_base) if frame.duration and frame.time_base else 0.0)
+            t = max(0.0, t)
+            if t <= self.seen:
+                continue
+            self.seen = t
+            frame_end = t + (float(frame.duration * tb) if frame.duration and tb else 0.0)
             self.last_frame_end = max(self.last_frame_end, frame_end, t)
             due = t >= self.due - 1e-6
             if not (frame.key_frame or due) or (frame.is_corrupt and self.kept is not None):
@@ -252,6 +268,7 @@ class _Sampler:
                     continue
                 yield FrameSample(self.kept.start, t, self.kept.image)
             self.kept = _Kept(t, image, sig)
+            self.due = t + self.interval  # a new shot restarts the clock: its next sample is an interval on
 
     def _picture(self, frame: Any) -> Image.Image:
         if self.rotation is None:

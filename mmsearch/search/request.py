@@ -135,8 +135,8 @@ class Filters(BaseModel):
     near: Near | None = Field(None, description="`lat,lon,km`: only photos taken within km of this place "
                               "(EXIF GPS).")
     min_size: Size | None = Field(None, description="Only files of at least this size: bytes, or '500k', '2MB'.")
-    min_duration: float | None = Field(None, ge=0, description="Only sounds at least this long (seconds).")
-    max_duration: float | None = Field(None, ge=0, description="Only sounds at most this long (seconds).")
+    min_duration: float | None = Field(None, ge=0, description="Only sounds and videos at least this long (seconds).")
+    max_duration: float | None = Field(None, ge=0, description="Only sounds and videos at most this long (seconds).")
     ext: Extensions = Field(default_factory=list, max_length=32,
                             description="Only files with one of these extensions ('jpg', 'png').")
     tags: list[Annotated[CleanText, Field(min_length=1, max_length=330)]] = Field(

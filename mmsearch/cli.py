@@ -121,8 +121,11 @@ def index(
             bar.n = done
             bar.refresh()
 
+        def media_progress(seconds: float) -> None:  # a long video moves the bar too
+            bar.set_postfix_str(f"{seconds:,.0f} s of sound and video", refresh=True)
+
         try:
-            report = engine.index(paths, progress=progress, retry_failed=retry_failed)
+            report = engine.index(paths, progress=progress, retry_failed=retry_failed, media_progress=media_progress)
         except KeyboardInterrupt:
             bar.close()
             typer.echo("interrupted: the files finished so far are kept; run the same command again to "

@@ -73,7 +73,9 @@ def engine(media: Path, clip_spec: str, tiny_clap_dir: Path, tmp_path_factory: p
                         audio=True, audio_model=f"clap:{tiny_clap_dir}", batch_size=16, decode_workers=2,
                         device="cpu")
     with Engine.open(settings) as eng:
-        eng.report = eng.index([media])  # type: ignore[attr-defined]
+        seen: list[float] = []
+        eng.report = eng.index([media], media_progress=seen.append)  # type: ignore[attr-defined]
+        eng.media_progress = seen  # type: ignore[attr-defined]
         yield eng
 
 
@@ -101,9 +103,15 @@ def test_videos_are_items_and_damaged_files_fail_alone(engine: Engine, media: Pa
     # one frame per shot: five photos, each shown 8 s, collapsed from 20 samples
     assert frames.start.tolist() == [0.0, 8.0, 16.0, 24.0, 32.0] and frames.end.tolist() == [8.0, 16.0, 24.0, 32.0, 40.0]
     assert set(engine.vectors([_item(engine, media / "silent.mkv")])) == {"clip.video"}  # no track
-    for name in ("bark.m4a", "note.opus"):
+    durations = [phone.duration, story.duration]
+    for name in ("bark.m4a", "note.opus", "vfr.mp4", "silent.mkv"):
         row = engine.item(_item(engine, media / name))
-        assert row.modality == "audio" and row.duration and row.duration > 0.5
+        assert row.duration and row.duration > 0.5 and row.modality == ("audio" if name[-4:] in (".m4a", "opus") else "video")
+        durations.append(row.duration)
+    # progress in seconds of sound and video: each video's time once, though frames and track both cover it
+    seen = engine.media_progress  # type: ignore[attr-defined]
+    assert seen == sorted(seen) and report.media_seconds == pytest.approx(sum(durations))
+    assert seen[-1] >= report.media_seconds  # the live count includes what failed files decoded first
 
 
 def test_a_photo_finds_the_moment_it_is_shown(engine: Engine, media: Path) -> None:

@@ -33,6 +33,7 @@ from mmsearch.storage.catalog import FileRecord, NewItem
 from mmsearch.writer import CatalogWriter
 
 Progress = Callable[[int, int], None]  # (files done, files to do)
+MediaProgress = Callable[[float], None]  # seconds of sound and video embedded so far: a long video moves it
 # causes that say nothing about the file: it is tried again on the next run, never left "failed"
 PASSING_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.EAGAIN})
 PASSING_SQL = ("disk is full", "out of memory", "database is locked", "no space left")
@@ -67,11 +68,13 @@ class IndexReport:
     failures: list[tuple[str, str]] = field(default_factory=list)
     skipped_audio: str | None = None  # why audio was left out, when it was
     skipped_links: int = 0  # symlinks not followed: their targets lie outside the allowed folders
+    media_seconds: float = 0.0  # seconds of sound and video embedded (a video's time counted once)
 
     def as_dict(self) -> dict[str, Any]:
         return {"added": self.added, "updated": self.updated, "removed": self.removed, "moved": self.moved,
                 "unchanged": self.unchanged, "failed": self.failed, "items": self.items,
                 "skipped_links": self.skipped_links, "seconds": round(self.seconds, 3),
+                "media_seconds": round(self.media_seconds, 3),
                 "failures": [{"path": p, "reason": r} for p, r in self.failures],
                 **({"skipped_audio": self.skipped_audio} if self.skipped_audio else {})}
 
@@ -89,12 +92,14 @@ class _Pending:
     retry: bool = False  # the error was a passing one (see is_passing_failure)
     content_hash: str | None = None
     facts: FileFacts | None = None  # read by the decode worker
+    covered: float = 0.0  # seconds of its sound or video embedded so far
     items: dict[tuple[str, int], NewItem] = field(default_factory=dict)
 
 
 def index_folders(paths: Sequence[Path], writer: CatalogWriter, encoders: EncoderSet, settings: Settings,
                   progress: Progress | None = None, stop: threading.Event | None = None,
-                  retry_failed: bool = False, allowed_roots: Sequence[Path] | None = None) -> IndexReport:
+                  retry_failed: bool = False, allowed_roots: Sequence[Path] | None = None,
+                  media_progress: MediaProgress | None = None) -> IndexReport:
     """Bring the catalog in line with the folders: add new files, re-embed changed ones (their
     items keep their ids), recognise moved ones by content (nothing re-embedded), drop deleted
     ones; then let the writer's index upkeep catch up. Files that failed are tried again only
@@ -127,7 +132,7 @@ def index_folders(paths: Sequence[Path], writer: CatalogWriter, encoders: Encode
             report.unchanged += sum(p.is_update for p in work if p.found.kind == "audio")
             work = [p for p in work if p.found.kind != "audio"]
     if work:
-        _Ingest(writer, encoders, settings, spaces or [], report, progress, stop, area).run(work)
+        _Ingest(writer, encoders, settings, spaces or [], report, progress, stop, area, media_progress).run(work)
     writer.upkeep(wait=True)
     report.seconds = time.perf_counter() - t0
     return report
@@ -210,12 +215,15 @@ class _Ingest:
 
     def __init__(self, writer: CatalogWriter, encoders: EncoderSet, settings: Settings,
                  spaces: list[str], report: IndexReport, progress: Progress | None,
-                 stop: threading.Event | None, area: list[Path] | None) -> None:
+                 stop: threading.Event | None, area: list[Path] | None,
+                 media_progress: MediaProgress | None = None) -> None:
         self.writer, self.encoders, self.settings = writer, encoders, settings
         self.area = area  # where caption rows may link to
         self.spaces = spaces
         self.report = report
         self.progress = progress
+        self.media_progress = media_progress
+        self.media_seconds = 0.0  # embedded so far, files that fail later included (the report counts the others)
         self.stop = stop or threading.Event()
         self.next_id = writer.next_embedding_id()
         self.buffers: dict[tuple[str, str], list[tuple[int, Unit, Any]]] = {}
@@ -421,8 +429,13 @@ class _Ingest:
                 item.duration = unit.duration
             elif unit.end is not None:
                 item.duration = max(item.duration or 0.0, unit.end)
+            if unit.end is not None and unit.end > p.covered:
+                self.media_seconds += unit.end - p.covered
+                p.covered = unit.end
             p.embedded += 1
             touched.add(idx)
+        if self.media_progress and any(self.work[i].covered for i in touched):
+            self.media_progress(self.media_seconds)
         for idx in touched:
             self._maybe_ready(idx)
 
@@ -475,6 +488,7 @@ class _Ingest:
                 self.report.failures.append((p.found.path, p.error))
             else:
                 self.report.items += len(p.items)
+                self.report.media_seconds += p.covered
                 if p.is_update:
                     self.report.updated += 1
                 else:

@@ -50,6 +50,7 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_video(root / "silent.mkv", lambda t: PHOTOS[7], [i / 2 for i in range(6)])
     write_sound(root / "bark.m4a", sound(5), "ipod", "aac")
     write_sound(root / "note.opus", sound(6), "ogg", "libopus")
+    write_sound(root / "memo.mp4", sound(7), "mp4", "aac")  # a video file with sound only
     Image.fromarray(PHOTOS[0]).save(root / "photo0.png")
     Image.fromarray(PHOTOS[5]).save(root / "photo5.png")
     bad = root / "bad"
@@ -86,7 +87,7 @@ def _item(engine: Engine, path: Path) -> int:
 def test_videos_are_items_and_damaged_files_fail_alone(engine: Engine, media: Path) -> None:
     report = engine.report  # type: ignore[attr-defined]
     failures = dict(report.failures)
-    assert report.added == 8 and report.failed == 4, failures
+    assert report.added == 9 and report.failed == 4, failures
     bad = media / "bad"
     assert "0 bytes" in failures[str(bad / "empty.webm")]
     assert "corrupt" in failures[str(bad / "cut.mp4")] or "truncated" in failures[str(bad / "cut.mp4")]
@@ -104,9 +105,10 @@ def test_videos_are_items_and_damaged_files_fail_alone(engine: Engine, media: Pa
     assert frames.start.tolist() == [0.0, 8.0, 16.0, 24.0, 32.0] and frames.end.tolist() == [8.0, 16.0, 24.0, 32.0, 40.0]
     assert set(engine.vectors([_item(engine, media / "silent.mkv")])) == {"clip.video"}  # no track
     durations = [phone.duration, story.duration]
-    for name in ("bark.m4a", "note.opus", "vfr.mp4", "silent.mkv"):
+    for name in ("bark.m4a", "note.opus", "memo.mp4", "vfr.mp4", "silent.mkv"):
         row = engine.item(_item(engine, media / name))
-        assert row.duration and row.duration > 0.5 and row.modality == ("audio" if name[-4:] in (".m4a", "opus") else "video")
+        assert row.duration and row.duration > 0.5
+        assert row.modality == ("video" if name in ("vfr.mp4", "silent.mkv") else "audio")
         durations.append(row.duration)
     # progress in seconds of sound and video: each video's time once, though frames and track both cover it
     seen = engine.media_progress  # type: ignore[attr-defined]
@@ -156,7 +158,7 @@ def test_similar_and_cross_modal_from_a_video(engine: Engine, media: Path) -> No
 
 def test_unchanged_videos_are_skipped_and_a_changed_one_redone(engine: Engine, media: Path) -> None:
     again = engine.index([media])
-    assert (again.added, again.updated, again.unchanged, again.failed) == (0, 0, 12, 0)  # failed ones wait for a change
+    assert (again.added, again.updated, again.unchanged, again.failed) == (0, 0, 13, 0)  # failed ones wait for a change
     before = _item(engine, media / "silent.mkv")
     write_video(media / "silent.mkv", lambda t: PHOTOS[4], [i / 2 for i in range(6)])
     changed = engine.index([media])

@@ -314,7 +314,8 @@ def video_units(path: str, interval: float, side: int, audio: tuple[int, float] 
                 info: VideoInfo) -> Iterator[Unit]:
     """What a video file gives the encoders: its sampled frames (embedded as images, stored as
     the video's), then its sound track's windows when ``audio`` = (sample rate, window seconds)
-    is given, cut exactly as a sound file's. ``info`` is filled in (size as shown, duration)."""
+    is given, cut exactly as a sound file's (a file without pictures is a sound item). ``info``
+    is filled in (size as shown, duration)."""
     from mmsearch.media.audio import AudioDecodeError, iter_windows
     from mmsearch.media.decode import DecodeError, Unit
 
@@ -330,8 +331,10 @@ def video_units(path: str, interval: float, side: int, audio: tuple[int, float] 
                            item="video")
         if info.has_audio and audio is not None:
             rate, window = audio
+            item = "video" if info.has_video else None  # a video file with sound only is a sound
             for w in iter_windows(Path(path), rate, window):
-                yield Unit("audio", w.samples, start=w.start, end=w.end, duration=info.duration, item="video")
+                yield Unit("audio", w.samples, start=w.start, end=w.end, duration=info.duration if item else None,
+                           item=item)
     except (VideoDecodeError, AudioDecodeError) as e:
         raise DecodeError(str(e)) from e
 

@@ -79,6 +79,7 @@ def main() -> None:
         t0 = time.perf_counter()
         make_video(video, args.seconds, args.fps, args.gop)
         made_s = time.perf_counter() - t0
+        size_mb = video.stat().st_size / 2**20
         base = Settings(model=args.model, audio=False, batch_size=args.batch_size, runtime=args.runtime,
                         video_interval=args.interval, model_config_dirs=[REPO / "tests" / "assets"])
         side = base.video_frame_side
@@ -103,7 +104,6 @@ def main() -> None:
                 pipeline_s.append(time.perf_counter() - t0)
                 stored = len(engine.vectors(engine.lookup(str(video)))["clip.video"].ids)
     assert report.failed == 0 and stored == n == len(prepared), (report.failures, stored, n)
-    size_mb = video.stat().st_size / 2**20 if video.exists() else 0
     print(f"video={args.seconds}s {args.fps}fps gop={args.gop} 1280x720 made_in={made_s:.1f}s frames={n} "
           f"interval={args.interval} batch={args.batch_size} model={enc.spec} runtime={getattr(enc, 'runtime', 'torch')} "
           f"decode_s={_fmt(decode_s)} encoder_s={_fmt(encoder_s)} pipeline_s={_fmt(pipeline_s)} mb={size_mb:.1f}",

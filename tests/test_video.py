@@ -220,3 +220,26 @@ def test_http_streams_videos_and_shows_their_frames(engine: Engine, media: Path)
             assert int(np.argmin(errors)) == int(t // 8), errors
         assert shown(None).shape == (64, 96, 3)  # a representative frame
         assert client.get(f"/items/{hit['id']}/thumbnail", params={"t": -1}).status_code == 422
+
+
+def test_cli_finds_moments(engine: Engine, media: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from mmsearch.cli import app
+
+    monkeypatch.setenv("MMSEARCH_MODEL_CONFIG_DIRS", json.dumps([str(CONFIG_DIR)]))
+    monkeypatch.setenv("MMSEARCH_DEVICE", "cpu")
+    query = tmp_path / "still.png"
+    query.write_bytes(_png(PHOTOS[2]))
+    catalog = str(engine.settings.catalog)
+    runner = CliRunner()
+    out = runner.invoke(app, ["search", "--image", str(query), "--to", "video", "--catalog", catalog, "--json"])
+    assert out.exit_code == 0, out.output
+    hit = json.loads(out.stdout.strip().splitlines()[-1])["results"][0]
+    assert hit["path"] == str(media / "story.mp4") and hit["modality"] == "video" and 16 <= hit["start"] < hit["end"] <= 24
+    text = runner.invoke(app, ["search", "--image", str(query), "--to", "video", "--catalog", catalog, "-k", "1"])
+    assert text.exit_code == 0 and "story.mp4" in text.output and "[16.0-24.0s]" in text.output
+    similar = runner.invoke(app, ["similar", str(hit["id"]), "--to", "image", "--catalog", catalog, "--json"])
+    assert similar.exit_code == 0 and {h["modality"] for h in json.loads(similar.stdout)["results"]} == {"image"}

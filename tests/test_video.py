@@ -17,7 +17,7 @@ from mmsearch.media.video import VideoInfo, iter_frames
 from tests.conftest import CONFIG_DIR
 from tests.video_media import RATE, photos, sound, write_sound, write_video
 
-PHOTOS = photos(8)
+PHOTOS = photos(10)
 SOUND_AT = 24.0
 
 
@@ -48,11 +48,17 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_video(root / "vfr.mp4", lambda t: PHOTOS[6] if 3 <= t < 6 else PHOTOS[7],
                 [0, 0.1, 0.3, 1.5, 1.6, 3.0, 3.05, 3.9, 5.2, 6.0, 6.5, 8.9])
     write_video(root / "silent.mkv", lambda t: PHOTOS[7], [i / 2 for i in range(6)])
+    # a browser's recording: VP8 and Opus in WebM written live (no duration, no index)
+    write_video(root / "browser.webm", lambda t: PHOTOS[0] if t < 2 else PHOTOS[1], [i / 4 for i in range(16)],
+                sound(2)[: 4 * RATE], codec="libvpx", audio_codec="libopus", options={"live": "1"})
+    write_video(root / "old.avi", lambda t: PHOTOS[8] if t < 2 else PHOTOS[9], [i / 5 for i in range(20)],
+                codec="mjpeg")  # every frame a key frame
     write_sound(root / "bark.m4a", sound(5), "ipod", "aac")
     write_sound(root / "note.opus", sound(6), "ogg", "libopus")
     write_sound(root / "memo.mp4", sound(7), "mp4", "aac")  # a video file with sound only
-    Image.fromarray(PHOTOS[0]).save(root / "photo0.png")
     Image.fromarray(PHOTOS[5]).save(root / "photo5.png")
+    for i, arr in enumerate(photos(11, offset=20)):  # photo files not in any video (a background for calibration)
+        Image.fromarray(arr).save(root / f"other{i}.png")
     bad = root / "bad"
     bad.mkdir()
     whole = (root / "story.mp4").read_bytes()
@@ -87,7 +93,7 @@ def _item(engine: Engine, path: Path) -> int:
 def test_videos_are_items_and_damaged_files_fail_alone(engine: Engine, media: Path) -> None:
     report = engine.report  # type: ignore[attr-defined]
     failures = dict(report.failures)
-    assert report.added == 9 and report.failed == 4, failures
+    assert report.added == 21 and report.failed == 4, failures
     bad = media / "bad"
     assert "0 bytes" in failures[str(bad / "empty.webm")]
     assert "corrupt" in failures[str(bad / "cut.mp4")] or "truncated" in failures[str(bad / "cut.mp4")]
@@ -104,7 +110,12 @@ def test_videos_are_items_and_damaged_files_fail_alone(engine: Engine, media: Pa
     # one frame per shot: five photos, each shown 8 s, collapsed from 20 samples
     assert frames.start.tolist() == [0.0, 8.0, 16.0, 24.0, 32.0] and frames.end.tolist() == [8.0, 16.0, 24.0, 32.0, 40.0]
     assert set(engine.vectors([_item(engine, media / "silent.mkv")])) == {"clip.video"}  # no track
-    durations = [phone.duration, story.duration]
+    browser = engine.item(_item(engine, media / "browser.webm"))
+    assert browser.modality == "video" and browser.duration == pytest.approx(4.0, abs=0.3)  # from its frames
+    assert set(engine.vectors([browser.id])) == {"clip.video", "clap.video"}
+    old = engine.vectors([_item(engine, media / "old.avi")])["clip.video"]
+    assert len(old.ids) == 2 and old.start[0] == 0.0 and 2.0 <= old.start[1] <= 2.6  # the cut, within a quarter interval
+    durations = [phone.duration, story.duration, browser.duration, engine.item(_item(engine, media / "old.avi")).duration]
     for name in ("bark.m4a", "note.opus", "memo.mp4", "vfr.mp4", "silent.mkv"):
         row = engine.item(_item(engine, media / name))
         assert row.duration and row.duration > 0.5
@@ -133,10 +144,12 @@ def test_a_sound_finds_the_video_near_its_time(engine: Engine, media: Path, tmp_
     cut = tmp_path / "cut.wav"
     start = 20.0  # the track's window holding the sound at 24 s
     sf.write(cut, track[int(start * RATE): int((start + 10) * RATE)], RATE)
-    hits = engine.search(Query(audio=cut.read_bytes(), k=3)).results  # no --to: sounds and videos
-    top = hits[0]
+    top = engine.search(Query(audio=cut.read_bytes(), to="video", k=1)).results[0]
     assert top.path == str(media / "story.mp4") and top.collection == "clap.video"
     assert top.start is not None and top.end is not None and top.start <= SOUND_AT < top.end
+    mixed = engine.search(Query(audio=cut.read_bytes(), k=10)).results  # no --to: sounds and sound tracks
+    assert {h.modality for h in mixed} == {"audio", "video"} and str(media / "story.mp4") in {h.path for h in mixed}
+    assert {h.collection for h in mixed} <= {"clap.audio", "clap.video"}
     m4a = (media / "bark.m4a").read_bytes()  # a sound-only container as the query, through PyAV
     assert engine.search(Query(audio=m4a, to="audio", k=1)).results[0].path == str(media / "bark.m4a")
 
@@ -158,7 +171,7 @@ def test_similar_and_cross_modal_from_a_video(engine: Engine, media: Path) -> No
 
 def test_unchanged_videos_are_skipped_and_a_changed_one_redone(engine: Engine, media: Path) -> None:
     again = engine.index([media])
-    assert (again.added, again.updated, again.unchanged, again.failed) == (0, 0, 13, 0)  # failed ones wait for a change
+    assert (again.added, again.updated, again.unchanged, again.failed) == (0, 0, 25, 0)  # failed ones wait for a change
     before = _item(engine, media / "silent.mkv")
     write_video(media / "silent.mkv", lambda t: PHOTOS[4], [i / 2 for i in range(6)])
     changed = engine.index([media])

@@ -35,21 +35,21 @@ def sound(i: int, rate: int = RATE) -> np.ndarray:
 
 def write_video(path: Path, picture_at: Callable[[float], np.ndarray], times: Sequence[float],
                 track: np.ndarray | None = None, *, rotate: int = 0, gop: int = 4,
-                options: dict[str, str] | None = None, codec: str = "libx264") -> Path:
+                options: dict[str, str] | None = None, codec: str = "libx264", audio_codec: str = "aac") -> Path:
     """Frames shown at ``times`` (seconds; irregular times make a variable frame rate), each the
-    picture ``picture_at(t)``; an optional mono AAC track at RATE. ``rotate``: the frames are
+    picture ``picture_at(t)``; an optional mono track at RATE (AAC, or ``audio_codec``). ``rotate``: the frames are
     stored turned clockwise and the display matrix says to turn them back (as phones do)."""
     c = av.open(str(path), "w", options=options or {})
     v = c.add_stream(codec, rate=4)
     w, h = SIZE if rotate in (0, 180) else SIZE[::-1]
-    v.width, v.height, v.pix_fmt = w, h, "yuv420p"
-    v.options = {"g": str(gop), "bf": "0"}
+    v.width, v.height, v.pix_fmt = w, h, "yuvj420p" if codec == "mjpeg" else "yuv420p"
+    v.options = {"g": str(gop), "bf": "0"} if codec == "libx264" else {"g": str(gop)} if codec != "mjpeg" else {}
     if rotate:
         v.set_display_rotation(rotate)
     v.codec_context.time_base = MS  # frame times in milliseconds: any frame rate, variable too
     a = None
     if track is not None:
-        a = c.add_stream("aac", rate=RATE)
+        a = c.add_stream(audio_codec, rate=RATE)
         a.layout = "mono"
     for t in times:
         arr = picture_at(t)

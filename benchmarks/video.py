@@ -7,7 +7,7 @@ seconds, panning, so frames are not identical and every due sample is kept).
     python benchmarks/video.py --gop 300              # a key frame every 10 s (screen recordings)
 
 Ends with one line: video_s_per_s=... frames_per_s=... encoder_frames_per_s=... ratio=...
-decode_ms_per_frame=... decode_share=...; medians of --runs. ``ratio``: the pipeline's frames per
+decode_ms_per_frame=... decode_cpu_ms_per_frame=... decode_share=...; medians of --runs. ``ratio``: the pipeline's frames per
 second over the encoder's alone on the same frames (prepared beforehand); ``decode_share``: the
 decoding alone (demux, sample, scale, compare) over the pipeline's wall time.
 """
@@ -15,6 +15,7 @@ decoding alone (demux, sample, scale, compare) over the pipeline's wall time.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -71,7 +72,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3, help="Alternate the measurements; report medians.")
     args = ap.parse_args()
 
-    decode_s, encoder_s, pipeline_s = [], [], []
+    decode_s, decode_cpu_s, encoder_s, pipeline_s = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         media = Path(tmp) / "media"
         media.mkdir()
@@ -90,9 +91,10 @@ def main() -> None:
             enc.encode("image", prepared[: args.batch_size])  # warm-up
             preloaded = {"clip": enc}
         for run in range(args.runs):
-            t0 = time.perf_counter()  # decoding alone: what the pipeline's decode worker does per video
+            t0, c0 = time.perf_counter(), time.process_time()  # decoding alone: the decode worker's job
             n = sum(1 for _ in iter_frames(video, args.interval, side))
             decode_s.append(time.perf_counter() - t0)
+            decode_cpu_s.append(time.process_time() - c0)  # its CPU time, decoder threads included
             t0 = time.perf_counter()  # the encoder alone, on the same frames prepared beforehand
             for i in range(0, len(prepared), args.batch_size):
                 enc.encode("image", prepared[i: i + args.batch_size])
@@ -106,11 +108,13 @@ def main() -> None:
     assert report.failed == 0 and stored == n == len(prepared), (report.failures, stored, n)
     print(f"video={args.seconds}s {args.fps}fps gop={args.gop} 1280x720 made_in={made_s:.1f}s frames={n} "
           f"interval={args.interval} batch={args.batch_size} model={enc.spec} runtime={getattr(enc, 'runtime', 'torch')} "
-          f"decode_s={_fmt(decode_s)} encoder_s={_fmt(encoder_s)} pipeline_s={_fmt(pipeline_s)} mb={size_mb:.1f}",
+          f"decode_s={_fmt(decode_s)} decode_cpu_s={_fmt(decode_cpu_s)} encoder_s={_fmt(encoder_s)} "
+          f"pipeline_s={_fmt(pipeline_s)} mb={size_mb:.1f} load={os.getloadavg()[0]:.1f}",
           file=sys.stderr)
     pipe, alone, dec = (statistics.median(x) for x in (pipeline_s, encoder_s, decode_s))
     print(f"video_s_per_s={args.seconds / pipe:.2f} frames_per_s={n / pipe:.2f} encoder_frames_per_s={n / alone:.2f} "
-          f"ratio={alone / pipe:.3f} decode_ms_per_frame={1000 * dec / n:.1f} decode_share={dec / pipe:.3f}")
+          f"ratio={alone / pipe:.3f} decode_ms_per_frame={1000 * dec / n:.1f} "
+          f"decode_cpu_ms_per_frame={1000 * statistics.median(decode_cpu_s) / n:.1f} decode_share={dec / pipe:.3f}")
 
 
 def _fmt(xs: list[float]) -> str:

@@ -279,8 +279,9 @@ class _Sampler:
         w, h = frame.width, frame.height
         scale = min(1.0, self.side / max(1, min(w, h)))
         size = (max(2, round(w * scale)), max(2, round(h * scale)))
+        # swscale's bilinear widens its kernel with the reduction (no aliasing) at half AREA's cost
         arr = frame.reformat(width=size[0], height=size[1], format="rgb24",
-                             interpolation="AREA" if scale < 1 else None).to_ndarray()
+                             interpolation="BILINEAR" if scale < 1 else None).to_ndarray()
         if self.rotation:  # counter-clockwise by the matrix's angle turns the stored picture upright
             arr = np.ascontiguousarray(np.rot90(arr, k=self.rotation // 90))
         return Image.fromarray(arr, "RGB")

@@ -29,7 +29,7 @@ KOpt = Annotated[int, typer.Option("-k", "--k", min=1, max=1000, help="Number of
 RuntimeOpt = Annotated[Optional[Literal["auto", "torch", "onnx"]], typer.Option(
     "--runtime", help="What runs the models: onnx (CPU, exported once and cached), torch, or auto (onnx on a CPU when "
     "onnxruntime is installed, torch on a GPU). Default: MMSEARCH_RUNTIME, else auto.")]
-ToOpt = Annotated[Optional[str], typer.Option("--to", help="Return only: image, text, audio (default: all media).")]
+ToOpt = Annotated[Optional[str], typer.Option("--to", help="Return only: image, text, audio, video (default: all media).")]
 OffsetOpt = Annotated[int, typer.Option("--offset", min=0, help="Skip this many results (paging).")]
 DiversityOpt = Annotated[float, typer.Option("--diversity", min=0.0, max=1.0, help="MMR diversity, 0..1.")]
 ExcludeOpt = Annotated[Optional[list[int]], typer.Option("--exclude", help="Never return this item (repeatable).")]
@@ -45,8 +45,8 @@ CameraOpt = Annotated[Optional[str], typer.Option(
     "--camera", help="Camera: case-insensitive prefix of make and model ('canon eos') or of the model ('iphone').")]
 NearOpt = Annotated[Optional[str], typer.Option("--near", help="LAT,LON,KM: photos taken within KM of a place.")]
 MinSizeOpt = Annotated[Optional[str], typer.Option("--min-size", help="Only files of at least this size ('2MB').")]
-MinDurationOpt = Annotated[Optional[float], typer.Option("--min-duration", help="Only sounds at least this long (s).")]
-MaxDurationOpt = Annotated[Optional[float], typer.Option("--max-duration", help="Only sounds at most this long (s).")]
+MinDurationOpt = Annotated[Optional[float], typer.Option("--min-duration", help="Only sounds and videos at least this long (s).")]
+MaxDurationOpt = Annotated[Optional[float], typer.Option("--max-duration", help="Only sounds and videos at most this long (s).")]
 ExtOpt = Annotated[Optional[list[str]], typer.Option("--ext", help="Only these extensions (repeatable, or jpg,png).")]
 TagOpt = Annotated[Optional[list[str]], typer.Option("--tag", help="Only items with this tag, or key=value (repeatable: all).")]
 DedupOpt = Annotated[Optional[float], typer.Option("--dedup", help="Collapse results within this cosine of a better one (0.95).")]
@@ -121,8 +121,11 @@ def index(
             bar.n = done
             bar.refresh()
 
+        def media_progress(seconds: float) -> None:  # a long video moves the bar too
+            bar.set_postfix_str(f"{seconds:,.0f} s of sound and video", refresh=True)
+
         try:
-            report = engine.index(paths, progress=progress, retry_failed=retry_failed)
+            report = engine.index(paths, progress=progress, retry_failed=retry_failed, media_progress=media_progress)
         except KeyboardInterrupt:
             bar.close()
             typer.echo("interrupted: the files finished so far are kept; run the same command again to "

@@ -7,7 +7,7 @@ Encoders, settings and the catalog are injected, so a test can pass a tiny model
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
@@ -113,14 +113,16 @@ class Engine:
 
     def index(self, paths: Sequence[str | Path], progress: Progress | None = None,
               stop: threading.Event | None = None, retry_failed: bool = False,
-              allowed_roots: Sequence[Path] | None = None) -> IndexReport:
+              allowed_roots: Sequence[Path] | None = None,
+              media_progress: Callable[[float], None] | None = None) -> IndexReport:
         """Scan, embed and store the folders; see indexer/pipeline.py. ``allowed_roots`` bounds
         where symlinks and caption rows may reach (the HTTP service passes its index roots)."""
         from mmsearch.indexer.pipeline import index_folders
 
         with self.writing() as writer:
             return index_folders([Path(p) for p in paths], writer, self.encoders, self.settings, progress, stop,
-                                 retry_failed=retry_failed, allowed_roots=allowed_roots)
+                                 retry_failed=retry_failed, allowed_roots=allowed_roots,
+                                 media_progress=media_progress)
 
     def delete(self, item_id: int) -> None:
         """Delete an item (its file stays on disk; a later re-scan brings it back only if the

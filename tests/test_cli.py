@@ -107,7 +107,7 @@ def test_cli_errors_are_clear(cli, photo_dir: Path, tmp_path: Path) -> None:  # 
     assert r.exit_code == 2 and "query image" in r.output
     r = cli("search", "caf\udce9", ok=False)  # a Latin-1 byte from the shell
     assert r.exit_code == 2 and "UTF-8" in r.output
-    r = cli("search", "x", "--to", "video", ok=False)
+    r = cli("search", "x", "--to", "film", ok=False)
     assert r.exit_code == 2
     r = cli("embed", ok=False)
     assert r.exit_code == 2 and "exactly one" in r.output

@@ -58,8 +58,9 @@ class MediaGuard:
         return Path(real)
 
     def picture_of(self, item: ItemRow) -> Path:
-        """The image that shows an item: itself, or the indexed image a caption describes."""
-        if item.modality == "image":
+        """The image that shows an item: itself (a photo, a video), or the indexed image a
+        caption describes."""
+        if item.modality in ("image", "video"):
             return self.check(item.path)
         if item.ref_path and media_type(item.ref_path).startswith("image/"):
             return self.check(item.ref_path)
@@ -80,14 +81,14 @@ class Thumbnails:
     def bucket(size: int) -> int:
         return next((s for s in THUMB_SIZES if s >= size), THUMB_SIZES[-1])
 
-    def get(self, path: Path, size: int) -> tuple[bytes, str]:
-        """(jpeg bytes, etag)."""
+    def get(self, path: Path, size: int, at: float | None = None) -> tuple[bytes, str]:
+        """(jpeg bytes, etag); ``at``: a video's frame at this many seconds (to the millisecond)."""
         try:
             st = path.stat()
         except OSError:
             raise NotFound(f"{path.name} is gone since it was indexed") from None
         size = self.bucket(size)
-        key = (str(path), st.st_mtime_ns, st.st_size, size)
+        key = (str(path), st.st_mtime_ns, st.st_size, size) + (() if at is None else (round(at * 1000),))
         etag = f'"t{abs(hash(key)):x}"'
         with self._lock:
             data = self._cache.get(key)
@@ -95,7 +96,7 @@ class Thumbnails:
                 self._cache.move_to_end(key)
                 return data, etag
         with FileNotes():  # a decoder's warnings about one picture stay off the server's log
-            data = self._make(path, size)
+            data = self._make(path, size) if at is None else self._frame(path, size, at)
         with self._lock:
             if key not in self._cache:
                 self._cache[key] = data
@@ -104,6 +105,19 @@ class Thumbnails:
                 _, old = self._cache.popitem(last=False)
                 self._size -= len(old)
         return data, etag
+
+    def _frame(self, path: Path, size: int, at: float) -> bytes:
+        """A video's frame at ``at`` seconds, decoded at the thumbnail's size in libswscale."""
+        from mmsearch.media.video import VideoDecodeError, frame_at
+
+        try:
+            img = frame_at(path, at, size)
+        except VideoDecodeError as e:
+            raise MediaError(f"cannot make a thumbnail of {path.name}: {e}") from e
+        img.thumbnail((size, size), Image.Resampling.LANCZOS)
+        out = io.BytesIO()
+        img.save(out, "JPEG", quality=82, optimize=True)
+        return out.getvalue()
 
     def _make(self, path: Path, size: int) -> bytes:
         if is_raw(str(path)):  # Pillow cannot read it: rawpy's picture (the camera's preview)

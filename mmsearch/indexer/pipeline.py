@@ -35,6 +35,7 @@ from mmsearch.storage.catalog import FileRecord, NewItem
 from mmsearch.writer import CatalogWriter
 
 Progress = Callable[[int, int], None]  # (files done, files to do)
+MediaProgress = Callable[[float], None]  # seconds of sound and video embedded so far: a long video moves it
 # causes that say nothing about the file: it is tried again on the next run, never left "failed"
 PASSING_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.EAGAIN})
 PASSING_SQL = ("disk is full", "out of memory", "database is locked", "no space left")
@@ -75,11 +76,13 @@ class IndexReport:
     def skip(self, path: str) -> None:
         ext = extension(path) or "(none)"
         self.skipped[ext] = self.skipped.get(ext, 0) + 1
+    media_seconds: float = 0.0  # seconds of sound and video embedded (a video's time counted once)
 
     def as_dict(self) -> dict[str, Any]:
         return {"added": self.added, "updated": self.updated, "removed": self.removed, "moved": self.moved,
                 "unchanged": self.unchanged, "failed": self.failed, "items": self.items,
                 "skipped_links": self.skipped_links, "seconds": round(self.seconds, 3),
+                "media_seconds": round(self.media_seconds, 3),
                 "failures": [{"path": p, "reason": r} for p, r in self.failures],
                 "skipped": dict(sorted(self.skipped.items(), key=lambda kv: (-kv[1], kv[0]))),
                 "warnings": [{"path": p, "note": n} for p, n in self.warnings],
@@ -100,12 +103,14 @@ class _Pending:
     content_hash: str | None = None
     facts: FileFacts | None = None  # read by the decode worker
     note: str | None = None  # what the decoder warned about (media/notes.py)
+    covered: float = 0.0  # seconds of its sound or video embedded so far
     items: dict[tuple[str, int], NewItem] = field(default_factory=dict)
 
 
 def index_folders(paths: Sequence[Path], writer: CatalogWriter, encoders: EncoderSet, settings: Settings,
                   progress: Progress | None = None, stop: threading.Event | None = None,
-                  retry_failed: bool = False, allowed_roots: Sequence[Path] | None = None) -> IndexReport:
+                  retry_failed: bool = False, allowed_roots: Sequence[Path] | None = None,
+                  media_progress: MediaProgress | None = None) -> IndexReport:
     """Bring the catalog in line with the folders: add new files, re-embed changed ones (their
     items keep their ids), recognise moved ones by content (nothing re-embedded), drop deleted
     ones; then let the writer's index upkeep catch up. Files that failed are tried again only
@@ -139,7 +144,7 @@ def index_folders(paths: Sequence[Path], writer: CatalogWriter, encoders: Encode
             report.unchanged += sum(p.is_update for p in work if p.found.kind == "audio")
             work = [p for p in work if p.found.kind != "audio"]
     if work:
-        _Ingest(writer, encoders, settings, spaces or [], report, progress, stop, area).run(work)
+        _Ingest(writer, encoders, settings, spaces or [], report, progress, stop, area, media_progress).run(work)
     writer.upkeep(wait=True)
     report.seconds = time.perf_counter() - t0
     return report
@@ -242,12 +247,15 @@ class _Ingest:
 
     def __init__(self, writer: CatalogWriter, encoders: EncoderSet, settings: Settings,
                  spaces: list[str], report: IndexReport, progress: Progress | None,
-                 stop: threading.Event | None, area: list[Path] | None) -> None:
+                 stop: threading.Event | None, area: list[Path] | None,
+                 media_progress: MediaProgress | None = None) -> None:
         self.writer, self.encoders, self.settings = writer, encoders, settings
         self.area = area  # where caption rows may link to
         self.spaces = spaces
         self.report = report
         self.progress = progress
+        self.media_progress = media_progress
+        self.media_seconds = 0.0  # embedded so far, files that fail later included (the report counts the others)
         self.stop = stop or threading.Event()
         self.next_id = writer.next_embedding_id()
         self.buffers: dict[tuple[str, str], list[tuple[int, Unit, Any]]] = {}
@@ -391,6 +399,14 @@ class _Ingest:
                     yield Unit("audio", w.samples, start=w.start, end=w.end)
             except AudioDecodeError as e:
                 raise DecodeError(str(e)) from e
+        elif f.kind == "video":
+            from mmsearch.media.video import VideoInfo, video_units
+
+            clap = self.encoders.get("clap") if self.targets("audio") else None
+            info = VideoInfo()
+            yield from video_units(f.path, s.video_interval, s.video_frame_side,
+                                   (clap.sample_rate, clap.window_seconds) if clap else None, info)  # type: ignore[attr-defined]
+            p.facts = replace(p.facts, width=info.width, height=info.height)
 
     def _flush(self, partial: bool) -> None:
         for key in list(self.buffers):
@@ -433,18 +449,29 @@ class _Ingest:
             return
         ids = np.arange(self.next_id, self.next_id + len(batch), dtype=np.int64)
         self.next_id += len(batch)
-        collection = f"{space}.{modality}"
-        self.writer.append_vectors(collection, ids, vectors)
+        # a video's frames are embedded with the images and stored apart from them (clip.video)
+        collections = [f"{space}.{unit.item or modality}" for _, unit, _ in batch]
+        for collection in dict.fromkeys(collections):
+            rows = np.array([c == collection for c in collections])
+            self.writer.append_vectors(collection, ids[rows], vectors[rows])
         touched = set()
-        for eid, (idx, unit, _) in zip(ids.tolist(), batch):
+        for eid, collection, (idx, unit, _) in zip(ids.tolist(), collections, batch):
             p = self.work[idx]
-            item = p.items.setdefault((unit.modality, unit.ordinal), NewItem(
-                modality=unit.modality, ordinal=unit.ordinal, text=unit.text, ref_path=unit.ref_path))
+            kind = unit.item or unit.modality
+            item = p.items.setdefault((kind, unit.ordinal), NewItem(
+                modality=kind, ordinal=unit.ordinal, text=unit.text, ref_path=unit.ref_path))
             item.embeddings.append((eid, collection, unit.start, unit.end))
-            if unit.end is not None:
+            if unit.duration is not None:
+                item.duration = unit.duration
+            elif unit.end is not None:
                 item.duration = max(item.duration or 0.0, unit.end)
+            if unit.end is not None and unit.end > p.covered:
+                self.media_seconds += unit.end - p.covered
+                p.covered = unit.end
             p.embedded += 1
             touched.add(idx)
+        if self.media_progress and any(self.work[i].covered for i in touched):
+            self.media_progress(self.media_seconds)
         for idx in touched:
             self._maybe_ready(idx)
 
@@ -499,6 +526,7 @@ class _Ingest:
                 self.report.items += len(p.items)
                 if p.note:
                     self.report.warnings.append((p.found.path, p.note))
+                self.report.media_seconds += p.covered
                 if p.is_update:
                     self.report.updated += 1
                 else:

@@ -21,7 +21,9 @@ OTHER = "other"  # a file whose extension names no kind: its content decides (in
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif"})
 IMAGE_EXTS = IMAGE_EXTS | STILL_IMAGE_EXTS  # every still image Pillow decodes, HEIF, camera RAW
-AUDIO_EXTS = frozenset({".wav", ".flac", ".ogg", ".oga", ".mp3"})
+# libsndfile reads the first five; the others (AAC, Opus, Matroska sound) go through PyAV
+AUDIO_EXTS = frozenset({".wav", ".flac", ".ogg", ".oga", ".mp3", ".m4a", ".aac", ".opus", ".mka"})
+VIDEO_EXTS = frozenset({".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi"})
 TEXT_EXTS = frozenset({".txt", ".md"})
 CAPTION_EXTS = frozenset({".csv", ".jsonl"})
 
@@ -29,7 +31,7 @@ CAPTION_EXTS = frozenset({".csv", ".jsonl"})
 @dataclass(frozen=True)
 class FoundFile:
     path: str  # absolute
-    kind: str  # image | audio | text | captions | other (see OTHER)
+    kind: str  # image | audio | video | text | captions | other (see OTHER)
     size: int
     mtime_ns: int
 
@@ -42,6 +44,8 @@ def kind_of(name: str, *, audio: bool = True) -> str | None:
         return "text"
     if ext in AUDIO_EXTS:
         return "audio" if audio else None
+    if ext in VIDEO_EXTS:
+        return "video"
     if ext in CAPTION_EXTS:
         return "captions"
     return None

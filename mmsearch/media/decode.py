@@ -41,7 +41,7 @@ class DecodeError(Exception):
 class Unit:
     """One thing to embed, with what the catalog stores about it."""
 
-    modality: str  # image | text | audio
+    modality: str  # what is embedded: image | text | audio
     payload: Any  # PIL image, str, or mono float32 window
     ordinal: int = 0
     text: str | None = None
@@ -49,6 +49,7 @@ class Unit:
     start: float | None = None
     end: float | None = None
     duration: float | None = None
+    item: str | None = None  # the item's modality and collection when not ``modality`` (a video's frames)
 
 
 def _enable_heif() -> bool:

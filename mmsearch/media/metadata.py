@@ -22,6 +22,9 @@ MEDIA_TYPES = {
     ".gif": "image/gif", ".bmp": "image/bmp", ".tif": "image/tiff", ".tiff": "image/tiff",
     ".heic": "image/heic", ".heif": "image/heif",
     ".wav": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg", ".oga": "audio/ogg", ".mp3": "audio/mpeg",
+    ".m4a": "audio/mp4", ".aac": "audio/aac", ".opus": "audio/ogg", ".mka": "audio/x-matroska",
+    ".mp4": "video/mp4", ".m4v": "video/mp4", ".mov": "video/quicktime", ".mkv": "video/x-matroska",
+    ".webm": "video/webm", ".avi": "video/x-msvideo",
     ".txt": "text/plain; charset=utf-8", ".md": "text/markdown; charset=utf-8",
     ".csv": "text/csv; charset=utf-8", ".jsonl": "application/jsonl; charset=utf-8",
 }

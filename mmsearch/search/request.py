@@ -13,7 +13,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from mmsearch.search.scoring import DISLIKE_WEIGHT, Scoring
 from mmsearch.storage.filters import Filter
 
-Target = Literal["image", "text", "audio", "all"]
+Target = Literal["image", "text", "audio", "video", "all"]
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", re.IGNORECASE)
 _UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 
@@ -116,7 +116,8 @@ class Filters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     to: Target | None = Field(None, description="Modality to return. Default: all media for a text "
-                              "query (one calibrated list), the query's own modality for an image or sound.")
+                              "query (one calibrated list), the query's own modality (and videos) for an "
+                              "image or sound.")
     k: int = Field(10, ge=1, le=1000)
     offset: int = Field(0, ge=0, le=10_000)
     path: CleanText | None = Field(None, description="Only files under this folder, or matching this glob "
@@ -134,8 +135,8 @@ class Filters(BaseModel):
     near: Near | None = Field(None, description="`lat,lon,km`: only photos taken within km of this place "
                               "(EXIF GPS).")
     min_size: Size | None = Field(None, description="Only files of at least this size: bytes, or '500k', '2MB'.")
-    min_duration: float | None = Field(None, ge=0, description="Only sounds at least this long (seconds).")
-    max_duration: float | None = Field(None, ge=0, description="Only sounds at most this long (seconds).")
+    min_duration: float | None = Field(None, ge=0, description="Only sounds and videos at least this long (seconds).")
+    max_duration: float | None = Field(None, ge=0, description="Only sounds and videos at most this long (seconds).")
     ext: Extensions = Field(default_factory=list, max_length=32,
                             description="Only files with one of these extensions ('jpg', 'png').")
     tags: list[Annotated[CleanText, Field(min_length=1, max_length=330)]] = Field(
@@ -261,9 +262,10 @@ class _Found(BaseModel):
     collection: str
     text: str | None = None
     ref_path: str | None = Field(None, description="For captions: the media file they describe.")
-    start: float | None = Field(None, description="Audio: where the best-matching window starts (s).")
-    end: float | None = None
-    duration: float | None = None
+    start: float | None = Field(None, description="Audio and video: where the best-matching window or "
+                                "frame's span starts (s).")
+    end: float | None = Field(None, description="... and where it ends (s).")
+    duration: float | None = Field(None, description="Audio and video: the item's length (s).")
 
 
 class Hit(Metadata, _Found):

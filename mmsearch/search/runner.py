@@ -102,10 +102,14 @@ class QueryRunner(QueryEmbedder):
     def targets(self, q: Query, query_spaces: set[str], existing: set[str] | None = None) -> list[str]:
         """Collections to search: the modality asked for, in a space the query can reach."""
         existing = set(self.indexes.stored_collections()) if existing is None else existing
-        mods = ["image", "text", "audio"] if default_target(q) == "all" else [default_target(q)]
+        mods = ["image", "text", "audio", "video"] if default_target(q) == "all" else [default_target(q)]
+        if q.to is None and mods[0] in ("image", "audio"):
+            mods.append("video")  # a picture or a sound is also looked for in videos (frames, sound tracks)
         out = []
         for m in mods:
-            if m == "text":
+            if m == "video":  # frames in CLIP's space, the sound track in CLAP's
+                cands = [f"{s}.video" for s in sorted(query_spaces)]
+            elif m == "text":
                 # one text collection: the space of the query's own media (CLIP unless it is audio)
                 space = "clip" if "clip" in query_spaces and q.audio is None else "clap"
                 cands = [f"{space}.text"] if space in query_spaces else []
@@ -236,6 +240,8 @@ class QueryRunner(QueryEmbedder):
         pages = {}
         for i, cands in merged.items():
             cands.sort(key=lambda c: -c.rank_score)
+            seen: set[int] = set()  # a video is in two lists (frames, sound track): its best place counts
+            cands[:] = [c for c in cands if not (c.item_id in seen or seen.add(c.item_id))]  # type: ignore[func-returns-value]
             pages[i] = cands[queries[i].offset: queries[i].offset + queries[i].k]
         t4 = time.perf_counter()
         rows = self.catalog.items(sorted({c.item_id for page in pages.values() for c in page}))  # only pages

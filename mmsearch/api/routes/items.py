@@ -31,8 +31,8 @@ router = APIRouter(tags=["items"])
 
 MEDIA_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "The file, with its media type.",
-          "content": {"image/*": {}, "audio/*": {}, "text/plain": {}, "application/octet-stream": {}}},
-    206: {"description": "Part of the file (Range request, e.g. audio seeking)."},
+          "content": {"image/*": {}, "audio/*": {}, "video/*": {}, "text/plain": {}, "application/octet-stream": {}}},
+    206: {"description": "Part of the file (Range request, e.g. audio and video seeking)."},
     403: {"model": ErrorOut, "description": "The file is outside the catalog's roots."},
     404: ERRORS[404],
     416: {"description": "Range not satisfiable."},
@@ -50,7 +50,7 @@ def lookup(service: ServiceDep, path: Annotated[str, QueryParam(min_length=1, ma
 @router.get("/items/{item_id}", response_model=ItemOut, responses={404: ERRORS[404]}, summary="Item metadata")
 def item(item_id: ItemIdPath, service: ServiceDep) -> ItemOut:
     row = service.base.item(item_id)
-    pictured = row.modality == "image" or bool(row.ref_path and media_type(row.ref_path).startswith("image/"))
+    pictured = row.modality in ("image", "video") or bool(row.ref_path and media_type(row.ref_path).startswith("image/"))
     return ItemOut(
         id=row.id, path=row.path, modality=row.modality, ordinal=row.ordinal, text=row.text,
         ref_path=row.ref_path, duration=row.duration, **Metadata.of(row),
@@ -99,10 +99,11 @@ def item_vector(item_id: ItemIdPath, service: ServiceDep) -> ItemVectorsOut:
         for e, a, b, v in zip(part.ids.tolist(), part.start.tolist(), part.end.tolist(), part.vectors.tolist())])
 
 
-@router.get("/items/{item_id}/media", response_class=FileResponse, responses=MEDIA_RESPONSES,
-            summary="The item's file")
+@router.api_route("/items/{item_id}/media", methods=["GET", "HEAD"], response_class=FileResponse,
+                  responses=MEDIA_RESPONSES, summary="The item's file")
 def item_media(item_id: ItemIdPath, service: ServiceDep) -> FileResponse:
-    """The indexed file itself, with HTTP range requests (so audio players can seek)."""
+    """The indexed file itself, with HTTP range requests (so audio and video players can seek);
+    HEAD answers the headers alone (type, length, ranges)."""
     row = service.base.item(item_id)
     real = service.guard.check(row.path)
     mime = media_type(row.path)
@@ -118,15 +119,34 @@ def item_media(item_id: ItemIdPath, service: ServiceDep) -> FileResponse:
             responses={200: {"content": {"image/jpeg": {}}, "description": "A JPEG thumbnail."},
                        304: {"description": "Not modified (If-None-Match)."},
                        403: MEDIA_RESPONSES[403], 404: ERRORS[404],
-                       422: {"model": ErrorOut, "description": "The image cannot be read any more."}})
+                       422: {"model": ErrorOut, "description": "The image or video cannot be read any more."}})
 def item_thumbnail(item_id: ItemIdPath, request: Request, service: ServiceDep,
-                   size: Annotated[int, QueryParam(ge=16, le=1024, description="Longest side, px.")] = 256
+                   size: Annotated[int, QueryParam(ge=16, le=1024, description="Longest side, px.")] = 256,
+                   t: Annotated[float | None, QueryParam(ge=0, le=1e7, description="Videos: the frame shown at this "
+                                                         "many seconds (a result's `start`); default: the "
+                                                         "video's most representative frame.")] = None
                    ) -> Response:
-    """A JPEG of an image item, or of the indexed image a caption describes."""
+    """A JPEG of an image item, of the indexed image a caption describes, or of a video's frame."""
     row = service.base.item(item_id)
     picture = service.guard.picture_of(row)
-    data, etag = service.thumbnails.get(picture, size)
+    at = None
+    if row.modality == "video":
+        at = t if t is not None else representative_time(service.base, item_id)
+    data, etag = service.thumbnails.get(picture, size, at)
     headers = {"ETag": etag, "Cache-Control": "private, max-age=86400"}
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
     return Response(data, media_type="image/jpeg", headers=headers)
+
+
+def representative_time(engine: Any, item_id: int) -> float:
+    """The start of the video's frame nearest the mean of its frames (its medoid in CLIP's space):
+    a frame that looks like the video as a whole, not a title card. 0 for a video without frames."""
+    import numpy as np
+
+    frames = engine.vectors([item_id], collection="clip.video").get("clip.video")
+    if frames is None or not len(frames.ids):
+        return 0.0
+    scores = frames.vectors @ frames.vectors.mean(axis=0)
+    start = float(frames.start[int(np.argmax(scores))])
+    return 0.0 if math.isnan(start) else start

@@ -130,6 +130,9 @@ class DiesOnce(EmbedActor):
 def test_an_actor_that_dies_has_its_batch_retried(ray_cluster: str, local_tux: Any, tux_settings,  # type: ignore[no-untyped-def]
                                                   media: list[Path], tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this file
     marker = tmp_path / "died"
     dies = type("DiesHere", (DiesOnce,), {"marker": str(marker), "__module__": DiesOnce.__module__})
     monkeypatch.setattr(RayIngest, "actor", dies)

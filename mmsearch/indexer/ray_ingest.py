@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 INSTALL_HINT = "indexing through Ray needs the 'ray' extra: pip install 'mmsearch[ray]'"
 _SCALARS = (bool, int, float, str, type(None))
+DECODE_BATCH = 8  # files per decode task
+DECODE_MEMORY = 256 * 2**20  # bytes a decode task reserves: its files decoded
 
 
 def require_ray() -> Any:
@@ -216,12 +218,14 @@ class RayIngest(_Ingest):
         actor_settings = s.model_copy(update={"threads": s.threads or max(1, int(s.ray_actor_cpus)),
                                               "device": s.device if gpus else "cpu"})
         files = [pickle.dumps((i, p.found), protocol=5) for i, p in enumerate(work)]
-        blocks = max(1, min(len(files), math.ceil(len(files) / 8), 4096))
+        blocks = max(1, min(math.ceil(len(files) / DECODE_BATCH), 4096))
         ds = ray.data.from_items([{"file": f} for f in files], override_num_blocks=blocks)
-        ds = ds.map_batches(decode_batch, fn_kwargs={"plan": plan}, batch_size=8, num_cpus=s.ray_decode_cpus,
-                            batch_format="numpy")
+        # The memory a task's decoded files take; asking for it also keeps Ray Data from fusing the
+        # decode tasks into the encoder actors (their resources differ), so decoding scales apart.
+        ds = ds.map_batches(decode_batch, fn_kwargs={"plan": plan}, batch_size=DECODE_BATCH,
+                            num_cpus=s.ray_decode_cpus, memory=DECODE_MEMORY, batch_format="numpy")
         ds = ds.map_batches(self.actor, fn_constructor_kwargs={"specs": specs, "settings": actor_settings},
-                            batch_size=s.ray_batch_size or s.batch_size, concurrency=actors,
+                            batch_size=s.ray_batch_size or s.batch_size, compute=ray.data.ActorPoolStrategy(size=actors),
                             num_cpus=s.ray_actor_cpus, num_gpus=1 if gpus else None, batch_format="numpy")
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
             yield from batch["row"]

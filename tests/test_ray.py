@@ -188,3 +188,15 @@ def test_without_the_extra_ray_says_how_to_install_it(photo_dir: Path, clip_spec
     r = CliRunner().invoke(app, ["index", str(photo_dir), "--catalog", str(tmp_path / "c"), "--model", clip_spec,
                                  "--no-audio", "--ray", "auto"])
     assert r.exit_code == 2 and "pip install 'mmsearch[ray]'" in r.output
+
+
+def test_a_pool_that_leaves_decoding_no_cpu_is_refused(make_settings) -> None:  # type: ignore[no-untyped-def]
+    from mmsearch.errors import BadInput
+    from mmsearch.indexer.ray_ingest import pool_size
+
+    assert pool_size({"CPU": 2.0}, make_settings()) == (0, 2.0, 1)  # one actor, a CPU left to decode
+    assert pool_size({"CPU": 16.0, "GPU": 4.0}, make_settings(device="auto")) == (4, 16.0, 4)
+    with pytest.raises(BadInput, match="need 3 CPUs"):
+        pool_size({"CPU": 2.0}, make_settings(ray_actors=2))
+    with pytest.raises(BadInput, match="GPU each"):
+        pool_size({"CPU": 16.0, "GPU": 1.0}, make_settings(device="auto", ray_actors=2))

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from mmsearch.errors import MMSearchError
+from mmsearch.errors import BadInput, MMSearchError
 from mmsearch.indexer.pipeline import _Ingest, _Pending, decode_file, is_passing_failure
 from mmsearch.indexer.scan import FoundFile, content_hash
 from mmsearch.media.decode import DecodeError, Unit
@@ -150,6 +150,22 @@ class EmbedActor:
         return {"row": np.array(out, dtype=object)}
 
 
+def pool_size(resources: dict[str, float], s: Settings) -> tuple[int, float, int]:
+    """(GPUs used, CPUs, encoder actors) for this cluster, refusing a pool that would leave the
+    decode tasks no CPU (Ray would wait for one forever) or ask for GPUs the cluster lacks."""
+    gpus = int(resources.get("GPU", 0)) if s.device != "cpu" else 0
+    cpus = float(resources.get("CPU", 0))
+    actors = s.ray_actors or (gpus or max(1, int(cpus / 2 / s.ray_actor_cpus)))
+    if gpus and actors > gpus:
+        raise BadInput(f"{actors} encoder actors need a GPU each; the Ray cluster has {gpus}: ask for fewer actors")
+    need = actors * s.ray_actor_cpus + s.ray_decode_cpus
+    if need > cpus:
+        raise BadInput(f"{actors} encoder actors of {s.ray_actor_cpus:g} CPUs and decode tasks of "
+                       f"{s.ray_decode_cpus:g} CPUs need {need:g} CPUs; the Ray cluster has {cpus:g}: lower "
+                       "ray_actors or ray_actor_cpus, or add nodes")
+    return gpus, cpus, actors
+
+
 # -- the driver -----------------------------------------------------------------------------------
 
 class RayIngest(_Ingest):
@@ -212,9 +228,7 @@ class RayIngest(_Ingest):
                           {m: self.targets(m) for m in ("image", "text", "audio")},
                           {space: encoder_facts(self.encoders.get(space)) for space in self.spaces})
         specs = {space: self.encoders.get(space).spec for space in self.spaces}
-        gpus = int(ray.cluster_resources().get("GPU", 0)) if s.device != "cpu" else 0
-        cpus = ray.cluster_resources().get("CPU", 1)
-        actors = s.ray_actors or (gpus or max(1, int(cpus / 2 / s.ray_actor_cpus)))
+        gpus, cpus, actors = pool_size(ray.cluster_resources(), s)
         actor_settings = s.model_copy(update={"threads": s.threads or max(1, int(s.ray_actor_cpus)),
                                               "device": s.device if gpus else "cpu"})
         files = [pickle.dumps((i, p.found), protocol=5) for i, p in enumerate(work)]
@@ -227,8 +241,14 @@ class RayIngest(_Ingest):
         ds = ds.map_batches(self.actor, fn_constructor_kwargs={"specs": specs, "settings": actor_settings},
                             batch_size=s.ray_batch_size or s.batch_size, compute=ray.data.ActorPoolStrategy(size=actors),
                             num_cpus=s.ray_actor_cpus, num_gpus=1 if gpus else None, batch_format="numpy")
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
-            yield from batch["row"]
+        ctx = ray.data.DataContext.get_current()
+        saved = ctx.enable_progress_bars, ctx.print_on_execution_start
+        ctx.enable_progress_bars = ctx.print_on_execution_start = False  # the caller shows its own progress
+        try:
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
+                yield from batch["row"]
+        finally:
+            ctx.enable_progress_bars, ctx.print_on_execution_start = saved
 
 
 __all__ = ["EmbedActor", "RayIngest", "connect", "require_ray", "FoundFile"]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -56,6 +57,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=400, help="Use only the first N images.")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--actor-cpus", type=float, default=1.0)
+    ap.add_argument("--runs", type=int, default=1, help="Repeat the four runs in turn; report medians.")
     args = ap.parse_args()
 
     import ray
@@ -73,30 +75,29 @@ def main() -> None:
         ray.init(num_cpus=cores + 1, include_dashboard=False, log_to_driver=False,
                  object_store_memory=512 * 2**20)
         try:
-            local_s, local_steady, n = timed(base, media, Path(tmp) / "local")
-            print(f"local: {n} items in {local_s:.1f} s ({n / local_s:.2f} items/s; "
-                  f"{local_steady:.2f}/s after the first)", flush=True)
-            same = base.model_copy(update={"ray": "auto", "ray_actors": 1, "ray_actor_cpus": float(cores)})
-            same_s, same_steady, _ = timed(same, media, Path(tmp) / "same")
-            print(f"ray, 1 actor of {cores} threads: {same_s:.1f} s ({n / same_s:.2f} items/s; "
-                  f"{same_steady:.2f}/s after the first)", flush=True)
-            rates, steady = {}, {}
-            for actors in (1, 2):
-                s = base.model_copy(update={"ray": "auto", "ray_actors": actors, "ray_actor_cpus": args.actor_cpus})
-                seconds, steady[actors], _ = timed(s, media, Path(tmp) / f"ray{actors}")
-                rates[actors] = n / seconds
-                print(f"ray, {actors} actor(s) of {args.actor_cpus:g} CPU: {seconds:.1f} s "
-                      f"({rates[actors]:.2f} items/s; {steady[actors]:.2f}/s after the first)", flush=True)
+            runs: dict[str, list[tuple[float, float]]] = {}
+            configs = {"local": base,
+                       "same": base.model_copy(update={"ray": "auto", "ray_actors": 1, "ray_actor_cpus": float(cores)}),
+                       **{f"ray{a}": base.model_copy(update={"ray": "auto", "ray_actors": a,
+                                                             "ray_actor_cpus": args.actor_cpus}) for a in (1, 2)}}
+            for run in range(args.runs):  # in turn, so a change of load hits every configuration alike
+                for name, settings in configs.items():
+                    seconds, steady, n = timed(settings, media, Path(tmp) / f"{name}-{run}")
+                    runs.setdefault(name, []).append((seconds, steady))
+                    print(f"{name}: {n} items in {seconds:.1f} s ({n / seconds:.2f} items/s; {steady:.2f} files/s "
+                          f"after the first), load {os.getloadavg()[0]:.1f}", flush=True)
         finally:
             ray.shutdown()
-    local = n / local_s
-    best = max([rates[1], rates[2], n / same_s])
-    best_steady = max([steady[1], steady[2], same_steady])
-    print(f"load average {os.getloadavg()[0]:.2f} on {cores} cores")
-    print(f"local_items_s={local:.2f} ray1_items_s={rates[1]:.2f} ray2_items_s={rates[2]:.2f} "
-          f"ray_items_s={best:.2f} ratio={best / local:.3f} steady_ratio={best_steady / local_steady:.3f} "
-          f"scaling={steady[2] / steady[1]:.3f} overhead_ms_per_item={1000 * (same_s - local_s) / n:.1f}")
-
+    med = {name: (statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs)) for name, rs in runs.items()}
+    (local_s, local_steady), (same_s, _) = med["local"], med["same"]
+    rates = {name: n / seconds for name, (seconds, _) in med.items()}
+    best = max(rates[k] for k in ("same", "ray1", "ray2"))
+    best_steady = max(med[k][1] for k in ("same", "ray1", "ray2"))
+    print(f"load average {os.getloadavg()[0]:.2f} on {cores} cores ('same': 1 actor of {cores} threads, "
+          f"'rayN': N actors of {args.actor_cpus:g})")
+    print(f"local_items_s={rates['local']:.2f} ray1_items_s={rates['ray1']:.2f} ray2_items_s={rates['ray2']:.2f} "
+          f"ray_items_s={best:.2f} ratio={best / rates['local']:.3f} steady_ratio={best_steady / local_steady:.3f} "
+          f"scaling={med['ray2'][1] / med['ray1'][1]:.3f} overhead_ms_per_item={1000 * (same_s - local_s) / n:.1f}")
 
 if __name__ == "__main__":
     main()

@@ -224,6 +224,8 @@ class RayIngest(_Ingest):
         """Rows streamed back from the cluster as its actors finish them."""
         ray = require_ray()
         s = self.settings
+        ctx = ray.data.DataContext.get_current()  # a dataset keeps the context it was made in
+        ctx.enable_progress_bars = ctx.print_on_execution_start = False  # the caller shows its own progress
         plan = DecodePlan(s.model_copy(), self.area,
                           {m: self.targets(m) for m in ("image", "text", "audio")},
                           {space: encoder_facts(self.encoders.get(space)) for space in self.spaces})
@@ -241,14 +243,8 @@ class RayIngest(_Ingest):
         ds = ds.map_batches(self.actor, fn_constructor_kwargs={"specs": specs, "settings": actor_settings},
                             batch_size=s.ray_batch_size or s.batch_size, compute=ray.data.ActorPoolStrategy(size=actors),
                             num_cpus=s.ray_actor_cpus, num_gpus=1 if gpus else None, batch_format="numpy")
-        ctx = ray.data.DataContext.get_current()
-        saved = ctx.enable_progress_bars, ctx.print_on_execution_start
-        ctx.enable_progress_bars = ctx.print_on_execution_start = False  # the caller shows its own progress
-        try:
-            for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
-                yield from batch["row"]
-        finally:
-            ctx.enable_progress_bars, ctx.print_on_execution_start = saved
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
+            yield from batch["row"]
 
 
 __all__ = ["EmbedActor", "RayIngest", "connect", "require_ray", "FoundFile"]

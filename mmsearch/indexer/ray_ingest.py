@@ -26,7 +26,7 @@ import numpy as np
 
 from mmsearch.errors import BadInput, MMSearchError
 from mmsearch.indexer.pipeline import _Ingest, _Pending, decode_file, is_passing_failure
-from mmsearch.indexer.scan import FoundFile, content_hash
+from mmsearch.indexer.scan import content_hash
 from mmsearch.media.decode import DecodeError, Unit
 from mmsearch.settings import Settings
 
@@ -91,8 +91,8 @@ def encoder_facts(enc: Any) -> dict[str, Any]:
 
 def decode_batch(batch: dict[str, np.ndarray], plan: DecodePlan) -> dict[str, np.ndarray]:
     """A Ray task: decode each file of the batch into rows ("unit", idx, seq, unit, spaces) and one
-    ("done", idx, units, vectors asked for, error, retry, facts, hash) per file. Failures are classified as the local
-    decode workers classify them."""
+    ("done", idx, units, vectors asked for, error, retry, facts, hash) per file. Failures are
+    classified as the local decode workers classify them."""
     out: list[bytes] = []
     for blob in batch["file"]:
         idx, found = pickle.loads(blob)
@@ -241,10 +241,11 @@ class RayIngest(_Ingest):
         ds = ds.map_batches(decode_batch, fn_kwargs={"plan": plan}, batch_size=DECODE_BATCH,
                             num_cpus=s.ray_decode_cpus, memory=DECODE_MEMORY, batch_format="numpy")
         ds = ds.map_batches(self.actor, fn_constructor_kwargs={"specs": specs, "settings": actor_settings},
-                            batch_size=s.ray_batch_size or s.batch_size, compute=ray.data.ActorPoolStrategy(size=actors),
-                            num_cpus=s.ray_actor_cpus, num_gpus=1 if gpus else None, batch_format="numpy")
+                            batch_size=s.ray_batch_size or s.batch_size,
+                            compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=s.ray_actor_cpus,
+                            num_gpus=1 if gpus else None, batch_format="numpy")
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
             yield from batch["row"]
 
 
-__all__ = ["EmbedActor", "RayIngest", "connect", "require_ray", "FoundFile"]
+__all__ = ["EmbedActor", "RayIngest", "connect", "pool_size", "require_ray"]

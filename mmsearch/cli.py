@@ -107,12 +107,19 @@ def index(
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1)] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu or cuda.")] = None,
     runtime: RuntimeOpt = None, as_json: JsonOpt = False,
+    ray: Annotated[Optional[str], typer.Option(
+        "--ray", help="Decode and embed on a Ray cluster: auto (the running one), local (start one here), "
+        "or its address (HOST:6379, ray://HOST:10001); needs mmsearch[ray]. Default: MMSEARCH_RAY, else "
+        "in this process.")] = None,
+    ray_actors: Annotated[Optional[int], typer.Option(
+        "--ray-actors", min=1, help="Encoder actors on the cluster (default: one per GPU).")] = None,
 ) -> None:
     """Scan folders, embed new and changed files, drop deleted ones, update the indexes."""
     from tqdm import tqdm
 
     settings = _settings(catalog, db, model, audio_model, audio=audio, batch_size=batch_size, device=device,
-                         runtime=runtime, follow_links=follow_links or None)  # not given: MMSEARCH_FOLLOW_LINKS decides
+                         runtime=runtime, follow_links=follow_links or None,  # not given: MMSEARCH_FOLLOW_LINKS decides
+                         ray=ray, ray_actors=ray_actors)
     with _engine(settings, reembed=reembed) as engine:
         bar = tqdm(total=0, unit="file", desc="indexing", file=sys.stderr, disable=None, dynamic_ncols=True)
 

@@ -70,6 +70,19 @@ class Settings(BaseSettings):
     lock_timeout: float = Field(0.0, ge=0, description="Seconds a second writer waits for the catalog's write "
                                 "lock before it is refused (0: refused at once).")
 
+    # Scale-out ingest on Ray (the 'ray' extra; docs/cluster.md).
+    ray: str | None = Field(None, description="Index through a Ray cluster: 'auto' (the cluster this machine "
+                            "belongs to), 'local' (start one here), or an address (HOST:6379, ray://HOST:10001). "
+                            "Decoding runs in Ray tasks, the encoders in a pool of Ray actors; this process plans "
+                            "the work and is the catalog's one writer. None: index in this process.")
+    ray_actors: int | None = Field(None, ge=1, description="Encoder actors (one model each); default: one per GPU "
+                                   "of the cluster, else half its CPUs over ray_actor_cpus, at least 1.")
+    ray_actor_cpus: float = Field(1.0, gt=0, description="CPUs each encoder actor reserves (and its threads "
+                                  "unless `threads` is set); with GPUs each actor also takes one GPU.")
+    ray_decode_cpus: float = Field(1.0, gt=0, description="CPUs each Ray decode task reserves.")
+    ray_batch_size: int | None = Field(None, ge=1, description="Units per batch sent to an encoder actor; "
+                                       "default: batch_size.")
+
     # Index choice (see search/ann.py for the FAISS guideline rules).
     ivf_min_vectors: int = Field(50_000, ge=1, description="Below this, exact IndexFlatIP.")
     retrain_growth: float = Field(4.0, gt=1.0, description="Retrain IVF-PQ when N grows (or shrinks) by this "

@@ -120,6 +120,10 @@ def index_folders(paths: Sequence[Path], writer: CatalogWriter, encoders: Encode
     Symlinks and caption rows may reach only into ``allowed_roots`` (the service's index roots,
     whatever ``follow_links`` says), else into these folders unless ``settings.follow_links``."""
     t0 = time.perf_counter()
+    if settings.ray:  # before any work: without the extra, say how to install it
+        from mmsearch.indexer.ray_ingest import require_ray
+
+        require_ray()
     report = IndexReport()
     roots = dedupe_roots([Path(p).expanduser().resolve() for p in paths])
     for r in roots:
@@ -144,7 +148,10 @@ def index_folders(paths: Sequence[Path], writer: CatalogWriter, encoders: Encode
             report.unchanged += sum(p.is_update for p in work if p.found.kind == "audio")
             work = [p for p in work if p.found.kind != "audio"]
     if work:
-        _Ingest(writer, encoders, settings, spaces or [], report, progress, stop, area, media_progress).run(work)
+        ingest = _Ingest
+        if settings.ray:  # decode and embed on a Ray cluster; planning and commits stay here
+            from mmsearch.indexer.ray_ingest import RayIngest as ingest  # type: ignore[assignment]
+        ingest(writer, encoders, settings, spaces or [], report, progress, stop, area, media_progress).run(work)
     writer.upkeep(wait=True)
     report.seconds = time.perf_counter() - t0
     return report
@@ -537,3 +544,19 @@ class _Ingest:
             # merges and retrains run beside the ingest; vectors in flight look dead: no compaction
             self.writer.upkeep(wait=False, compact=False)
             self.synced_at = time.monotonic()
+
+
+@dataclass
+class _DecodeOnly:
+    """What ``_Ingest._decode`` reads of its ingest, to decode a file outside one (Ray's tasks)."""
+
+    settings: Settings
+    encoders: Any  # .get(space): what decoding reads of an encoder (a CLAP's sample rate and window)
+    area: list[Path] | None
+    jpegs_on_device: bool = False
+
+
+def decode_file(p: _Pending, settings: Settings, encoders: Any, area: list[Path] | None) -> Iterator[Unit]:
+    """One file's units exactly as an ingest decodes them (its facts are kept on ``p``): the one
+    per-file decoder, shared by Ray's decode tasks (mmsearch/indexer/ray_ingest.py)."""
+    return _Ingest._decode(_DecodeOnly(settings, encoders, area), p)  # type: ignore[arg-type]

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -516,15 +516,15 @@ class Catalog:
             return {}
         out: dict[int, ItemRow] = {}
         with self.sessions() as s:
+            conn = s.connection()  # plain rows: a batch hydrates thousands, the ORM's per-row work is not needed
             for i in range(0, len(item_ids), 900):
                 chunk = [int(x) for x in item_ids[i:i + 900]]
                 q = (select(Item.id, Item.file_id, File.path, Item.modality, Item.ordinal, Item.text, Item.ref_path,
                             Item.duration, File.size, File.mtime_ns, *_FACT_COLUMNS)
                      .join(File, Item.file_id == File.id).where(Item.id.in_(chunk)))
                 tags = _tags_of(s, chunk)
-                for r in s.execute(q):
-                    facts = FileFacts(**dict(zip(_FACT_NAMES, r[10:])))
-                    out[r[0]] = ItemRow(*r[:10], facts=facts, tags=tags.get(r[0], []))
+                for r in conn.execute(q).all():
+                    out[r[0]] = ItemRow(*r[:10], facts=FileFacts(*r[10:]), tags=tags.get(r[0], []))
         return out
 
     def modalities(self, item_ids: Sequence[int]) -> dict[int, str]:
@@ -575,6 +575,8 @@ class Catalog:
 _FACT_NAMES = ("mime", "width", "height", "taken_s", "camera_make", "camera_model", "lens", "lat", "lon",
                "orientation")
 _FACT_COLUMNS = tuple(getattr(File, name) for name in _FACT_NAMES)
+# ``items`` builds FileFacts from these columns by position
+assert _FACT_NAMES == tuple(f.name for f in fields(FileFacts)), "_FACT_NAMES must follow FileFacts' fields"
 
 
 def _file_values(r: FileRecord) -> dict[str, object]:
@@ -601,7 +603,7 @@ def _tags_of(s: Session, item_ids: Sequence[int]) -> dict[int, list[str]]:
     """item id -> its tags as "tag" and "key=value", sorted."""
     out: dict[int, list[str]] = {}
     q = select(Tag.item_id, Tag.tag, Tag.value).where(Tag.item_id.in_(list(item_ids))).order_by(Tag.item_id, Tag.tag)
-    for item_id, tag, value in s.execute(q):
+    for item_id, tag, value in s.connection().execute(q).all():
         out.setdefault(item_id, []).append(tag if value is None else f"{tag}={value}")
     return out
 

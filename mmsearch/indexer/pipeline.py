@@ -143,6 +143,7 @@ def _plan(roots: list[Path], writer: CatalogWriter, encoders: EncoderSet, spaces
         roots = dedupe_roots(roots + [r for r in map(Path, catalog.roots()) if r.is_dir()])
     work: list[_Pending] = []
     gone: set[str] = set()
+    unread: list[tuple[int, FoundFile]] = []  # unchanged images whose facts were never read
     for root in roots:
         root_id = writer.ensure_root(root)
         known = catalog.file_states(root)
@@ -162,11 +163,27 @@ def _plan(roots: list[Path], writer: CatalogWriter, encoders: EncoderSet, spaces
             elif old is not None and old.size == f.size and old.mtime_ns == f.mtime_ns and old.status != "retry" \
                     and not (retry_failed and old.status == "failed"):
                 report.unchanged += 1
+                if old.facts_missing:
+                    unread.append((old.id, f))
             else:
                 work.append(_Pending(f, root_id, is_update=old is not None))
+    _fill_facts(unread, writer)
     work = [p for p in work if p.is_update or not _moved(p, writer, gone, report)]
     report.removed += writer.delete_files(sorted(gone)) and len(gone)
     return work
+
+
+def _fill_facts(unread: list[tuple[int, FoundFile]], writer: CatalogWriter, batch: int = 500) -> None:
+    """Images indexed before the catalog kept file facts (migration 0003) are unchanged, so they
+    are not decoded again: their facts (size, EXIF date, camera, place) are read from their
+    headers alone, no pixels and no vectors, and stored through the writer ``batch`` at a time.
+    Work follows those files: once stored, a file has a width and is never read again (one whose
+    header cannot be opened now keeps empty facts, and is tried on the next run)."""
+    from mmsearch.media.metadata import header_facts
+
+    for start in range(0, len(unread), batch):
+        writer.fill_facts([(file_id, f.path, f.mtime_ns, facts) for file_id, f in unread[start:start + batch]
+                           if (facts := header_facts(f.path)) is not None])
 
 
 def _moved(p: _Pending, writer: CatalogWriter, gone: set[str], report: IndexReport) -> bool:

@@ -52,6 +52,7 @@ class FileState:
     mtime_ns: int
     status: str
     content_hash: str | None = None
+    facts_missing: bool = False  # an image indexed before the catalog kept facts (migration 0003)
 
 
 @dataclass
@@ -232,9 +233,11 @@ class Catalog:
         """Known files under a folder (by path, so nested roots share their files)."""
         esc = _like_escape(str(root).rstrip("/")) + "/%"
         with self.sessions() as s:
-            rows = s.execute(select(File.path, File.id, File.size, File.mtime_ns, File.status, File.content_hash)
-                             .where(File.path.like(esc, escape="\\")))
-            return {p: FileState(i, sz, mt, st, h) for p, i, sz, mt, st, h in rows}
+            rows = s.execute(select(File.path, File.id, File.size, File.mtime_ns, File.status, File.content_hash,
+                                    File.kind, File.width).where(File.path.like(esc, escape="\\")))
+            # every image read since migration 0003 has a width: none means its facts were never read
+            return {p: FileState(i, sz, mt, st, h, k == "image" and w is None and st == "ok")
+                    for p, i, sz, mt, st, h, k, w in rows}
 
     def files_of_size(self, size: int, kind: str) -> list[tuple[str, str | None]]:
         """(path, content hash) of known files of this size and kind: the candidates a new file
@@ -299,6 +302,18 @@ class Catalog:
                                       ref_path=it.ref_path, duration=it.duration)
                                  for iid, (fid, it) in zip(item_ids, owned)])
         _insert_embeddings(s, [(iid, it) for iid, (_, it) in zip(item_ids, owned)])
+
+    def fill_facts(self, rows: Sequence[tuple[int, str, int, FileFacts]]) -> None:
+        """Store facts read from unchanged files' headers, (file id, path, mtime_ns, facts) each:
+        only the facts' columns change (no item, no vector), in one transaction that also moves the
+        filters' generation, so readers' cached filter selections see the new dates and cameras."""
+        self._require_writable()
+        if not rows:
+            return
+        with self.sessions.begin() as s:
+            for file_id, path, mtime_ns, facts in rows:
+                s.execute(update(File).where(File.id == file_id).values(**_fact_values(path, mtime_ns, facts)))
+            s.execute(update(Counter).where(Counter.key == GENERATION).values(value=Counter.value + 1))
 
     def move_file(self, old_path: str, new_path: str, root_id: int, mtime_ns: int) -> None:
         """A file that moved keeps its items and vectors; a captions file's links move with it."""
@@ -494,7 +509,7 @@ class Catalog:
                 chunk = [int(x) for x in item_ids[i:i + 900]]
                 q = select(Embedding.id, Embedding.item_id, Embedding.collection, Embedding.start_s,
                            Embedding.end_s).where(Embedding.item_id.in_(chunk))
-                out += [(int(e), int(it), c, a, b) for e, it, c, a, b in s.execute(q)]
+                out += [(int(e), int(it), c, a, b) for e, it, c, a, b in s.connection().execute(q).all()]
         out.sort()
         return out
 
@@ -534,7 +549,8 @@ class Catalog:
         with self.sessions() as s:
             for i in range(0, len(item_ids), 900):
                 chunk = [int(x) for x in item_ids[i:i + 900]]
-                out.update({int(k): m for k, m in s.execute(select(Item.id, Item.modality).where(Item.id.in_(chunk)))})
+                rows = s.connection().execute(select(Item.id, Item.modality).where(Item.id.in_(chunk))).all()
+                out.update({int(k): m for k, m in rows})
         return out
 
     def item(self, item_id: int) -> ItemRow:
@@ -581,12 +597,18 @@ assert _FACT_NAMES == tuple(f.name for f in fields(FileFacts)), "_FACT_NAMES mus
 
 def _file_values(r: FileRecord) -> dict[str, object]:
     status = "ok" if not r.error else ("retry" if r.retry else "failed")
-    facts = r.facts or FileFacts()
+    values = _fact_values(r.path, r.mtime_ns, r.facts or FileFacts())
+    values.update(path=r.path, root_id=r.root_id, kind=r.kind, size=r.size, mtime_ns=r.mtime_ns, status=status,
+                  error=r.error, content_hash=r.content_hash, ext=extension(r.path))
+    return values
+
+
+def _fact_values(path: str, mtime_ns: int, facts: FileFacts) -> dict[str, object]:
+    """The columns a file's facts fill, the filters' keys (date, camera) included."""
     camera_key, model_key = camera_keys(facts.camera_make, facts.camera_model)
     values: dict[str, object] = {name: getattr(facts, name) for name in _FACT_NAMES}
-    values.update(path=r.path, root_id=r.root_id, kind=r.kind, size=r.size, mtime_ns=r.mtime_ns, status=status,
-                  error=r.error, content_hash=r.content_hash, ext=extension(r.path), mime=facts.mime or mime_of(r.path),
-                  date_s=facts.taken_s if facts.taken_s is not None else r.mtime_ns // 1_000_000_000,
+    values.update(mime=facts.mime or mime_of(path),
+                  date_s=facts.taken_s if facts.taken_s is not None else mtime_ns // 1_000_000_000,
                   camera_key=camera_key, model_key=model_key)
     return values
 

@@ -74,22 +74,29 @@ def exact_rescore_many(
 
 def _sorted_unique(candidates: list[np.ndarray]) -> list[np.ndarray]:
     """Each query's candidate ids sorted, without -1 padding or duplicates (a ``best`` query's
-    probes find some ids twice): one 2-D sort for the batch rather than a ``np.unique`` per query."""
+    probes find some ids twice): one 2-D sort for the batch rather than a ``np.unique`` per query.
+    The table is as wide as the longest list up to twice the median; longer lists (a deep page
+    beside ordinary ones) are sorted on their own, so padding never outgrows the batch."""
     flat = [np.asarray(c, dtype=np.int64).reshape(-1) for c in candidates]
     if not flat:
         return []
-    width = max(c.size for c in flat)
-    table = np.full((len(flat), max(width, 1)), _NONE, dtype=np.int64)
-    for row, c in zip(table, flat):
-        row[:c.size] = c
+    sizes = [c.size for c in flat]
+    cut = 2 * int(np.median(sizes)) + 1
+    out: list[np.ndarray] = [np.unique(c[c >= 0]) if c.size > cut else c for c in flat]
+    rows = [j for j, size in enumerate(sizes) if size <= cut]
+    width = max([sizes[j] for j in rows] + [1])
+    table = np.full((len(rows), width), _NONE, dtype=np.int64)
+    for row, j in zip(table, rows):
+        row[:sizes[j]] = flat[j]
     table[table < 0] = _NONE
     table.sort(axis=1)
     repeated = table[:, 1:] == table[:, :-1]
     if repeated.any():
         table[:, 1:][repeated] = _NONE
         table.sort(axis=1)
-    sizes = np.count_nonzero(table != _NONE, axis=1).tolist()
-    return [row[:size] for row, size in zip(table, sizes)]
+    for j, row, size in zip(rows, table, np.count_nonzero(table != _NONE, axis=1).tolist()):
+        out[j] = row[:size]
+    return out
 
 
 def mmr(

@@ -168,6 +168,7 @@ def _plan(roots: list[Path], writer: CatalogWriter, encoders: EncoderSet, spaces
     work: list[_Pending] = []
     gone: set[str] = set()
     quiet: set[str] = set()  # gone, but never indexed (skipped): not counted as removed
+    unread: list[tuple[int, FoundFile]] = []  # unchanged images whose facts were never read
     for root in roots:
         root_id = writer.ensure_root(root)
         known = catalog.file_states(root)
@@ -193,6 +194,8 @@ def _plan(roots: list[Path], writer: CatalogWriter, encoders: EncoderSet, spaces
                     report.skip(path)
                 else:
                     report.unchanged += 1
+                    if old.facts_missing:
+                        unread.append((old.id, f))
             elif f.kind == OTHER and not _sniffed_image(path):
                 report.skip(path)
                 skips.append(FileRecord(path=path, root_id=root_id, kind=OTHER, size=f.size, mtime_ns=f.mtime_ns,
@@ -201,6 +204,7 @@ def _plan(roots: list[Path], writer: CatalogWriter, encoders: EncoderSet, spaces
                 f = replace(f, kind="image") if f.kind == OTHER else f
                 work.append(_Pending(f, root_id, is_update=old is not None))
         writer.commit_files(skips)
+    _fill_facts(unread, writer)
     work = [p for p in work if p.is_update or not _moved(p, writer, gone, report)]
     report.removed += writer.delete_files(sorted(gone)) and len(gone - quiet)
     return work
@@ -211,6 +215,19 @@ def _sniffed_image(path: str) -> bool:
     read here (the scan only stats), and what the decoder says about it is left to decoding."""
     with FileNotes():
         return sniff_image(path)
+
+
+def _fill_facts(unread: list[tuple[int, FoundFile]], writer: CatalogWriter, batch: int = 500) -> None:
+    """Images indexed before the catalog kept file facts (migration 0003) are unchanged, so they
+    are not decoded again: their facts (size, EXIF date, camera, place) are read from their
+    headers alone, no pixels and no vectors, and stored through the writer ``batch`` at a time.
+    Work follows those files: once stored, a file has a width and is never read again (one whose
+    header cannot be opened now keeps empty facts, and is tried on the next run)."""
+    from mmsearch.media.metadata import header_facts
+
+    for start in range(0, len(unread), batch):
+        writer.fill_facts([(file_id, f.path, f.mtime_ns, facts) for file_id, f in unread[start:start + batch]
+                           if (facts := header_facts(f.path)) is not None])
 
 
 def _moved(p: _Pending, writer: CatalogWriter, gone: set[str], report: IndexReport) -> bool:

@@ -196,7 +196,10 @@ class QueryEmbedder:
             found, vecs = self.indexes.store(collection, dim).lookup(eids)
             order = np.argsort(owners[found], kind="stable")
             uniq, starts = np.unique(owners[found][order], return_index=True)
-            sums = np.add.reduceat(vecs[order], starts) if uniq.size else vecs[:0]  # an item's windows summed
+            if uniq.size == order.size:  # one vector per item (photos, texts): nothing to sum
+                sums = vecs[order]
+            else:  # an item's windows summed (reduceat along rows is slow: only where needed)
+                sums = np.add.reduceat(vecs[order], starts) if uniq.size else vecs[:0]
             out.update(zip(uniq.tolist(), l2_normalise(sums)))
         return out
 

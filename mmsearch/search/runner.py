@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mmsearch.cpus import intra_op_threads
 from mmsearch.encoders.encoder_set import EncoderSet
 from mmsearch.errors import BadInput, MMSearchError, ModelMismatch
 from mmsearch.search.live import LiveIndex, LiveIndexes
@@ -211,9 +212,10 @@ class QueryRunner(QueryEmbedder):
         # a broad filter does not narrow the ANN search: its parts share it, and check their candidates
         first, shared_ann = self._first_passes([p for p in parts if p.allowed is None or p.allowed.broad])
         owners: dict[int, _Owner | None] = {}  # embedding id -> owner, shared by the unfiltered queries
-        heads = {int(e) for part, done in first.items() if not part.after
-                 for e in done.ids[:queries[part.query].offset + queries[part.query].k + len(part.exclude)]}
-        self._owners(sorted(heads), owners)  # the likely pages' owners in one read, not one per query
+        heads = [done.ids[:queries[part.query].offset + queries[part.query].k + len(part.exclude)]
+                 for part, done in first.items() if not part.after]
+        # the likely pages' owners in one read, not one per query
+        self._owners(np.unique(np.concatenate(heads)).tolist() if heads else [], owners)
         merged: dict[int, list[_Candidate]] = {i: [] for i, a in enumerate(answers) if a is None}
         for part in parts:
             q = queries[part.query]
@@ -246,8 +248,11 @@ class QueryRunner(QueryEmbedder):
         t4 = time.perf_counter()
         rows = self.catalog.items(sorted({c.item_id for page in pages.values() for c in page}))  # only pages
         hydrate_ms = _ms(t4)
+        by_query: dict[int, list[_Part]] = {}
+        for part in parts:
+            by_query.setdefault(part.query, []).append(part)
         for i, page in pages.items():
-            mine = [p for p in parts if p.query == i]
+            mine = by_query.get(i, [])
             hits = [Hit(id=c.item_id, path=r.path, modality=r.modality, score=round(c.score, 6),
                         calibrated=round(c.rank_score, 4) if len(mine) > 1 else None, collection=c.collection,
                         text=r.text, ref_path=r.ref_path, start=c.start, end=c.end, duration=r.duration,
@@ -274,7 +279,8 @@ class QueryRunner(QueryEmbedder):
             for store in {id(p.store): p.store for p in group}.values():  # one per collection, in practice
                 mine = [(p, f) for p, f in zip(group, found) if p.store is store]
                 t = time.perf_counter()
-                rescored = exact_rescore_many([p.qv for p, _ in mine], [f[0] for _, f in mine], store)
+                rescored = exact_rescore_many([p.qv for p, _ in mine], [f[0] for _, f in mine], store,
+                                               threads=intra_op_threads(self.settings))
                 each = (time.perf_counter() - t) / len(mine)
                 for (part, (cand_ids, exhaustive)), (ids, scores) in zip(mine, rescored):
                     out[part] = _Pass(cand_ids, exhaustive, ids, scores)

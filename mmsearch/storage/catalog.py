@@ -13,7 +13,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +53,7 @@ class FileState:
     status: str
     content_hash: str | None = None
     kind: str | None = None
+    facts_missing: bool = False  # an image indexed before the catalog kept facts (migration 0003)
 
 
 @dataclass
@@ -236,8 +237,10 @@ class Catalog:
         esc = _like_escape(str(root).rstrip("/")) + "/%"
         with self.sessions() as s:
             rows = s.execute(select(File.path, File.id, File.size, File.mtime_ns, File.status, File.content_hash,
-                                    File.kind).where(File.path.like(esc, escape="\\")))
-            return {p: FileState(i, sz, mt, st, h, k) for p, i, sz, mt, st, h, k in rows}
+                                    File.kind, File.width).where(File.path.like(esc, escape="\\")))
+            # every image read since migration 0003 has a width: none means its facts were never read
+            return {p: FileState(i, sz, mt, st, h, k, k == "image" and w is None and st == "ok")
+                    for p, i, sz, mt, st, h, k, w in rows}
 
     def files_of_size(self, size: int, kind: str) -> list[tuple[str, str | None]]:
         """(path, content hash) of known files of this size and kind: the candidates a new file
@@ -302,6 +305,18 @@ class Catalog:
                                       ref_path=it.ref_path, duration=it.duration)
                                  for iid, (fid, it) in zip(item_ids, owned)])
         _insert_embeddings(s, [(iid, it) for iid, (_, it) in zip(item_ids, owned)])
+
+    def fill_facts(self, rows: Sequence[tuple[int, str, int, FileFacts]]) -> None:
+        """Store facts read from unchanged files' headers, (file id, path, mtime_ns, facts) each:
+        only the facts' columns change (no item, no vector), in one transaction that also moves the
+        filters' generation, so readers' cached filter selections see the new dates and cameras."""
+        self._require_writable()
+        if not rows:
+            return
+        with self.sessions.begin() as s:
+            for file_id, path, mtime_ns, facts in rows:
+                s.execute(update(File).where(File.id == file_id).values(**_fact_values(path, mtime_ns, facts)))
+            s.execute(update(Counter).where(Counter.key == GENERATION).values(value=Counter.value + 1))
 
     def move_file(self, old_path: str, new_path: str, root_id: int, mtime_ns: int) -> None:
         """A file that moved keeps its items and vectors; a captions file's links move with it."""
@@ -497,7 +512,7 @@ class Catalog:
                 chunk = [int(x) for x in item_ids[i:i + 900]]
                 q = select(Embedding.id, Embedding.item_id, Embedding.collection, Embedding.start_s,
                            Embedding.end_s).where(Embedding.item_id.in_(chunk))
-                out += [(int(e), int(it), c, a, b) for e, it, c, a, b in s.execute(q)]
+                out += [(int(e), int(it), c, a, b) for e, it, c, a, b in s.connection().execute(q).all()]
         out.sort()
         return out
 
@@ -519,15 +534,15 @@ class Catalog:
             return {}
         out: dict[int, ItemRow] = {}
         with self.sessions() as s:
+            conn = s.connection()  # plain rows: a batch hydrates thousands, the ORM's per-row work is not needed
             for i in range(0, len(item_ids), 900):
                 chunk = [int(x) for x in item_ids[i:i + 900]]
                 q = (select(Item.id, Item.file_id, File.path, Item.modality, Item.ordinal, Item.text, Item.ref_path,
                             Item.duration, File.size, File.mtime_ns, *_FACT_COLUMNS)
                      .join(File, Item.file_id == File.id).where(Item.id.in_(chunk)))
                 tags = _tags_of(s, chunk)
-                for r in s.execute(q):
-                    facts = FileFacts(**dict(zip(_FACT_NAMES, r[10:])))
-                    out[r[0]] = ItemRow(*r[:10], facts=facts, tags=tags.get(r[0], []))
+                for r in conn.execute(q).all():
+                    out[r[0]] = ItemRow(*r[:10], facts=FileFacts(*r[10:]), tags=tags.get(r[0], []))
         return out
 
     def modalities(self, item_ids: Sequence[int]) -> dict[int, str]:
@@ -537,7 +552,8 @@ class Catalog:
         with self.sessions() as s:
             for i in range(0, len(item_ids), 900):
                 chunk = [int(x) for x in item_ids[i:i + 900]]
-                out.update({int(k): m for k, m in s.execute(select(Item.id, Item.modality).where(Item.id.in_(chunk)))})
+                rows = s.connection().execute(select(Item.id, Item.modality).where(Item.id.in_(chunk))).all()
+                out.update({int(k): m for k, m in rows})
         return out
 
     def item(self, item_id: int) -> ItemRow:
@@ -578,16 +594,24 @@ class Catalog:
 _FACT_NAMES = ("mime", "width", "height", "taken_s", "camera_make", "camera_model", "lens", "lat", "lon",
                "orientation")
 _FACT_COLUMNS = tuple(getattr(File, name) for name in _FACT_NAMES)
+# ``items`` builds FileFacts from these columns by position
+assert _FACT_NAMES == tuple(f.name for f in fields(FileFacts)), "_FACT_NAMES must follow FileFacts' fields"
 
 
 def _file_values(r: FileRecord) -> dict[str, object]:
     status = "skipped" if r.skipped else "ok" if not r.error else ("retry" if r.retry else "failed")
-    facts = r.facts or FileFacts()
+    values = _fact_values(r.path, r.mtime_ns, r.facts or FileFacts())
+    values.update(path=r.path, root_id=r.root_id, kind=r.kind, size=r.size, mtime_ns=r.mtime_ns, status=status,
+                  error=r.error or r.note, content_hash=r.content_hash, ext=extension(r.path))
+    return values
+
+
+def _fact_values(path: str, mtime_ns: int, facts: FileFacts) -> dict[str, object]:
+    """The columns a file's facts fill, the filters' keys (date, camera) included."""
     camera_key, model_key = camera_keys(facts.camera_make, facts.camera_model)
     values: dict[str, object] = {name: getattr(facts, name) for name in _FACT_NAMES}
-    values.update(path=r.path, root_id=r.root_id, kind=r.kind, size=r.size, mtime_ns=r.mtime_ns, status=status,
-                  error=r.error or r.note, content_hash=r.content_hash, ext=extension(r.path), mime=facts.mime or mime_of(r.path),
-                  date_s=facts.taken_s if facts.taken_s is not None else r.mtime_ns // 1_000_000_000,
+    values.update(mime=facts.mime or mime_of(path),
+                  date_s=facts.taken_s if facts.taken_s is not None else mtime_ns // 1_000_000_000,
                   camera_key=camera_key, model_key=model_key)
     return values
 
@@ -604,7 +628,7 @@ def _tags_of(s: Session, item_ids: Sequence[int]) -> dict[int, list[str]]:
     """item id -> its tags as "tag" and "key=value", sorted."""
     out: dict[int, list[str]] = {}
     q = select(Tag.item_id, Tag.tag, Tag.value).where(Tag.item_id.in_(list(item_ids))).order_by(Tag.item_id, Tag.tag)
-    for item_id, tag, value in s.execute(q):
+    for item_id, tag, value in s.connection().execute(q).all():
         out.setdefault(item_id, []).append(tag if value is None else f"{tag}={value}")
     return out
 

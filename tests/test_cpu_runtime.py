@@ -101,13 +101,18 @@ def test_a_new_checkpoint_at_the_same_path_is_exported_again(tmp_path: Path, exp
     ckpt = tmp_path / "model.pt"
     spec = f"open_clip:mmtest-tiny@{ckpt}"
     settings = _settings(tmp_path / "cache", runtime="onnx")
-    vecs = []
+    vecs, cached = [], []
     for seed in (1, 2):
         torch.manual_seed(seed)
         torch.save({"state_dict": open_clip.create_model("mmtest-tiny").state_dict()}, ckpt)
+        cached.append(OnnxEncoder.from_cache(spec, settings, lambda: None))  # the torch-free path: stale?
         vecs.append(_both(load_encoder(spec, settings), "text", ["a dog"]))
+        cached.append(OnnxEncoder.from_cache(spec, settings, lambda: None))
     assert export_spy == ["text", "text"]
+    assert [c is not None for c in cached] == [False, True, False, True]  # the old export was never found
     assert _min_cos(vecs[0], vecs[1]) < 0.99
+    ref = load_encoder(spec, settings.model_copy(update={"runtime": "torch"}))
+    assert _min_cos(vecs[1], _both(ref, "text", ["a dog"])) >= cpu_runtime.MIN_COS_FP32
 
 
 def test_a_mismatching_export_is_refused_and_torch_runs(clip_spec: str, tmp_path: Path, export_spy: list[str],

@@ -87,7 +87,7 @@ def gpu_visible() -> bool:
 
 
 def pick_device(setting: str) -> str:
-    if setting == "auto" and not gpu_visible():
+    if setting == "cpu" or (setting == "auto" and not gpu_visible()):
         return "cpu"
     import torch
 

@@ -202,7 +202,37 @@ def test_clap_towers(tiny_clap_dir: Path, tmp_path: Path) -> None:
     assert _min_cos(_both(enc, "audio", windows), _both(ref, "audio", windows)) >= cpu_runtime.MIN_COS_FP32
     assert _min_cos(_both(enc, "text", TEXTS), _both(ref, "text", TEXTS)) >= cpu_runtime.MIN_COS_FP32
     meta = json.loads(next((tmp_path / "cache" / "onnx").glob("clap-audio-*/meta.json")).read_text())
-    assert meta["checksum"].startswith("state:")
+    assert meta["checksum"].startswith("dir:")  # the folder's files, hashed: found again without torch
+
+
+def test_clap_text_runs_from_the_cache_without_torch(tiny_clap_dir: Path, tmp_path: Path) -> None:
+    """Once CLAP's text tower is exported, its tokeniser comes from the cache (the ``tokenizers``
+    library, no transformers): the same ids, the same vectors; changed weights are not matched."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    folder = tmp_path / "clap"
+    shutil.copytree(tiny_clap_dir, folder)
+    settings = _settings(tmp_path / "cache", runtime="onnx")
+    spec = "clap:" + str(folder)
+    texts = [*TEXTS, "Café crème 🐶 &amp; <s> </s> numbers 3.14", "a cow mooing on the farm"]
+    want = _both(load_encoder(spec, settings), "text", texts)
+
+    def no_torch() -> Any:
+        raise AssertionError("the torch encoder was built")
+
+    light = OnnxEncoder.from_cache(spec, settings, no_torch)
+    assert light is not None and (light.dim, light.modalities) == (want.shape[1], ("audio", "text"))
+    np.testing.assert_array_equal(_both(light, "text", texts), want)
+    np.testing.assert_array_equal(_both(light, "text", texts[:1]), want[:1])  # a query alone
+
+    weights = next(folder.glob("*.safetensors"))
+    tensors = load_file(str(weights))
+    name = next(k for k in sorted(tensors) if k.startswith("text_model.embeddings"))
+    tensors[name] = tensors[name] + 1
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    assert OnnxEncoder.from_cache(spec, settings, no_torch) is None  # stale: torch exports it again
 
 
 @pytest.mark.parametrize("build, query", [("torch", "onnx"), ("onnx", "torch")])

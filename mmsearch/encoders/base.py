@@ -75,6 +75,30 @@ def open_clip_canonical(spec: Spec) -> Spec:
     return spec
 
 
+def is_local_name(name: str) -> bool:
+    """A CLAP spec names a directory when one exists or it is spelled like a path, not 'org/model'."""
+    import os
+    from pathlib import Path
+
+    p = Path(name).expanduser()
+    return (
+        p.exists()
+        or p.is_absolute()
+        or name.startswith((".", "~"))
+        or name.count("/") > 1
+        or (os.sep != "/" and os.sep in name)
+    )
+
+
+def clap_canonical(spec: Spec) -> Spec:
+    """Local CLAP directories are recorded by absolute path so the catalog can recognise them."""
+    from pathlib import Path
+
+    if is_local_name(spec.name):
+        return Spec(spec.family, str(Path(spec.name).expanduser().resolve()), None)
+    return spec
+
+
 def gpu_visible() -> bool:
     """Whether this machine shows a GPU driver at all (NVIDIA's, ROCm's or WSL's device files). Without
     one torch cannot see a GPU either, and ``auto`` is the CPU without importing torch (seconds)."""

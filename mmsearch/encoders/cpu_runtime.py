@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
 import numpy as np
 
-from mmsearch.encoders.base import Encoder, Modality, Spec, l2_normalise, quiet_root_log
+from mmsearch.encoders.base import Encoder, Modality, Spec, is_local_name, l2_normalise, quiet_root_log
 from mmsearch.encoders.image_prep import normalise_pixels
 from mmsearch.errors import BadInput, MMSearchError
 from mmsearch.settings import Settings
@@ -288,7 +288,22 @@ def weights_checksum(base: Any, cache_root: Path) -> str:
     if weights_file:
         _record_weights_file(cache_root, base.spec, str(weights_file))  # found again without torch
         return "file:" + _file_sha256(Path(weights_file), cache_root / "checksums.json")
+    weights_dir = getattr(base, "weights_dir", None)  # a CLAP folder: local, or a snapshot in the HF cache
+    if weights_dir:
+        if not is_local_name(spec.name):
+            _record_weights_file(cache_root, base.spec, str(Path(weights_dir) / "config.json"))
+        return "dir:" + dir_sha256(Path(weights_dir), cache_root / "checksums.json")
     return "state:" + state_dict_sha256(base.model)
+
+
+def dir_sha256(folder: Path, memo_file: Path) -> str:
+    """A model folder's checksum: the sha256 of each of its files (weights, config, tokeniser;
+    each remembered by path, size and mtime), by name."""
+    h = hashlib.sha256()
+    for f in sorted(folder.iterdir()):
+        if f.is_file() and not f.name.startswith("."):
+            h.update(f"{f.name}|{_file_sha256(f, memo_file)}|".encode())
+    return h.hexdigest()
 
 
 def state_dict_sha256(model: "torch.nn.Module") -> str:
@@ -614,6 +629,9 @@ def save_light_card(base: Any, modality: Modality, folder: Path, checksum: str) 
             else:
                 log.info("open_clip's tokeniser of %s is not reproduced: torch tokenises", base.spec)
                 (folder / VOCAB_FILE).unlink()
+    elif base.space == "clap" and modality == "text":
+        if save_clap_tokenizer(base, folder):
+            card["feeds"] = "clap-text"
     elif base.space == "clip" and modality == "image":
         prep = ImagePrep.from_transform(getattr(base, "_pil_stage", None), getattr(base, "_norm", None))
         if prep is not None and all(np.array_equal(prep(img), np.asarray(base.prepare("image", img)))
@@ -621,6 +639,49 @@ def save_light_card(base: Any, modality: Modality, folder: Path, checksum: str) 
             prep.save(folder)
             card["feeds"] = "clip-image"
     _write_atomic(folder / LIGHT_FILE, json.dumps(card, indent=1))
+
+
+CLAP_TOKENIZER_FILE = "clap_tokenizer.json"
+
+
+def save_clap_tokenizer(base: Any, folder: Path) -> bool:
+    """CLAP's fast tokeniser (RoBERTa BPE) as the ``tokenizers`` library saves it, with the
+    padding and truncation ``ClapEncoder.tokens`` asks for; kept when it gives the same ids and
+    masks as transformers on the check texts, one at a time and as a batch."""
+    backend = getattr(base.tokenizer, "backend_tokenizer", None)
+    if backend is None or getattr(base.tokenizer, "padding_side", "right") != "right":
+        return False
+    settings = {"max_length": int(base._max_tokens), "pad_id": int(base.tokenizer.pad_token_id),
+                "pad_token": str(base.tokenizer.pad_token)}
+    path = folder / CLAP_TOKENIZER_FILE
+    path.write_text(json.dumps({"settings": settings, "tokenizer": json.loads(backend.to_str())}))
+    ours = load_clap_tokenizer(folder)
+    for batch in ([list(_CHECK_TEXTS)] + [[t] for t in _CHECK_TEXTS]):
+        want = base.tokens(batch, "np")
+        got = ours(batch)
+        if not (np.array_equal(got[0], want["input_ids"]) and np.array_equal(got[1], want["attention_mask"])):
+            log.info("the tokeniser of %s is not reproduced: transformers tokenises", base.spec)
+            path.unlink()
+            return False
+    return True
+
+
+def load_clap_tokenizer(folder: Path) -> Callable[[Sequence[str]], tuple[np.ndarray, np.ndarray]]:
+    """Ids and attention mask, padded to the batch's longest text and cut at the model's length."""
+    from tokenizers import Tokenizer
+
+    data = json.loads((folder / CLAP_TOKENIZER_FILE).read_text())
+    s = data["settings"]
+    tok = Tokenizer.from_str(json.dumps(data["tokenizer"]))
+    tok.enable_truncation(max_length=int(s["max_length"]))
+    tok.enable_padding(pad_id=int(s["pad_id"]), pad_token=str(s["pad_token"]))
+
+    def tokens(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        out = tok.encode_batch(list(texts))
+        return (np.array([e.ids for e in out], dtype=np.int64).reshape(len(out), -1),
+                np.array([e.attention_mask for e in out], dtype=np.int64).reshape(len(out), -1))
+
+    return tokens
 
 
 def read_card(folder: Path) -> dict[str, Any] | None:
@@ -645,6 +706,9 @@ def light_tower(folder: Path) -> LightTower | None:
         trim = trim_padding if card.get("trimmable") else (lambda t: t)
         return LightTower("text", names, lambda items: (np.ascontiguousarray(trim(tokenizer([str(t) for t in items]))),),
                           str)
+    if card["feeds"] == "clap-text":
+        tokens = load_clap_tokenizer(folder)
+        return LightTower("text", names, lambda items: tokens([str(t) for t in items]), str)
     if card["feeds"] == "clip-image":
         from mmsearch.encoders.image_prep import ImagePrep
 
@@ -657,22 +721,27 @@ def cached_checksum(spec: Spec, root: Path) -> str | None:
     """The weights checksum ``weights_checksum`` would give, found without building the model: a
     checkpoint file's sha256 (remembered by path, size and mtime), or for a pretrained tag that of
     the file an earlier load read, while the Hugging Face cache still resolves the tag to it.
-    None when only the model itself can tell (``@random``, CLAP, a tag not loaded here yet)."""
-    if spec.family != "open_clip" or not spec.pretrained or spec.pretrained == "random":
-        return None
+    A CLAP folder's is that of its files (``dir_sha256``). None when only the model itself can tell
+    (``@random``), or for a tag or hub id not loaded here yet."""
     memo = root / "checksums.json"
-    if Path(spec.pretrained).is_file():
-        return "file:" + _file_sha256(Path(spec.pretrained), memo)
+    if spec.family == "clap" and is_local_name(spec.name):
+        return "dir:" + dir_sha256(Path(spec.name), memo) if Path(spec.name).is_dir() else None
+    if spec.family == "open_clip" and (not spec.pretrained or spec.pretrained == "random"):
+        return None
+    if spec.family == "open_clip" and Path(spec.pretrained or "").is_file():
+        return "file:" + _file_sha256(Path(spec.pretrained or ""), memo)
     try:
         path = json.loads((root / WEIGHTS_FILE).read_text()).get(str(spec))
     except (OSError, ValueError):
         return None
     if not path or not _hub_cache_current(Path(path)):
         return None
+    if spec.family == "clap":
+        return "dir:" + dir_sha256(Path(path).parent, memo)
     return "file:" + _file_sha256(Path(path), memo)
 
 
-WEIGHTS_FILE = "weights.json"  # pretrained tag spec -> the weights file it was read from
+WEIGHTS_FILE = "weights.json"  # tag or hub id spec -> the file it was read from (CLAP: its config.json)
 
 
 def _hub_cache_current(path: Path) -> bool:
@@ -737,11 +806,10 @@ class OnnxEncoder:
         """The encoder of a model whose exports are cached with light cards, built without torch:
         the cache is found by spec and weights checksum, the checksum by hashing the checkpoint file
         (see ``cached_checksum``). None when nothing usable is cached: build the torch encoder."""
-        from mmsearch.encoders.base import open_clip_canonical
+        from mmsearch.encoders.base import clap_canonical, open_clip_canonical
 
         parsed = Spec.parse(spec)
-        if parsed.family == "open_clip":
-            parsed = open_clip_canonical(parsed)
+        parsed = open_clip_canonical(parsed) if parsed.family == "open_clip" else clap_canonical(parsed)
         root = Path(settings.cache_dir).expanduser() / "onnx"
         checksum = cached_checksum(parsed, root)
         if checksum is None:

@@ -46,6 +46,22 @@ def test_token_ids_are_open_clips(tmp_path: Path, clean: str) -> None:
     np.testing.assert_array_equal(_ours(short, tmp_path / "short")(TEXTS), short(TEXTS).numpy())
 
 
+def test_plain_ascii_needs_no_ftfy() -> None:
+    """The cleaning skips ftfy and html for printable ASCII without '&': they change none of it."""
+    import html
+
+    import ftfy
+
+    from mmsearch.encoders.clip_tokenizer import _PLAIN, _clean_basic
+
+    rng = np.random.default_rng(0)
+    alphabet = sorted(_PLAIN)
+    texts = ["".join(rng.choice(alphabet, size=int(n))) for n in rng.integers(0, 80, 3000)]
+    texts += ["a dog on the beach", "  it's 3 o'clock  ", "<b>bold</b> #1 ;amp lt; x-y_z", "aÃ©" , "a&amp;b"]
+    for t in texts:
+        assert _clean_basic(t) == html.unescape(html.unescape(ftfy.fix_text(t))).strip(), t
+
+
 def test_other_tokenizers_are_not_claimed() -> None:
     assert TokenizerSpec.from_open_clip(open_clip.get_tokenizer("ViT-B-32")) is not None
     assert TokenizerSpec.from_open_clip(SimpleTokenizer(reduction_mask="simple")) is None

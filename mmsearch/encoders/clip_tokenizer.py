@@ -70,7 +70,15 @@ def bytes_to_unicode() -> dict[int, str]:
     return dict(sorted(table.items()))
 
 
+_PLAIN = frozenset(map(chr, range(0x20, 0x7F))) - {"&"}  # printable ASCII: nothing for ftfy nor html to fix
+
+
 def _clean_basic(text: str) -> str:
+    """ftfy, then HTML entities twice. Printable ASCII without '&' (most queries) is left as it is
+    by both: ftfy's fixes need other characters (mojibake, quotes, widths, controls, line breaks),
+    and an entity needs '&'; skipping them there saves importing ftfy."""
+    if _PLAIN.issuperset(text):
+        return text.strip()
     import ftfy
 
     return html.unescape(html.unescape(ftfy.fix_text(text))).strip()

@@ -112,11 +112,10 @@ class ClipTokenizer:
         import regex
 
         self.spec = spec
-        self.ids = {tok: i for i, tok in enumerate(vocab)}
-        self.ranks: dict[tuple[str, str], int] = {}
-        for rank, merge in enumerate(merges):
-            a, b = merge.split(" ")
-            self.ranks[(a, b)] = rank
+        self.ids = dict(zip(vocab, range(len(vocab))))
+        # "first second" -> rank: tokens never hold a space (bytes_to_unicode maps it away), and
+        # string keys build several times faster than tuples on a cold start
+        self.ranks: dict[str, int] = dict(zip(merges, range(len(merges))))
         self.byte_chars = bytes_to_unicode()
         self._memo: dict[str, list[int]] = {t: [self.ids[t]] for t in spec.special_tokens}
         words = "|".join(regex.escape(t) for t in spec.special_tokens)
@@ -141,7 +140,7 @@ class ClipTokenizer:
         while len(parts) > 1:
             best, at = None, -1
             for i in range(len(parts) - 1):
-                r = self.ranks.get((parts[i], parts[i + 1]))
+                r = self.ranks.get(parts[i] + " " + parts[i + 1])
                 if r is not None and (best is None or r < best):
                     best, at = r, i
             if best is None:

@@ -8,6 +8,11 @@ so it is exported once per model. The wrapper keeps the torch encoder's ``prepar
 image transform, audio front end) and ``spec``: its vectors are interchangeable with torch's, and
 a catalog does not record which runtime built it. A tower that cannot be exported, or whose
 export disagrees with torch, is refused with the reason and runs on torch instead.
+
+Beside each export a light card (``light.json``) and the tower's inputs (open_clip's tokeniser
+vocabulary, its image transform's recipe, CLAP's fast tokeniser) are saved once they reproduce the
+torch encoder's exactly. ``OnnxEncoder.from_cache`` finds them by spec and weights checksum without
+building the model, so a query on cached towers never imports torch (seconds on a cold start).
 """
 
 from __future__ import annotations

@@ -304,3 +304,44 @@ def test_cli_runtime_option(clip_spec: str, tmp_path: Path, monkeypatch: pytest.
     out = runner.invoke(app, ["index", str(media), "--model", clip_spec, "--runtime", "onnx", "--device", "cuda",
                               "--catalog", catalog])
     assert out.exit_code == 2 and "runtime 'onnx' runs on the CPU" in out.output
+
+
+def test_a_pretrained_tag_is_found_while_the_hub_cache_still_gives_its_file(tmp_path: Path) -> None:
+    """A tag's export is keyed by the file an earlier load read from the Hugging Face cache; it is
+    found again without torch only while the cache's main branch still points at that snapshot."""
+    from mmsearch.encoders.base import Spec
+
+    repo = tmp_path / "hub" / "models--org--clip"
+    weights = repo / "snapshots" / "rev1" / "open_clip_model.safetensors"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"weights one")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("rev1")
+    root = tmp_path / "cache" / "onnx"
+    spec = Spec("open_clip", "ViT-B-32", "some_tag")
+    assert cpu_runtime.cached_checksum(spec, root) is None  # never loaded here
+    cpu_runtime._record_weights_file(root, str(spec), str(weights))
+    found = cpu_runtime.cached_checksum(spec, root)
+    assert found is not None and found.startswith("file:")
+    (repo / "refs" / "main").write_text("rev2")  # the hub cache moved on: a load would read another file
+    assert cpu_runtime.cached_checksum(spec, root) is None
+    assert cpu_runtime.cached_checksum(Spec("open_clip", "ViT-B-32", "random"), root) is None
+
+
+def test_inputs_not_reproduced_stay_with_torch(clip_spec: str, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tokeniser whose ids differ from open_clip's on a check text is not saved: the card says
+    so, the cache gives no torch-free encoder, and queries keep torch's tokeniser."""
+    from mmsearch.encoders import clip_tokenizer
+
+    real = clip_tokenizer.ClipTokenizer.encode
+    monkeypatch.setattr(clip_tokenizer.ClipTokenizer, "encode",
+                        lambda self, text: real(self, text)[::-1])  # wrong order for texts of 2+ tokens
+    settings = _settings(tmp_path / "cache", runtime="onnx")
+    enc = load_encoder(clip_spec, settings)
+    got = _both(enc, "text", TEXTS)
+    card = json.loads((enc.cache.folder("text") / cpu_runtime.LIGHT_FILE).read_text())
+    assert card["feeds"] is None and not (enc.cache.folder("text") / clip_tokenizer.VOCAB_FILE).exists()
+    assert OnnxEncoder.from_cache(clip_spec, settings, lambda: None) is None
+    ref = load_encoder(clip_spec, settings.model_copy(update={"runtime": "torch"}))
+    assert _min_cos(got, _both(ref, "text", TEXTS)) >= cpu_runtime.MIN_COS_FP32

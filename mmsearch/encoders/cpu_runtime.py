@@ -631,12 +631,23 @@ def save_light_card(base: Any, modality: Modality, folder: Path, checksum: str) 
     """Write ``light.json`` (and the tokeniser's vocabulary or the image recipe) beside a tower's
     export, once they give exactly the torch encoder's inputs on the check items; a tower whose
     inputs are not reproduced gets a card saying so (``feeds: null``) and torch prepares them."""
-    from mmsearch.encoders.clip_tokenizer import VOCAB_FILE, ClipTokenizer, TokenizerSpec, save_vocab
-    from mmsearch.encoders.image_prep import ImagePrep
-
     card: dict[str, Any] = {"spec": base.spec, "space": base.space, "dim": int(base.dim),
                             "modalities": list(base.modalities), "checksum": checksum, "modality": modality,
                             "feeds": None}
+    try:
+        card.update(_light_inputs(base, modality, folder))
+    except Exception as e:  # noqa: BLE001 - an unusual tokeniser or transform: torch prepares its inputs
+        log.info("the %s inputs of %s are prepared by torch (%s)", modality, base.spec, _short(e))
+    _write_atomic(folder / LIGHT_FILE, json.dumps(card, indent=1))
+
+
+def _light_inputs(base: Any, modality: Modality, folder: Path) -> dict[str, Any]:
+    """Save the tower's inputs' files into ``folder`` when they reproduce torch's; the card's
+    ``feeds`` (and settings) saying how to read them, or nothing."""
+    from mmsearch.encoders.clip_tokenizer import VOCAB_FILE, ClipTokenizer, TokenizerSpec, save_vocab
+    from mmsearch.encoders.image_prep import ImagePrep
+
+    card: dict[str, Any] = {}
     if base.space == "clip" and modality == "text":
         spec = TokenizerSpec.from_open_clip(base.tokenizer)
         if spec is not None:
@@ -656,7 +667,7 @@ def save_light_card(base: Any, modality: Modality, folder: Path, checksum: str) 
                                     for img in _check_images()):
             prep.save(folder)
             card["feeds"] = "clip-image"
-    _write_atomic(folder / LIGHT_FILE, json.dumps(card, indent=1))
+    return card
 
 
 CLAP_TOKENIZER_FILE = "clap_tokenizer.json"

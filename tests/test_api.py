@@ -431,6 +431,9 @@ def test_browse_pages_every_item_in_path_order(client: TestClient, world: dict[s
     assert {it["modality"] for it in everything["items"]} == {"image", "text"}
     captions = [it for it in everything["items"] if it["ref_path"]]
     assert [it["ordinal"] for it in captions if it["path"].endswith("media/captions.csv")] == list(range(24))
+    path, photo = items["first_image"]
+    described = client.get("/browse", params={"ref": path}).json()
+    assert [it["id"] for it in described["items"]] == [items["captions"][path]] and described["total"] == 1
     assert client.get("/browse", params={"to": "audio"}).json() == \
         {"items": [], "total": 0, "offset": 0, "limit": 50, "next_offset": None}
     for bad, status in [({"path": "beach/*.jpg"}, 400), ({"limit": 0}, 422), ({"offset": -1}, 422),

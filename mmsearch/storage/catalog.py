@@ -552,13 +552,17 @@ class Catalog:
                  .order_by(Item.ordinal, Item.id))
             return list(s.scalars(q))
 
-    def browse(self, modality: str | None, folder: str | None, offset: int, limit: int) -> tuple[list[int], int]:
+    def browse(self, modality: str | None, folder: str | None, offset: int, limit: int,
+               ref: str | None = None) -> tuple[list[int], int]:
         """A page of item ids in path order (then row of a captions file), and how many there
-        are: browsing without a query. ``folder`` keeps what is under it (or that file); both
-        conditions are ranges of an index (files.path, items.modality)."""
+        are: browsing without a query. ``folder`` keeps what is under it (or that file), ``ref``
+        the captions of that media file. Modality and folder are ranges of an index
+        (items.modality, files.path); ``ref`` has none and reads the items table."""
         where = []
         if modality is not None:
             where.append(Item.modality == modality)
+        if ref is not None:
+            where.append(Item.ref_path == ref)
         if folder is not None:
             scans = path_filter.scans(folder, self.roots)
             if any(sc.regex is not None for sc in scans):

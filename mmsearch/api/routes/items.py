@@ -56,11 +56,13 @@ def browse(service: ServiceDep,
            to: Annotated[Target | None, QueryParam(description="One modality; none: every item.")] = None,
            path: Annotated[CleanStr | None, QueryParam(max_length=4096, description=(
                "A folder (absolute, or relative to each root): what is under it."))] = None,
+           ref: Annotated[CleanStr | None, QueryParam(max_length=4096, description=(
+               "A media file's absolute path: the captions that describe it."))] = None,
            offset: Annotated[int, QueryParam(ge=0, le=1_000_000, description="Items to skip.")] = 0,
            limit: Annotated[int, QueryParam(ge=1, le=200, description="Page size.")] = 50) -> BrowsePage:
     """Every item in path order, a page at a time, with their count: the page's view before a
-    query. Read-only."""
-    rows, total = service.base.browse(to=to, path=path, offset=offset, limit=limit)
+    query, and a photo's captions (`ref`). Read-only."""
+    rows, total = service.base.browse(to=to, path=path, ref=ref, offset=offset, limit=limit)
     end = offset + len(rows)
     return BrowsePage(items=[item_out(row) for row in rows], total=total, offset=offset, limit=limit,
                       next_offset=end if end < total and rows else None)

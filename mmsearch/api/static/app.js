@@ -212,7 +212,7 @@ function showChip() {
   }
   chip.hidden = !(state.file || state.like);
   chip.title = chipLabel.textContent;
-  input.placeholder = chip.hidden ? PLACEHOLDER : "Or type words to search by text instead";
+  input.placeholder = chip.hidden ? PLACEHOLDER : "or type words instead";
 }
 
 async function labelLike() {  // a like=ID link names its item, with its picture when it has one

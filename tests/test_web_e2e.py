@@ -444,6 +444,32 @@ def test_phone_width_never_scrolls_sideways(phone: Page) -> None:
     page.goto(site["base"] + "/?to=audio")
     expect(cards).to_have_count(6)
     phone.fits()
+    page.goto(site["base"] + "/?view=stats")
+    expect(page.locator("#stats .health")).to_have_count(4)
+    phone.fits()
+
+
+def test_catalog_and_health(desktop: Page) -> None:
+    from playwright.sync_api import expect
+
+    page = desktop.page
+    page.goto(desktop.site["base"] + "/?q=a+dog")
+    expect(page.locator("#results .card")).to_have_count(24)
+    page.click("#stats-open")
+    stats = page.locator("#stats")
+    expect(stats).to_be_visible()
+    page.wait_for_url(re.compile(r"view=stats"))
+    expect(stats.locator(".tile")).to_have_text(["24images", "26texts", "6sounds"])
+    rows = stats.locator("section:has(h3:text('Indexes')) tbody tr")
+    expect(rows).to_have_count(4)
+    assert rows.locator("td:first-child").all_inner_texts() == ["clap.audio", "clap.text", "clip.image", "clip.text"]
+    assert rows.locator("td:nth-child(3)").all_inner_texts() == ["7", "26", "24", "26"]  # a sound has a vector per window
+    expect(stats.locator(".health.ok")).to_have_count(4)
+    expect(stats).to_contain_text("No indexing jobs on this server")
+    desktop.shot("stats")
+    page.keyboard.press("Escape")
+    expect(stats).to_be_hidden()
+    page.wait_for_url(re.compile(r"\?q=a\+dog$"))
 
 
 def test_video_results_show_a_poster_and_play_from_the_match(desktop: Page) -> None:

@@ -836,7 +836,9 @@ document.addEventListener("paste", (e) => {
 });
 
 async function restore() {
+  if (statsDialog.open) statsDialog.close();
   fromUrl();
+  if (new URLSearchParams(location.search).get("view") === "stats") showStats();
   if (state.fileKey) {
     state.file = await loadFile(state.fileKey);
     if (!state.file) {
@@ -871,6 +873,103 @@ async function start() {
   } catch { /* the search itself will say what is wrong */ }
   restore();
 }
+
+// -- the catalog and its health (GET /stats, GET /jobs) -------------------------------------------
+
+const statsDialog = $("stats");
+
+function table(head, rows) {
+  const t = document.createElement("table");
+  const tr = t.createTHead().insertRow();
+  for (const h of head) { const th = document.createElement("th"); th.scope = "col"; th.textContent = h; tr.append(th); }
+  const body = t.createTBody();
+  for (const row of rows) {
+    const r = body.insertRow();
+    for (const cell of row) {
+      const td = r.insertCell();
+      if (cell instanceof Node) td.append(cell); else td.textContent = cell ?? "–";
+    }
+  }
+  const wrap = document.createElement("div");
+  wrap.className = "table";
+  wrap.append(t);
+  return wrap;
+}
+
+function section(title, ...content) {
+  const s = document.createElement("section");
+  const h = document.createElement("h3");
+  h.textContent = title;
+  s.append(h, ...content);
+  return s;
+}
+
+function health(c) {
+  const idx = c.index, span = document.createElement("span");
+  let ok = true, text = "in step";
+  if (c.vectors.stored < c.live) { ok = false; text = `${c.live - c.vectors.stored} vectors missing: run mmsearch check`; }
+  else if (!idx) { text = c.live ? "no index file: searched exactly" : "empty"; ok = !c.live; }
+  else if (idx.ntotal !== c.live) { ok = false; text = `index holds ${idx.ntotal} of ${c.live}: catching up at the next sync`; }
+  span.className = `health ${ok ? "ok" : "warn"}`;
+  span.textContent = text;
+  return span;
+}
+
+async function showStats() {
+  const body = $("stats-body");
+  if (!statsDialog.open) statsDialog.showModal();
+  try {
+    const [st, jobs] = await Promise.all([getJSON("/stats"), getJSON("/jobs").catch(() => ({ jobs: [] }))]);
+    const n = (v) => (v ?? 0).toLocaleString();
+    const counts = document.createElement("div");
+    counts.className = "tiles";
+    for (const [k, v] of Object.entries(st.items)) {
+      const tile = document.createElement("div");
+      tile.className = "tile";
+      const b = document.createElement("b"), span = document.createElement("span");
+      b.textContent = n(v);
+      span.textContent = { image: "images", text: "texts", audio: "sounds", video: "videos" }[k] || k;
+      tile.append(b, span);
+      counts.append(tile);
+    }
+    const files = Object.entries(st.files).map(([k, v]) => `${n(v)} ${k}`).join(", ") || "none";
+    const facts = document.createElement("dl");
+    facts.className = "facts";
+    fact(facts, "Files", files);
+    fact(facts, "Folders", st.roots.join(", ") || "none");
+    for (const [name, m] of Object.entries(st.models)) fact(facts, `Model (${name})`, `${m.spec} · ${m.dim} dims`);
+    fact(facts, "Database", `${st.database.split(":")[0]} · schema ${st.schema_version}`);
+    if (st.service?.uptime_s != null) fact(facts, "Server", `up ${Math.round(st.service.uptime_s / 60)} min` +
+      (st.service.read_only ? " · read-only" : "") + (st.service.audio_off ? ` · audio off: ${st.service.audio_off}` : ""));
+    const indexes = table(["Collection", "Index", "Vectors", "Size", "Health"], Object.entries(st.collections).map(([name, c]) => [
+      name, c.index ? `${c.index.factory} (${c.index.kind})` : "none", n(c.live),
+      bytes((c.index?.bytes || 0) + c.vectors.bytes), health(c)]));
+    const history = jobs.jobs.length
+      ? table(["Started", "Folder", "State", "Files", "Added · updated · removed · failed"], jobs.jobs.map((j) => [
+          when(j.created_at), splitPath(j.path).join(""), j.error ? `${j.state}: ${j.error}` : j.state, `${n(j.done)} / ${n(j.total)}`,
+          j.report ? ["added", "updated", "removed", "failed"].map((k) => n(j.report[k])).join(" · ") : "–"]))
+      : Object.assign(document.createElement("p"), { className: "muted", textContent: "No indexing jobs on this server since it started (the CLI's runs are not listed)." });
+    const parts = [section("Items", counts, facts), section("Indexes", indexes), section("Indexing jobs", history)];
+    if (st.failures.length) {
+      parts.push(section(`Files that failed (${st.failures.length})`, table(["File", "Reason"],
+        st.failures.map((f) => [splitPath(f.path).join(""), f.reason]))));
+    }
+    body.replaceChildren(...parts);
+  } catch (err) {
+    body.replaceChildren(Object.assign(document.createElement("p"), { className: "error", textContent: err.message }));
+  }
+}
+
+$("stats-open").addEventListener("click", (e) => {
+  e.preventDefault();
+  history.pushState({ view: "stats" }, "", "/?view=stats");
+  showStats();
+});
+$("stats-close").addEventListener("click", () => statsDialog.close());
+statsDialog.addEventListener("click", (e) => { if (e.target === statsDialog) statsDialog.close(); });
+statsDialog.addEventListener("close", () => {
+  if (new URLSearchParams(location.search).get("view") === "stats") history.replaceState(null, "", urlFor());
+});
 
 // the page's renderers, for tests and the console (e.g. a result of a kind this catalog lacks)
 window.mmsearch = Object.freeze({ card, detailMedia, whyOf, scoreOf });

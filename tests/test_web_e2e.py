@@ -395,11 +395,22 @@ def test_filters_and_browsing(desktop: Page) -> None:
     expect(cards).not_to_have_count(len(scores))
     assert cosines(page) and all(s >= floor - 0.005 for s in cosines(page))
     desktop.shot("filters")
+    kept = cards.count()
+    page.fill("#f-to", "2001-01-01")  # the files' dates (no EXIF date here: modified) are all later
+    page.press("#f-to", "Enter")
+    page.wait_for_url(re.compile(r"until=2001-01-01"))
+    expect(page.locator("#status")).to_contain_text("No results")
+    page.fill("#f-to", "")
+    page.fill("#f-from", "2001-01-01")
+    page.press("#f-from", "Enter")
+    page.wait_for_url(re.compile(r"from=2001-01-01"))
+    expect(cards).to_have_count(kept)
+    assert "until=" not in page.url
     page.fill("#f-camera", "no such camera")
     page.press("#f-camera", "Enter")
     expect(page.locator("#status")).to_contain_text("No results")
     page.reload()  # filters are part of the link
-    expect(page.locator("#filter-count")).to_have_text("4")  # folder, duplicates, score, camera
+    expect(page.locator("#filter-count")).to_have_text("5")  # folder, date, duplicates, score, camera
     page.click("#filters-toggle")
     expect(page.locator("#f-camera")).to_have_value("no such camera")
     expect(page.locator("#f-dedup")).to_be_checked()
@@ -447,6 +458,25 @@ def test_phone_width_never_scrolls_sideways(phone: Page) -> None:
     page.goto(site["base"] + "/?view=stats")
     expect(page.locator("#stats .health")).to_have_count(4)
     phone.fits()
+
+
+def test_thumbnails_show_a_loading_state(desktop: Page) -> None:
+    from playwright.sync_api import expect
+
+    page = desktop.page
+    held: list[Any] = []
+    page.route("**/items/*/thumbnail*", lambda route: held.append(route))  # answered later, by hand
+    page.goto(desktop.site["base"] + "/?to=image&path=beach")
+    pics = page.locator("#results .pic")
+    expect(pics).to_have_count(12)
+    expect(page.locator("#results .pic.loading")).to_have_count(12)
+    assert page.evaluate("getComputedStyle(document.querySelector('#results .pic.loading')).animationName") == "shimmer"
+    assert held  # the page asked for them, and waits
+    for route in held:
+        route.continue_()
+    page.unroute("**/items/*/thumbnail*")
+    expect(page.locator("#results .pic.loading")).to_have_count(0)
+    wait_for_pictures(page, 12)
 
 
 def test_catalog_and_health(desktop: Page) -> None:

@@ -463,7 +463,8 @@ function card(hit, index) {
     const b = document.createElement("span");
     b.className = "label";
     b.textContent = label + ": ";
-    why.append(b, hit.modality === "text" ? `“${text}”` : text);
+    if (hit.modality !== "image") why.append(b);  // a picture's line is its facts: date, camera, size
+    why.append(hit.modality === "text" ? `“${text}”` : text);
     why.title = text;
   } else {
     why.remove();
@@ -588,7 +589,7 @@ function renderDetail(it, hit) {
   }
   const dl = $("detail-facts");
   dl.replaceChildren();
-  fact(dl, "Folder", dir || "/");
+  fact(dl, "Folder", dir || roots.find((r) => it.path.startsWith(r + "/")) || "/");
   fact(dl, "File", name);
   if (it.ref_path) fact(dl, "Describes", splitPath(it.ref_path).join(""));
   fact(dl, "Kind", [it.modality, it.mime].filter(Boolean).join(" · "));

@@ -27,6 +27,7 @@ import pytest
 from mmsearch.api.readiness import wait_until_ready
 from mmsearch.engine import Engine
 from mmsearch.settings import Settings
+from tests.test_metadata import make_photo
 
 CHROMIUM = os.environ.get("MMSEARCH_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -39,6 +40,8 @@ TUXPAINT = DATA / "tuxpaint"
 SOUNDS = ["animals__birds__crow", "animals__birds__duck", "animals__amphibians__frog", "vehicles__emergency__firetruck",
           "hobbies__music__wind__bassoon", "animals__birds__cuckoo"]
 ITEMS = 24 + 24 + 2 + 6  # photos, their captions, notes, sounds
+EXIF = dict(taken="2024:05:01 17:03:11", make="Canon", model="Canon EOS 80D", lens="EF-S18-135mm f/3.5-5.6",
+            gps=(48.8566, 2.3522))
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 
@@ -63,7 +66,10 @@ def build_media(root: Path) -> Path:
         for i, src in enumerate(images):
             sub = "beach" if i % 2 else "city"
             (root / sub).mkdir(exist_ok=True)
-            shutil.copy2(src, root / sub / src.name)
+            if i == 1:  # one photo says where and when it was taken, and with what
+                make_photo(src, root / sub / src.name, **EXIF)
+            else:
+                shutil.copy2(src, root / sub / src.name)
             w.writerow([f"{sub}/{src.name}", first[src.name]])
     (root / "notes").mkdir()
     (root / "notes" / "dogs.txt").write_text("Two dogs play fetch on a sandy beach at sunset.")
@@ -84,6 +90,8 @@ def site(tmp_path_factory: pytest.TempPathFactory, clip_spec: str, tiny_clap_dir
     with Engine.open(settings) as engine:
         report = engine.index([media])
         assert report.failed == 0 and report.added == 24 + 1 + 2 + 6, report.as_dict()
+        exif_photo = sorted((media / "beach").glob("*.jpg"))[0]
+        engine.tag(engine.lookup(exif_photo)[0], add=["trip"], set={"rating": "5"})
     gone = sorted((media / "city").glob("*.jpg"))[0]
     gone.unlink()  # indexed, then deleted: its caption points at a missing picture
     port = free_port()
@@ -108,7 +116,8 @@ def site(tmp_path_factory: pytest.TempPathFactory, clip_spec: str, tiny_clap_dir
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
             try:
-                yield {"base": base, "browser": browser, "media": media, "gone": gone, "shots": shots, "tmp": tmp}
+                yield {"base": base, "browser": browser, "media": media, "gone": gone, "shots": shots, "tmp": tmp,
+                       "exif_photo": exif_photo}
             finally:
                 browser.close()
     finally:
@@ -354,6 +363,28 @@ def test_detail_view_and_keyboard(desktop: Page) -> None:
     expect(page.locator("#detail-title")).to_have_text(site["gone"].name)
     expect(dialog.locator(".missing")).to_have_attribute("aria-label", "Picture not available")
     expect(dialog.locator("#detail-captions li")).to_have_count(1)
+
+
+def test_what_a_photo_says_and_its_tags(desktop: Page) -> None:
+    from playwright.sync_api import expect
+
+    page, site = desktop.page, desktop.site
+    page.goto(site["base"] + "/?q=a+photo&to=image&camera=canon")
+    cards = page.locator("#results .card")
+    expect(cards).to_have_count(1)  # the one photo with a camera in its EXIF
+    card = cards.first
+    expect(card.locator(".path")).to_have_attribute("title", str(site["exif_photo"]))
+    expect(card.locator(".why")).to_have_text(re.compile(r"^2024-05-01 · Canon EOS 80D · \d+×\d+$"))
+    expect(card.locator(".tags .tag")).to_have_text(["rating=5", "trip"])
+    card.locator(".open").click()
+    dialog = page.locator("#detail")
+    expect(dialog.locator("dt")).to_contain_text(["Taken", "Camera", "Lens", "Place", "Tags"])
+    facts = dict(zip(dialog.locator("dt").all_inner_texts(), dialog.locator("dd").all_inner_texts()))
+    assert facts["Taken"] == "2024-05-01 17:03" and facts["Camera"] == "Canon EOS 80D"
+    assert facts["Lens"] == EXIF["lens"] and facts["Place"] == "48.85660, 2.35220"
+    assert dialog.locator("dd a").get_attribute("href").startswith("https://www.openstreetmap.org/?mlat=48.85660&mlon=2.35220")
+    expect(dialog.locator("dd .tag")).to_have_text(["rating=5", "trip"])
+    desktop.shot("detail-exif")
 
 
 def test_filters_and_browsing(desktop: Page) -> None:

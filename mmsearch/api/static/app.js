@@ -299,6 +299,10 @@ async function run({ append = false, push = true } = {}) {
       loading = false;
       document.body.classList.remove("busy");
       grid.removeAttribute("aria-busy");
+      // a tall screen may still show the end of the list: the observer sees no change then
+      if (state.next != null && more.getBoundingClientRect().top < innerHeight + 400) {
+        setTimeout(() => { if (!loading && state.next != null) run({ append: true, push: false }); }, 0);
+      }
     }
   }
 }
@@ -469,6 +473,19 @@ function card(hit, index) {
   } else {
     why.remove();
   }
+  if (hit.tags && hit.tags.length) {
+    const tags = document.createElement("p");
+    tags.className = "tags";
+    tags.setAttribute("aria-label", `Tags: ${hit.tags.join(", ")}`);
+    for (const t of hit.tags.slice(0, 4)) {
+      const s = document.createElement("span");
+      s.className = "tag";
+      s.textContent = t;
+      tags.append(s);
+    }
+    if (hit.tags.length > 4) tags.append(`+${hit.tags.length - 4}`);
+    node.querySelector(".path").before(tags);
+  }
   const path = node.querySelector(".path");
   const b = document.createElement("b");
   b.textContent = name;
@@ -583,8 +600,8 @@ function renderDetail(it, hit) {
   if (hit && hit.score != null) {
     const [label, text] = whyOf(hit);
     const s = scoreOf(hit);
-    why.textContent = `Score ${s.text}${s.sub ? ` (${s.sub})` : ""}` + (text && hit.modality !== "text" ? ` · ${label}: ${text}` :
-      hit.modality === "text" ? ` · ${label}` : "");
+    const reason = hit.modality === "text" ? label : hit.modality !== "image" && text ? `${label}: ${text}` : "";
+    why.textContent = `Score ${s.text}${s.sub ? ` (${s.sub})` : ""}` + (reason ? ` · ${reason}` : "");
     why.title = s.title;
   }
   const dl = $("detail-facts");
@@ -819,7 +836,7 @@ window.addEventListener("popstate", () => {
 // infinite scroll: the next page loads as the end of the list comes near
 new IntersectionObserver((entries) => {
   if (entries.some((e) => e.isIntersecting) && state.next != null && !loading) run({ append: true, push: false });
-}, { rootMargin: "800px 0px" }).observe(more);
+}, { rootMargin: "400px 0px" }).observe(more);
 
 let dragDepth = 0;
 document.addEventListener("dragenter", (e) => { if (e.dataTransfer.types.includes("Files")) { dragDepth++; dropzone.hidden = false; } });

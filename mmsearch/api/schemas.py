@@ -349,7 +349,7 @@ class ErrorOut(BaseModel):
 
 
 __all__ = [
-    "BatchEntry", "BrowsePage", "CatalogInfo", "DuplicatesResponse", "EmbedForm", "EmbedRequest", "EmbeddingOut",
+    "BatchEntry", "CatalogInfo", "DuplicatesResponse", "EmbedForm", "EmbedRequest", "EmbeddingOut",
     "EmbeddingsOut", "ErrorOut", "Filters", "Health", "Hit", "ItemOut", "ItemVectorsOut", "JobList", "JobOut",
     "JobRequest", "Readiness", "RecommendBatchRequest", "RecommendBatchResponse", "RecommendRequest", "SearchForm",
     "SearchPage", "SearchRequest", "SegmentVector", "SimilarBatchEntry", "SimilarBatchRequest",

@@ -137,6 +137,8 @@ def index(
                + (f", moved {report.moved}" if report.moved else "")
                + f", unchanged {report.unchanged}, failed {report.failed}"
                + (f", skipped links {report.skipped_links}" if report.skipped_links else "")
+               + (f", skipped {sum(report.skipped.values())} (not media or text)" if report.skipped else "")
+               + (f", {len(report.warnings)} with decoder warnings" if report.warnings else "")
                + f" ({report.items} items, {report.seconds:.1f} s)")
     for path, reason in report.failures[:20]:
         typer.echo(f"  failed: {path}: {reason}", err=True)
@@ -357,6 +359,27 @@ def duplicates(
         for it in group.items:
             typer.echo(f"  #{it.id:<7} {it.path}")
     typer.echo(f"({len(response.groups)} groups in {response.timings_ms['total'] / 1000:.1f} s)", err=True)
+
+
+@app.command()
+def atlas(
+    collection: Annotated[str, typer.Option("--collection", help="Which vectors: clip.image, clap.audio, clip.text, "
+                                                                 "clap.text.")] = "clip.image",
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Points at most: an even sample of the "
+                                                              "collection.")] = 2000,
+    catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """A 2-D map of a collection (its two principal axes): item id, x, y, modality and path per
+    line, as tab-separated values or JSON; `mmsearch serve` draws it at /atlas."""
+    with _engine(_settings(catalog, db), create=False) as engine:
+        response = engine.atlas(collection=collection, limit=limit)
+    if as_json:
+        _print_json(response.model_dump(mode="json", exclude_none=True))
+        return
+    for p in response.points:
+        typer.echo(f"{p.id}\t{p.x:.5f}\t{p.y:.5f}\t{p.modality}\t{p.path}")
+    typer.echo(f"({len(response.points)} of {response.total} vectors, "
+               f"{100 * sum(response.explained):.0f}% of the variance shown)", err=True)
 
 
 @app.command()

@@ -19,14 +19,16 @@ from mmsearch.encoders.base import Encoder
 from mmsearch.encoders.encoder_set import EncoderSet
 from mmsearch.errors import BadInput, MMSearchError, NotFound
 from mmsearch.export import ExportFormat, ItemVectors, blocks, item_vectors, write_npy, write_parquet
+from mmsearch.search.atlas import MAX_POINTS, AtlasResponse, build_atlas
 from mmsearch.search.duplicates import DuplicatesResponse, find_duplicates
-from mmsearch.search.live import LiveIndexes
+from mmsearch.search.live import LiveIndex, LiveIndexes
 from mmsearch.search.query_embedding import Embedding, Embeddings, QueryEmbedder
 from mmsearch.search.request import Hit, Profile, Query, SearchResponse, weighted
 from mmsearch.search.scoring import DISLIKE_WEIGHT, Scoring
 from mmsearch.search.runner import QueryRunner
 from mmsearch.settings import Settings
 from mmsearch.storage.catalog import Catalog, ItemRow, SchemaOutdated
+from mmsearch.storage.vectors import VectorStore
 
 if TYPE_CHECKING:  # imported where used: reading commands (stats, similar) never load the indexer or faiss
     from mmsearch.indexer.pipeline import IndexReport, Progress
@@ -315,15 +317,27 @@ class Engine:
             raise BadInput("threshold is a cosine in (0, 1], e.g. 0.95")
         if limit is not None and limit < 1:
             raise BadInput("limit is at least 1")
+        index, store = self._collection(collection)
+        return find_duplicates(self.catalog, index, store, collection, threshold, limit)
+
+    def atlas(self, *, collection: str = "clip.image", limit: int = 2000) -> AtlasResponse:
+        """A 2-D map of a collection: an even sample of at most ``limit`` items projected on its
+        two principal axes (search/atlas.py). Cost follows ``limit``, not the catalog."""
+        if not 1 <= limit <= MAX_POINTS:
+            raise BadInput(f"limit is between 1 and {MAX_POINTS}")
+        index, store = self._collection(collection)
+        return build_atlas(self.catalog, index, store, collection, limit)
+
+    def _collection(self, collection: str) -> tuple[LiveIndex, VectorStore]:
+        """The live index and vector store of a collection this catalog holds; NotFound names
+        the ones it does hold."""
         self.indexes.refresh()
-        spaces = self.catalog.spaces()
-        space = spaces.get(collection.split(".")[0])
+        space = self.catalog.spaces().get(collection.split(".")[0])
         index = self.indexes.index(collection) if space is not None else None
-        if index is None or collection not in self.catalog.collections():
+        if space is None or index is None or collection not in self.catalog.collections():
             known = ", ".join(self.catalog.collections()) or "none"
             raise NotFound(f"no collection {collection!r} in this catalog (it has: {known})")
-        return find_duplicates(self.catalog, index, self.indexes.store(collection, space[1]), collection,
-                               threshold, limit)
+        return index, self.indexes.store(collection, space[1])
 
     def lookup(self, path: str | Path) -> list[int]:
         """The item ids of an indexed file (one for a photo or a sound, one per row of a captions

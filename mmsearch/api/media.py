@@ -12,14 +12,16 @@ from __future__ import annotations
 import io
 import os
 import threading
-import warnings
 from collections import OrderedDict
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mmsearch.errors import MMSearchError, NotFound
+from mmsearch.media.decode import to_rgb
+from mmsearch.media.formats import decode_formats, is_raw
 from mmsearch.media.metadata import media_type
+from mmsearch.media.notes import FileNotes
 from mmsearch.storage.catalog import Catalog, ItemRow
 
 THUMB_SIZES = (64, 128, 256, 384, 512, 768, 1024)  # requested sizes round up to one of these
@@ -92,7 +94,8 @@ class Thumbnails:
             if data is not None:
                 self._cache.move_to_end(key)
                 return data, etag
-        data = self._make(path, size)
+        with FileNotes():  # a decoder's warnings about one picture stay off the server's log
+            data = self._make(path, size)
         with self._lock:
             if key not in self._cache:
                 self._cache[key] = data
@@ -103,29 +106,46 @@ class Thumbnails:
         return data, etag
 
     def _make(self, path: Path, size: int) -> bytes:
+        if is_raw(str(path)):  # Pillow cannot read it: rawpy's picture (the camera's preview)
+            return self._from_decoder(path, size)
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(path) as source:
-                    w, h = source.size
-                    if w * h > self.max_pixels:
-                        raise MediaError(f"image of {w}x{h} pixels is over the limit of {self.max_pixels}")
-                    source.draft("RGB", (size, size))  # JPEG: decode at a fraction of the size
-                    img: Image.Image = ImageOps.exif_transpose(source)
-                    img.thumbnail((size, size), Image.Resampling.LANCZOS)
-                    if img.mode not in ("RGB", "L"):
-                        img = img.convert("RGBA")
-                        flat = Image.new("RGB", img.size, (255, 255, 255))
-                        flat.paste(img, mask=img.getchannel("A"))
-                        img = flat
-                    out = io.BytesIO()
-                    img.save(out, "JPEG", quality=82, optimize=True)
-                    return out.getvalue()
+            # Pillow's decompression-bomb warning is only a note (max_pixels decides, as when indexing)
+            with Image.open(path, formats=decode_formats()) as source:
+                w, h = source.size
+                if w * h > self.max_pixels:
+                    raise MediaError(f"image of {w}x{h} pixels is over the limit of {self.max_pixels}")
+                source.draft("RGB", (size, size))  # JPEG: decode at a fraction of the size
+                img: Image.Image = ImageOps.exif_transpose(source)
+                img.thumbnail((size, size), Image.Resampling.LANCZOS)
+                if img.mode in ("I", "F") or img.mode.startswith("I;"):  # 16-bit and float grey
+                    img = to_rgb(img)
+                if img.mode not in ("RGB", "L"):
+                    img = img.convert("RGBA")
+                    flat = Image.new("RGB", img.size, (255, 255, 255))
+                    flat.paste(img, mask=img.getchannel("A"))
+                    img = flat
+                out = io.BytesIO()
+                img.save(out, "JPEG", quality=82, optimize=True)
+                return out.getvalue()
         except MediaError:
             raise
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
-                Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        except UnidentifiedImageError:  # a RAW or a format Pillow's plain open does not try: the indexer's way
+            return self._from_decoder(path, size)
+        except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
             raise MediaError(f"cannot make a thumbnail of {path.name}: {e}") from e
+
+    def _from_decoder(self, path: Path, size: int) -> bytes:
+        """A thumbnail through the indexer's decoder (camera RAW, HEIF, any Pillow format)."""
+        from mmsearch.media.decode import DecodeError, load_image
+
+        try:
+            img = load_image(str(path), self.max_pixels)
+        except DecodeError as e:
+            raise MediaError(f"cannot make a thumbnail of {path.name}: {e}") from e
+        img.thumbnail((size, size), Image.Resampling.LANCZOS)
+        out = io.BytesIO()
+        img.save(out, "JPEG", quality=82, optimize=True)
+        return out.getvalue()
 
 
 __all__ = ["Forbidden", "MediaError", "MediaGuard", "Thumbnails", "media_type"]

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +25,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from mmsearch import cpus
 from mmsearch.encoders.encoder_set import EncoderSet
 from mmsearch.errors import BadInput, MMSearchError
-from mmsearch.indexer.scan import FoundFile, content_hash, dedupe_roots, scan
+from mmsearch.indexer.scan import OTHER, FoundFile, content_hash, dedupe_roots, scan
 from mmsearch.media.decode import JPEG_SUFFIXES, DecodeError, Unit, probe_jpeg, read_captions, read_image, read_text
-from mmsearch.media.metadata import FileFacts, mime_of
+from mmsearch.media.formats import sniff_image
+from mmsearch.media.metadata import FileFacts, extension, mime_of
+from mmsearch.media.notes import FileNotes
 from mmsearch.settings import Settings
 from mmsearch.storage.catalog import FileRecord, NewItem
 from mmsearch.writer import CatalogWriter
@@ -67,12 +69,20 @@ class IndexReport:
     failures: list[tuple[str, str]] = field(default_factory=list)
     skipped_audio: str | None = None  # why audio was left out, when it was
     skipped_links: int = 0  # symlinks not followed: their targets lie outside the allowed folders
+    skipped: dict[str, int] = field(default_factory=dict)  # neither media nor text, by extension
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # indexed, with what the decoder said
+
+    def skip(self, path: str) -> None:
+        ext = extension(path) or "(none)"
+        self.skipped[ext] = self.skipped.get(ext, 0) + 1
 
     def as_dict(self) -> dict[str, Any]:
         return {"added": self.added, "updated": self.updated, "removed": self.removed, "moved": self.moved,
                 "unchanged": self.unchanged, "failed": self.failed, "items": self.items,
                 "skipped_links": self.skipped_links, "seconds": round(self.seconds, 3),
                 "failures": [{"path": p, "reason": r} for p, r in self.failures],
+                "skipped": dict(sorted(self.skipped.items(), key=lambda kv: (-kv[1], kv[0]))),
+                "warnings": [{"path": p, "note": n} for p, n in self.warnings],
                 **({"skipped_audio": self.skipped_audio} if self.skipped_audio else {})}
 
 
@@ -89,6 +99,7 @@ class _Pending:
     retry: bool = False  # the error was a passing one (see is_passing_failure)
     content_hash: str | None = None
     facts: FileFacts | None = None  # read by the decode worker
+    note: str | None = None  # what the decoder warned about (media/notes.py)
     items: dict[tuple[str, int], NewItem] = field(default_factory=dict)
 
 
@@ -122,6 +133,7 @@ def index_folders(paths: Sequence[Path], writer: CatalogWriter, encoders: Encode
         if encoders.redo:  # a space was added: its files must all be embedded again
             report.unchanged = report.failed = report.skipped_links = 0  # recounted; removals stay counted
             report.failures = []
+            report.skipped = {}
             work = _plan(roots, writer, encoders, spaces, report, retry_failed, area)
         elif "clap" not in spaces:  # audio is unavailable after all: sounds stay as they are
             report.unchanged += sum(p.is_update for p in work if p.found.kind == "audio")
@@ -143,6 +155,7 @@ def _plan(roots: list[Path], writer: CatalogWriter, encoders: EncoderSet, spaces
         roots = dedupe_roots(roots + [r for r in map(Path, catalog.roots()) if r.is_dir()])
     work: list[_Pending] = []
     gone: set[str] = set()
+    quiet: set[str] = set()  # gone, but never indexed (skipped): not counted as removed
     for root in roots:
         root_id = writer.ensure_root(root)
         known = catalog.file_states(root)
@@ -150,23 +163,42 @@ def _plan(roots: list[Path], writer: CatalogWriter, encoders: EncoderSet, spaces
         bad_names: list[str] = []
         skipped: list[str] = []
         found = {f.path: f for f in scan(root, exclude=catalog.root, bad_names=bad_names, allowed=area,
-                                         skipped_links=skipped)}
+                                         skipped_links=skipped, others=True)}
         report.skipped_links += len(skipped)
         report.failed += len(bad_names)
         report.failures += [(name, "file name is not valid UTF-8: rename it to index it") for name in bad_names]
         gone.update(p for p in known if p not in found)
+        quiet.update(p for p, old in known.items() if p not in found and old.status == "skipped")
+        skips: list[FileRecord] = []
         for path, f in found.items():
             old = known.get(path)
             if f.kind == "audio" and (not encoders.enabled("clap") or (spaces is not None and "clap" not in spaces)):
                 report.unchanged += old is not None
             elif old is not None and old.size == f.size and old.mtime_ns == f.mtime_ns and old.status != "retry" \
-                    and not (retry_failed and old.status == "failed"):
-                report.unchanged += 1
+                    and not (retry_failed and old.status in ("failed", "skipped")) \
+                    and not (old.status == "skipped" and f.kind != OTHER):  # a kind this version knows
+                if old.status == "skipped":
+                    report.skip(path)
+                else:
+                    report.unchanged += 1
+            elif f.kind == OTHER and not _sniffed_image(path):
+                report.skip(path)
+                skips.append(FileRecord(path=path, root_id=root_id, kind=OTHER, size=f.size, mtime_ns=f.mtime_ns,
+                                        skipped=True))
             else:
+                f = replace(f, kind="image") if f.kind == OTHER else f
                 work.append(_Pending(f, root_id, is_update=old is not None))
+        writer.commit_files(skips)
     work = [p for p in work if p.is_update or not _moved(p, writer, gone, report)]
-    report.removed += writer.delete_files(sorted(gone)) and len(gone)
+    report.removed += writer.delete_files(sorted(gone)) and len(gone - quiet)
     return work
+
+
+def _sniffed_image(path: str) -> bool:
+    """Whether a new or changed file whose extension names no kind holds an image: its header is
+    read here (the scan only stats), and what the decoder says about it is left to decoding."""
+    with FileNotes():
+        return sniff_image(path)
 
 
 def _moved(p: _Pending, writer: CatalogWriter, gone: set[str], report: IndexReport) -> bool:
@@ -295,24 +327,28 @@ class _Ingest:
                 except queue.Empty:
                     return
                 n, error = 0, None
-                try:
-                    self.work[idx].content_hash = content_hash(self.work[idx].found.path)
-                    for unit in self._decode(self.work[idx]):
-                        prepared = {s: self.encoders.get(s).prepare(unit.modality, unit.payload)
-                                    for s in self.targets(unit.modality)}
-                        unit.payload = None
-                        if prepared:
-                            self._put(events, ("unit", idx, unit, prepared))
-                            n += 1
-                        if self.stop.is_set():
-                            return
-                except DecodeError as e:
-                    error = str(e)
-                except (MemoryError, OSError) as e:
-                    error = f"{type(e).__name__}: {e}"
-                    self.work[idx].retry = is_passing_failure(e)  # tried again on the next run
-                except Exception as e:  # noqa: BLE001 - one bad file must not stop the run
-                    error = f"{type(e).__name__}: {e}"
+                with FileNotes() as notes:  # what the decoder says about this file goes on its record
+                    try:
+                        self.work[idx].content_hash = content_hash(self.work[idx].found.path)
+                        for unit in self._decode(self.work[idx]):
+                            prepared = {s: self.encoders.get(s).prepare(unit.modality, unit.payload)
+                                        for s in self.targets(unit.modality)}
+                            unit.payload = None
+                            if prepared:
+                                self._put(events, ("unit", idx, unit, prepared))
+                                n += 1
+                            if self.stop.is_set():
+                                return
+                    except DecodeError as e:
+                        error = str(e)
+                    except (MemoryError, OSError) as e:
+                        error = f"{type(e).__name__}: {e}"
+                        self.work[idx].retry = is_passing_failure(e)  # tried again on the next run
+                    except Exception as e:  # noqa: BLE001 - one bad file must not stop the run
+                        error = f"{type(e).__name__}: {e}"
+                if notes.text and error:
+                    error = f"{error} ({notes.text})"
+                self.work[idx].note = notes.text
                 self._put(events, ("done", idx, n, error))
         finally:
             self._put(events, ("exit",))
@@ -435,7 +471,7 @@ class _Ingest:
             records.append(FileRecord(path=f.path, root_id=p.root_id, kind=f.kind, size=f.size,
                                       mtime_ns=f.mtime_ns, items=[] if p.error else list(p.items.values()),
                                       error=p.error, retry=p.retry, content_hash=p.content_hash,
-                                      facts=p.facts))
+                                      facts=p.facts, note=p.note))
         try:
             self.writer.commit_files(records)
         except SQLAlchemyError as e:
@@ -461,6 +497,8 @@ class _Ingest:
                 self.report.failures.append((p.found.path, p.error))
             else:
                 self.report.items += len(p.items)
+                if p.note:
+                    self.report.warnings.append((p.found.path, p.note))
                 if p.is_update:
                     self.report.updated += 1
                 else:

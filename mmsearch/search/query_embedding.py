@@ -139,9 +139,11 @@ class QueryEmbedder:
 
     def _decode_image(self, data: bytes) -> Image.Image:
         from mmsearch.media.decode import DecodeError, load_image
+        from mmsearch.media.notes import FileNotes
 
         try:
-            return load_image(io.BytesIO(data), self.settings.max_image_pixels)
+            with FileNotes():  # what the decoder says about a query's picture stays off the terminal and log
+                return load_image(io.BytesIO(data), self.settings.max_image_pixels)
         except DecodeError as e:
             raise BadInput(f"query image: {e}") from e
 

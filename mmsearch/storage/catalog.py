@@ -53,6 +53,7 @@ class FileState:
     mtime_ns: int
     status: str
     content_hash: str | None = None
+    kind: str | None = None
 
 
 @dataclass
@@ -80,6 +81,8 @@ class FileRecord:
     retry: bool = False  # failed for a passing cause (disk full, out of memory): tried again next run
     content_hash: str | None = None
     facts: FileFacts | None = None  # read by the decode worker; None: only what the path says
+    skipped: bool = False  # neither media nor text (status "skipped"): remembered, so not read again
+    note: str | None = None  # what its decoder warned about, for a file indexed all the same
 
 
 @dataclass(frozen=True)
@@ -233,9 +236,9 @@ class Catalog:
         """Known files under a folder (by path, so nested roots share their files)."""
         esc = _like_escape(str(root).rstrip("/")) + "/%"
         with self.sessions() as s:
-            rows = s.execute(select(File.path, File.id, File.size, File.mtime_ns, File.status, File.content_hash)
-                             .where(File.path.like(esc, escape="\\")))
-            return {p: FileState(i, sz, mt, st, h) for p, i, sz, mt, st, h in rows}
+            rows = s.execute(select(File.path, File.id, File.size, File.mtime_ns, File.status, File.content_hash,
+                                    File.kind).where(File.path.like(esc, escape="\\")))
+            return {p: FileState(i, sz, mt, st, h, k) for p, i, sz, mt, st, h, k in rows}
 
     def files_of_size(self, size: int, kind: str) -> list[tuple[str, str | None]]:
         """(path, content hash) of known files of this size and kind: the candidates a new file
@@ -603,12 +606,12 @@ _FACT_COLUMNS = tuple(getattr(File, name) for name in _FACT_NAMES)
 
 
 def _file_values(r: FileRecord) -> dict[str, object]:
-    status = "ok" if not r.error else ("retry" if r.retry else "failed")
+    status = "skipped" if r.skipped else "ok" if not r.error else ("retry" if r.retry else "failed")
     facts = r.facts or FileFacts()
     camera_key, model_key = camera_keys(facts.camera_make, facts.camera_model)
     values: dict[str, object] = {name: getattr(facts, name) for name in _FACT_NAMES}
     values.update(path=r.path, root_id=r.root_id, kind=r.kind, size=r.size, mtime_ns=r.mtime_ns, status=status,
-                  error=r.error, content_hash=r.content_hash, ext=extension(r.path), mime=facts.mime or mime_of(r.path),
+                  error=r.error or r.note, content_hash=r.content_hash, ext=extension(r.path), mime=facts.mime or mime_of(r.path),
                   date_s=facts.taken_s if facts.taken_s is not None else r.mtime_ns // 1_000_000_000,
                   camera_key=camera_key, model_key=model_key)
     return values

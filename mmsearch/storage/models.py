@@ -48,10 +48,12 @@ class File(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     root_id: Mapped[int] = mapped_column(ForeignKey("roots.id", ondelete="CASCADE"), index=True)
     path: Mapped[str] = mapped_column(Text, unique=True)
-    kind: Mapped[str] = mapped_column(String(16))  # image | text | audio | captions
+    kind: Mapped[str] = mapped_column(String(16))  # image | text | audio | captions | other (skipped)
     size: Mapped[int] = mapped_column(BigInteger)
     mtime_ns: Mapped[int] = mapped_column(BigInteger)
-    status: Mapped[str] = mapped_column(String(16))  # ok | failed | retry (failed for a passing cause)
+    # ok | failed | retry (failed for a passing cause) | skipped (neither media nor text)
+    status: Mapped[str] = mapped_column(String(16))
+    # why it failed; for a file indexed all the same, what its decoder warned about (media/notes.py)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     indexed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # blake2b of the content: a file that moved is recognised and keeps its items and vectors

@@ -136,7 +136,10 @@ def item_media(item_id: ItemIdPath, service: ServiceDep) -> FileResponse:
     """The indexed file itself, with HTTP range requests (so audio players can seek)."""
     row = service.base.item(item_id)
     real = service.guard.check(row.path)
-    return FileResponse(real, media_type=media_type(row.path), content_disposition_type="inline",
+    mime = media_type(row.path)
+    if mime == "application/octet-stream" and row.facts.mime:  # an image under a name that says nothing
+        mime = row.facts.mime
+    return FileResponse(real, media_type=mime, content_disposition_type="inline",
                         filename=real.name,
                         headers={"Cache-Control": "private, max-age=3600",
                                  "Content-Security-Policy": "sandbox; default-src 'none'"})

@@ -67,7 +67,7 @@ OPERATIONS = [
     ("DELETE", "/items/{item_id}"), ("GET", "/items/{item_id}/media"), ("GET", "/items/{item_id}/thumbnail"),
     ("PUT", "/items/{item_id}/tags"), ("GET", "/duplicates"),
     ("POST", "/jobs"), ("GET", "/jobs"), ("GET", "/jobs/{job_id}"), ("DELETE", "/jobs/{job_id}"),
-    ("GET", "/browse"),
+    ("GET", "/browse"), ("GET", "/atlas.json"),
 ]
 
 

@@ -668,9 +668,15 @@ async function openDetail(index, id = null) {
   const hit = index != null ? hits[index] : null;
   detailIndex = index;
   let it = hit;
+  if (hit) renderDetail(hit, hit);
+  else {  // an item by id (a link, a caption's photo): nothing to show until it comes
+    $("detail-title").textContent = "Loading…";
+    $("detail-why").textContent = "";
+    $("detail-facts").replaceChildren();
+    $("detail-captions").hidden = true;
+  }
   if (!dialog.open) {
     lastFocus = document.activeElement;
-    if (hit) renderDetail(hit, hit);
     dialog.showModal();
   }
   try {

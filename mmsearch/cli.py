@@ -465,6 +465,25 @@ def lookup(
 
 
 @app.command()
+def browse(
+    to: ToOpt = None, path: Annotated[Optional[str], typer.Option("--path", help="Only under this folder.")] = None,
+    k: KOpt = 50, offset: OffsetOpt = 0,
+    catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Indexed items without a query, in path order (a page of them), and how many there are."""
+    with _engine(_settings(catalog, db), create=False) as engine:
+        rows, total = engine.browse(to=to, path=path, offset=offset, limit=k)
+    if as_json:
+        _print_json({"items": [{"id": r.id, "path": r.path, "modality": r.modality, "ordinal": r.ordinal,
+                                "text": r.text, "ref_path": r.ref_path} for r in rows], "total": total})
+        return
+    for r in rows:
+        text = f"  \"{r.text[:80]}\"" if r.text and r.modality == "text" else ""
+        typer.echo(f"{r.modality:<5}  #{r.id:<7} {r.path}{text}")
+    typer.echo(f"({offset + 1 if rows else offset}-{offset + len(rows)} of {total})", err=True)
+
+
+@app.command()
 def delete(
     item_ids: Annotated[Optional[list[int]], typer.Argument(help="Item ids to delete.")] = None,
     path: Annotated[Optional[list[Path]], typer.Option("--path", help="Delete every item of this indexed file.")] = None,

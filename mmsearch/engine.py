@@ -299,6 +299,18 @@ class Engine:
         media type) and its tags."""
         return self.catalog.item(item_id)
 
+    def browse(self, *, to: str | None = None, path: str | None = None, ref: str | None = None, offset: int = 0,
+               limit: int = 50) -> tuple[list[ItemRow], int]:
+        """Items without a query, in path order: a page of them (``to``: one modality; ``path``:
+        a folder; ``ref``: the captions of this media file) and how many there are in all."""
+        if to == "all":
+            to = None
+        if offset < 0 or not 1 <= limit <= 1000:
+            raise BadInput("offset is at least 0 and limit between 1 and 1000")
+        ids, total = self.catalog.browse(to, path, offset, limit, ref=ref)
+        rows = self.catalog.items(ids)
+        return [rows[i] for i in ids if i in rows], total
+
     def duplicates(self, *, threshold: float = 0.95, collection: str = "clip.image",
                    limit: int | None = None) -> DuplicatesResponse:
         """Groups of near-duplicate items of a collection (cosine >= ``threshold``), largest

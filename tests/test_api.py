@@ -407,6 +407,42 @@ def test_item_metadata(client: TestClient, items: dict[str, Any]) -> None:
     assert caption["ref_path"] == path and caption["thumbnail_url"]
 
 
+def test_browse_pages_every_item_in_path_order(client: TestClient, world: dict[str, Any],
+                                               items: dict[str, Any]) -> None:
+    media: Path = world["media"]
+    images = sorted([*items["images"], str(media / "trap" / "escape.jpg")])
+    seen: list[dict[str, Any]] = []
+    offset: int | None = 0
+    while offset is not None:
+        r = client.get("/browse", params={"to": "image", "offset": offset, "limit": 10})
+        assert r.status_code == 200
+        page = r.json()
+        assert page["total"] == len(images) and page["offset"] == offset and len(page["items"]) <= 10
+        seen += page["items"]
+        offset = page["next_offset"]
+    assert [it["path"] for it in seen] == images  # every image once, in path order
+    first = seen[0]
+    assert first["thumbnail_url"] == f"/items/{first['id']}/thumbnail" and first["width"] and first["size"]
+
+    beach = client.get("/browse", params={"path": "beach", "limit": 200}).json()
+    assert beach["total"] == 12 and {Path(it["path"]).parent.name for it in beach["items"]} == {"beach"}
+    everything = client.get("/browse", params={"limit": 200}).json()
+    assert everything["next_offset"] is None and len(everything["items"]) == everything["total"]
+    assert {it["modality"] for it in everything["items"]} == {"image", "text"}
+    captions = [it for it in everything["items"] if it["ref_path"]]
+    assert [it["ordinal"] for it in captions if it["path"].endswith("media/captions.csv")] == list(range(24))
+    path, photo = items["first_image"]
+    described = client.get("/browse", params={"ref": path}).json()
+    assert [it["id"] for it in described["items"]] == [items["captions"][path]] and described["total"] == 1
+    assert client.get("/browse", params={"to": "audio"}).json() == \
+        {"items": [], "total": 0, "offset": 0, "limit": 50, "next_offset": None}
+    for bad, status in [({"path": "beach/*.jpg"}, 400), ({"limit": 0}, 422), ({"offset": -1}, 422),
+                        ({"to": "nope"}, 422)]:
+        r = client.get("/browse", params=bad)
+        assert r.status_code == status, (bad, r.text)
+        assert r.json()["detail"]
+
+
 @pytest.mark.parametrize("bad", ["999999", "0", "-1", "abc", "1.5", str(2**64)])
 def test_unknown_or_malformed_item_id(client: TestClient, bad: str) -> None:
     r = client.get(f"/items/{bad}")

@@ -68,6 +68,7 @@ OPERATIONS = [
     ("GET", "/items/{item_id}/thumbnail"),
     ("PUT", "/items/{item_id}/tags"), ("GET", "/duplicates"),
     ("POST", "/jobs"), ("GET", "/jobs"), ("GET", "/jobs/{job_id}"), ("DELETE", "/jobs/{job_id}"),
+    ("GET", "/browse"), ("GET", "/atlas.json"),
 ]
 
 

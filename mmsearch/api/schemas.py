@@ -250,6 +250,16 @@ class ItemOut(Metadata, _ItemFields):
     """An item, then what its file says (size, dates, camera, place...) and its tags."""
 
 
+class BrowsePage(BaseModel):
+    """A page of items without a query (path order), and how many there are."""
+
+    items: list[ItemOut]
+    total: int = Field(description="Items that match, on every page.")
+    offset: int
+    limit: int
+    next_offset: int | None = Field(None, description="The next page's start; null on the last page.")
+
+
 class TagsRequest(BaseModel):
     """Changes to an item's tags, applied in this order: remove, add, set."""
 

@@ -17,13 +17,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from mmsearch.errors import BadInput, MMSearchError, ModelMismatch, NotFound
 from mmsearch.media.metadata import FileFacts, camera_keys, extension, mime_of
 from mmsearch.settings import Settings
 from mmsearch.storage import filters
+from mmsearch.storage import path_filter
 from mmsearch.storage import ids as idgen
 from mmsearch.storage.db import (
     create_db_engine,
@@ -569,6 +570,30 @@ class Catalog:
             q = (select(Item.id).join(File, Item.file_id == File.id).where(File.path == path)
                  .order_by(Item.ordinal, Item.id))
             return list(s.scalars(q))
+
+    def browse(self, modality: str | None, folder: str | None, offset: int, limit: int,
+               ref: str | None = None) -> tuple[list[int], int]:
+        """A page of item ids in path order (then row of a captions file), and how many there
+        are: browsing without a query. ``folder`` keeps what is under it (or that file), ``ref``
+        the captions of that media file. Modality and folder are ranges of an index
+        (items.modality, files.path); ``ref`` has none and reads the items table."""
+        where = []
+        if modality is not None:
+            where.append(Item.modality == modality)
+        if ref is not None:
+            where.append(Item.ref_path == ref)
+        if folder is not None:
+            scans = path_filter.scans(folder, self.roots)
+            if any(sc.regex is not None for sc in scans):
+                raise BadInput("browsing takes a folder, not a glob: search with a text to use a glob")
+            where.append(or_(*(or_(and_(File.path >= sc.low, File.path < sc.high), File.path == sc.equal)
+                               for sc in scans)) if scans else Item.id < 0)
+        with self.sessions() as s:
+            page = (select(Item.id).join(File, Item.file_id == File.id).where(*where)
+                    .order_by(File.path, Item.ordinal, Item.id).offset(offset).limit(limit))
+            ids = [int(i) for i in s.scalars(page)]
+            total = s.scalar(select(func.count()).select_from(Item).join(File, Item.file_id == File.id).where(*where))
+        return ids, int(total or 0)
 
     def failures(self, limit: int = 100) -> list[tuple[str, str]]:
         with self.sessions() as s:

@@ -14,6 +14,8 @@ from mmsearch.api.errors import ERRORS, WRITE_ERRORS
 from mmsearch.api.media import media_type
 from mmsearch.api.routes.search import similar_page, timed
 from mmsearch.api.schemas import (
+    BrowsePage,
+    CleanStr,
     ErrorOut,
     Filters,
     ItemOut,
@@ -24,7 +26,8 @@ from mmsearch.api.schemas import (
     TagsOut,
     TagsRequest,
 )
-from mmsearch.search.request import Metadata
+from mmsearch.search.request import Metadata, Target
+from mmsearch.storage.catalog import ItemRow
 from mmsearch.api.security import require_writer
 
 router = APIRouter(tags=["items"])
@@ -45,6 +48,34 @@ def lookup(service: ServiceDep, path: Annotated[str, QueryParam(min_length=1, ma
            ) -> LookupOut:
     """Path to ids: the items an indexed file holds (404 when the catalog does not have it)."""
     return LookupOut(path=path, item_ids=service.base.lookup(path))
+
+
+@router.get("/browse", response_model=BrowsePage, responses={400: ERRORS[400], 422: ERRORS[422]},
+            summary="Items without a query")
+def browse(service: ServiceDep,
+           to: Annotated[Target | None, QueryParam(description="One modality; none: every item.")] = None,
+           path: Annotated[CleanStr | None, QueryParam(max_length=4096, description=(
+               "A folder (absolute, or relative to each root): what is under it."))] = None,
+           ref: Annotated[CleanStr | None, QueryParam(max_length=4096, description=(
+               "A media file's absolute path: the captions that describe it."))] = None,
+           offset: Annotated[int, QueryParam(ge=0, le=1_000_000, description="Items to skip.")] = 0,
+           limit: Annotated[int, QueryParam(ge=1, le=200, description="Page size.")] = 50) -> BrowsePage:
+    """Every item in path order, a page at a time, with their count: the page's view before a
+    query, and a photo's captions (`ref`). Read-only."""
+    rows, total = service.base.browse(to=to, path=path, ref=ref, offset=offset, limit=limit)
+    end = offset + len(rows)
+    return BrowsePage(items=[item_out(row) for row in rows], total=total, offset=offset, limit=limit,
+                      next_offset=end if end < total and rows else None)
+
+
+def item_out(row: ItemRow) -> ItemOut:
+    """A browsed item as GET /items/{id} shows it."""
+    pictured = row.modality in ("image", "video") or bool(row.ref_path and media_type(row.ref_path).startswith("image/"))
+    return ItemOut(
+        id=row.id, path=row.path, modality=row.modality, ordinal=row.ordinal, text=row.text,
+        ref_path=row.ref_path, duration=row.duration, **Metadata.of(row),
+        media_url=f"/items/{row.id}/media", similar_url=f"/items/{row.id}/similar",
+        thumbnail_url=f"/items/{row.id}/thumbnail" if pictured else None)
 
 
 @router.get("/items/{item_id}", response_model=ItemOut, responses={404: ERRORS[404]}, summary="Item metadata")

@@ -29,7 +29,15 @@ KOpt = Annotated[int, typer.Option("-k", "--k", min=1, max=1000, help="Number of
 RuntimeOpt = Annotated[Optional[Literal["auto", "torch", "onnx"]], typer.Option(
     "--runtime", help="What runs the models: onnx (CPU, exported once and cached), torch, or auto (onnx on a CPU when "
     "onnxruntime is installed, torch on a GPU). Default: MMSEARCH_RUNTIME, else auto.")]
-ToOpt = Annotated[Optional[str], typer.Option("--to", help="Return only: image, text, audio (default: all media).")]
+ToOpt = Annotated[Optional[Literal["image", "text", "audio", "all"]], typer.Option(
+    "--to", help="Return only this modality (default: all media for a text query, the query's own for a "
+    "picture or a sound).")]
+PathsOnlyOpt = Annotated[bool, typer.Option("--paths-only", "-f", help="Print only the paths, one a line, for pipes "
+                                            "(a caption prints the photo it describes).")]
+PreviewOpt = Annotated[bool, typer.Option("--preview", "-p", help="Show each picture inline, in terminals that can "
+                                          "(iTerm2, WezTerm, kitty).")]
+DeviceOpt = Annotated[Optional[Literal["auto", "cpu", "cuda"]], typer.Option(
+    "--device", help="Where the models run (default: MMSEARCH_DEVICE, else auto: cuda when there is one).")]
 OffsetOpt = Annotated[int, typer.Option("--offset", min=0, help="Skip this many results (paging).")]
 DiversityOpt = Annotated[float, typer.Option("--diversity", min=0.0, max=1.0, help="MMR diversity, 0..1.")]
 ExcludeOpt = Annotated[Optional[list[int]], typer.Option("--exclude", help="Never return this item (repeatable).")]
@@ -50,6 +58,20 @@ MaxDurationOpt = Annotated[Optional[float], typer.Option("--max-duration", help=
 ExtOpt = Annotated[Optional[list[str]], typer.Option("--ext", help="Only these extensions (repeatable, or jpg,png).")]
 TagOpt = Annotated[Optional[list[str]], typer.Option("--tag", help="Only items with this tag, or key=value (repeatable: all).")]
 DedupOpt = Annotated[Optional[float], typer.Option("--dedup", help="Collapse results within this cosine of a better one (0.95).")]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from mmsearch import __version__
+
+        typer.echo(f"mmsearch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """Cross-modal semantic search over a media folder: images, audio and text."""
 
 
 def _settings(catalog: Path, db: str | None, model: str | None = None, audio_model: str | None = None,
@@ -104,8 +126,9 @@ def index(
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Try failed files again even if unchanged.")] = False,
     follow_links: Annotated[bool, typer.Option(
         "--follow-links", help="Follow symlinks to files outside the folders being indexed (default: skip them).")] = False,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1)] = None,
-    device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu or cuda.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Items per forward pass of "
+                                                      "the model (default: MMSEARCH_BATCH_SIZE, else 32).")] = None,
+    device: DeviceOpt = None,
     runtime: RuntimeOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Scan folders, embed new and changed files, drop deleted ones, update the indexes."""
@@ -156,18 +179,48 @@ def _read(path: Path | None) -> bytes | None:
         raise typer.Exit(2) from None
 
 
-def _show(response: Any, as_json: bool) -> None:
+def _show(response: Any, as_json: bool, paths_only: bool = False, preview: bool = False) -> None:
+    """Every result list prints here: JSON, bare paths for pipes, or one line per hit (with its
+    picture inline where the terminal shows pictures). The first number is what the list is
+    ranked by; where images, texts and sounds were merged, the cosine follows it."""
     if as_json:
         _print_json(response.model_dump(mode="json", exclude_none=True))
         return
+    if paths_only:  # a caption stands for the photo it describes
+        seen: set[str] = set()
+        for h in response.results:
+            shown = h.ref_path or h.path
+            if shown not in seen:
+                seen.add(shown)
+                typer.echo(shown)
+        return
+    protocol = None
+    if preview:
+        from mmsearch.preview import detect
+
+        protocol = detect()
+        if protocol is None:
+            typer.echo("warning: --preview: this terminal shows no pictures (iTerm2, WezTerm or kitty do); "
+                       "listing without them", err=True)
     if not response.results:
         typer.echo("no results")
+    merged = any(h.cosine != h.score for h in response.results)
     for h in response.results:
         where = f" [{h.start:.1f}-{h.end:.1f}s]" if h.start is not None else ""
         text = f"  \"{h.text[:80]}\"" if h.text and h.modality == "text" else ""
-        typer.echo(f"{h.score:7.4f}  {h.modality:<5}  #{h.id:<7} {h.path}{where}{text}")
+        about = f"  -> {h.ref_path}" if h.ref_path else ""
+        cosine = f"  cos {h.cosine:6.3f}" if merged else ""
+        typer.echo(f"{h.score:7.4f}{cosine}  {h.modality:<5}  #{h.id:<7} {h.path}{where}{text}{about}")
+        picture = h.path if h.modality == "image" else h.ref_path if h.ref_path else None
+        if protocol and picture:
+            from mmsearch.preview import inline, thumbnail_png
+
+            png = thumbnail_png(picture)
+            if png:
+                sys.stdout.write(inline(png, protocol))
     t = response.timings_ms
-    typer.echo(f"({len(response.results)} results in {t.get('total', 0):.1f} ms)", err=True)
+    typer.echo(f"({len(response.results)} results in {t.get('total', 0):.1f} ms"
+               + ("; ranked by calibrated score, cosine beside it" if merged else "") + ")", err=True)
 
 
 def _filters(**given: Any) -> dict[str, Any]:
@@ -214,6 +267,7 @@ def search(
     ext: ExtOpt = None, tag: TagOpt = None, dedup: DedupOpt = None,
     catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, model: ModelOpt = None,
     audio_model: AudioModelOpt = None, runtime: RuntimeOpt = None, as_json: JsonOpt = False,
+    paths_only: PathsOnlyOpt = False, preview: PreviewOpt = False,
 ) -> None:
     """Search by text, an image, a sound, or a mix of them."""
     filters = _filters(k=k, offset=offset, path=path, min_score=min_score, diversity=diversity, exclude=exclude,
@@ -223,7 +277,7 @@ def search(
                **filters)
     with _engine(_settings(catalog, db, model, audio_model, runtime=runtime), create=False) as engine:
         response = engine.search(q)
-    _show(response, as_json)
+    _show(response, as_json, paths_only, preview)
 
 
 @app.command()
@@ -235,6 +289,7 @@ def similar(
     min_size: MinSizeOpt = None, min_duration: MinDurationOpt = None, max_duration: MaxDurationOpt = None,
     ext: ExtOpt = None, tag: TagOpt = None, dedup: DedupOpt = None,
     catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, runtime: RuntimeOpt = None, as_json: JsonOpt = False,
+    paths_only: PathsOnlyOpt = False, preview: PreviewOpt = False,
 ) -> None:
     """Items like the given ones (by default in their own modality)."""
     filters = _filters(k=k, offset=offset, path=path, min_score=min_score, diversity=diversity, exclude=exclude,
@@ -243,7 +298,7 @@ def similar(
     _query(item_ids=item_ids, to=to, **filters)  # a bad option exits 2 before the catalog opens
     with _engine(_settings(catalog, db, runtime=runtime), create=False) as engine:
         response = engine.similar(item_ids, to=to, **filters)
-    _show(response, as_json)
+    _show(response, as_json, paths_only, preview)
 
 
 def _weighted(values: list[str] | None, flag: str) -> list[int] | dict[int, float]:
@@ -275,6 +330,7 @@ def recommend(
     min_size: MinSizeOpt = None, min_duration: MinDurationOpt = None, max_duration: MaxDurationOpt = None,
     ext: ExtOpt = None, tag: TagOpt = None, dedup: DedupOpt = None,
     catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, runtime: RuntimeOpt = None, as_json: JsonOpt = False,
+    paths_only: PathsOnlyOpt = False, preview: PreviewOpt = False,
 ) -> None:
     """Items for a profile: liked and disliked items (never returned themselves), optionally a text;
     --exclude leaves out more (those already seen)."""
@@ -287,7 +343,7 @@ def recommend(
     _query(model="Profile", **profile)  # a bad option exits 2 before the catalog opens
     with _engine(_settings(catalog, db, runtime=runtime), create=False) as engine:
         response = engine.recommend(**profile)
-    _show(response, as_json)
+    _show(response, as_json, paths_only, preview)
 
 
 @app.command()

@@ -255,9 +255,14 @@ class _Found(BaseModel):
     id: int
     path: str
     modality: str
-    score: float = Field(description="Cosine similarity in the result's embedding space (with scoring "
-                         "`best`: the best liked item's cosine less the closest disliked one's).")
-    calibrated: float | None = Field(None, description="Score on the cross-collection scale, when merged.")
+    score: float = Field(description="What the list is ordered by: the cosine, or where images, texts and "
+                         "sounds are merged into one list, the calibrated score (a z-score against the "
+                         "query's background in each collection; see docs/search.md).")
+    cosine: float = Field(description="Cosine similarity in the result's embedding space (with scoring "
+                          "`best`: the best liked item's cosine less the closest disliked one's); "
+                          "`min_score` compares this.")
+    calibrated: float | None = Field(None, description="The calibrated score, when lists were merged (then "
+                                     "equal to `score`).")
     collection: str
     text: str | None = None
     ref_path: str | None = Field(None, description="For captions: the media file they describe.")

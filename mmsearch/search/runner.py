@@ -169,6 +169,7 @@ class QueryRunner(QueryEmbedder):
                 reach = self.query_spaces(q, recorded)
                 # inputs are checked before any model loads: a refusal costs milliseconds, not a load
                 images[i] = self.check_inputs(q)
+                _refuse_absent_sounds(q, existing)
                 if q.path:
                     path_filter.scans(q.path, self.catalog.roots)  # BadInput for a pattern that cannot match
                 if not self.targets(q, set(reach), existing):  # nothing it asks for is stored: no model
@@ -242,8 +243,10 @@ class QueryRunner(QueryEmbedder):
         hydrate_ms = _ms(t4)
         for i, page in pages.items():
             mine = [p for p in parts if p.query == i]
-            hits = [Hit(id=c.item_id, path=r.path, modality=r.modality, score=round(c.score, 6),
-                        calibrated=round(c.rank_score, 4) if len(mine) > 1 else None, collection=c.collection,
+            merged_list = len(mine) > 1  # ranked by the calibrated score: that is the score shown
+            hits = [Hit(id=c.item_id, path=r.path, modality=r.modality,
+                        score=round(c.rank_score, 4) if merged_list else round(c.score, 6), cosine=round(c.score, 6),
+                        calibrated=round(c.rank_score, 4) if merged_list else None, collection=c.collection,
                         text=r.text, ref_path=r.ref_path, start=c.start, end=c.end, duration=r.duration,
                         **Metadata.of(r))
                     for c in page if (r := rows.get(c.item_id)) is not None]
@@ -419,6 +422,16 @@ def dedup(cands: list[_Candidate], store: VectorStore, threshold: float, need: i
         if len(kept) >= need:
             break
     return kept
+
+
+def _refuse_absent_sounds(q: Query, existing: set[str]) -> None:
+    """A sound query, or sounds asked for, in a catalog without sounds: refused before the audio
+    model loads (or is fetched), with what to do instead of an empty list."""
+    if (q.audio is not None and not any(c.startswith("clap.") for c in existing)) or \
+            (default_target(q) == "audio" and "clap.audio" not in existing):
+        raise BadInput("no sounds are indexed in this catalog (indexed without audio, or no sound files): "
+                       "index a folder with sounds, with audio on (leave out --no-audio; over HTTP the "
+                       "server's audio setting), then search them")
 
 
 def _ms(t0: float) -> float:

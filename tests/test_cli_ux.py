@@ -1,0 +1,114 @@
+"""What a newcomer meets on the command line: help, version, result lines, paths for pipes,
+inline previews, flags named in errors (issue 12)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from mmsearch import __version__
+from mmsearch.cli import app
+from mmsearch.preview import detect, inline
+from tests.conftest import CONFIG_DIR
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, clip_spec: str):  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("MMSEARCH_MODEL_CONFIG_DIRS", json.dumps([str(CONFIG_DIR)]))
+    monkeypatch.setenv("MMSEARCH_DEVICE", "cpu")
+    monkeypatch.setenv("MMSEARCH_AUDIO", "false")
+    for name in ("TERM_PROGRAM", "LC_TERMINAL", "KITTY_WINDOW_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TERM", "xterm-256color")
+    catalog = str(tmp_path / "cat")
+
+    def run(*args: str, ok: bool = True, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+        result = CliRunner().invoke(app, [*args, "--catalog", catalog], env=env)
+        if ok:
+            assert result.exit_code == 0, result.output
+        return result
+
+    run.spec = clip_spec  # type: ignore[attr-defined]
+    return run
+
+
+def test_every_option_and_argument_has_help_and_choices_are_listed() -> None:
+    group = typer.main.get_command(app)
+    missing = [f"{name} {p.name}" for name, cmd in group.commands.items() for p in cmd.params
+               if not (getattr(p, "help", None) or "").strip()]
+    assert missing == []
+    out = CliRunner().invoke(app, ["search", "--help"], env={"COLUMNS": "200"}).output
+    assert "image|text|audio|all" in out
+    out = CliRunner().invoke(app, ["index", "--help"], env={"COLUMNS": "200"}).output
+    assert "auto|cpu|cuda" in out
+
+
+def test_version() -> None:
+    r = CliRunner().invoke(app, ["--version"])
+    assert r.exit_code == 0 and r.output.strip() == f"mmsearch {__version__}"
+
+
+def test_result_lines_show_the_ranking_score_the_cosine_and_the_photo_of_a_caption(  # type: ignore[no-untyped-def]
+        cli, photo_dir: Path) -> None:
+    cli("index", str(photo_dir), "--model", cli.spec)
+    hits = json.loads(cli("search", "a dog running", "-k", "30", "--json").stdout)["results"]
+    assert {h["modality"] for h in hits} == {"image", "text"}  # one merged list
+    scores = [h["score"] for h in hits]
+    assert scores == sorted(scores, reverse=True)  # `score` orders the list
+    assert any(h["cosine"] != h["score"] for h in hits)  # ... and is not the cosine here
+    assert all(h["score"] == h["calibrated"] for h in hits)
+
+    lines = cli("search", "a dog running", "-k", "30").stdout.splitlines()
+    assert len(lines) == len(hits)
+    for line, h in zip(lines, hits):
+        first, _, cosine = line.split()[:3]
+        assert float(first) == pytest.approx(h["score"], abs=1e-4)
+        assert float(cosine) == pytest.approx(h["cosine"], abs=1e-3)
+        if h.get("ref_path"):  # a caption names the photo it describes
+            assert line.endswith(f"-> {h['ref_path']}")
+    assert any(h.get("ref_path") for h in hits)
+
+    single = json.loads(cli("search", "a dog", "--to", "image", "--json").stdout)["results"]
+    assert all(h["score"] == h["cosine"] and "calibrated" not in h for h in single)
+    line = cli("search", "a dog", "--to", "image", "-k", "1").stdout.split()
+    assert float(line[0]) == pytest.approx(single[0]["score"], abs=1e-4) and line[1] == "image"
+
+
+def test_paths_only_and_preview(cli, photo_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    cli("index", str(photo_dir), "--model", cli.spec)
+    hits = json.loads(cli("search", "a dog", "-k", "20", "--json").stdout)["results"]
+    want: list[str] = []
+    for h in hits:
+        shown = h.get("ref_path") or h["path"]
+        if shown not in want:
+            want.append(shown)
+    r = cli("search", "a dog", "-k", "20", "--paths-only")
+    assert r.stdout.splitlines() == want
+    photo = next(h["id"] for h in hits if h["modality"] == "image")
+    assert cli("similar", str(photo), "-f").stdout.splitlines() == [
+        h["path"] for h in json.loads(cli("similar", str(photo), "--json").stdout)["results"]]
+
+    r = cli("search", "a dog", "--to", "image", "-k", "2", "--preview")  # a terminal without pictures
+    assert "\x1b" not in r.stdout and "--preview" in r.stderr and len(r.stdout.splitlines()) == 2
+    for env, mark in (({"TERM_PROGRAM": "iTerm.app"}, "\x1b]1337;File=inline=1"), ({"TERM": "xterm-kitty"},
+                                                                                      "\x1b_Ga=T,f=100")):
+        r = cli("search", "a dog", "--to", "image", "-k", "2", "-p", env=env)
+        assert r.stdout.count(mark) == 2, env
+
+
+def test_inline_image_protocols_carry_the_picture() -> None:
+    png = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40  # longer than one kitty chunk
+    seq = inline(png, "iterm")
+    assert seq.startswith(f"\x1b]1337;File=inline=1;size={len(png)};")
+    assert base64.b64decode(seq.split(":", 1)[1].rstrip("\x07\n")) == png
+    seq = inline(png, "kitty")
+    chunks = [c for c in seq.rstrip("\n").split("\x1b\\") if c]
+    assert len(chunks) > 1 and chunks[0].startswith("\x1b_Ga=T,f=100,m=1;") and chunks[-1].startswith("\x1b_Gm=0;")
+    assert base64.b64decode("".join(c.split(";", 1)[1] for c in chunks)) == png
+    assert detect({"TERM": "xterm-kitty"}) == "kitty" and detect({"TERM_PROGRAM": "WezTerm"}) == "iterm"
+    assert detect({"TERM": "xterm-256color"}) is None

@@ -538,14 +538,20 @@ def serve(
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on.")] = 8000,
     api_key: Annotated[Optional[str], typer.Option(
         "--api-key", envvar="MMSEARCH_API_KEY", help="Key that writes (indexing, deleting, tagging) must send.")] = None,
+    cors_origin: Annotated[Optional[list[str]], typer.Option(
+        "--cors-origin", help="An origin whose web pages may call this API (repeatable; '*' for any), e.g. "
+        "http://localhost:5173. Default: MMSEARCH_CORS_ORIGINS, else none (same origin only).")] = None,
     index_root: Annotated[Optional[list[Path]], typer.Option(
         "--index-root", help="A folder the API may index (repeatable); none: no indexing over HTTP.")] = None,
     read_only: Annotated[bool, typer.Option("--read-only", help="Refuse every write.")] = False,
     audio: Annotated[bool, typer.Option("--audio/--no-audio", help="Serve audio search (CLAP).")] = True,
     batching: Annotated[bool, typer.Option(
         "--batching/--no-batching", help="Embed concurrent text queries together (micro-batching).")] = True,
-    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
+    log_level: Annotated[Literal["critical", "error", "warning", "info", "debug", "trace"], typer.Option(
+        "--log-level", help="uvicorn log level.")] = "info",
     runtime: RuntimeOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Once listening, print one JSON line on stdout: url, docs, "
+                                          "openapi, catalog, pid (for scripts that start the server).")] = False,
 ) -> None:
     """Run the HTTP API and the search page (http://HOST:PORT/, API docs at /docs)."""
     import uvicorn
@@ -559,7 +565,7 @@ def serve(
             typer.echo(f"error: --index-root {r} is not a folder", err=True)
             raise typer.Exit(2)
     settings = _settings(catalog, db, model, audio_model, api_key=api_key, audio=audio,
-                         index_roots=roots or None, runtime=runtime)
+                         index_roots=roots or None, runtime=runtime, cors_origins=cors_origin or None)
     try:
         check_bind(host, settings, read_only=read_only)
     except MMSearchError as e:
@@ -576,9 +582,36 @@ def serve(
 
         gc.collect()
         gc.freeze()  # the models' ~10^6 long-lived objects leave the GC's scans: no full-collection stalls
-        typer.echo(f"mmsearch: http://{host if ':' not in host else f'[{host}]'}:{port}/  (API docs at /docs)",
-                   err=True)
-        uvicorn.run(web, host=host, port=port, log_level=log_level, workers=1)
+        config = uvicorn.Config(web, host=host, port=port, log_level=log_level, workers=1)
+        server = uvicorn.Server(config)
+        if as_json:
+            _announce_when_listening(server, host, str(engine.catalog.root))
+        else:
+            typer.echo(f"mmsearch: http://{_host(host)}:{port}/  (API docs at /docs)", err=True)
+        server.run()
+
+
+def _host(host: str) -> str:
+    return host if ":" not in host else f"[{host}]"
+
+
+def _announce_when_listening(server: Any, host: str, catalog: str) -> None:
+    """``serve --json``: one line on stdout once the socket listens, with the port it got (0: any)."""
+    import os
+
+    startup = server.startup
+
+    async def started(*args: Any, **kwargs: Any) -> None:
+        await startup(*args, **kwargs)
+        if not server.started:
+            return
+        port = next((s.getsockname()[1] for srv in server.servers for s in srv.sockets), server.config.port)
+        base = f"http://{_host(host)}:{port}"
+        _print_json({"url": base + "/", "docs": base + "/docs", "openapi": base + "/openapi.json",
+                     "catalog": catalog, "pid": os.getpid()})
+        sys.stdout.flush()
+
+    server.startup = started
 
 
 if __name__ == "__main__":

@@ -92,6 +92,8 @@ class Settings(BaseSettings):
     api_key: str | None = Field(None, description="Required for writes when set.")
     max_upload_bytes: int = Field(25 * 1024 * 1024, ge=1)
     index_roots: list[Path] = Field(default_factory=list, description="Folders the API may index.")
+    cors_origins: list[str] = Field(default_factory=list, description="Origins (scheme://host:port) whose pages "
+                                    "may call the API from a browser (CORS); '*' for any. None: same origin only.")
 
     def resolved_build_threads(self) -> int:
         from mmsearch.cpus import available_cpus

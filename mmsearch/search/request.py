@@ -278,6 +278,9 @@ class Hit(Metadata, _Found):
 class SearchResponse(BaseModel):
     results: list[Hit]
     timings_ms: dict[str, float]
+    has_more: bool = Field(False, description="Whether a next page (offset + k) has results: the search "
+                           "looks one result beyond the page, so this costs nothing. No total is given: "
+                           "counting every match would cost a scan of the catalog.")
 
 
 def default_target(q: Query) -> str:

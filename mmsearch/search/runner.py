@@ -234,10 +234,11 @@ class QueryRunner(QueryEmbedder):
                     c.rank_score = r
             merged[part.query] += cands
             part.clock.rerank += time.perf_counter() - t3
-        pages = {}
+        pages, more = {}, {}
         for i, cands in merged.items():
             cands.sort(key=lambda c: -c.rank_score)
             pages[i] = cands[queries[i].offset: queries[i].offset + queries[i].k]
+            more[i] = len(cands) > queries[i].offset + queries[i].k
         t4 = time.perf_counter()
         rows = self.catalog.items(sorted({c.item_id for page in pages.values() for c in page}))  # only pages
         hydrate_ms = _ms(t4)
@@ -253,7 +254,8 @@ class QueryRunner(QueryEmbedder):
             timings = {"embed": embed_ms, "ann": (shared_ann + sum(p.clock.ann for p in mine)) * 1000,
                        "rerank": sum(p.clock.rerank for p in mine) * 1000, "hydrate": hydrate_ms,
                        "total": _ms(t0)}
-            answers[i] = SearchResponse(results=hits, timings_ms={k: round(v, 3) for k, v in timings.items()})
+            answers[i] = SearchResponse(results=hits, timings_ms={k: round(v, 3) for k, v in timings.items()},
+                                        has_more=more[i])
         return [a for a in answers if a is not None]
 
     def _first_passes(self, parts: list[_Part]) -> tuple[dict[_Part, _Pass], float]:
@@ -306,7 +308,7 @@ class QueryRunner(QueryEmbedder):
         exclusions, a broad filter, ``min_score`` and ``dedup`` drop some), and stops once every
         vector the last pass added scores below ``min_score``: the ones deeper still rank lower
         (exactly so in a flat index)."""
-        need = q.offset + q.k
+        need = q.offset + q.k + 1  # one beyond the page says whether there is more (has_more)
         want, fetched = part.want, 0
         after = part.after  # a broad filter, checked on candidates
         while True:

@@ -118,7 +118,7 @@ def _print_json(data: Any) -> None:
 
 @app.command()
 def index(
-    paths: Annotated[list[Path], typer.Argument(help="Folders to index (recursively).")],
+    paths: Annotated[list[Path], typer.Argument(help="Folders to index (recursively), or single files.")],
     catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, model: ModelOpt = None,
     audio_model: AudioModelOpt = None,
     audio: Annotated[bool, typer.Option("--audio/--no-audio", help="Index sound files (CLAP).")] = True,

@@ -112,3 +112,26 @@ def test_inline_image_protocols_carry_the_picture() -> None:
     assert base64.b64decode("".join(c.split(";", 1)[1] for c in chunks)) == png
     assert detect({"TERM": "xterm-kitty"}) == "kitty" and detect({"TERM_PROGRAM": "WezTerm"}) == "iterm"
     assert detect({"TERM": "xterm-256color"}) is None
+
+
+def test_index_takes_single_files(cli, photo_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    photo = sorted(photo_dir.rglob("*.jpg"))[0]
+    out = json.loads(cli("index", str(photo), "--model", cli.spec, "--json").stdout)
+    assert (out["added"], out["removed"], out["failed"]) == (1, 0, 0)
+    out = json.loads(cli("index", str(photo_dir), "--json").stdout)
+    assert (out["added"], out["unchanged"], out["removed"]) == (26, 1, 0)
+    other = sorted(photo_dir.rglob("*.jpg"))[5]
+    other.write_bytes(other.read_bytes() + b"\0")  # changed: only the file named is looked at
+    note = photo_dir / "notes" / "dogs.txt"
+    out = json.loads(cli("index", str(note), "--json").stdout)
+    assert (out["added"], out["updated"], out["unchanged"], out["removed"]) == (0, 0, 1, 0)
+    out = json.loads(cli("index", str(other), "--json").stdout)
+    assert (out["updated"], out["unchanged"], out["removed"]) == (1, 0, 0)
+    assert json.loads(cli("stats", "--json").stdout)["items"] == {"image": 24, "text": 26}
+    hit = json.loads(cli("search", "--image", str(other), "-k", "1", "--json").stdout)["results"][0]
+    assert hit["path"] == str(other)
+    (tmp_path / "notes.xyz").write_text("x")
+    r = cli("index", str(tmp_path / "notes.xyz"), ok=False)
+    assert r.exit_code == 2 and "not a kind of file" in r.output
+    r = cli("index", str(tmp_path / "missing.jpg"), ok=False)
+    assert r.exit_code == 2 and "no such folder or file" in r.output

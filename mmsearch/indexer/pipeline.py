@@ -25,7 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from mmsearch import cpus
 from mmsearch.encoders.encoder_set import EncoderSet
 from mmsearch.errors import BadInput, MMSearchError
-from mmsearch.indexer.scan import FoundFile, content_hash, dedupe_roots, scan
+from mmsearch.indexer.scan import FoundFile, content_hash, dedupe_roots, kind_of, scan, scan_file
 from mmsearch.media.decode import JPEG_SUFFIXES, DecodeError, Unit, probe_jpeg, read_captions, read_image, read_text
 from mmsearch.media.metadata import FileFacts, mime_of
 from mmsearch.settings import Settings
@@ -107,10 +107,13 @@ def index_folders(paths: Sequence[Path], writer: CatalogWriter, encoders: Encode
     report = IndexReport()
     roots = dedupe_roots([Path(p).expanduser().resolve() for p in paths])
     for r in roots:
-        if not r.is_dir():
-            raise BadInput(f"not a folder: {r}")
+        if r.is_file() and kind_of(r.name) is None:
+            raise BadInput(f"not a kind of file mmsearch indexes: {r} (images, sounds, .txt/.md notes, "
+                           "captions .csv/.jsonl)")
+        if not r.is_dir() and not r.is_file():
+            raise BadInput(f"no such folder or file: {r}")
     area = ([Path(p).expanduser().resolve() for p in allowed_roots] if allowed_roots is not None
-            else None if settings.follow_links else roots)
+            else None if settings.follow_links else [r if r.is_dir() else r.parent for r in roots])
     catalog = writer.catalog
     # With no model named, the catalog's own are used: nothing to check, so the models load
     # only if there is work (an unchanged folder re-scans in a fraction of a second).
@@ -140,7 +143,7 @@ def _plan(roots: list[Path], writer: CatalogWriter, encoders: EncoderSet, spaces
     kind counts as work."""
     catalog = writer.catalog
     if encoders.redo:  # a new or re-embedded space: every folder of the catalog, not just these
-        roots = dedupe_roots(roots + [r for r in map(Path, catalog.roots()) if r.is_dir()])
+        roots = dedupe_roots(roots + [r for r in map(Path, catalog.roots()) if r.is_dir() or r.is_file()])
     work: list[_Pending] = []
     gone: set[str] = set()
     for root in roots:
@@ -149,8 +152,8 @@ def _plan(roots: list[Path], writer: CatalogWriter, encoders: EncoderSet, spaces
         # audio files are always scanned: with audio off they are left as they are, not "gone"
         bad_names: list[str] = []
         skipped: list[str] = []
-        found = {f.path: f for f in scan(root, exclude=catalog.root, bad_names=bad_names, allowed=area,
-                                         skipped_links=skipped)}
+        found = {f.path: f for f in (scan_file(root) if root.is_file() else scan(
+            root, exclude=catalog.root, bad_names=bad_names, allowed=area, skipped_links=skipped))}
         report.skipped_links += len(skipped)
         report.failed += len(bad_names)
         report.failures += [(name, "file name is not valid UTF-8: rename it to index it") for name in bad_names]

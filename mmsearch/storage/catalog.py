@@ -229,11 +229,13 @@ class Catalog:
             return list(s.scalars(select(Root.path).order_by(Root.path)))
 
     def file_states(self, root: Path) -> dict[str, FileState]:
-        """Known files under a folder (by path, so nested roots share their files)."""
+        """Known files under a folder (by path, so nested roots share their files), or the file
+        itself when the root is one file."""
         esc = _like_escape(str(root).rstrip("/")) + "/%"
+        where = File.path == str(root) if root.is_file() else File.path.like(esc, escape="\\")
         with self.sessions() as s:
             rows = s.execute(select(File.path, File.id, File.size, File.mtime_ns, File.status, File.content_hash)
-                             .where(File.path.like(esc, escape="\\")))
+                             .where(where))
             return {p: FileState(i, sz, mt, st, h) for p, i, sz, mt, st, h in rows}
 
     def files_of_size(self, size: int, kind: str) -> list[tuple[str, str | None]]:

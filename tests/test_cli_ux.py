@@ -135,3 +135,19 @@ def test_index_takes_single_files(cli, photo_dir: Path, tmp_path: Path) -> None:
     assert r.exit_code == 2 and "not a kind of file" in r.output
     r = cli("index", str(tmp_path / "missing.jpg"), ok=False)
     assert r.exit_code == 2 and "no such folder or file" in r.output
+
+
+def test_rerun_with_the_same_model_named_loads_no_model(cli, photo_dir: Path,  # type: ignore[no-untyped-def]
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    cli("index", str(photo_dir), "--model", cli.spec)
+    loads: list[str] = []
+
+    def refuse(spec: str, *a: object, **k: object) -> None:
+        loads.append(spec)
+        raise AssertionError(f"a model was loaded: {spec}")
+
+    monkeypatch.setattr("mmsearch.encoders.encoder_set.load_encoder", refuse)
+    out = json.loads(cli("index", str(photo_dir), "--model", cli.spec, "--json").stdout)  # as the README prints it
+    assert (out["added"], out["updated"], out["unchanged"]) == (0, 0, 27) and loads == []
+    r = cli("index", str(photo_dir), "--model", "open_clip:mmtest-tiny@random", ok=False)  # another: checked
+    assert r.exit_code != 0 and loads == ["open_clip:mmtest-tiny@random"]

@@ -115,9 +115,9 @@ def index_folders(paths: Sequence[Path], writer: CatalogWriter, encoders: Encode
     area = ([Path(p).expanduser().resolve() for p in allowed_roots] if allowed_roots is not None
             else None if settings.follow_links else [r if r.is_dir() else r.parent for r in roots])
     catalog = writer.catalog
-    # With no model named, the catalog's own are used: nothing to check, so the models load
-    # only if there is work (an unchanged folder re-scans in a fraction of a second).
-    eager = encoders.reembed or bool(settings.model or settings.audio_model) or not catalog.spaces()
+    # With no model named, or the one the catalog records, there is nothing to check, so the
+    # models load only if there is work (an unchanged folder re-scans in a fraction of a second).
+    eager = encoders.reembed or not catalog.spaces() or not _named_models_recorded(settings, catalog.spaces())
     spaces = _load_spaces(encoders, writer, report) if eager else None
     work = _plan(roots, writer, encoders, spaces, report, retry_failed, area)
     if work and spaces is None:
@@ -134,6 +134,12 @@ def index_folders(paths: Sequence[Path], writer: CatalogWriter, encoders: Encode
     writer.upkeep(wait=True)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _named_models_recorded(settings: Settings, spaces: dict[str, tuple[str, int]]) -> bool:
+    """Whether each model the settings name is, spelled the same, the one the catalog records."""
+    named = {"clip": settings.model, "clap": settings.audio_model if settings.audio else None}
+    return all(spec is None or (space in spaces and spaces[space][0] == spec) for space, spec in named.items())
 
 
 def _plan(roots: list[Path], writer: CatalogWriter, encoders: EncoderSet, spaces: list[str] | None,

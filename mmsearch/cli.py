@@ -132,27 +132,18 @@ def index(
     runtime: RuntimeOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Scan folders, embed new and changed files, drop deleted ones, update the indexes."""
-    from tqdm import tqdm
+    from mmsearch.progress_view import IndexProgress
 
     settings = _settings(catalog, db, model, audio_model, audio=audio, batch_size=batch_size, device=device,
                          runtime=runtime, follow_links=follow_links or None)  # not given: MMSEARCH_FOLLOW_LINKS decides
-    with _engine(settings, reembed=reembed) as engine:
-        bar = tqdm(total=0, unit="file", desc="indexing", file=sys.stderr, disable=None, dynamic_ncols=True)
-
-        def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.n = done
-            bar.refresh()
-
+    with _engine(settings, reembed=reembed) as engine, IndexProgress(IndexProgress.wanted(as_json)) as shown:
         try:
-            report = engine.index(paths, progress=progress, retry_failed=retry_failed)
+            report = engine.index(paths, retry_failed=retry_failed, status=shown.update)
         except KeyboardInterrupt:
-            bar.close()
+            shown.__exit__(None, None, None)
             typer.echo("interrupted: the files finished so far are kept; run the same command again to "
                        "resume", err=True)
             raise typer.Exit(130) from None
-        finally:
-            bar.close()
     if as_json:
         _print_json(report.as_dict())
         return

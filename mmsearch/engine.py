@@ -7,7 +7,7 @@ Encoders, settings and the catalog are injected, so a test can pass a tiny model
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
@@ -30,6 +30,7 @@ from mmsearch.storage.catalog import Catalog, ItemRow, SchemaOutdated
 
 if TYPE_CHECKING:  # imported where used: reading commands (stats, similar) never load the indexer or faiss
     from mmsearch.indexer.pipeline import IndexReport, Progress
+    from mmsearch.indexer.progress import IngestStatus
     from mmsearch.writer import CatalogWriter
 
 
@@ -111,14 +112,16 @@ class Engine:
 
     def index(self, paths: Sequence[str | Path], progress: Progress | None = None,
               stop: threading.Event | None = None, retry_failed: bool = False,
-              allowed_roots: Sequence[Path] | None = None) -> IndexReport:
-        """Scan, embed and store the folders; see indexer/pipeline.py. ``allowed_roots`` bounds
-        where symlinks and caption rows may reach (the HTTP service passes its index roots)."""
+              allowed_roots: Sequence[Path] | None = None,
+              status: Callable[[IngestStatus], None] | None = None) -> IndexReport:
+        """Scan, embed and store the folders (or single files); see indexer/pipeline.py.
+        ``allowed_roots`` bounds where symlinks and caption rows may reach (the HTTP service passes
+        its index roots); ``status`` hears phases, items and an ETA (indexer/progress.py)."""
         from mmsearch.indexer.pipeline import index_folders
 
         with self.writing() as writer:
             return index_folders([Path(p) for p in paths], writer, self.encoders, self.settings, progress, stop,
-                                 retry_failed=retry_failed, allowed_roots=allowed_roots)
+                                 retry_failed=retry_failed, allowed_roots=allowed_roots, status=status)
 
     def delete(self, item_id: int) -> None:
         """Delete an item (its file stays on disk; a later re-scan brings it back only if the

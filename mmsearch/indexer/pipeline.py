@@ -25,6 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from mmsearch import cpus
 from mmsearch.encoders.encoder_set import EncoderSet
 from mmsearch.errors import BadInput, MMSearchError
+from mmsearch.indexer.progress import IngestMeter, IngestStatus
 from mmsearch.indexer.scan import FoundFile, content_hash, dedupe_roots, kind_of, scan, scan_file
 from mmsearch.media.decode import JPEG_SUFFIXES, DecodeError, Unit, probe_jpeg, read_captions, read_image, read_text
 from mmsearch.media.metadata import FileFacts, mime_of
@@ -94,7 +95,8 @@ class _Pending:
 
 def index_folders(paths: Sequence[Path], writer: CatalogWriter, encoders: EncoderSet, settings: Settings,
                   progress: Progress | None = None, stop: threading.Event | None = None,
-                  retry_failed: bool = False, allowed_roots: Sequence[Path] | None = None) -> IndexReport:
+                  retry_failed: bool = False, allowed_roots: Sequence[Path] | None = None,
+                  status: Callable[[IngestStatus], None] | None = None) -> IndexReport:
     """Bring the catalog in line with the folders: add new files, re-embed changed ones (their
     items keep their ids), recognise moved ones by content (nothing re-embedded), drop deleted
     ones; then let the writer's index upkeep catch up. Files that failed are tried again only
@@ -102,9 +104,12 @@ def index_folders(paths: Sequence[Path], writer: CatalogWriter, encoders: Encode
     full, out of memory) are tried again on every run.
 
     Symlinks and caption rows may reach only into ``allowed_roots`` (the service's index roots,
-    whatever ``follow_links`` says), else into these folders unless ``settings.follow_links``."""
+    whatever ``follow_links`` says), else into these folders unless ``settings.follow_links``.
+    ``status`` hears the phase, items done and an ETA as the run goes (indexer/progress.py)."""
     t0 = time.perf_counter()
     report = IndexReport()
+    meter = IngestMeter(status)
+    meter.set_phase("scan")
     roots = dedupe_roots([Path(p).expanduser().resolve() for p in paths])
     for r in roots:
         if r.is_file() and kind_of(r.name) is None:
@@ -130,9 +135,13 @@ def index_folders(paths: Sequence[Path], writer: CatalogWriter, encoders: Encode
             report.unchanged += sum(p.is_update for p in work if p.found.kind == "audio")
             work = [p for p in work if p.found.kind != "audio"]
     if work:
-        _Ingest(writer, encoders, settings, spaces or [], report, progress, stop, area).run(work)
+        meter.plan([(p.found.kind, p.found.path, p.found.size) for p in work],
+                   lambda modality: [s for s in encoders.spaces_for(modality) if s in (spaces or [])])
+        _Ingest(writer, encoders, settings, spaces or [], report, progress, stop, area, meter).run(work)
+    meter.set_phase("index")
     writer.upkeep(wait=True)
     report.seconds = time.perf_counter() - t0
+    meter.set_phase("done")
     return report
 
 
@@ -219,8 +228,9 @@ class _Ingest:
 
     def __init__(self, writer: CatalogWriter, encoders: EncoderSet, settings: Settings,
                  spaces: list[str], report: IndexReport, progress: Progress | None,
-                 stop: threading.Event | None, area: list[Path] | None) -> None:
+                 stop: threading.Event | None, area: list[Path] | None, meter: IngestMeter | None = None) -> None:
         self.writer, self.encoders, self.settings = writer, encoders, settings
+        self.meter = meter or IngestMeter(None)
         self.area = area  # where caption rows may link to
         self.spaces = spaces
         self.report = report
@@ -384,7 +394,10 @@ class _Ingest:
             self._finish_staged()  # the previous batch encodes while this one is staged
             self.staged = (key, batch, future)
             return
-        self._store(key, batch, enc.encode(modality, [prep for _, _, prep in batch]))
+        t = time.perf_counter()
+        vectors = enc.encode(modality, [prep for _, _, prep in batch])
+        self.meter.embedded(key, len(batch), time.perf_counter() - t)
+        self._store(key, batch, vectors)
 
     def _finish_staged(self) -> None:
         """Encode and store the staged image batch; images the device could not decode fail."""
@@ -392,8 +405,10 @@ class _Ingest:
             return
         key, batch, future = self.staged
         self.staged = None
+        t = time.perf_counter()
         staged = future.result()
         vectors = self.encoders.get(key[0]).encode_staged(staged)  # type: ignore[attr-defined]
+        self.meter.embedded(key, len(batch), time.perf_counter() - t)
         for i, reason in staged.failed.items():
             idx = batch[i][0]
             self.work[idx].error = reason
@@ -429,6 +444,7 @@ class _Ingest:
         self.ready.append(idx)
         self.ready_items += len(p.items)
         self.done += 1
+        self.meter.file_done(p.found.kind, p.found.size, list(p.items.values()))
         if self.progress:
             self.progress(self.done, len(self.work))
         if self.ready_items >= self.settings.commit_every:

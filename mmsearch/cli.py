@@ -160,13 +160,22 @@ def index(
         typer.echo(f"warning: audio left out: {report.skipped_audio}", err=True)
 
 
-def _read(path: Path | None) -> bytes | None:
+def _read(path: Path | str | None, flag: str = "", settings: Settings | None = None) -> bytes | None:
+    """A query file's bytes; with ``settings``, an http(s) URL is fetched (size-capped, timed out)."""
     if path is None:
         return None
+    from mmsearch.fetch import is_url, read_url
+
+    if settings is not None and is_url(str(path)):
+        try:
+            return read_url(str(path), settings.max_upload_bytes, settings.url_timeout)
+        except MMSearchError as e:
+            typer.echo(f"error: {flag}: {e}", err=True)
+            raise typer.Exit(2) from None
     try:
         return Path(path).read_bytes()
     except OSError as e:
-        typer.echo(f"error: cannot read {path}: {e.strerror}", err=True)
+        typer.echo(f"error: {flag + ': ' if flag else ''}cannot read {path}: {e.strerror}", err=True)
         raise typer.Exit(2) from None
 
 
@@ -214,6 +223,38 @@ def _show(response: Any, as_json: bool, paths_only: bool = False, preview: bool 
                + ("; ranked by calibrated score, cosine beside it" if merged else "") + ")", err=True)
 
 
+def _terms(add: list[str] | None, sub: list[str] | None, settings: Settings) -> tuple[list[dict], dict[str, Any]]:
+    """``--add``/``--sub`` values as Query terms (texts, pictures, sounds) and weighted item ids:
+    ``[W:]VALUE``, where VALUE is ``#ID``, an http(s) URL or an existing picture or sound file, else
+    a text."""
+    from mmsearch.fetch import is_url
+    from mmsearch.indexer.scan import kind_of
+
+    terms: list[dict] = []
+    items: dict[str, Any] = {"item_ids": [], "negative_ids": [], "item_weights": {}}
+    for flag, sign, values in (("--add", 1.0, add or []), ("--sub", -1.0, sub or [])):
+        for value in values:
+            head, colon, rest = value.partition(":")
+            try:
+                weight, value = (float(head), rest) if colon and head.strip() else (1.0, value)
+            except ValueError:
+                weight = 1.0
+            if value.startswith("#") and value[1:].isdigit():
+                item = int(value[1:])
+                items["item_ids" if sign > 0 else "negative_ids"].append(item)
+                if weight != 1.0:
+                    items["item_weights"][item] = weight
+                continue
+            kind = kind_of(value.split("?")[0]) if is_url(value) or Path(value).is_file() else None
+            if is_url(value) and kind not in ("image", "audio"):
+                kind = "image"
+            if kind in ("image", "audio"):
+                terms.append({kind: _read(value, flag, settings), "weight": sign * weight})
+            else:
+                terms.append({"text": value, "weight": sign * weight})
+    return terms, {k: v for k, v in items.items() if v}
+
+
 def _filters(**given: Any) -> dict[str, Any]:
     """The filter options given, as Query (and Profile) fields (lists left out when empty)."""
     out = {k: v for k, v in given.items() if v is not None and v != []}
@@ -239,7 +280,8 @@ def _query(model: str = "Query", **fields: Any) -> Any:
             raise typer.Exit(2) from None
         name = str(err["loc"][0])
         label = {"text": "--text" if model == "Profile" else "text", "negative_text": "--not", "tags": "--tag",
-                 "image": "--image", "audio": "--audio", "exclude_ids": "--exclude"}.get(
+                 "image": "--image", "audio": "--audio", "exclude_ids": "--exclude", "terms": "--add/--sub",
+                 "item_ids": "--add", "negative_ids": "--sub", "item_weights": "--add/--sub"}.get(
                      name, "--" + name.replace("_", "-"))
         typer.echo(f"error: {label}: {err['msg']}", err=True)
         raise typer.Exit(2) from None
@@ -248,9 +290,16 @@ def _query(model: str = "Query", **fields: Any) -> Any:
 @app.command()
 def search(
     text: Annotated[Optional[str], typer.Argument(help="Text query.")] = None,
-    image: Annotated[Optional[Path], typer.Option("--image", help="Image file as the query.")] = None,
-    audio_file: Annotated[Optional[Path], typer.Option("--audio", help="Audio file as the query.")] = None,
+    image: Annotated[Optional[str], typer.Option("--image", help="Image file, or an http(s) URL, as the "
+                                                 "query.")] = None,
+    audio_file: Annotated[Optional[str], typer.Option("--audio", help="Audio file, or an http(s) URL, as the "
+                                                      "query.")] = None,
     negative: Annotated[Optional[list[str]], typer.Option("--not", help="Steer away from this text.")] = None,
+    add: Annotated[Optional[list[str]], typer.Option(
+        "--add", help="Add to the query, with an optional weight: [W:]TEXT, [W:]FILE or URL (a picture or a "
+        "sound), or [W:]#ID (an item). Repeatable: --add 2:beach --add dog.jpg.")] = None,
+    sub: Annotated[Optional[list[str]], typer.Option(
+        "--sub", help="Subtract from the query, the same forms as --add: --sub 0.5:night --sub '#12'.")] = None,
     to: ToOpt = None, k: KOpt = 10, offset: OffsetOpt = 0, path: PathOpt = None, min_score: MinScoreOpt = None,
     diversity: DiversityOpt = 0.0, exclude: ExcludeOpt = None,
     date_from: DateFromOpt = None, date_to: DateToOpt = None, camera: CameraOpt = None, near: NearOpt = None,
@@ -264,9 +313,11 @@ def search(
     filters = _filters(k=k, offset=offset, path=path, min_score=min_score, diversity=diversity, exclude=exclude,
                        date_from=date_from, date_to=date_to, camera=camera, near=near, min_size=min_size,
                        min_duration=min_duration, max_duration=max_duration, ext=ext, tag=tag, dedup=dedup)
-    q = _query(text=text, image=_read(image), audio=_read(audio_file), negative_text=negative or [], to=to,
-               **filters)
-    with _engine(_settings(catalog, db, model, audio_model, runtime=runtime), create=False) as engine:
+    settings = _settings(catalog, db, model, audio_model, runtime=runtime)
+    terms, items = _terms(add, sub, settings)
+    q = _query(text=text, image=_read(image, "--image", settings), audio=_read(audio_file, "--audio", settings),
+               negative_text=negative or [], to=to, terms=terms, **items, **filters)
+    with _engine(settings, create=False) as engine:
         response = engine.search(q)
     _show(response, as_json, paths_only, preview)
 

@@ -34,7 +34,12 @@ def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, clip_spec: str):  # typ
         return result
 
     run.spec = clip_spec  # type: ignore[attr-defined]
+    run.catalog = catalog  # type: ignore[attr-defined]
     return run
+
+
+def cli_catalog(cli) -> str:  # type: ignore[no-untyped-def]
+    return cli.catalog
 
 
 def test_every_option_and_argument_has_help_and_choices_are_listed() -> None:
@@ -151,3 +156,94 @@ def test_rerun_with_the_same_model_named_loads_no_model(cli, photo_dir: Path,  #
     assert (out["added"], out["updated"], out["unchanged"]) == (0, 0, 27) and loads == []
     r = cli("index", str(photo_dir), "--model", "open_clip:mmtest-tiny@random", ok=False)  # another: checked
     assert r.exit_code != 0 and loads == ["open_clip:mmtest-tiny@random"]
+
+
+def test_add_and_sub_weigh_pictures_texts_and_items(cli, photo_dir: Path, make_settings) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    from mmsearch.engine import Engine
+
+    cli("index", str(photo_dir), "--model", cli.spec)
+    photos = sorted(photo_dir.rglob("*.jpg"))
+    a, b = photos[2], photos[7]
+    hits = lambda *args: json.loads(cli("search", *args, "--to", "image", "-k", "24", "--json").stdout)["results"]  # noqa: E731
+    assert [h["id"] for h in hits("--add", str(a))] == [h["id"] for h in hits("--image", str(a))]
+
+    with Engine.open(make_settings(catalog=Path(cli_catalog(cli)))) as engine:
+        va = np.array(engine.embed(image=a.read_bytes()).vector)
+        vb = np.array(engine.embed(image=b.read_bytes()).vector)
+        vt = np.array(engine.embed(text="a dog").vector)
+        stored = engine.vectors([h["id"] for h in hits("--image", str(a))])["clip.image"]
+    by_id = dict(zip(stored.item_ids.tolist(), stored.vectors.astype(np.float64)))
+    item_b = next(h["id"] for h in hits("--image", str(b)) if h["path"] == str(b))
+    for args, want in (
+        (["--add", f"2:{a}", "--sub", f"0.5:{b}"], 2 * va - 0.5 * vb),
+        (["--add", "1.5:a dog", "--add", str(a), "--sub", str(b)], 1.5 * vt + va - vb),
+        (["a dog", "--add", f"3:{a}"], vt + 3 * va),
+    ):
+        want = want / np.linalg.norm(want)
+        brute = sorted(by_id, key=lambda i: -float(by_id[i] @ want))
+        got = hits(*args)
+        assert [h["id"] for h in got][:5] == brute[:5], args
+        assert got[0]["cosine"] == pytest.approx(float(by_id[brute[0]] @ want), abs=2e-3), args
+    got = hits("--add", str(a), "--sub", f"#{item_b}")  # a stored item subtracted, never returned
+    assert item_b not in [h["id"] for h in got]
+    r = cli("search", "--add", "0:beach", ok=False)
+    assert r.exit_code == 2 and "--add/--sub" in r.output and "weight" in r.output
+
+
+def test_a_picture_by_url(cli, photo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    import functools
+    import http.server
+    import socket
+    import threading
+
+    cli("index", str(photo_dir), "--model", cli.spec)
+    photo = sorted(photo_dir.rglob("*.jpg"))[4]
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(photo.parent))
+    handler.log_message = lambda *a: None  # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts, never answers
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        hit = json.loads(cli("search", "--image", f"{base}/{photo.name}", "-k", "1", "--json").stdout)["results"][0]
+        assert hit["path"] == str(photo)
+        r = cli("search", "--image", f"{base}/missing.jpg", ok=False)
+        assert r.exit_code == 2 and "--image" in r.output and "404" in r.output
+        monkeypatch.setenv("MMSEARCH_MAX_UPLOAD_BYTES", "1000")
+        r = cli("search", "--image", f"{base}/{photo.name}", ok=False)
+        assert r.exit_code == 2 and "over the limit of 1,000" in r.output and "max_upload_bytes" in r.output
+        monkeypatch.delenv("MMSEARCH_MAX_UPLOAD_BYTES")
+        monkeypatch.setenv("MMSEARCH_URL_TIMEOUT", "0.5")
+        r = cli("search", "--image", f"http://127.0.0.1:{silent.getsockname()[1]}/x.jpg", ok=False)
+        assert r.exit_code == 2 and ("0.5 s" in r.output or "timed out" in r.output), r.output
+    finally:
+        server.shutdown()
+        silent.close()
+
+
+def test_serve_json_announces_where_it_listens(cli, photo_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    cli("index", str(photo_dir), "--model", cli.spec)
+    env = {**os.environ, "MMSEARCH_MODEL_CONFIG_DIRS": json.dumps([str(CONFIG_DIR)]), "MMSEARCH_AUDIO": "false",
+           "MMSEARCH_DEVICE": "cpu"}
+    proc = subprocess.Popen([sys.executable, "-m", "mmsearch.cli", "serve", "--catalog", cli.catalog, "--port", "0",
+                             "--json", "--log-level", "warning", "--cors-origin", "http://localhost:5173"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        info = json.loads(line)
+        assert info["url"].startswith("http://127.0.0.1:") and info["docs"] == info["url"] + "docs"
+        assert info["pid"] == proc.pid and info["catalog"] == str(Path(cli.catalog).resolve())
+        request = urllib.request.Request(info["url"] + "healthz", headers={"Origin": "http://localhost:5173"})
+        with urllib.request.urlopen(request, timeout=30) as r:
+            assert r.status == 200 and r.headers["access-control-allow-origin"] == "http://localhost:5173"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)

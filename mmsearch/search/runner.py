@@ -107,7 +107,7 @@ class QueryRunner(QueryEmbedder):
         for m in mods:
             if m == "text":
                 # one text collection: the space of the query's own media (CLIP unless it is audio)
-                space = "clip" if "clip" in query_spaces and q.audio is None else "clap"
+                space = "clip" if "clip" in query_spaces and not q.has_audio else "clap"
                 cands = [f"{space}.text"] if space in query_spaces else []
             else:
                 cands = [f"{s}.{m}" for s in query_spaces if f"{s}.{m}" in {"clip.image", "clap.audio"}]
@@ -121,16 +121,16 @@ class QueryRunner(QueryEmbedder):
         return out
 
     def query_spaces(self, q: Query, recorded: dict[str, tuple[str, int]]) -> list[str]:
-        if not (q.text or q.image is not None or q.audio is not None or q.item_ids):
+        if not (q.has_text or q.has_image or q.has_audio or q.item_ids):
             raise BadInput("empty query: give text, an image, an audio clip or (liked) item ids")
         spaces = []
-        if q.text or q.image is not None or q.item_ids:
+        if q.has_text or q.has_image or q.item_ids:
             spaces.append("clip")
-        if (q.text or q.audio is not None or q.item_ids) and self.encoders.enabled("clap"):
-            if q.audio is not None or q.item_ids or "clap" in recorded:
+        if (q.has_text or q.has_audio or q.item_ids) and self.encoders.enabled("clap"):
+            if q.has_audio or q.item_ids or "clap" in recorded:
                 spaces.append("clap")
         to = default_target(q)
-        if to == "image" or (to == "text" and q.audio is None and q.text):
+        if to == "image" or (to == "text" and not q.has_audio and q.has_text):
             spaces = [s for s in spaces if s == "clip"] or spaces
         if to == "audio":
             spaces = [s for s in spaces if s == "clap"] or spaces
@@ -429,7 +429,7 @@ def dedup(cands: list[_Candidate], store: VectorStore, threshold: float, need: i
 def _refuse_absent_sounds(q: Query, existing: set[str]) -> None:
     """A sound query, or sounds asked for, in a catalog without sounds: refused before the audio
     model loads (or is fetched), with what to do instead of an empty list."""
-    if (q.audio is not None and not any(c.startswith("clap.") for c in existing)) or \
+    if (q.has_audio and not any(c.startswith("clap.") for c in existing)) or \
             (default_target(q) == "audio" and "clap.audio" not in existing):
         raise BadInput("no sounds are indexed in this catalog (indexed without audio, or no sound files): "
                        "index a folder with sounds, with audio on (leave out --no-audio; over HTTP the "

@@ -141,7 +141,7 @@ class QueryRunner(QueryEmbedder):
             enc = self.encoders.get(space)  # a first query loads its models: not part of its timings
             if space in recorded and recorded[space][0] != enc.spec:
                 raise ModelMismatch(f"the catalog's {space} vectors come from {recorded[space][0]}, not "
-                                    f"{enc.spec}: leave out the model option to use the catalog's own (a "
+                                    f"{enc.spec}: leave out --model (or --audio-model) to use the catalog's own (a "
                                     "running server re-embedded since it started needs a restart)")
 
     def run(self, q: Query) -> SearchResponse:

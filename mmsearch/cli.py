@@ -204,7 +204,7 @@ def _show(response: Any, as_json: bool, paths_only: bool = False, preview: bool 
                        "listing without them", err=True)
     if not response.results:
         typer.echo("no results")
-    merged = any(h.cosine != h.score for h in response.results)
+    merged = any(h.calibrated is not None for h in response.results)
     for h in response.results:
         where = f" [{h.start:.1f}-{h.end:.1f}s]" if h.start is not None else ""
         text = f"  \"{h.text[:80]}\"" if h.text and h.modality == "text" else ""

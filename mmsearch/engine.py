@@ -32,6 +32,7 @@ from mmsearch.storage.vectors import VectorStore
 
 if TYPE_CHECKING:  # imported where used: reading commands (stats, similar) never load the indexer or faiss
     from mmsearch.indexer.pipeline import IndexReport, Progress
+    from mmsearch.indexer.progress import IngestStatus
     from mmsearch.writer import CatalogWriter
 
 
@@ -114,15 +115,18 @@ class Engine:
     def index(self, paths: Sequence[str | Path], progress: Progress | None = None,
               stop: threading.Event | None = None, retry_failed: bool = False,
               allowed_roots: Sequence[Path] | None = None,
-              media_progress: Callable[[float], None] | None = None) -> IndexReport:
-        """Scan, embed and store the folders; see indexer/pipeline.py. ``allowed_roots`` bounds
-        where symlinks and caption rows may reach (the HTTP service passes its index roots)."""
+              media_progress: Callable[[float], None] | None = None,
+              status: Callable[[IngestStatus], None] | None = None) -> IndexReport:
+        """Scan, embed and store the folders (or single files); see indexer/pipeline.py.
+        ``allowed_roots`` bounds where symlinks and caption rows may reach (the HTTP service passes
+        its index roots); ``status`` hears phases, items and an ETA (indexer/progress.py);
+        ``media_progress`` the seconds of sound and video embedded so far, as a long file goes."""
         from mmsearch.indexer.pipeline import index_folders
 
         with self.writing() as writer:
             return index_folders([Path(p) for p in paths], writer, self.encoders, self.settings, progress, stop,
                                  retry_failed=retry_failed, allowed_roots=allowed_roots,
-                                 media_progress=media_progress)
+                                 media_progress=media_progress, status=status)
 
     def delete(self, item_id: int) -> None:
         """Delete an item (its file stays on disk; a later re-scan brings it back only if the

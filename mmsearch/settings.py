@@ -107,8 +107,12 @@ class Settings(BaseSettings):
 
     # HTTP service.
     api_key: str | None = Field(None, description="Required for writes when set.")
-    max_upload_bytes: int = Field(25 * 1024 * 1024, ge=1)
+    max_upload_bytes: int = Field(25 * 1024 * 1024, ge=1, description="Largest query file: an upload, or what "
+                                  "`search --image URL` fetches.")
+    url_timeout: float = Field(10.0, gt=0, description="Seconds `search --image URL` waits for the answer.")
     index_roots: list[Path] = Field(default_factory=list, description="Folders the API may index.")
+    cors_origins: list[str] = Field(default_factory=list, description="Origins (scheme://host:port) whose pages "
+                                    "may call the API from a browser (CORS); '*' for any. None: same origin only.")
 
     def resolved_build_threads(self) -> int:
         from mmsearch.cpus import available_cpus

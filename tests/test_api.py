@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import shutil
 import threading
 import time
@@ -286,7 +287,7 @@ def test_search_rejects_bad_bodies(client: TestClient) -> None:
     r = client.post("/search", content=b"text=dog", headers={"content-type": "text/plain"})
     assert r.status_code == 415
     r = client.post("/search", data={"text": "dog", "k": "many"})
-    assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "k"
+    assert r.status_code == 422 and r.json()["errors"][0]["loc"][-1] == "k" and r.json()["detail"].startswith("k: ")
     r = client.post("/search", data={"image": "not a file"})
     assert r.status_code == 422 and "file" in r.json()["detail"]
     r = client.post("/search", files={"text": ("t.txt", b"dog", "text/plain")})
@@ -751,3 +752,84 @@ def test_lookup_by_path(client: TestClient, world: dict[str, Any], items: dict[s
     assert r.status_code == 200 and r.json() == {"path": str(note), "item_ids": [items["note_md"]]}
     assert client.get("/items", params={"path": str(media / "nope.jpg")}).status_code == 404
     assert client.get("/items", params={"path": "relative.jpg"}).status_code == 422
+
+
+# -- issue 12: one error shape, HEAD, CORS, offline docs, has_more --------------------------------
+
+def test_every_error_is_an_rfc9457_problem(client: TestClient, items: dict[str, Any]) -> None:
+    answers = {
+        400: client.post("/search", json={}),  # the engine's BadInput
+        404: client.get("/items/999999"),  # the engine's NotFound
+        401: client.delete("/items/1"),  # the routes' own HTTPException
+        405: client.put("/search", json={}),  # Starlette's
+        413: client.post("/search", content=b"x" * (UPLOAD_LIMIT + 70_000),
+                         headers={"content-type": "application/json"}),  # the body-limit middleware
+        415: client.post("/search", content=b"text=dog", headers={"content-type": "text/plain"}),
+        422: client.get("/search", params={"text": "dog", "k": 0, "offset": -1}),  # validation
+    }
+    answers[-404] = client.get("/no/such/endpoint")
+    for status, r in answers.items():
+        body = r.json()
+        assert r.status_code == abs(status), (status, r.text)
+        assert r.headers["content-type"] == "application/problem+json", status
+        assert body["type"] == "about:blank" and body["status"] == abs(status) and body["title"], body
+        assert isinstance(body["detail"], str) and body["detail"], body
+    assert "GET" in answers[405].json()["detail"] and "/docs" in answers[-404].json()["detail"]
+    invalid = answers[422].json()
+    assert {e["field"] for e in invalid["errors"]} == {"k", "offset"}
+    assert all(e["loc"][0] == "query" and e["msg"] and e["type"] for e in invalid["errors"])
+    assert invalid["detail"].startswith(invalid["errors"][0]["field"] + ": ") and "1 more" in invalid["detail"]
+    schema = client.get("/openapi.json").json()
+    error = schema["paths"]["/search"]["post"]["responses"]["422"]["content"]
+    assert list(error) == ["application/problem+json"]
+    assert set(schema["components"]["schemas"]["ErrorOut"]["properties"]) >= {"type", "title", "status", "detail"}
+
+
+def test_head_on_media(client: TestClient, items: dict[str, Any]) -> None:
+    path, item_id = items["first_image"]
+    r = client.head(f"/items/{item_id}/media")
+    assert r.status_code == 200 and r.content == b""
+    assert int(r.headers["content-length"]) == Path(path).stat().st_size
+    assert r.headers["content-type"] == "image/jpeg" and r.headers["accept-ranges"] == "bytes"
+    assert client.head("/items/999999/media").status_code == 404
+
+
+def test_docs_pages_work_offline(client: TestClient) -> None:
+    for page, marker in (("/docs", "SwaggerUIBundle"), ("/redoc", "<redoc")):
+        html = client.get(page).text
+        assert marker in html and "cdn." not in html and "fonts.googleapis" not in html, page
+        assets = re.findall(r'(?:src|href)="(/static/vendor/[^"]+)"', html)
+        assert assets, page
+        for url in assets:
+            r = client.get(url)
+            assert r.status_code == 200 and len(r.content) > 100, url
+    assert "swagger-ui-bundle.js" in client.get("/docs").text
+
+
+def test_cors_is_off_unless_an_origin_is_named(client: TestClient, world: dict[str, Any]) -> None:
+    origin = "http://localhost:5173"
+    r = client.get("/healthz", headers={"Origin": origin})
+    assert "access-control-allow-origin" not in r.headers
+    settings = world["engine"].settings.model_copy(update={"cors_origins": [origin]})
+    engine = Engine.open(settings, create=False)
+    try:
+        with TestClient(create_app(engine)) as c:
+            r = c.options("/search", headers={"Origin": origin, "Access-Control-Request-Method": "POST",
+                                              "Access-Control-Request-Headers": "content-type,x-api-key"})
+            assert r.status_code == 200 and r.headers["access-control-allow-origin"] == origin
+            assert "x-api-key" in r.headers["access-control-allow-headers"].lower()
+            r = c.get("/search", params={"text": "dog", "k": 1}, headers={"Origin": origin})
+            assert r.headers["access-control-allow-origin"] == origin
+            assert "server-timing" in r.headers["access-control-expose-headers"].lower()
+            r = c.get("/healthz", headers={"Origin": "http://elsewhere.example"})
+            assert "access-control-allow-origin" not in r.headers
+    finally:
+        engine.close()
+
+
+def test_has_more_is_exact_at_the_end(client: TestClient, world: dict[str, Any]) -> None:
+    n = world["engine"].stats()["items"]["image"]
+    for k, offset, more in ((5, 0, True), (5, n - 6, True), (5, n - 5, False), (10, n - 5, False)):
+        page = client.get("/search", params={"text": "people", "to": "image", "k": k, "offset": offset}).json()
+        assert len(page["results"]) == min(k, n - offset), (k, offset)
+        assert page["has_more"] is more and page["next_offset"] == (offset + k if more else None), (k, offset)

@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mmsearch.cli import app
-from tests.conftest import CONFIG_DIR, REPO
+from tests.conftest import CONFIG_DIR, REPO, TUXPAINT
 
 HEAVY = ("torch", "open_clip", "torchvision", "transformers")
 
@@ -66,7 +66,8 @@ def test_reading_commands_load_no_model(catalog: Path, photo_dir: Path, no_model
     assert no_models == []
 
 
-def test_refused_inputs_load_no_model(catalog: Path, tmp_path: Path, no_models: list[str]) -> None:
+def test_refused_inputs_load_no_model(catalog: Path, tmp_path: Path, no_models: list[str],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8\xff not really a jpeg")
     r = _cli(catalog, "search", "--image", str(bad))
@@ -77,8 +78,12 @@ def test_refused_inputs_load_no_model(catalog: Path, tmp_path: Path, no_models: 
     assert r.exit_code == 2 and "query audio" in r.output
     r = _cli(catalog, "search", "a dog", "--path", "photos[z-a]/*")
     assert r.exit_code == 2 and "bad path pattern" in r.output
-    r = _cli(catalog, "search", "a dog", "--to", "audio")  # no sounds in this catalog: nothing to search
-    assert r.exit_code == 0 and "no results" in r.output
+    r = _cli(catalog, "search", "a dog", "--to", "audio")  # no sounds in this catalog: refused, and why
+    assert r.exit_code == 2 and "no sounds are indexed" in r.output and "--no-audio" in r.output
+    sound = sorted((TUXPAINT / "audio").glob("*.ogg"))[0]
+    monkeypatch.setenv("MMSEARCH_AUDIO", "true")  # audio on, as by default: still no model
+    r = _cli(catalog, "search", "--audio", str(sound))  # not the CLAP download the issue saw
+    assert r.exit_code == 2 and "no sounds are indexed" in r.output
     r = _cli(catalog, "search")
     assert r.exit_code == 2 and "empty query" in r.output
     assert no_models == []

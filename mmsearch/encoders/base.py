@@ -120,7 +120,8 @@ def pick_device(setting: str) -> str:
     if setting == "cuda" and not torch.cuda.is_available():
         from mmsearch.errors import BadInput
 
-        raise BadInput("device 'cuda' was asked for but torch sees no GPU")
+        raise BadInput("device 'cuda' was asked for but torch sees no GPU: use --device cpu or auto "
+                       "(MMSEARCH_DEVICE)")
     return setting
 
 

@@ -132,7 +132,7 @@ def _help(name: str, reason: str) -> str:
         "Without network access, use a local directory: --audio-model clap:/path/to/dir "
         "(a downloaded snapshot of the model, or what ClapModel.save_pretrained and "
         "ClapProcessor.save_pretrained wrote), or populate the Hugging Face cache on a connected "
-        "machine and set HF_HUB_OFFLINE=1 here. To index without audio: MMSEARCH_AUDIO=false."
+        "machine and set HF_HUB_OFFLINE=1 here. To index without audio: --no-audio (or MMSEARCH_AUDIO=false)."
     )
 
 

@@ -120,7 +120,8 @@ class OpenClipEncoder:
         elif Path(pretrained).is_file():
             model, preprocess, weights = _skeleton(arch, pretrained, {}) or (*_load_file(arch, pretrained), None)
         elif os.sep in pretrained or pretrained.endswith((".pt", ".bin", ".pth", ".safetensors")):
-            raise ModelUnavailable(f"checkpoint file not found: {pretrained}")
+            raise ModelUnavailable(f"checkpoint file not found: {pretrained} (the file in --model "
+                                   f"open_clip:{arch}@FILE)")
         else:
             tags = open_clip.list_pretrained_tags_by_model(arch)
             if pretrained not in tags:

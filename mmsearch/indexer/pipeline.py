@@ -25,7 +25,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from mmsearch import cpus
 from mmsearch.encoders.encoder_set import EncoderSet
 from mmsearch.errors import BadInput, MMSearchError
-from mmsearch.indexer.scan import OTHER, FoundFile, content_hash, dedupe_roots, scan
+from mmsearch.indexer.progress import IngestMeter, IngestStatus
+from mmsearch.indexer.scan import OTHER, FoundFile, content_hash, dedupe_roots, kind_of, scan, scan_file
 from mmsearch.media.decode import JPEG_SUFFIXES, DecodeError, Unit, probe_jpeg, read_captions, read_image, read_text
 from mmsearch.media.formats import sniff_image
 from mmsearch.media.metadata import FileFacts, extension, mime_of
@@ -110,7 +111,8 @@ class _Pending:
 def index_folders(paths: Sequence[Path], writer: CatalogWriter, encoders: EncoderSet, settings: Settings,
                   progress: Progress | None = None, stop: threading.Event | None = None,
                   retry_failed: bool = False, allowed_roots: Sequence[Path] | None = None,
-                  media_progress: MediaProgress | None = None) -> IndexReport:
+                  media_progress: MediaProgress | None = None,
+                  status: Callable[[IngestStatus], None] | None = None) -> IndexReport:
     """Bring the catalog in line with the folders: add new files, re-embed changed ones (their
     items keep their ids), recognise moved ones by content (nothing re-embedded), drop deleted
     ones; then let the writer's index upkeep catch up. Files that failed are tried again only
@@ -118,23 +120,29 @@ def index_folders(paths: Sequence[Path], writer: CatalogWriter, encoders: Encode
     full, out of memory) are tried again on every run.
 
     Symlinks and caption rows may reach only into ``allowed_roots`` (the service's index roots,
-    whatever ``follow_links`` says), else into these folders unless ``settings.follow_links``."""
+    whatever ``follow_links`` says), else into these folders unless ``settings.follow_links``.
+    ``status`` hears the phase, items done and an ETA as the run goes (indexer/progress.py)."""
     t0 = time.perf_counter()
     if settings.ray:  # before any work: without the extra, say how to install it
         from mmsearch.indexer.ray_ingest import require_ray
 
         require_ray()
     report = IndexReport()
+    meter = IngestMeter(status)
+    meter.set_phase("scan")
     roots = dedupe_roots([Path(p).expanduser().resolve() for p in paths])
     for r in roots:
-        if not r.is_dir():
-            raise BadInput(f"not a folder: {r}")
+        if r.is_file() and kind_of(r.name) is None:
+            raise BadInput(f"not a kind of file mmsearch indexes: {r} (images, sounds, .txt/.md notes, "
+                           "captions .csv/.jsonl)")
+        if not r.is_dir() and not r.is_file():
+            raise BadInput(f"no such folder or file: {r}")
     area = ([Path(p).expanduser().resolve() for p in allowed_roots] if allowed_roots is not None
-            else None if settings.follow_links else roots)
+            else None if settings.follow_links else [r if r.is_dir() else r.parent for r in roots])
     catalog = writer.catalog
-    # With no model named, the catalog's own are used: nothing to check, so the models load
-    # only if there is work (an unchanged folder re-scans in a fraction of a second).
-    eager = encoders.reembed or bool(settings.model or settings.audio_model) or not catalog.spaces()
+    # With no model named, or the one the catalog records, there is nothing to check, so the
+    # models load only if there is work (an unchanged folder re-scans in a fraction of a second).
+    eager = encoders.reembed or not catalog.spaces() or not _named_models_recorded(settings, catalog.spaces())
     spaces = _load_spaces(encoders, writer, report) if eager else None
     work = _plan(roots, writer, encoders, spaces, report, retry_failed, area)
     if work and spaces is None:
@@ -148,13 +156,23 @@ def index_folders(paths: Sequence[Path], writer: CatalogWriter, encoders: Encode
             report.unchanged += sum(p.is_update for p in work if p.found.kind == "audio")
             work = [p for p in work if p.found.kind != "audio"]
     if work:
+        meter.plan([(p.found.kind, p.found.path, p.found.size) for p in work],
+                   lambda modality: [s for s in encoders.spaces_for(modality) if s in (spaces or [])])
         ingest = _Ingest
         if settings.ray:  # decode and embed on a Ray cluster; planning and commits stay here
             from mmsearch.indexer.ray_ingest import RayIngest as ingest  # type: ignore[assignment]
-        ingest(writer, encoders, settings, spaces or [], report, progress, stop, area, media_progress).run(work)
+        ingest(writer, encoders, settings, spaces or [], report, progress, stop, area, media_progress, meter).run(work)
+    meter.set_phase("index")
     writer.upkeep(wait=True)
     report.seconds = time.perf_counter() - t0
+    meter.set_phase("done")
     return report
+
+
+def _named_models_recorded(settings: Settings, spaces: dict[str, tuple[str, int]]) -> bool:
+    """Whether each model the settings name is, spelled the same, the one the catalog records."""
+    named = {"clip": settings.model, "clap": settings.audio_model if settings.audio else None}
+    return all(spec is None or (space in spaces and spaces[space][0] == spec) for space, spec in named.items())
 
 
 def _plan(roots: list[Path], writer: CatalogWriter, encoders: EncoderSet, spaces: list[str] | None,
@@ -164,7 +182,7 @@ def _plan(roots: list[Path], writer: CatalogWriter, encoders: EncoderSet, spaces
     kind counts as work."""
     catalog = writer.catalog
     if encoders.redo:  # a new or re-embedded space: every folder of the catalog, not just these
-        roots = dedupe_roots(roots + [r for r in map(Path, catalog.roots()) if r.is_dir()])
+        roots = dedupe_roots(roots + [r for r in map(Path, catalog.roots()) if r.is_dir() or r.is_file()])
     work: list[_Pending] = []
     gone: set[str] = set()
     quiet: set[str] = set()  # gone, but never indexed (skipped): not counted as removed
@@ -175,8 +193,8 @@ def _plan(roots: list[Path], writer: CatalogWriter, encoders: EncoderSet, spaces
         # audio files are always scanned: with audio off they are left as they are, not "gone"
         bad_names: list[str] = []
         skipped: list[str] = []
-        found = {f.path: f for f in scan(root, exclude=catalog.root, bad_names=bad_names, allowed=area,
-                                         skipped_links=skipped, others=True)}
+        found = {f.path: f for f in (scan_file(root) if root.is_file() else scan(
+            root, exclude=catalog.root, bad_names=bad_names, allowed=area, skipped_links=skipped, others=True))}
         report.skipped_links += len(skipped)
         report.failed += len(bad_names)
         report.failures += [(name, "file name is not valid UTF-8: rename it to index it") for name in bad_names]
@@ -272,8 +290,9 @@ class _Ingest:
     def __init__(self, writer: CatalogWriter, encoders: EncoderSet, settings: Settings,
                  spaces: list[str], report: IndexReport, progress: Progress | None,
                  stop: threading.Event | None, area: list[Path] | None,
-                 media_progress: MediaProgress | None = None) -> None:
+                 media_progress: MediaProgress | None = None, meter: IngestMeter | None = None) -> None:
         self.writer, self.encoders, self.settings = writer, encoders, settings
+        self.meter = meter or IngestMeter(None)
         self.area = area  # where caption rows may link to
         self.spaces = spaces
         self.report = report
@@ -451,7 +470,10 @@ class _Ingest:
             self._finish_staged()  # the previous batch encodes while this one is staged
             self.staged = (key, batch, future)
             return
-        self._store(key, batch, enc.encode(modality, [prep for _, _, prep in batch]))
+        t = time.perf_counter()
+        vectors = enc.encode(modality, [prep for _, _, prep in batch])
+        self.meter.embedded(key, len(batch), time.perf_counter() - t)
+        self._store(key, batch, vectors)
 
     def _finish_staged(self) -> None:
         """Encode and store the staged image batch; images the device could not decode fail."""
@@ -459,8 +481,10 @@ class _Ingest:
             return
         key, batch, future = self.staged
         self.staged = None
+        t = time.perf_counter()
         staged = future.result()
         vectors = self.encoders.get(key[0]).encode_staged(staged)  # type: ignore[attr-defined]
+        self.meter.embedded(key, len(batch), time.perf_counter() - t)
         for i, reason in staged.failed.items():
             idx = batch[i][0]
             self.work[idx].error = reason
@@ -507,6 +531,7 @@ class _Ingest:
         self.ready.append(idx)
         self.ready_items += len(p.items)
         self.done += 1
+        self.meter.file_done(p.found.kind, p.found.size, list(p.items.values()))
         if self.progress:
             self.progress(self.done, len(self.work))
         if self.ready_items >= self.settings.commit_every:

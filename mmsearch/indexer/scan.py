@@ -118,6 +118,19 @@ def scan(root: Path, *, audio: bool = True, exclude: Path | None = None,
             yield FoundFile(entry.path, kind, info.st_size, info.st_mtime_ns)
 
 
+def scan_file(path: Path) -> Iterator[FoundFile]:
+    """One file given by name (``mmsearch index photo.jpg``): itself, when it is a kind mmsearch
+    indexes. The path is already resolved, so a link given by name was followed on purpose."""
+    kind = kind_of(path.name)
+    if kind is None or (kind == "captions" and not is_captions_file(str(path))):
+        return
+    try:
+        info = path.stat()
+    except OSError:
+        return
+    yield FoundFile(str(path), kind, info.st_size, info.st_mtime_ns)
+
+
 def dedupe_roots(paths: Sequence[Path]) -> list[Path]:
     """The roots of one run without repeats and without roots inside another of them, whose files
     would otherwise be embedded twice. Paths are compared as given: resolve them first."""

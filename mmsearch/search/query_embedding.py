@@ -86,6 +86,11 @@ class QueryEmbedder:
     def check_inputs(self, q: Query) -> Image.Image | None:
         """Decode the query's media, so a bad image or sound is refused before any model loads
         (a model takes seconds; the refusal, milliseconds). Returns the decoded image."""
+        for t in q.terms:
+            if t.audio is not None:
+                self._check_audio(t.audio)
+            if t.image is not None:
+                self._decode_image(t.image)
         if q.audio is not None:
             self._check_audio(q.audio)
         return self._decode_image(q.image) if q.image is not None else None
@@ -94,8 +99,8 @@ class QueryEmbedder:
     def needs_model(q: Query, space: str) -> bool:
         """Whether embedding ``q`` in ``space`` runs that space's model (stored items do not)."""
         mods = SPACES[space][0]
-        return bool(((q.text or q.negative_text) and "text" in mods) or (q.image is not None and "image" in mods)
-                    or (q.audio is not None and "audio" in mods))
+        return bool(((q.has_text or q.negative_text) and "text" in mods) or (q.has_image and "image" in mods)
+                    or (q.has_audio and "audio" in mods))
 
     def embed_queries(self, queries: Sequence[Query], spaces: Sequence[Sequence[str]],
                       images: Sequence[Any] | None = None) -> list[dict[str, QueryVector]]:
@@ -108,7 +113,8 @@ class QueryEmbedder:
         texts: dict[str, dict[str, np.ndarray]] = {}
         for space in used:
             wanted = sorted({t for q, sp in zip(queries, spaces) if space in sp
-                             for t in ([q.text] if q.text else []) + q.negative_text})
+                             for t in ([q.text] if q.text else []) + q.negative_text
+                             + [term.text for term in q.terms if term.text]})
             texts[space] = dict(zip(wanted, self.embed_text(space, wanted))) if wanted else {}
         decoded = list(images) if images is not None else [None] * len(queries)
         return [{space: qv for space in sp
@@ -127,6 +133,13 @@ class QueryEmbedder:
             parts.append(q.image_weight * self.embed_image(image if image is not None else q.image))
         if q.audio is not None and "audio" in mods:
             parts.append(q.audio_weight * self.embed_audio(q.audio))
+        for t in q.terms:  # weighted parts; a negative weight subtracts
+            if t.text and "text" in mods:
+                parts.append(t.weight * texts[t.text])
+            elif t.image is not None and "image" in mods:
+                parts.append(t.weight * self.embed_image(t.image))
+            elif t.audio is not None and "audio" in mods:
+                parts.append(t.weight * self.embed_audio(t.audio))
         likes = [(items[i], q.item_weights.get(i, 1.0)) for i in q.item_ids if i in items]
         dislikes = [(items[i], q.item_weights.get(i, 1.0)) for i in q.negative_ids if i in items]
         negatives = [texts[t] for t in q.negative_text] if "text" in mods else []

@@ -234,11 +234,13 @@ class Catalog:
             return list(s.scalars(select(Root.path).order_by(Root.path)))
 
     def file_states(self, root: Path) -> dict[str, FileState]:
-        """Known files under a folder (by path, so nested roots share their files)."""
+        """Known files under a folder (by path, so nested roots share their files), or the file
+        itself when the root is one file."""
         esc = _like_escape(str(root).rstrip("/")) + "/%"
+        where = File.path == str(root) if root.is_file() else File.path.like(esc, escape="\\")
         with self.sessions() as s:
             rows = s.execute(select(File.path, File.id, File.size, File.mtime_ns, File.status, File.content_hash,
-                                    File.kind, File.width).where(File.path.like(esc, escape="\\")))
+                                    File.kind, File.width).where(where))
             # every image read since migration 0003 has a width: none means its facts were never read
             return {p: FileState(i, sz, mt, st, h, k, k == "image" and w is None and st == "ok")
                     for p, i, sz, mt, st, h, k, w in rows}

@@ -45,6 +45,21 @@ def test_a_captions_file_counts_its_rows_and_the_eta_waits_for_measurements(tmp_
     assert "518/518 items" in describe(seen[-1]) and "ETA 0:00" in describe(seen[-1])
 
 
+
+def test_videos_are_estimated_from_their_bytes_once_one_is_done() -> None:
+    seen: list[IngestStatus] = []
+    meter = IngestMeter(seen.append, every=0)
+    meter.plan([("video", "a.mp4", 2000), ("video", "b.mp4", 4000), ("image", "c.jpg", 1)],
+               lambda modality: ["clap"] if modality == "audio" else ["clip"])
+    assert seen[-1].items_total is None  # frames and windows per byte: unknown until a video is done
+    meter.embedded(("clip", "image"), 1 + 6, 1.0)  # the photo and the first video's 6 frames
+    meter.embedded(("clap", "audio"), 4, 1.0)  # its 4 sound windows
+    meter.file_done("video", 2000, [SimpleNamespace(embeddings=[0] * 10, duration=12.0)])
+    st = seen[-1]
+    assert st.media_seconds == 12.0
+    assert st.items_total == 11 + 20  # 10 vectors per 2000 bytes: 20 more for the second video
+    assert st.eta_s is not None and st.eta_s > 0
+
 def test_the_pipeline_reports_phases_in_order_and_every_item(make_settings, photo_dir: Path) -> None:  # type: ignore[no-untyped-def]
     seen: list[IngestStatus] = []
     with Engine.open(make_settings()) as engine:

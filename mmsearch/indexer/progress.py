@@ -38,6 +38,17 @@ class _Kind:
 
 
 @dataclass
+class _Stream:
+    """Sound or video files: how many vectors one holds is known only once it is decoded, so the
+    rest are estimated from the vectors per byte of the files finished so far."""
+
+    keys: list[tuple[str, str]] = field(default_factory=list)  # (space, modality) its vectors go to
+    bytes_left: float = 0.0
+    bytes_done: float = 0.0
+    units_done: int = 0
+
+
+@dataclass
 class IngestMeter:
     """Counts an ingest as it runs and hands an IngestStatus to ``report`` (at most every
     ``every`` seconds, and at once on a phase change)."""
@@ -49,10 +60,8 @@ class IngestMeter:
     files_done: int = 0
     media_seconds: float = 0.0
     kinds: dict[tuple[str, str], _Kind] = field(default_factory=dict)
-    audio_bytes_left: float = 0.0  # of sounds not decoded yet: their windows are estimated from bytes
-    audio_bytes_done: float = 0.0
-    audio_windows_done: int = 0
-    audio_spaces: int = 0
+    # sounds and videos not decoded yet: their windows and frames are estimated from their bytes
+    streams: dict[str, _Stream] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     embed_started: float | None = None
     _sent: float = 0.0
@@ -61,11 +70,15 @@ class IngestMeter:
         """The work: (kind, path, size) of each file to embed; captions files are counted by row."""
         self.files_total = len(files)
         for kind, path, size in files:
-            if kind == "audio":
-                self.audio_bytes_left += size
-                self.audio_spaces = max(self.audio_spaces, len(spaces_for("audio")))
-                for space in spaces_for("audio"):
-                    self.kinds.setdefault((space, "audio"), _Kind())
+            if kind in STREAM_KEYS:
+                stream = self.streams.setdefault(kind, _Stream())
+                stream.bytes_left += size
+                for modality, space_of in STREAM_KEYS[kind]:
+                    for space in spaces_for(space_of):
+                        key = (space, modality)
+                        self.kinds.setdefault(key, _Kind())
+                        if key not in stream.keys:
+                            stream.keys.append(key)
                 continue
             modality = "image" if kind == "image" else "text"
             units = count_rows(path) if kind == "captions" else 1
@@ -87,10 +100,11 @@ class IngestMeter:
 
     def file_done(self, kind: str, size: int, items: Sequence[Any]) -> None:
         self.files_done += 1
-        if kind == "audio":
-            self.audio_bytes_left = max(0.0, self.audio_bytes_left - size)
-            self.audio_bytes_done += size
-            self.audio_windows_done += sum(len(it.embeddings) for it in items)
+        stream = self.streams.get(kind)
+        if stream is not None:
+            stream.bytes_left = max(0.0, stream.bytes_left - size)
+            stream.bytes_done += size
+            stream.units_done += sum(len(it.embeddings) for it in items)
         if kind in ("audio", "video"):
             self.media_seconds += max((it.duration or 0.0 for it in items), default=0.0)
         self._emit()
@@ -105,18 +119,17 @@ class IngestMeter:
                             elapsed_s=now - self.started, eta_s=self._eta(expected, now))
 
     def _expected(self) -> dict[tuple[str, str], float] | None:
-        out = {key: k.expected for key, k in self.kinds.items() if key[1] != "audio"}
-        audio = [key for key in self.kinds if key[1] == "audio"]
-        if audio and self.audio_bytes_left > 0:
-            if not self.audio_bytes_done:
-                return None  # no sound finished yet: its windows per byte are unknown
-            per_byte = self.audio_windows_done / self.audio_bytes_done
-            left = self.audio_bytes_left * per_byte / max(1, self.audio_spaces)
-            for key in audio:
-                out[key] = self.kinds[key].done + left
-        else:
-            for key in audio:
-                out[key] = self.kinds[key].done
+        streamed = {key for stream in self.streams.values() for key in stream.keys}
+        out = {key: k.expected for key, k in self.kinds.items() if key not in streamed}
+        for key in streamed:
+            out[key] = out.get(key, 0.0) + self.kinds[key].done
+        for stream in self.streams.values():
+            if stream.bytes_left > 0:
+                if not stream.bytes_done:
+                    return None  # none of these finished yet: their vectors per byte are unknown
+                left = stream.bytes_left * stream.units_done / stream.bytes_done / max(1, len(stream.keys))
+                for key in stream.keys:
+                    out[key] += left
         return out
 
     def _eta(self, expected: dict[tuple[str, str], float] | None, now: float) -> float | None:
@@ -140,6 +153,13 @@ class IngestMeter:
         if force or now - self._sent >= self.every:
             self._sent = now
             self.report(self.status())
+
+
+# what a sound's or a video's vectors are: (modality of the vectors, modality whose spaces embed them)
+STREAM_KEYS: dict[str, tuple[tuple[str, str], ...]] = {
+    "audio": (("audio", "audio"),),
+    "video": (("image", "image"), ("audio", "audio")),
+}
 
 
 def count_rows(path: str) -> int:

@@ -58,7 +58,7 @@ def connect(address: str) -> bool:
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as e:
-        raise MMSearchError(f"cannot reach the Ray cluster {address!r}: {e}. Start one with `ray start --head`, "
+        raise MMSearchError(f"cannot reach the Ray cluster {address!r}: {str(e).rstrip('.')}. Start one with `ray start --head`, "
                             "pass its address (HOST:6379 or ray://HOST:10001), or use --ray local") from None
     return True
 

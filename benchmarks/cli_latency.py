@@ -5,6 +5,8 @@
     python benchmarks/cli_latency.py --catalog DIR         # kept: indexed if missing, else used as it is
     python benchmarks/cli_latency.py --catalog DIR --src OTHER_CHECKOUT   # the same, another version
     python benchmarks/cli_latency.py --limit 0 --runs 7    # the whole folder
+    python benchmarks/cli_latency.py --catalog DIR --against ../main --against-cache /tmp/main-cache
+        # this checkout and another, runs taking turns (the same load for both): ratios too
 
 With ``--checkpoint`` (the default) the ``@random`` weights are saved to a safetensors file first
 and the catalog uses that file: what a pretrained model costs (it is read from a file, a tower at
@@ -44,6 +46,10 @@ def main() -> None:
     ap.add_argument("--runtime", choices=["auto", "torch", "onnx"], default=None,
                     help="MMSEARCH_RUNTIME for every command (default: as set, else auto).")
     ap.add_argument("--image", type=Path, default=None, help="Query image (default: the first photo).")
+    ap.add_argument("--against", type=Path, default=None,
+                    help="Another checkout, timed in turns with --src on the same catalog; prints ratios.")
+    ap.add_argument("--against-cache", type=Path, default=None,
+                    help="MMSEARCH_CACHE_DIR for --against (its own exports; default: the same as --src).")
     args = ap.parse_args()
 
     env = {**os.environ, "PYTHONPATH": str(args.src.resolve()), "MMSEARCH_AUDIO": "false",
@@ -71,6 +77,11 @@ def main() -> None:
             "similar": ["similar", str(item["results"][0]["id"]), "-k", "10", *cat],
             "help": ["--help"],
         }
+        if args.against is not None:
+            other = {**env, "PYTHONPATH": str(args.against.resolve()),
+                     **({"MMSEARCH_CACHE_DIR": str(args.against_cache)} if args.against_cache else {})}
+            _compare(commands, env, other, args.runs)
+            return
         runs = {name: _time(cmd, env, args.runs) for name, cmd in commands.items()}
         runs["python"] = _time(None, env, args.runs)  # the interpreter alone: the floor
     times = {name: [wall for wall, _ in r] for name, r in runs.items()}
@@ -84,6 +95,28 @@ def main() -> None:
     print(f"cli_text_s={med['text']:.3f} cli_image_s={med['image']:.3f} cli_stats_s={med['stats']:.3f}")
 
 
+def _compare(commands: dict[str, list[str]], env: dict[str, str], other: dict[str, str], runs: int) -> None:
+    """Each command on both checkouts, one run of each in turn (after a warm-up of each): medians,
+    and this checkout's time over the other's. Ends with: ratio_text=... ratio_image=... ..."""
+    ratios = {}
+    for name, cmd in commands.items():
+        if name == "help":
+            continue
+        ours: list[tuple[float, float]] = []
+        theirs: list[tuple[float, float]] = []
+        _mmsearch(cmd, env)
+        _mmsearch(cmd, other)
+        for _ in range(runs):
+            ours += _time(cmd, env, 1, warm=False)
+            theirs += _time(cmd, other, 1, warm=False)
+        med = [statistics.median(w for w, _ in r) for r in (ours, theirs)]
+        cpu = [statistics.median(c for _, c in r) for r in (ours, theirs)]
+        ratios[name] = med[0] / med[1]
+        print(f"{name:8s} this {med[0]:.3f} s wall ({cpu[0]:.3f} s CPU), other {med[1]:.3f} s ({cpu[1]:.3f} s CPU): "
+              f"ratio {ratios[name]:.3f}", file=sys.stderr)
+    print(" ".join(f"ratio_{n}={r:.3f}" for n, r in ratios.items()))
+
+
 def _mmsearch(args: list[str] | None, env: dict[str, str]) -> str:
     cmd = [sys.executable, "-c", "pass"] if args is None else [sys.executable, "-m", "mmsearch.cli", *args]
     # ``-m`` puts the working folder first on sys.path: run in the checkout being measured
@@ -93,10 +126,11 @@ def _mmsearch(args: list[str] | None, env: dict[str, str]) -> str:
     return done.stdout
 
 
-def _time(args: list[str] | None, env: dict[str, str], runs: int) -> list[tuple[float, float]]:
+def _time(args: list[str] | None, env: dict[str, str], runs: int, warm: bool = True) -> list[tuple[float, float]]:
     """(wall, CPU) seconds per run. CPU time (user + system of the process) tells what a command
     costs when other work shares the cores and stretches the wall time."""
-    _mmsearch(args, env)  # warm-up: the page cache holds the files, as for any second query
+    if warm:
+        _mmsearch(args, env)  # warm-up: the page cache holds the files, as for any second query
     out = []
     for _ in range(runs):
         before = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -7,12 +7,13 @@ catalog through the writer, one image item each, and lets upkeep build its index
 50,000 vectors). Then times 1,000 profiles of 5 liked and 2 disliked items:
 
 * batch: ``Engine.recommend_batch(profiles)``: the items of every profile read in one pass, one
-  FAISS search for all profile vectors, then each profile's exact rescoring and filters, and one
-  SQL read for every page;
+  FAISS search for all profile vectors, then each profile's exact rescoring (spread over the
+  cores) and filters, and one SQL read for every page;
 * loop: ``Engine.recommend(**profile)`` one after the other, as a caller without the batch form
   would.
 
-Prints figures side by side, never asserts, and ends with
+Prints figures side by side (wall and CPU time: on a busy machine the CPU time is the steadier
+ratio), never asserts, and ends with
 
     profiles=... batch_s=... loop_s=... speedup=... dup_groups=... dup_s=...
 
@@ -24,6 +25,7 @@ so the figure is the cost of the search itself (benchmarks/filters.py plants cop
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -112,15 +114,16 @@ def main(argv: list[str] | None = None) -> None:
             index = engine.stats()["collections"][COLL]["index"] or {}
             print(f"index: {index.get('factory')} ntotal={index.get('ntotal')} nprobe={index.get('nprobe')}")
             engine.recommend(**profiles[0])  # loads the index: not part of either timing
-            batch_runs, batch = [], []
+            batch_runs, batch_cpu, batch = [], [], []
             for _ in range(args.repeats):
-                t0 = time.perf_counter()
+                c0, t0 = time.process_time(), time.perf_counter()
                 batch = engine.recommend_batch(profiles)
                 batch_runs.append(time.perf_counter() - t0)
-            batch_s = statistics.median(batch_runs)
-            t0 = time.perf_counter()
+                batch_cpu.append(time.process_time() - c0)
+            batch_s, batch_cpu_s = statistics.median(batch_runs), statistics.median(batch_cpu)
+            c0, t0 = time.process_time(), time.perf_counter()
             loop = [engine.recommend(**p) for p in profiles]
-            loop_s = time.perf_counter() - t0
+            loop_s, loop_cpu_s = time.perf_counter() - t0, time.process_time() - c0
             same = sum([h.id for h in a.results] == [h.id for h in b.results] for a, b in zip(batch, loop))
             stages = batch[0].timings_ms
             t0 = time.perf_counter()
@@ -132,6 +135,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'total (s)':24}{batch_s:12.3f}{loop_s:12.3f}")
     print(f"{'per profile (ms)':24}{batch_s / n * 1e3:12.3f}{loop_s / n * 1e3:12.3f}")
     print(f"{'profiles per second':24}{n / batch_s:12.0f}{n / loop_s:12.0f}")
+    print(f"{'CPU time (s)':24}{batch_cpu_s:12.3f}{loop_cpu_s:12.3f}   (all threads; ratio {loop_cpu_s / batch_cpu_s:.1f})")
+    print(f"load average (1, 5, 15 min) at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(f"batch runs (s): {', '.join(f'{s:.3f}' for s in batch_runs)}; stages of the batch (ms, whole batch): "
           + ", ".join(f"{k} {v:.0f}" for k, v in stages.items() if k in ("embed", "ann", "hydrate", "total")))
     print(f"same result lists, batch and loop: {same}/{n}")

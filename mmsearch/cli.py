@@ -29,7 +29,15 @@ KOpt = Annotated[int, typer.Option("-k", "--k", min=1, max=1000, help="Number of
 RuntimeOpt = Annotated[Optional[Literal["auto", "torch", "onnx"]], typer.Option(
     "--runtime", help="What runs the models: onnx (CPU, exported once and cached), torch, or auto (onnx on a CPU when "
     "onnxruntime is installed, torch on a GPU). Default: MMSEARCH_RUNTIME, else auto.")]
-ToOpt = Annotated[Optional[str], typer.Option("--to", help="Return only: image, text, audio (default: all media).")]
+ToOpt = Annotated[Optional[Literal["image", "text", "audio", "video", "all"]], typer.Option(
+    "--to", help="Return only this modality (default: all media for a text query, the query's own for a "
+    "picture or a sound).")]
+PathsOnlyOpt = Annotated[bool, typer.Option("--paths-only", "-f", help="Print only the paths, one a line, for pipes "
+                                            "(a caption prints the photo it describes).")]
+PreviewOpt = Annotated[bool, typer.Option("--preview", "-p", help="Show each picture inline, in terminals that can "
+                                          "(iTerm2, WezTerm, kitty).")]
+DeviceOpt = Annotated[Optional[Literal["auto", "cpu", "cuda"]], typer.Option(
+    "--device", help="Where the models run (default: MMSEARCH_DEVICE, else auto: cuda when there is one).")]
 OffsetOpt = Annotated[int, typer.Option("--offset", min=0, help="Skip this many results (paging).")]
 DiversityOpt = Annotated[float, typer.Option("--diversity", min=0.0, max=1.0, help="MMR diversity, 0..1.")]
 ExcludeOpt = Annotated[Optional[list[int]], typer.Option("--exclude", help="Never return this item (repeatable).")]
@@ -45,11 +53,25 @@ CameraOpt = Annotated[Optional[str], typer.Option(
     "--camera", help="Camera: case-insensitive prefix of make and model ('canon eos') or of the model ('iphone').")]
 NearOpt = Annotated[Optional[str], typer.Option("--near", help="LAT,LON,KM: photos taken within KM of a place.")]
 MinSizeOpt = Annotated[Optional[str], typer.Option("--min-size", help="Only files of at least this size ('2MB').")]
-MinDurationOpt = Annotated[Optional[float], typer.Option("--min-duration", help="Only sounds at least this long (s).")]
-MaxDurationOpt = Annotated[Optional[float], typer.Option("--max-duration", help="Only sounds at most this long (s).")]
+MinDurationOpt = Annotated[Optional[float], typer.Option("--min-duration", help="Only sounds and videos at least this long (s).")]
+MaxDurationOpt = Annotated[Optional[float], typer.Option("--max-duration", help="Only sounds and videos at most this long (s).")]
 ExtOpt = Annotated[Optional[list[str]], typer.Option("--ext", help="Only these extensions (repeatable, or jpg,png).")]
 TagOpt = Annotated[Optional[list[str]], typer.Option("--tag", help="Only items with this tag, or key=value (repeatable: all).")]
 DedupOpt = Annotated[Optional[float], typer.Option("--dedup", help="Collapse results within this cosine of a better one (0.95).")]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from mmsearch import __version__
+
+        typer.echo(f"mmsearch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """Cross-modal semantic search over a media folder: images, audio and text."""
 
 
 def _settings(catalog: Path, db: str | None, model: str | None = None, audio_model: str | None = None,
@@ -96,7 +118,7 @@ def _print_json(data: Any) -> None:
 
 @app.command()
 def index(
-    paths: Annotated[list[Path], typer.Argument(help="Folders to index (recursively).")],
+    paths: Annotated[list[Path], typer.Argument(help="Folders to index (recursively), or single files.")],
     catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, model: ModelOpt = None,
     audio_model: AudioModelOpt = None,
     audio: Annotated[bool, typer.Option("--audio/--no-audio", help="Index sound files (CLAP).")] = True,
@@ -104,8 +126,9 @@ def index(
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Try failed files again even if unchanged.")] = False,
     follow_links: Annotated[bool, typer.Option(
         "--follow-links", help="Follow symlinks to files outside the folders being indexed (default: skip them).")] = False,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1)] = None,
-    device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu or cuda.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Items per forward pass of "
+                                                      "the model (default: MMSEARCH_BATCH_SIZE, else 32).")] = None,
+    device: DeviceOpt = None,
     runtime: RuntimeOpt = None, as_json: JsonOpt = False,
     ray: Annotated[Optional[str], typer.Option(
         "--ray", help="Decode and embed on a Ray cluster: auto (the running one), local (start one here), "
@@ -115,28 +138,19 @@ def index(
         "--ray-actors", min=1, help="Encoder actors on the cluster (default: one per GPU).")] = None,
 ) -> None:
     """Scan folders, embed new and changed files, drop deleted ones, update the indexes."""
-    from tqdm import tqdm
+    from mmsearch.progress_view import IndexProgress
 
     settings = _settings(catalog, db, model, audio_model, audio=audio, batch_size=batch_size, device=device,
                          runtime=runtime, follow_links=follow_links or None,  # not given: MMSEARCH_FOLLOW_LINKS decides
                          ray=ray, ray_actors=ray_actors)
-    with _engine(settings, reembed=reembed) as engine:
-        bar = tqdm(total=0, unit="file", desc="indexing", file=sys.stderr, disable=None, dynamic_ncols=True)
-
-        def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.n = done
-            bar.refresh()
-
+    with _engine(settings, reembed=reembed) as engine, IndexProgress(IndexProgress.wanted(as_json)) as shown:
         try:
-            report = engine.index(paths, progress=progress, retry_failed=retry_failed)
+            report = engine.index(paths, retry_failed=retry_failed, status=shown.update)
         except KeyboardInterrupt:
-            bar.close()
+            shown.__exit__(None, None, None)
             typer.echo("interrupted: the files finished so far are kept; run the same command again to "
                        "resume", err=True)
             raise typer.Exit(130) from None
-        finally:
-            bar.close()
     if as_json:
         _print_json(report.as_dict())
         return
@@ -144,6 +158,8 @@ def index(
                + (f", moved {report.moved}" if report.moved else "")
                + f", unchanged {report.unchanged}, failed {report.failed}"
                + (f", skipped links {report.skipped_links}" if report.skipped_links else "")
+               + (f", skipped {sum(report.skipped.values())} (not media or text)" if report.skipped else "")
+               + (f", {len(report.warnings)} with decoder warnings" if report.warnings else "")
                + f" ({report.items} items, {report.seconds:.1f} s)")
     for path, reason in report.failures[:20]:
         typer.echo(f"  failed: {path}: {reason}", err=True)
@@ -153,28 +169,99 @@ def index(
         typer.echo(f"warning: audio left out: {report.skipped_audio}", err=True)
 
 
-def _read(path: Path | None) -> bytes | None:
+def _read(path: Path | str | None, flag: str = "", settings: Settings | None = None) -> bytes | None:
+    """A query file's bytes; with ``settings``, an http(s) URL is fetched (size-capped, timed out)."""
     if path is None:
         return None
+    from mmsearch.fetch import is_url, read_url
+
+    if settings is not None and is_url(str(path)):
+        try:
+            return read_url(str(path), settings.max_upload_bytes, settings.url_timeout)
+        except MMSearchError as e:
+            typer.echo(f"error: {flag}: {e}", err=True)
+            raise typer.Exit(2) from None
     try:
         return Path(path).read_bytes()
     except OSError as e:
-        typer.echo(f"error: cannot read {path}: {e.strerror}", err=True)
+        typer.echo(f"error: {flag + ': ' if flag else ''}cannot read {path}: {e.strerror}", err=True)
         raise typer.Exit(2) from None
 
 
-def _show(response: Any, as_json: bool) -> None:
+def _show(response: Any, as_json: bool, paths_only: bool = False, preview: bool = False) -> None:
+    """Every result list prints here: JSON, bare paths for pipes, or one line per hit (with its
+    picture inline where the terminal shows pictures). The first number is what the list is
+    ranked by; where images, texts and sounds were merged, the cosine follows it."""
     if as_json:
         _print_json(response.model_dump(mode="json", exclude_none=True))
         return
+    if paths_only:  # a caption stands for the photo it describes
+        seen: set[str] = set()
+        for h in response.results:
+            shown = h.ref_path or h.path
+            if shown not in seen:
+                seen.add(shown)
+                typer.echo(shown)
+        return
+    protocol = None
+    if preview:
+        from mmsearch.preview import detect
+
+        protocol = detect()
+        if protocol is None:
+            typer.echo("warning: --preview: this terminal shows no pictures (iTerm2, WezTerm or kitty do); "
+                       "listing without them", err=True)
     if not response.results:
         typer.echo("no results")
+    merged = any(h.calibrated is not None for h in response.results)
     for h in response.results:
         where = f" [{h.start:.1f}-{h.end:.1f}s]" if h.start is not None else ""
         text = f"  \"{h.text[:80]}\"" if h.text and h.modality == "text" else ""
-        typer.echo(f"{h.score:7.4f}  {h.modality:<5}  #{h.id:<7} {h.path}{where}{text}")
+        about = f"  -> {h.ref_path}" if h.ref_path else ""
+        cosine = f"  cos {h.cosine:6.3f}" if merged else ""
+        typer.echo(f"{h.score:7.4f}{cosine}  {h.modality:<5}  #{h.id:<7} {h.path}{where}{text}{about}")
+        picture = h.path if h.modality == "image" else h.ref_path if h.ref_path else None
+        if protocol and picture:
+            from mmsearch.preview import inline, thumbnail_png
+
+            png = thumbnail_png(picture)
+            if png:
+                sys.stdout.write(inline(png, protocol))
     t = response.timings_ms
-    typer.echo(f"({len(response.results)} results in {t.get('total', 0):.1f} ms)", err=True)
+    typer.echo(f"({len(response.results)} results in {t.get('total', 0):.1f} ms"
+               + ("; ranked by calibrated score, cosine beside it" if merged else "") + ")", err=True)
+
+
+def _terms(add: list[str] | None, sub: list[str] | None, settings: Settings) -> tuple[list[dict], dict[str, Any]]:
+    """``--add``/``--sub`` values as Query terms (texts, pictures, sounds) and weighted item ids:
+    ``[W:]VALUE``, where VALUE is ``#ID``, an http(s) URL or an existing picture or sound file, else
+    a text."""
+    from mmsearch.fetch import is_url
+    from mmsearch.indexer.scan import kind_of
+
+    terms: list[dict] = []
+    items: dict[str, Any] = {"item_ids": [], "negative_ids": [], "item_weights": {}}
+    for flag, sign, values in (("--add", 1.0, add or []), ("--sub", -1.0, sub or [])):
+        for value in values:
+            head, colon, rest = value.partition(":")
+            try:
+                weight, value = (float(head), rest) if colon and head.strip() else (1.0, value)
+            except ValueError:
+                weight = 1.0
+            if value.startswith("#") and value[1:].isdigit():
+                item = int(value[1:])
+                items["item_ids" if sign > 0 else "negative_ids"].append(item)
+                if weight != 1.0:
+                    items["item_weights"][item] = weight
+                continue
+            kind = kind_of(value.split("?")[0]) if is_url(value) or Path(value).is_file() else None
+            if is_url(value) and kind not in ("image", "audio"):
+                kind = "image"
+            if kind in ("image", "audio"):
+                terms.append({kind: _read(value, flag, settings), "weight": sign * weight})
+            else:
+                terms.append({"text": value, "weight": sign * weight})
+    return terms, {k: v for k, v in items.items() if v}
 
 
 def _filters(**given: Any) -> dict[str, Any]:
@@ -202,7 +289,8 @@ def _query(model: str = "Query", **fields: Any) -> Any:
             raise typer.Exit(2) from None
         name = str(err["loc"][0])
         label = {"text": "--text" if model == "Profile" else "text", "negative_text": "--not", "tags": "--tag",
-                 "image": "--image", "audio": "--audio", "exclude_ids": "--exclude"}.get(
+                 "image": "--image", "audio": "--audio", "exclude_ids": "--exclude", "terms": "--add/--sub",
+                 "item_ids": "--add", "negative_ids": "--sub", "item_weights": "--add/--sub"}.get(
                      name, "--" + name.replace("_", "-"))
         typer.echo(f"error: {label}: {err['msg']}", err=True)
         raise typer.Exit(2) from None
@@ -211,9 +299,16 @@ def _query(model: str = "Query", **fields: Any) -> Any:
 @app.command()
 def search(
     text: Annotated[Optional[str], typer.Argument(help="Text query.")] = None,
-    image: Annotated[Optional[Path], typer.Option("--image", help="Image file as the query.")] = None,
-    audio_file: Annotated[Optional[Path], typer.Option("--audio", help="Audio file as the query.")] = None,
+    image: Annotated[Optional[str], typer.Option("--image", help="Image file, or an http(s) URL, as the "
+                                                 "query.")] = None,
+    audio_file: Annotated[Optional[str], typer.Option("--audio", help="Audio file, or an http(s) URL, as the "
+                                                      "query.")] = None,
     negative: Annotated[Optional[list[str]], typer.Option("--not", help="Steer away from this text.")] = None,
+    add: Annotated[Optional[list[str]], typer.Option(
+        "--add", help="Add to the query, with an optional weight: [W:]TEXT, [W:]FILE or URL (a picture or a "
+        "sound), or [W:]#ID (an item). Repeatable: --add 2:beach --add dog.jpg.")] = None,
+    sub: Annotated[Optional[list[str]], typer.Option(
+        "--sub", help="Subtract from the query, the same forms as --add: --sub 0.5:night --sub '#12'.")] = None,
     to: ToOpt = None, k: KOpt = 10, offset: OffsetOpt = 0, path: PathOpt = None, min_score: MinScoreOpt = None,
     diversity: DiversityOpt = 0.0, exclude: ExcludeOpt = None,
     date_from: DateFromOpt = None, date_to: DateToOpt = None, camera: CameraOpt = None, near: NearOpt = None,
@@ -221,16 +316,19 @@ def search(
     ext: ExtOpt = None, tag: TagOpt = None, dedup: DedupOpt = None,
     catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, model: ModelOpt = None,
     audio_model: AudioModelOpt = None, runtime: RuntimeOpt = None, as_json: JsonOpt = False,
+    paths_only: PathsOnlyOpt = False, preview: PreviewOpt = False,
 ) -> None:
     """Search by text, an image, a sound, or a mix of them."""
     filters = _filters(k=k, offset=offset, path=path, min_score=min_score, diversity=diversity, exclude=exclude,
                        date_from=date_from, date_to=date_to, camera=camera, near=near, min_size=min_size,
                        min_duration=min_duration, max_duration=max_duration, ext=ext, tag=tag, dedup=dedup)
-    q = _query(text=text, image=_read(image), audio=_read(audio_file), negative_text=negative or [], to=to,
-               **filters)
-    with _engine(_settings(catalog, db, model, audio_model, runtime=runtime), create=False) as engine:
+    settings = _settings(catalog, db, model, audio_model, runtime=runtime)
+    terms, items = _terms(add, sub, settings)
+    q = _query(text=text, image=_read(image, "--image", settings), audio=_read(audio_file, "--audio", settings),
+               negative_text=negative or [], to=to, terms=terms, **items, **filters)
+    with _engine(settings, create=False) as engine:
         response = engine.search(q)
-    _show(response, as_json)
+    _show(response, as_json, paths_only, preview)
 
 
 @app.command()
@@ -242,6 +340,7 @@ def similar(
     min_size: MinSizeOpt = None, min_duration: MinDurationOpt = None, max_duration: MaxDurationOpt = None,
     ext: ExtOpt = None, tag: TagOpt = None, dedup: DedupOpt = None,
     catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, runtime: RuntimeOpt = None, as_json: JsonOpt = False,
+    paths_only: PathsOnlyOpt = False, preview: PreviewOpt = False,
 ) -> None:
     """Items like the given ones (by default in their own modality)."""
     filters = _filters(k=k, offset=offset, path=path, min_score=min_score, diversity=diversity, exclude=exclude,
@@ -250,7 +349,7 @@ def similar(
     _query(item_ids=item_ids, to=to, **filters)  # a bad option exits 2 before the catalog opens
     with _engine(_settings(catalog, db, runtime=runtime), create=False) as engine:
         response = engine.similar(item_ids, to=to, **filters)
-    _show(response, as_json)
+    _show(response, as_json, paths_only, preview)
 
 
 def _weighted(values: list[str] | None, flag: str) -> list[int] | dict[int, float]:
@@ -282,6 +381,7 @@ def recommend(
     min_size: MinSizeOpt = None, min_duration: MinDurationOpt = None, max_duration: MaxDurationOpt = None,
     ext: ExtOpt = None, tag: TagOpt = None, dedup: DedupOpt = None,
     catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, runtime: RuntimeOpt = None, as_json: JsonOpt = False,
+    paths_only: PathsOnlyOpt = False, preview: PreviewOpt = False,
 ) -> None:
     """Items for a profile: liked and disliked items (never returned themselves), optionally a text;
     --exclude leaves out more (those already seen)."""
@@ -294,7 +394,7 @@ def recommend(
     _query(model="Profile", **profile)  # a bad option exits 2 before the catalog opens
     with _engine(_settings(catalog, db, runtime=runtime), create=False) as engine:
         response = engine.recommend(**profile)
-    _show(response, as_json)
+    _show(response, as_json, paths_only, preview)
 
 
 @app.command()
@@ -364,6 +464,27 @@ def duplicates(
         for it in group.items:
             typer.echo(f"  #{it.id:<7} {it.path}")
     typer.echo(f"({len(response.groups)} groups in {response.timings_ms['total'] / 1000:.1f} s)", err=True)
+
+
+@app.command()
+def atlas(
+    collection: Annotated[str, typer.Option("--collection", help="Which vectors: clip.image, clap.audio, clip.text, "
+                                                                 "clap.text.")] = "clip.image",
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Points at most: an even sample of the "
+                                                              "collection.")] = 2000,
+    catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """A 2-D map of a collection (its two principal axes): item id, x, y, modality and path per
+    line, as tab-separated values or JSON; `mmsearch serve` draws it at /atlas."""
+    with _engine(_settings(catalog, db), create=False) as engine:
+        response = engine.atlas(collection=collection, limit=limit)
+    if as_json:
+        _print_json(response.model_dump(mode="json", exclude_none=True))
+        return
+    for p in response.points:
+        typer.echo(f"{p.id}\t{p.x:.5f}\t{p.y:.5f}\t{p.modality}\t{p.path}")
+    typer.echo(f"({len(response.points)} of {response.total} vectors, "
+               f"{100 * sum(response.explained):.0f}% of the variance shown)", err=True)
 
 
 @app.command()
@@ -439,6 +560,25 @@ def lookup(
 
 
 @app.command()
+def browse(
+    to: ToOpt = None, path: Annotated[Optional[str], typer.Option("--path", help="Only under this folder.")] = None,
+    k: KOpt = 50, offset: OffsetOpt = 0,
+    catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Indexed items without a query, in path order (a page of them), and how many there are."""
+    with _engine(_settings(catalog, db), create=False) as engine:
+        rows, total = engine.browse(to=to, path=path, offset=offset, limit=k)
+    if as_json:
+        _print_json({"items": [{"id": r.id, "path": r.path, "modality": r.modality, "ordinal": r.ordinal,
+                                "text": r.text, "ref_path": r.ref_path} for r in rows], "total": total})
+        return
+    for r in rows:
+        text = f"  \"{r.text[:80]}\"" if r.text and r.modality == "text" else ""
+        typer.echo(f"{r.modality:<5}  #{r.id:<7} {r.path}{text}")
+    typer.echo(f"({offset + 1 if rows else offset}-{offset + len(rows)} of {total})", err=True)
+
+
+@app.command()
 def delete(
     item_ids: Annotated[Optional[list[int]], typer.Argument(help="Item ids to delete.")] = None,
     path: Annotated[Optional[list[Path]], typer.Option("--path", help="Delete every item of this indexed file.")] = None,
@@ -489,14 +629,20 @@ def serve(
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on.")] = 8000,
     api_key: Annotated[Optional[str], typer.Option(
         "--api-key", envvar="MMSEARCH_API_KEY", help="Key that writes (indexing, deleting, tagging) must send.")] = None,
+    cors_origin: Annotated[Optional[list[str]], typer.Option(
+        "--cors-origin", help="An origin whose web pages may call this API (repeatable; '*' for any), e.g. "
+        "http://localhost:5173. Default: MMSEARCH_CORS_ORIGINS, else none (same origin only).")] = None,
     index_root: Annotated[Optional[list[Path]], typer.Option(
         "--index-root", help="A folder the API may index (repeatable); none: no indexing over HTTP.")] = None,
     read_only: Annotated[bool, typer.Option("--read-only", help="Refuse every write.")] = False,
     audio: Annotated[bool, typer.Option("--audio/--no-audio", help="Serve audio search (CLAP).")] = True,
     batching: Annotated[bool, typer.Option(
         "--batching/--no-batching", help="Embed concurrent text queries together (micro-batching).")] = True,
-    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
+    log_level: Annotated[Literal["critical", "error", "warning", "info", "debug", "trace"], typer.Option(
+        "--log-level", help="uvicorn log level.")] = "info",
     runtime: RuntimeOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Once listening, print one JSON line on stdout: url, docs, "
+                                          "openapi, catalog, pid (for scripts that start the server).")] = False,
 ) -> None:
     """Run the HTTP API and the search page (http://HOST:PORT/, API docs at /docs)."""
     import uvicorn
@@ -510,7 +656,7 @@ def serve(
             typer.echo(f"error: --index-root {r} is not a folder", err=True)
             raise typer.Exit(2)
     settings = _settings(catalog, db, model, audio_model, api_key=api_key, audio=audio,
-                         index_roots=roots or None, runtime=runtime)
+                         index_roots=roots or None, runtime=runtime, cors_origins=cors_origin or None)
     try:
         check_bind(host, settings, read_only=read_only)
     except MMSearchError as e:
@@ -527,9 +673,36 @@ def serve(
 
         gc.collect()
         gc.freeze()  # the models' ~10^6 long-lived objects leave the GC's scans: no full-collection stalls
-        typer.echo(f"mmsearch: http://{host if ':' not in host else f'[{host}]'}:{port}/  (API docs at /docs)",
-                   err=True)
-        uvicorn.run(web, host=host, port=port, log_level=log_level, workers=1)
+        config = uvicorn.Config(web, host=host, port=port, log_level=log_level, workers=1)
+        server = uvicorn.Server(config)
+        if as_json:
+            _announce_when_listening(server, host, str(engine.catalog.root))
+        else:
+            typer.echo(f"mmsearch: http://{_host(host)}:{port}/  (API docs at /docs)", err=True)
+        server.run()
+
+
+def _host(host: str) -> str:
+    return host if ":" not in host else f"[{host}]"
+
+
+def _announce_when_listening(server: Any, host: str, catalog: str) -> None:
+    """``serve --json``: one line on stdout once the socket listens, with the port it got (0: any)."""
+    import os
+
+    startup = server.startup
+
+    async def started(*args: Any, **kwargs: Any) -> None:
+        await startup(*args, **kwargs)
+        if not server.started:
+            return
+        port = next((s.getsockname()[1] for srv in server.servers for s in srv.sockets), server.config.port)
+        base = f"http://{_host(host)}:{port}"
+        _print_json({"url": base + "/", "docs": base + "/docs", "openapi": base + "/openapi.json",
+                     "catalog": catalog, "pid": os.getpid()})
+        sys.stdout.flush()
+
+    server.startup = started
 
 
 if __name__ == "__main__":

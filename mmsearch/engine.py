@@ -7,7 +7,7 @@ Encoders, settings and the catalog are injected, so a test can pass a tiny model
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
@@ -19,17 +19,20 @@ from mmsearch.encoders.base import Encoder
 from mmsearch.encoders.encoder_set import EncoderSet
 from mmsearch.errors import BadInput, MMSearchError, NotFound
 from mmsearch.export import ExportFormat, ItemVectors, blocks, item_vectors, write_npy, write_parquet
+from mmsearch.search.atlas import MAX_POINTS, AtlasResponse, build_atlas
 from mmsearch.search.duplicates import DuplicatesResponse, find_duplicates
-from mmsearch.search.live import LiveIndexes
+from mmsearch.search.live import LiveIndex, LiveIndexes
 from mmsearch.search.query_embedding import Embedding, Embeddings, QueryEmbedder
 from mmsearch.search.request import Hit, Profile, Query, SearchResponse, weighted
 from mmsearch.search.scoring import DISLIKE_WEIGHT, Scoring
 from mmsearch.search.runner import QueryRunner
 from mmsearch.settings import Settings
 from mmsearch.storage.catalog import Catalog, ItemRow, SchemaOutdated
+from mmsearch.storage.vectors import VectorStore
 
 if TYPE_CHECKING:  # imported where used: reading commands (stats, similar) never load the indexer or faiss
     from mmsearch.indexer.pipeline import IndexReport, Progress
+    from mmsearch.indexer.progress import IngestStatus
     from mmsearch.writer import CatalogWriter
 
 
@@ -111,14 +114,19 @@ class Engine:
 
     def index(self, paths: Sequence[str | Path], progress: Progress | None = None,
               stop: threading.Event | None = None, retry_failed: bool = False,
-              allowed_roots: Sequence[Path] | None = None) -> IndexReport:
-        """Scan, embed and store the folders; see indexer/pipeline.py. ``allowed_roots`` bounds
-        where symlinks and caption rows may reach (the HTTP service passes its index roots)."""
+              allowed_roots: Sequence[Path] | None = None,
+              media_progress: Callable[[float], None] | None = None,
+              status: Callable[[IngestStatus], None] | None = None) -> IndexReport:
+        """Scan, embed and store the folders (or single files); see indexer/pipeline.py.
+        ``allowed_roots`` bounds where symlinks and caption rows may reach (the HTTP service passes
+        its index roots); ``status`` hears phases, items and an ETA (indexer/progress.py);
+        ``media_progress`` the seconds of sound and video embedded so far, as a long file goes."""
         from mmsearch.indexer.pipeline import index_folders
 
         with self.writing() as writer:
             return index_folders([Path(p) for p in paths], writer, self.encoders, self.settings, progress, stop,
-                                 retry_failed=retry_failed, allowed_roots=allowed_roots)
+                                 retry_failed=retry_failed, allowed_roots=allowed_roots,
+                                 media_progress=media_progress, status=status)
 
     def delete(self, item_id: int) -> None:
         """Delete an item (its file stays on disk; a later re-scan brings it back only if the
@@ -295,6 +303,18 @@ class Engine:
         media type) and its tags."""
         return self.catalog.item(item_id)
 
+    def browse(self, *, to: str | None = None, path: str | None = None, ref: str | None = None, offset: int = 0,
+               limit: int = 50) -> tuple[list[ItemRow], int]:
+        """Items without a query, in path order: a page of them (``to``: one modality; ``path``:
+        a folder; ``ref``: the captions of this media file) and how many there are in all."""
+        if to == "all":
+            to = None
+        if offset < 0 or not 1 <= limit <= 1000:
+            raise BadInput("offset is at least 0 and limit between 1 and 1000")
+        ids, total = self.catalog.browse(to, path, offset, limit, ref=ref)
+        rows = self.catalog.items(ids)
+        return [rows[i] for i in ids if i in rows], total
+
     def duplicates(self, *, threshold: float = 0.95, collection: str = "clip.image",
                    limit: int | None = None) -> DuplicatesResponse:
         """Groups of near-duplicate items of a collection (cosine >= ``threshold``), largest
@@ -303,15 +323,27 @@ class Engine:
             raise BadInput("threshold is a cosine in (0, 1], e.g. 0.95")
         if limit is not None and limit < 1:
             raise BadInput("limit is at least 1")
+        index, store = self._collection(collection)
+        return find_duplicates(self.catalog, index, store, collection, threshold, limit)
+
+    def atlas(self, *, collection: str = "clip.image", limit: int = 2000) -> AtlasResponse:
+        """A 2-D map of a collection: an even sample of at most ``limit`` items projected on its
+        two principal axes (search/atlas.py). Cost follows ``limit``, not the catalog."""
+        if not 1 <= limit <= MAX_POINTS:
+            raise BadInput(f"limit is between 1 and {MAX_POINTS}")
+        index, store = self._collection(collection)
+        return build_atlas(self.catalog, index, store, collection, limit)
+
+    def _collection(self, collection: str) -> tuple[LiveIndex, VectorStore]:
+        """The live index and vector store of a collection this catalog holds; NotFound names
+        the ones it does hold."""
         self.indexes.refresh()
-        spaces = self.catalog.spaces()
-        space = spaces.get(collection.split(".")[0])
+        space = self.catalog.spaces().get(collection.split(".")[0])
         index = self.indexes.index(collection) if space is not None else None
-        if index is None or collection not in self.catalog.collections():
+        if space is None or index is None or collection not in self.catalog.collections():
             known = ", ".join(self.catalog.collections()) or "none"
             raise NotFound(f"no collection {collection!r} in this catalog (it has: {known})")
-        return find_duplicates(self.catalog, index, self.indexes.store(collection, space[1]), collection,
-                               threshold, limit)
+        return index, self.indexes.store(collection, space[1])
 
     def lookup(self, path: str | Path) -> list[int]:
         """The item ids of an indexed file (one for a photo or a sound, one per row of a captions

@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     follow_links: bool = Field(False, description="Follow symlinks (and caption rows) to files outside the "
                                "folders being indexed; off, they are skipped and counted. The HTTP "
                                "service never goes outside its index roots.")
+    video_interval: float = Field(2.0, gt=0, description="Videos: at least one frame every this many seconds "
+                                  "(plus one per scene cut); near-identical neighbouring frames are collapsed.")
+    video_frame_side: int = Field(256, ge=32, le=4096, description="Videos: frames are decoded scaled down to this "
+                                  "short side (never enlarged) before embedding.")
     commit_every: int = Field(256, ge=1, description="Items per durable commit during ingest.")
     sync_every: float = Field(30.0, ge=0, description="Seconds between index upkeep checks during an ingest "
                               "(merges and retrains run in the background; items are searchable once committed).")
@@ -103,8 +107,12 @@ class Settings(BaseSettings):
 
     # HTTP service.
     api_key: str | None = Field(None, description="Required for writes when set.")
-    max_upload_bytes: int = Field(25 * 1024 * 1024, ge=1)
+    max_upload_bytes: int = Field(25 * 1024 * 1024, ge=1, description="Largest query file: an upload, or what "
+                                  "`search --image URL` fetches.")
+    url_timeout: float = Field(10.0, gt=0, description="Seconds `search --image URL` waits for the answer.")
     index_roots: list[Path] = Field(default_factory=list, description="Folders the API may index.")
+    cors_origins: list[str] = Field(default_factory=list, description="Origins (scheme://host:port) whose pages "
+                                    "may call the API from a browser (CORS); '*' for any. None: same origin only.")
 
     def resolved_build_threads(self) -> int:
         from mmsearch.cpus import available_cpus

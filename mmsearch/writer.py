@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from mmsearch.errors import MMSearchError
+from mmsearch.media.metadata import FileFacts
 from mmsearch.search.index_files import IndexFiles
 from mmsearch.search.upkeep import Action, IndexUpkeep
 from mmsearch.settings import Settings
@@ -124,6 +125,11 @@ class CatalogWriter:
         """Tags are SQL rows: a trigger moves the filters' generation, so cached selections see it."""
         with self._mutex:
             return self.catalog.set_tags(item_id, add, remove, values)
+
+    def fill_facts(self, rows: Sequence[tuple[int, str, int, FileFacts]]) -> None:
+        """Facts read from unchanged files' headers (see Catalog.fill_facts): SQL only."""
+        with self._mutex:
+            self.catalog.fill_facts(rows)
 
     def move_file(self, old_path: str, new_path: str, root_id: int, mtime_ns: int) -> None:
         with self._mutex:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import shutil
 import threading
 import time
@@ -257,7 +258,7 @@ def test_search_by_item_ids(client: TestClient, items: dict[str, Any]) -> None:
 @pytest.mark.parametrize("body,status,fragment", [
     ({}, 400, "empty query"),
     ({"text": ""}, 400, "empty query"),
-    ({"text": "x", "to": "video"}, 422, "to"),
+    ({"text": "x", "to": "film"}, 422, "to"),
     ({"text": "x", "k": 0}, 422, "k"),
     ({"text": "x", "k": 5000}, 422, "k"),
     ({"text": "x", "offset": -1}, 422, "offset"),
@@ -286,7 +287,7 @@ def test_search_rejects_bad_bodies(client: TestClient) -> None:
     r = client.post("/search", content=b"text=dog", headers={"content-type": "text/plain"})
     assert r.status_code == 415
     r = client.post("/search", data={"text": "dog", "k": "many"})
-    assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "k"
+    assert r.status_code == 422 and r.json()["errors"][0]["loc"][-1] == "k" and r.json()["detail"].startswith("k: ")
     r = client.post("/search", data={"image": "not a file"})
     assert r.status_code == 422 and "file" in r.json()["detail"]
     r = client.post("/search", files={"text": ("t.txt", b"dog", "text/plain")})
@@ -405,6 +406,42 @@ def test_item_metadata(client: TestClient, items: dict[str, Any]) -> None:
     assert note["modality"] == "text" and note["thumbnail_url"] is None and "dogs" in note["text"]
     caption = client.get(f"/items/{items['captions'][path]}").json()
     assert caption["ref_path"] == path and caption["thumbnail_url"]
+
+
+def test_browse_pages_every_item_in_path_order(client: TestClient, world: dict[str, Any],
+                                               items: dict[str, Any]) -> None:
+    media: Path = world["media"]
+    images = sorted([*items["images"], str(media / "trap" / "escape.jpg")])
+    seen: list[dict[str, Any]] = []
+    offset: int | None = 0
+    while offset is not None:
+        r = client.get("/browse", params={"to": "image", "offset": offset, "limit": 10})
+        assert r.status_code == 200
+        page = r.json()
+        assert page["total"] == len(images) and page["offset"] == offset and len(page["items"]) <= 10
+        seen += page["items"]
+        offset = page["next_offset"]
+    assert [it["path"] for it in seen] == images  # every image once, in path order
+    first = seen[0]
+    assert first["thumbnail_url"] == f"/items/{first['id']}/thumbnail" and first["width"] and first["size"]
+
+    beach = client.get("/browse", params={"path": "beach", "limit": 200}).json()
+    assert beach["total"] == 12 and {Path(it["path"]).parent.name for it in beach["items"]} == {"beach"}
+    everything = client.get("/browse", params={"limit": 200}).json()
+    assert everything["next_offset"] is None and len(everything["items"]) == everything["total"]
+    assert {it["modality"] for it in everything["items"]} == {"image", "text"}
+    captions = [it for it in everything["items"] if it["ref_path"]]
+    assert [it["ordinal"] for it in captions if it["path"].endswith("media/captions.csv")] == list(range(24))
+    path, photo = items["first_image"]
+    described = client.get("/browse", params={"ref": path}).json()
+    assert [it["id"] for it in described["items"]] == [items["captions"][path]] and described["total"] == 1
+    assert client.get("/browse", params={"to": "audio"}).json() == \
+        {"items": [], "total": 0, "offset": 0, "limit": 50, "next_offset": None}
+    for bad, status in [({"path": "beach/*.jpg"}, 400), ({"limit": 0}, 422), ({"offset": -1}, 422),
+                        ({"to": "nope"}, 422)]:
+        r = client.get("/browse", params=bad)
+        assert r.status_code == status, (bad, r.text)
+        assert r.json()["detail"]
 
 
 @pytest.mark.parametrize("bad", ["999999", "0", "-1", "abc", "1.5", str(2**64)])
@@ -715,3 +752,84 @@ def test_lookup_by_path(client: TestClient, world: dict[str, Any], items: dict[s
     assert r.status_code == 200 and r.json() == {"path": str(note), "item_ids": [items["note_md"]]}
     assert client.get("/items", params={"path": str(media / "nope.jpg")}).status_code == 404
     assert client.get("/items", params={"path": "relative.jpg"}).status_code == 422
+
+
+# -- issue 12: one error shape, HEAD, CORS, offline docs, has_more --------------------------------
+
+def test_every_error_is_an_rfc9457_problem(client: TestClient, items: dict[str, Any]) -> None:
+    answers = {
+        400: client.post("/search", json={}),  # the engine's BadInput
+        404: client.get("/items/999999"),  # the engine's NotFound
+        401: client.delete("/items/1"),  # the routes' own HTTPException
+        405: client.put("/search", json={}),  # Starlette's
+        413: client.post("/search", content=b"x" * (UPLOAD_LIMIT + 70_000),
+                         headers={"content-type": "application/json"}),  # the body-limit middleware
+        415: client.post("/search", content=b"text=dog", headers={"content-type": "text/plain"}),
+        422: client.get("/search", params={"text": "dog", "k": 0, "offset": -1}),  # validation
+    }
+    answers[-404] = client.get("/no/such/endpoint")
+    for status, r in answers.items():
+        body = r.json()
+        assert r.status_code == abs(status), (status, r.text)
+        assert r.headers["content-type"] == "application/problem+json", status
+        assert body["type"] == "about:blank" and body["status"] == abs(status) and body["title"], body
+        assert isinstance(body["detail"], str) and body["detail"], body
+    assert "GET" in answers[405].json()["detail"] and "/docs" in answers[-404].json()["detail"]
+    invalid = answers[422].json()
+    assert {e["field"] for e in invalid["errors"]} == {"k", "offset"}
+    assert all(e["loc"][0] == "query" and e["msg"] and e["type"] for e in invalid["errors"])
+    assert invalid["detail"].startswith(invalid["errors"][0]["field"] + ": ") and "1 more" in invalid["detail"]
+    schema = client.get("/openapi.json").json()
+    error = schema["paths"]["/search"]["post"]["responses"]["422"]["content"]
+    assert list(error) == ["application/problem+json"]
+    assert set(schema["components"]["schemas"]["ErrorOut"]["properties"]) >= {"type", "title", "status", "detail"}
+
+
+def test_head_on_media(client: TestClient, items: dict[str, Any]) -> None:
+    path, item_id = items["first_image"]
+    r = client.head(f"/items/{item_id}/media")
+    assert r.status_code == 200 and r.content == b""
+    assert int(r.headers["content-length"]) == Path(path).stat().st_size
+    assert r.headers["content-type"] == "image/jpeg" and r.headers["accept-ranges"] == "bytes"
+    assert client.head("/items/999999/media").status_code == 404
+
+
+def test_docs_pages_work_offline(client: TestClient) -> None:
+    for page, marker in (("/docs", "SwaggerUIBundle"), ("/redoc", "<redoc")):
+        html = client.get(page).text
+        assert marker in html and "cdn." not in html and "fonts.googleapis" not in html, page
+        assets = re.findall(r'(?:src|href)="(/static/vendor/[^"]+)"', html)
+        assert assets, page
+        for url in assets:
+            r = client.get(url)
+            assert r.status_code == 200 and len(r.content) > 100, url
+    assert "swagger-ui-bundle.js" in client.get("/docs").text
+
+
+def test_cors_is_off_unless_an_origin_is_named(client: TestClient, world: dict[str, Any]) -> None:
+    origin = "http://localhost:5173"
+    r = client.get("/healthz", headers={"Origin": origin})
+    assert "access-control-allow-origin" not in r.headers
+    settings = world["engine"].settings.model_copy(update={"cors_origins": [origin]})
+    engine = Engine.open(settings, create=False)
+    try:
+        with TestClient(create_app(engine)) as c:
+            r = c.options("/search", headers={"Origin": origin, "Access-Control-Request-Method": "POST",
+                                              "Access-Control-Request-Headers": "content-type,x-api-key"})
+            assert r.status_code == 200 and r.headers["access-control-allow-origin"] == origin
+            assert "x-api-key" in r.headers["access-control-allow-headers"].lower()
+            r = c.get("/search", params={"text": "dog", "k": 1}, headers={"Origin": origin})
+            assert r.headers["access-control-allow-origin"] == origin
+            assert "server-timing" in r.headers["access-control-expose-headers"].lower()
+            r = c.get("/healthz", headers={"Origin": "http://elsewhere.example"})
+            assert "access-control-allow-origin" not in r.headers
+    finally:
+        engine.close()
+
+
+def test_has_more_is_exact_at_the_end(client: TestClient, world: dict[str, Any]) -> None:
+    n = world["engine"].stats()["items"]["image"]
+    for k, offset, more in ((5, 0, True), (5, n - 6, True), (5, n - 5, False), (10, n - 5, False)):
+        page = client.get("/search", params={"text": "people", "to": "image", "k": k, "offset": offset}).json()
+        assert len(page["results"]) == min(k, n - offset), (k, offset)
+        assert page["has_more"] is more and page["next_offset"] == (offset + k if more else None), (k, offset)

@@ -64,9 +64,11 @@ OPERATIONS = [
     ("GET", "/search"), ("POST", "/search"), ("POST", "/similar"), ("POST", "/similar/batch"),
     ("POST", "/recommend"), ("POST", "/recommend/batch"), ("GET", "/items/{item_id}/vector"),
     ("GET", "/items/{item_id}/similar"), ("POST", "/embed"), ("GET", "/items"), ("GET", "/items/{item_id}"),
-    ("DELETE", "/items/{item_id}"), ("GET", "/items/{item_id}/media"), ("GET", "/items/{item_id}/thumbnail"),
+    ("DELETE", "/items/{item_id}"), ("GET", "/items/{item_id}/media"), ("HEAD", "/items/{item_id}/media"),
+    ("GET", "/items/{item_id}/thumbnail"),
     ("PUT", "/items/{item_id}/tags"), ("GET", "/duplicates"),
     ("POST", "/jobs"), ("GET", "/jobs"), ("GET", "/jobs/{job_id}"), ("DELETE", "/jobs/{job_id}"),
+    ("GET", "/browse"), ("GET", "/atlas.json"),
 ]
 
 

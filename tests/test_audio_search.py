@@ -161,3 +161,41 @@ def test_long_sounds_still_fill_the_page(make_settings, tiny_clap_dir: Path, tmp
         assert len(engine.indexes.store("clap.audio", 24)) > 16  # several windows per sound
         hits = engine.search(Query(text="a dog barking", to="audio", k=4)).results
         assert sorted(Path(h.path).name for h in hits) == [f"long{i}.wav" for i in range(4)]
+
+
+def test_a_batch_of_sound_profiles_answers_what_a_loop_answers(audio_settings, sound_dir: Path, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sounds of many windows liked, disliked and excluded, with texts, negatives and other
+    modalities: a batch (rescored on several threads) answers what each profile answers alone,
+    to the bit, windows included."""
+    from mmsearch.search import rerank
+
+    sources = sorted((TUXPAINT / "audio").glob("*.ogg"))[20:32]
+    long_path, _, _ = _long_file(sound_dir, sources)  # one item of many windows among the sounds
+    (sound_dir / "dogs.txt").write_text("Two dogs bark at a passing car.")
+    (sound_dir / "bell.txt").write_text("A bicycle bell rings twice.")
+    monkeypatch.setattr(rerank, "PARALLEL_MIN", 2)
+    with Engine.open(audio_settings) as engine:
+        assert engine.index([sound_dir]).failed == 0
+        ids = {Path(p).name: i for p in map(str, sorted(sound_dir.iterdir())) for i in engine.lookup(p)}
+        long_id, sounds = ids["long.wav"], [i for n, i in ids.items() if n.endswith((".ogg", ".mp3"))]
+        assert len(engine.catalog.item_embeddings(long_id)) > 2  # several windows
+        profiles = [
+            {"like": [long_id]},
+            {"like": sounds[:3], "dislike": [long_id], "exclude_ids": sounds[3:6], "k": 6},
+            {"like": {sounds[6]: 2.0, long_id: 0.5}, "dislike": {sounds[7]: 1.5}, "text": "a dog", "k": 5},
+            {"like": [sounds[8], long_id], "dislike": [sounds[9]], "scoring": "best", "k": 7},
+            {"like": [sounds[10]], "to": "text", "k": 2},
+            {"like": [long_id, ids["dogs.txt"]], "to": "all", "k": 8},
+            {"like": [sounds[11]], "offset": 3, "k": 4, "exclude_ids": [long_id]},
+            {"like": [sounds[0]], "k": 30},
+        ]
+        batch = engine.recommend_batch(profiles * 2)
+        loop = [engine.recommend(**p) for p in profiles]
+        for got, want in zip(batch, loop + loop):
+            assert got.results
+            assert [(h.id, h.score, h.calibrated, h.collection, h.start, h.end) for h in got.results] == \
+                   [(h.id, h.score, h.calibrated, h.collection, h.start, h.end) for h in want.results]
+        long_hit = next(h for h in batch[7].results if h.id == long_id)  # every sound: the long one by its best window
+        assert long_hit.start is not None and long_hit.end is not None and long_hit.end - long_hit.start <= 10.0
+        assert long_id not in [h.id for h in batch[1].results + batch[6].results]  # disliked, excluded

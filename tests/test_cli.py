@@ -107,7 +107,7 @@ def test_cli_errors_are_clear(cli, photo_dir: Path, tmp_path: Path) -> None:  # 
     assert r.exit_code == 2 and "query image" in r.output
     r = cli("search", "caf\udce9", ok=False)  # a Latin-1 byte from the shell
     assert r.exit_code == 2 and "UTF-8" in r.output
-    r = cli("search", "x", "--to", "video", ok=False)
+    r = cli("search", "x", "--to", "film", ok=False)
     assert r.exit_code == 2
     r = cli("embed", ok=False)
     assert r.exit_code == 2 and "exactly one" in r.output
@@ -188,6 +188,14 @@ def test_lookup_and_delete_by_path(cli, photo_dir: Path) -> None:  # type: ignor
     ids = json.loads(r.stdout)[str(note)]
     assert len(ids) == 1
     assert cli("lookup", str(photo_dir / "nope.txt"), ok=False).exit_code == 3
+    r = cli("browse", "--path", str(photo_dir / "notes"), "--json")
+    assert json.loads(r.stdout) == {"total": 2, "items": [
+        {"id": ids[0], "path": str(note), "modality": "text", "ordinal": 0, "ref_path": None,
+         "text": note.read_text()},
+        {"id": json.loads(cli("lookup", str(photo_dir / "notes" / "städte.md"), "--json").stdout)[
+            str(photo_dir / "notes" / "städte.md")][0], "path": str(photo_dir / "notes" / "städte.md"),
+         "modality": "text", "ordinal": 0, "ref_path": None, "text": (photo_dir / "notes" / "städte.md").read_text()}]}
+    assert cli("browse", "--path", "beach/*.jpg", ok=False).exit_code == 2
     r = cli("delete", "--path", str(note), "--json")
     assert json.loads(r.stdout) == {"deleted": ids}
     r = cli("search", "Two dogs play fetch on a sandy beach at sunset.", "--to", "text", "-k", "30", "--json")

@@ -4,16 +4,18 @@ text tower alone for a text query, inputs refused before any model loads, light 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from mmsearch.cli import app
-from tests.conftest import CONFIG_DIR, REPO
+from tests.conftest import CONFIG_DIR, REPO, TUXPAINT
 
 HEAVY = ("torch", "open_clip", "torchvision", "transformers")
 
@@ -64,7 +66,8 @@ def test_reading_commands_load_no_model(catalog: Path, photo_dir: Path, no_model
     assert no_models == []
 
 
-def test_refused_inputs_load_no_model(catalog: Path, tmp_path: Path, no_models: list[str]) -> None:
+def test_refused_inputs_load_no_model(catalog: Path, tmp_path: Path, no_models: list[str],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8\xff not really a jpeg")
     r = _cli(catalog, "search", "--image", str(bad))
@@ -75,8 +78,12 @@ def test_refused_inputs_load_no_model(catalog: Path, tmp_path: Path, no_models: 
     assert r.exit_code == 2 and "query audio" in r.output
     r = _cli(catalog, "search", "a dog", "--path", "photos[z-a]/*")
     assert r.exit_code == 2 and "bad path pattern" in r.output
-    r = _cli(catalog, "search", "a dog", "--to", "audio")  # no sounds in this catalog: nothing to search
-    assert r.exit_code == 0 and "no results" in r.output
+    r = _cli(catalog, "search", "a dog", "--to", "audio")  # no sounds in this catalog: refused, and why
+    assert r.exit_code == 2 and "no sounds are indexed" in r.output and "--no-audio" in r.output
+    sound = sorted((TUXPAINT / "audio").glob("*.ogg"))[0]
+    monkeypatch.setenv("MMSEARCH_AUDIO", "true")  # audio on, as by default: still no model
+    r = _cli(catalog, "search", "--audio", str(sound))  # not the CLAP download the issue saw
+    assert r.exit_code == 2 and "no sounds are indexed" in r.output
     r = _cli(catalog, "search")
     assert r.exit_code == 2 and "empty query" in r.output
     assert no_models == []
@@ -161,3 +168,28 @@ def test_stats_and_similar_in_a_fresh_process_never_import_torch(catalog: Path, 
                               "MMSEARCH_MODEL_CONFIG_DIRS": json.dumps([str(CONFIG_DIR)])})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_cached_exports_answer_queries_without_torch(catalog: Path, photo_dir: Path) -> None:
+    """A fresh process, the exports cached (the index made them): text and image queries import
+    neither torch, open_clip, torchvision nor transformers, and rank as torch does."""
+    img = sorted(photo_dir.rglob("*.jpg"))[3]
+    queries = (["search", "a dog on the beach", "-k", "8"], ["search", "--image", str(img), "-k", "8"])
+    code = ("import json, sys; from mmsearch.cli import app\n"
+            f"for args in {[list(q) for q in queries]!r}:\n"
+            "    try: app(args + ['--json', '--catalog', %r])\n"
+            "    except SystemExit as e: assert not e.code, (args, e.code)\n"
+            "print(json.dumps([m for m in %r if m in sys.modules]))") % (str(catalog), HEAVY)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO,
+                         env={**os.environ, "PYTHONPATH": str(REPO), "MMSEARCH_RUNTIME": "auto"})
+    assert out.returncode == 0, out.stderr
+    *answers, heavy = out.stdout.strip().splitlines()
+    assert json.loads(heavy) == []
+    for query, answer in zip(queries, answers):
+        got = json.loads(answer)["results"]
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("MMSEARCH_RUNTIME", "torch")
+            want = json.loads(_cli(catalog, *query, "--json").stdout)["results"]
+        assert len(got) == 8 and [r["id"] for r in got] == [r["id"] for r in want]
+        np.testing.assert_allclose([r["score"] for r in got], [r["score"] for r in want], atol=1e-4)
+    assert json.loads(answers[1])["results"][0]["path"] == str(img)

@@ -101,13 +101,18 @@ def test_a_new_checkpoint_at_the_same_path_is_exported_again(tmp_path: Path, exp
     ckpt = tmp_path / "model.pt"
     spec = f"open_clip:mmtest-tiny@{ckpt}"
     settings = _settings(tmp_path / "cache", runtime="onnx")
-    vecs = []
+    vecs, cached = [], []
     for seed in (1, 2):
         torch.manual_seed(seed)
         torch.save({"state_dict": open_clip.create_model("mmtest-tiny").state_dict()}, ckpt)
+        cached.append(OnnxEncoder.from_cache(spec, settings, lambda: None))  # the torch-free path: stale?
         vecs.append(_both(load_encoder(spec, settings), "text", ["a dog"]))
+        cached.append(OnnxEncoder.from_cache(spec, settings, lambda: None))
     assert export_spy == ["text", "text"]
+    assert [c is not None for c in cached] == [False, True, False, True]  # the old export was never found
     assert _min_cos(vecs[0], vecs[1]) < 0.99
+    ref = load_encoder(spec, settings.model_copy(update={"runtime": "torch"}))
+    assert _min_cos(vecs[1], _both(ref, "text", ["a dog"])) >= cpu_runtime.MIN_COS_FP32
 
 
 def test_a_mismatching_export_is_refused_and_torch_runs(clip_spec: str, tmp_path: Path, export_spy: list[str],
@@ -163,6 +168,10 @@ def test_the_faster_backend_is_measured_once_and_kept(clip_spec: str, tmp_path: 
     assert set(meta["backend_ms"]) == {"onnxruntime", "openvino"}
     assert meta["backend"] == min(meta["backend_ms"], key=meta["backend_ms"].get)
     assert type(run).name == meta["backend"]  # type: ignore[attr-defined]
+    enc.runner("text")  # a text tower answers first from nothing: its load time counts too
+    text = json.loads((enc.cache.folder("text") / "meta.json").read_text())
+    cost = {n: text["backend_ms"][n] + text["load_ms"][n] for n in ("onnxruntime", "openvino")}
+    assert text["backend"] == min(cost, key=cost.get)  # type: ignore[arg-type]
 
     picks: list[str] = []
     monkeypatch.setattr(cpu_runtime.ExportCache, "_pick_backend", lambda *a: picks.append("x"))
@@ -197,7 +206,37 @@ def test_clap_towers(tiny_clap_dir: Path, tmp_path: Path) -> None:
     assert _min_cos(_both(enc, "audio", windows), _both(ref, "audio", windows)) >= cpu_runtime.MIN_COS_FP32
     assert _min_cos(_both(enc, "text", TEXTS), _both(ref, "text", TEXTS)) >= cpu_runtime.MIN_COS_FP32
     meta = json.loads(next((tmp_path / "cache" / "onnx").glob("clap-audio-*/meta.json")).read_text())
-    assert meta["checksum"].startswith("state:")
+    assert meta["checksum"].startswith("dir:")  # the folder's files, hashed: found again without torch
+
+
+def test_clap_text_runs_from_the_cache_without_torch(tiny_clap_dir: Path, tmp_path: Path) -> None:
+    """Once CLAP's text tower is exported, its tokeniser comes from the cache (the ``tokenizers``
+    library, no transformers): the same ids, the same vectors; changed weights are not matched."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    folder = tmp_path / "clap"
+    shutil.copytree(tiny_clap_dir, folder)
+    settings = _settings(tmp_path / "cache", runtime="onnx")
+    spec = "clap:" + str(folder)
+    texts = [*TEXTS, "Café crème 🐶 &amp; <s> </s> numbers 3.14", "a cow mooing on the farm"]
+    want = _both(load_encoder(spec, settings), "text", texts)
+
+    def no_torch() -> Any:
+        raise AssertionError("the torch encoder was built")
+
+    light = OnnxEncoder.from_cache(spec, settings, no_torch)
+    assert light is not None and (light.dim, light.modalities) == (want.shape[1], ("audio", "text"))
+    np.testing.assert_array_equal(_both(light, "text", texts), want)
+    np.testing.assert_array_equal(_both(light, "text", texts[:1]), want[:1])  # a query alone
+
+    weights = next(folder.glob("*.safetensors"))
+    tensors = load_file(str(weights))
+    name = next(k for k in sorted(tensors) if k.startswith("text_model.embeddings"))
+    tensors[name] = tensors[name] + 1
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    assert OnnxEncoder.from_cache(spec, settings, no_torch) is None  # stale: torch exports it again
 
 
 @pytest.mark.parametrize("build, query", [("torch", "onnx"), ("onnx", "torch")])
@@ -265,3 +304,44 @@ def test_cli_runtime_option(clip_spec: str, tmp_path: Path, monkeypatch: pytest.
     out = runner.invoke(app, ["index", str(media), "--model", clip_spec, "--runtime", "onnx", "--device", "cuda",
                               "--catalog", catalog])
     assert out.exit_code == 2 and "runtime 'onnx' runs on the CPU" in out.output
+
+
+def test_a_pretrained_tag_is_found_while_the_hub_cache_still_gives_its_file(tmp_path: Path) -> None:
+    """A tag's export is keyed by the file an earlier load read from the Hugging Face cache; it is
+    found again without torch only while the cache's main branch still points at that snapshot."""
+    from mmsearch.encoders.base import Spec
+
+    repo = tmp_path / "hub" / "models--org--clip"
+    weights = repo / "snapshots" / "rev1" / "open_clip_model.safetensors"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"weights one")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("rev1")
+    root = tmp_path / "cache" / "onnx"
+    spec = Spec("open_clip", "ViT-B-32", "some_tag")
+    assert cpu_runtime.cached_checksum(spec, root) is None  # never loaded here
+    cpu_runtime._record_weights_file(root, str(spec), str(weights))
+    found = cpu_runtime.cached_checksum(spec, root)
+    assert found is not None and found.startswith("file:")
+    (repo / "refs" / "main").write_text("rev2")  # the hub cache moved on: a load would read another file
+    assert cpu_runtime.cached_checksum(spec, root) is None
+    assert cpu_runtime.cached_checksum(Spec("open_clip", "ViT-B-32", "random"), root) is None
+
+
+def test_inputs_not_reproduced_stay_with_torch(clip_spec: str, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tokeniser whose ids differ from open_clip's on a check text is not saved: the card says
+    so, the cache gives no torch-free encoder, and queries keep torch's tokeniser."""
+    from mmsearch.encoders import clip_tokenizer
+
+    real = clip_tokenizer.ClipTokenizer.encode
+    monkeypatch.setattr(clip_tokenizer.ClipTokenizer, "encode",
+                        lambda self, text: real(self, text)[::-1])  # wrong order for texts of 2+ tokens
+    settings = _settings(tmp_path / "cache", runtime="onnx")
+    enc = load_encoder(clip_spec, settings)
+    got = _both(enc, "text", TEXTS)
+    card = json.loads((enc.cache.folder("text") / cpu_runtime.LIGHT_FILE).read_text())
+    assert card["feeds"] is None and not (enc.cache.folder("text") / clip_tokenizer.VOCAB_FILE).exists()
+    assert OnnxEncoder.from_cache(clip_spec, settings, lambda: None) is None
+    ref = load_encoder(clip_spec, settings.model_copy(update={"runtime": "torch"}))
+    assert _min_cos(got, _both(ref, "text", TEXTS)) >= cpu_runtime.MIN_COS_FP32

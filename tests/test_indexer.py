@@ -158,7 +158,7 @@ def test_model_mismatch_is_refused_then_reembed(make_settings, photo_dir: Path) 
 
 
 def test_not_a_folder(engine: Engine, tmp_path: Path) -> None:
-    with pytest.raises(BadInput, match="not a folder"):
+    with pytest.raises(BadInput, match="no such folder or file"):
         engine.index([tmp_path / "missing"])
 
 

@@ -441,8 +441,8 @@ def test_tags_survive_reindexing_a_changed_file(world: dict[str, Any]) -> None:
 def test_a_0002_catalog_upgrades_with_empty_metadata_and_stays_searchable(world: dict[str, Any],
                                                                           tmp_path: Path) -> None:
     """A catalog made before metadata (schema 0002): opening its writer migrates it; EXIF facts
-    stay empty until a file changes, while the extension, media type and date (modification
-    time) are filled from what it knew, and every filter works."""
+    stay empty until the next index (see the next test), while the extension, media type and
+    date (modification time) are filled from what it knew, and every filter works."""
     from alembic import command
 
     from mmsearch.storage.db import SCHEMA_HEAD, alembic_config, create_db_engine
@@ -474,6 +474,50 @@ def test_a_0002_catalog_upgrades_with_empty_metadata_and_stays_searchable(world:
         assert old.search(Query(text="x", k=50, camera="canon")).results == []
         assert old.tag(ids["paris.jpg"], add=["old"]) == ["old"]
         assert [h.id for h in old.search(Query(text="x", k=5, tags=["old"])).results] == [ids["paris.jpg"]]
+
+
+def test_reindexing_reads_the_facts_an_old_catalog_never_read(world: dict[str, Any], tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files indexed before migration 0003 have empty facts (it fills only the extension, media
+    type and date from what the catalog knew), and re-indexing skips them as unchanged. The
+    next index reads their facts from the headers, through the writer: nothing re-embedded (same
+    items, embedding ids and stored vectors), the filters see them at once, and only those files
+    are read, once."""
+    from mmsearch.media import metadata
+
+    catalog = tmp_path / "old"
+    shutil.copytree(world["catalog"], catalog)
+    settings = world["settings"].model_copy(update={"catalog": catalog})
+    ids, lib = world["ids"], world["lib"]
+    with Engine.open(settings) as old:
+        with old.writing() as writer, writer.catalog.sessions.begin() as s:  # what migration 0003 leaves
+            s.execute(text("UPDATE files SET width = NULL, height = NULL, taken_s = NULL, camera_make = NULL, "
+                           "camera_model = NULL, camera_key = NULL, model_key = NULL, lens = NULL, lat = NULL, "
+                           "lon = NULL, orientation = NULL, date_s = mtime_ns / 1000000000"))
+        assert old.item(ids["paris.jpg"]).facts.camera_make is None
+        assert old.search(Query(text="x", k=50, camera="canon")).results == []  # a cached selection, now stale
+        before = {c: (len(old.indexes.store(c, d)), old.indexes.store(c, d).ids().copy())
+                  for c, d in (("clip.image", 32), ("clip.text", 32))}
+        embeddings = {name: old.catalog.item_embeddings(i) for name, i in ids.items()}
+        read: list[str] = []
+        header_facts = metadata.header_facts
+        monkeypatch.setattr(metadata, "header_facts", lambda path: read.append(Path(path).name) or header_facts(path))
+
+        report = old.index([lib])
+        assert (report.added, report.updated, report.unchanged) == (0, 0, len(EVERYTHING))
+        assert sorted(read) == sorted(n for n in EVERYTHING if n.endswith((".jpg", ".png")))  # images only
+        for name, i in ids.items():
+            assert old.item(i).facts == world["engine"].item(i).facts, name  # what ingest had read
+            assert old.catalog.item_embeddings(i) == embeddings[name]
+        for c, d in (("clip.image", 32), ("clip.text", 32)):
+            store = old.indexes.store(c, d)
+            assert len(store) == before[c][0] and np.array_equal(store.ids(), before[c][1])
+        assert [h.id for h in old.search(Query(text="x", k=50, camera="canon")).results] == [ids["paris.jpg"]]
+        dated = {Path(h.path).name for h in old.search(Query(text="x", k=50, date_to="2021-12-31", to="image")).results}
+        assert dated == {"paris.jpg", "versailles.jpg", "plain.png"}  # by EXIF date again
+
+        read.clear()
+        assert old.index([lib]).unchanged == len(EVERYTHING) and read == []  # never read twice
 
 
 # -- PostgreSQL ---------------------------------------------------------------------------------

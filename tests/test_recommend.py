@@ -431,11 +431,12 @@ def test_rescoring_many_queries_at_once_is_rescoring_each(world: dict[str, Any],
     vecs = store.get(ids[:3])
     queries: list[Any] = [vecs[0], build("best", None, [(vecs[1], 1.0), (vecs[2], 2.0)], [(vecs[0], 1.0)], [], 0.25)]
     queries = [queries[i % 2] for i in range(len(picks))]
-    monkeypatch.setattr(rerank, "READ_ROWS", 20)  # several reads
-    together = rerank.exact_rescore_many(queries, picks, store)
+    monkeypatch.setattr(rerank, "PARALLEL_MIN", 2)  # the threaded path, on a small batch
+    together = rerank.exact_rescore_many(queries, picks, store, threads=3)
+    assert [len(x[0]) for x in rerank.exact_rescore_many(queries, picks, store)] == [len(x[0]) for x in together]
     for q, c, (got_ids, got_scores) in zip(queries, picks, together):
         want_ids, want_scores = rerank.exact_rescore(q, c, store)
-        assert got_ids.tolist() == want_ids.tolist() and np.allclose(got_scores, want_scores)
+        assert got_ids.tolist() == want_ids.tolist() and np.array_equal(got_scores, want_scores)  # the same bits
         assert set(got_ids.tolist()) == set(c.tolist()) & set(ids.tolist())
         rows = store.get(got_ids)
         rows /= np.linalg.norm(rows, axis=1, keepdims=True)

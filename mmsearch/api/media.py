@@ -12,14 +12,16 @@ from __future__ import annotations
 import io
 import os
 import threading
-import warnings
 from collections import OrderedDict
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mmsearch.errors import MMSearchError, NotFound
+from mmsearch.media.decode import to_rgb
+from mmsearch.media.formats import decode_formats, is_raw
 from mmsearch.media.metadata import media_type
+from mmsearch.media.notes import FileNotes
 from mmsearch.storage.catalog import Catalog, ItemRow
 
 THUMB_SIZES = (64, 128, 256, 384, 512, 768, 1024)  # requested sizes round up to one of these
@@ -56,8 +58,9 @@ class MediaGuard:
         return Path(real)
 
     def picture_of(self, item: ItemRow) -> Path:
-        """The image that shows an item: itself, or the indexed image a caption describes."""
-        if item.modality == "image":
+        """The image that shows an item: itself (a photo, a video), or the indexed image a
+        caption describes."""
+        if item.modality in ("image", "video"):
             return self.check(item.path)
         if item.ref_path and media_type(item.ref_path).startswith("image/"):
             return self.check(item.ref_path)
@@ -78,21 +81,22 @@ class Thumbnails:
     def bucket(size: int) -> int:
         return next((s for s in THUMB_SIZES if s >= size), THUMB_SIZES[-1])
 
-    def get(self, path: Path, size: int) -> tuple[bytes, str]:
-        """(jpeg bytes, etag)."""
+    def get(self, path: Path, size: int, at: float | None = None) -> tuple[bytes, str]:
+        """(jpeg bytes, etag); ``at``: a video's frame at this many seconds (to the millisecond)."""
         try:
             st = path.stat()
         except OSError:
             raise NotFound(f"{path.name} is gone since it was indexed") from None
         size = self.bucket(size)
-        key = (str(path), st.st_mtime_ns, st.st_size, size)
+        key = (str(path), st.st_mtime_ns, st.st_size, size) + (() if at is None else (round(at * 1000),))
         etag = f'"t{abs(hash(key)):x}"'
         with self._lock:
             data = self._cache.get(key)
             if data is not None:
                 self._cache.move_to_end(key)
                 return data, etag
-        data = self._make(path, size)
+        with FileNotes():  # a decoder's warnings about one picture stay off the server's log
+            data = self._make(path, size) if at is None else self._frame(path, size, at)
         with self._lock:
             if key not in self._cache:
                 self._cache[key] = data
@@ -102,30 +106,60 @@ class Thumbnails:
                 self._size -= len(old)
         return data, etag
 
-    def _make(self, path: Path, size: int) -> bytes:
+    def _frame(self, path: Path, size: int, at: float) -> bytes:
+        """A video's frame at ``at`` seconds, decoded at the thumbnail's size in libswscale."""
+        from mmsearch.media.video import VideoDecodeError, frame_at
+
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(path) as source:
-                    w, h = source.size
-                    if w * h > self.max_pixels:
-                        raise MediaError(f"image of {w}x{h} pixels is over the limit of {self.max_pixels}")
-                    source.draft("RGB", (size, size))  # JPEG: decode at a fraction of the size
-                    img: Image.Image = ImageOps.exif_transpose(source)
-                    img.thumbnail((size, size), Image.Resampling.LANCZOS)
-                    if img.mode not in ("RGB", "L"):
-                        img = img.convert("RGBA")
-                        flat = Image.new("RGB", img.size, (255, 255, 255))
-                        flat.paste(img, mask=img.getchannel("A"))
-                        img = flat
-                    out = io.BytesIO()
-                    img.save(out, "JPEG", quality=82, optimize=True)
-                    return out.getvalue()
+            img = frame_at(path, at, size)
+        except VideoDecodeError as e:
+            raise MediaError(f"cannot make a thumbnail of {path.name}: {e}") from e
+        img.thumbnail((size, size), Image.Resampling.LANCZOS)
+        out = io.BytesIO()
+        img.save(out, "JPEG", quality=82, optimize=True)
+        return out.getvalue()
+
+    def _make(self, path: Path, size: int) -> bytes:
+        if is_raw(str(path)):  # Pillow cannot read it: rawpy's picture (the camera's preview)
+            return self._from_decoder(path, size)
+        try:
+            # Pillow's decompression-bomb warning is only a note (max_pixels decides, as when indexing)
+            with Image.open(path, formats=decode_formats()) as source:
+                w, h = source.size
+                if w * h > self.max_pixels:
+                    raise MediaError(f"image of {w}x{h} pixels is over the limit of {self.max_pixels}")
+                source.draft("RGB", (size, size))  # JPEG: decode at a fraction of the size
+                img: Image.Image = ImageOps.exif_transpose(source)
+                img.thumbnail((size, size), Image.Resampling.LANCZOS)
+                if img.mode in ("I", "F") or img.mode.startswith("I;"):  # 16-bit and float grey
+                    img = to_rgb(img)
+                if img.mode not in ("RGB", "L"):
+                    img = img.convert("RGBA")
+                    flat = Image.new("RGB", img.size, (255, 255, 255))
+                    flat.paste(img, mask=img.getchannel("A"))
+                    img = flat
+                out = io.BytesIO()
+                img.save(out, "JPEG", quality=82, optimize=True)
+                return out.getvalue()
         except MediaError:
             raise
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
-                Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        except UnidentifiedImageError:  # a RAW or a format Pillow's plain open does not try: the indexer's way
+            return self._from_decoder(path, size)
+        except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
             raise MediaError(f"cannot make a thumbnail of {path.name}: {e}") from e
+
+    def _from_decoder(self, path: Path, size: int) -> bytes:
+        """A thumbnail through the indexer's decoder (camera RAW, HEIF, any Pillow format)."""
+        from mmsearch.media.decode import DecodeError, load_image
+
+        try:
+            img = load_image(str(path), self.max_pixels)
+        except DecodeError as e:
+            raise MediaError(f"cannot make a thumbnail of {path.name}: {e}") from e
+        img.thumbnail((size, size), Image.Resampling.LANCZOS)
+        out = io.BytesIO()
+        img.save(out, "JPEG", quality=82, optimize=True)
+        return out.getvalue()
 
 
 __all__ = ["Forbidden", "MediaError", "MediaGuard", "Thumbnails", "media_type"]

@@ -106,7 +106,8 @@ class SearchForm(SearchRequest):
 
 
 class SearchPage(SearchResponse):
-    """One page of results; ``next_offset`` is the next page's start, null on the last page."""
+    """One page of results; ``has_more`` says whether another follows, and ``next_offset`` is its
+    start (null on the last page)."""
 
     k: int
     offset: int
@@ -250,6 +251,16 @@ class ItemOut(Metadata, _ItemFields):
     """An item, then what its file says (size, dates, camera, place...) and its tags."""
 
 
+class BrowsePage(BaseModel):
+    """A page of items without a query (path order), and how many there are."""
+
+    items: list[ItemOut]
+    total: int = Field(description="Items that match, on every page.")
+    offset: int
+    limit: int
+    next_offset: int | None = Field(None, description="The next page's start; null on the last page.")
+
+
 class TagsRequest(BaseModel):
     """Changes to an item's tags, applied in this order: remove, add, set."""
 
@@ -334,13 +345,26 @@ class CatalogInfo(BaseModel):
     models: dict[str, str] = Field(description="Model spec of each embedding space.")
 
 
+class FieldError(BaseModel):
+    loc: list[str | int] = Field(description="Where: the part of the request (body, query, path) and the field.")
+    field: str = Field(description="The field, as a dotted name ('k', 'near', 'like.12').")
+    msg: str = Field(description="What is wrong with it.")
+    type: str = Field(description="pydantic's error type, e.g. less_than_equal.")
+
+
 class ErrorOut(BaseModel):
-    detail: Any = Field(description="Why the request failed: a sentence, or a list of field errors.")
+    """Every error, in one shape: an RFC 9457 problem (``application/problem+json``)."""
+
+    type: str = Field("about:blank", description="A URI naming the kind of problem; about:blank: the status says it.")
+    title: str = Field(description="The HTTP status phrase, e.g. Bad Request.")
+    status: int = Field(description="The HTTP status code.")
+    detail: str = Field(description="Why the request failed, and what to change: one sentence.")
+    errors: list[FieldError] | None = Field(None, description="Validation problems (422): one per field.")
 
 
 __all__ = [
     "BatchEntry", "CatalogInfo", "DuplicatesResponse", "EmbedForm", "EmbedRequest", "EmbeddingOut",
-    "EmbeddingsOut", "ErrorOut", "Filters", "Health", "Hit", "ItemOut", "ItemVectorsOut", "JobList", "JobOut",
+    "EmbeddingsOut", "ErrorOut", "FieldError", "Filters", "Health", "Hit", "ItemOut", "ItemVectorsOut", "JobList", "JobOut",
     "JobRequest", "Readiness", "RecommendBatchRequest", "RecommendBatchResponse", "RecommendRequest", "SearchForm",
     "SearchPage", "SearchRequest", "SegmentVector", "SimilarBatchEntry", "SimilarBatchRequest",
     "SimilarBatchResponse", "SimilarRequest", "Stats", "TagsOut", "TagsRequest",

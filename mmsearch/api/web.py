@@ -23,10 +23,11 @@ class CachedStatic(StaticFiles):
 
 
 @cache
-def page_html() -> str:
-    """index.html with each asset's content hash in its URL; read once, as the assets are."""
-    html = (STATIC / "index.html").read_text(encoding="utf-8")
-    for name in ("app.js", "style.css"):
-        digest = hashlib.sha256((STATIC / name).read_bytes()).hexdigest()[:10]
-        html = html.replace(f"/static/{name}", f"/static/{name}?v={digest}")
+def page_html(name: str = "index.html") -> str:
+    """A page with each asset's content hash in its URL; read once, as the assets are."""
+    html = (STATIC / name).read_text(encoding="utf-8")
+    for asset in sorted(STATIC.iterdir()):
+        if asset.suffix in (".js", ".css") and f"/static/{asset.name}" in html:
+            digest = hashlib.sha256(asset.read_bytes()).hexdigest()[:10]
+            html = html.replace(f"/static/{asset.name}\"", f"/static/{asset.name}?v={digest}\"")
     return html

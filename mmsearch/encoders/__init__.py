@@ -15,15 +15,20 @@ def load_encoder(spec: str, settings: Settings | None = None) -> Encoder:
     parsed = Spec.parse(spec)
     runtime = resolve_runtime(settings)
     torch_settings = settings if runtime == "torch" else settings.model_copy(update={"device": "cpu"})
-    if parsed.family == "open_clip":
-        from mmsearch.encoders.clip import OpenClipEncoder
 
-        base: Encoder = OpenClipEncoder.from_spec(parsed, torch_settings)
-    else:
+    def torch_encoder() -> Encoder:
+        if parsed.family == "open_clip":
+            from mmsearch.encoders.clip import OpenClipEncoder
+
+            return OpenClipEncoder.from_spec(parsed, torch_settings)
         from mmsearch.encoders.clap import ClapEncoder
 
-        base = ClapEncoder.from_spec(parsed, torch_settings)
-    return OnnxEncoder(base, settings) if runtime == "onnx" else base
+        return ClapEncoder.from_spec(parsed, torch_settings)
+
+    if runtime == "torch":
+        return torch_encoder()
+    cached = OnnxEncoder.from_cache(spec, settings, torch_encoder)  # exports cached: no torch until needed
+    return cached if cached is not None else OnnxEncoder(torch_encoder(), settings)
 
 
 __all__ = ["Encoder", "Modality", "Spec", "load_encoder", "l2_normalise", "pick_device"]

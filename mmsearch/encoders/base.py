@@ -63,7 +63,56 @@ class Spec:
         return f"{self.family}:{self.name}" + (f"@{self.pretrained}" if self.pretrained else "")
 
 
+def open_clip_canonical(spec: Spec) -> Spec:
+    """Local checkpoints are recorded by absolute path so the catalog can recognise them (here,
+    without torch: the CPU runtime finds a cached export by this spec before loading anything)."""
+    import os
+    from pathlib import Path
+
+    p = spec.pretrained or ""
+    if p != "random" and (os.sep in p or p.endswith((".pt", ".bin", ".pth", ".safetensors"))):
+        return Spec(spec.family, spec.name, str(Path(p).expanduser().resolve()))
+    return spec
+
+
+def is_local_name(name: str) -> bool:
+    """A CLAP spec names a directory when one exists or it is spelled like a path, not 'org/model'."""
+    import os
+    from pathlib import Path
+
+    p = Path(name).expanduser()
+    return (
+        p.exists()
+        or p.is_absolute()
+        or name.startswith((".", "~"))
+        or name.count("/") > 1
+        or (os.sep != "/" and os.sep in name)
+    )
+
+
+def clap_canonical(spec: Spec) -> Spec:
+    """Local CLAP directories are recorded by absolute path so the catalog can recognise them."""
+    from pathlib import Path
+
+    if is_local_name(spec.name):
+        return Spec(spec.family, str(Path(spec.name).expanduser().resolve()), None)
+    return spec
+
+
+def gpu_visible() -> bool:
+    """Whether this machine shows a GPU driver at all (NVIDIA's, ROCm's or WSL's device files). Without
+    one torch cannot see a GPU either, and ``auto`` is the CPU without importing torch (seconds)."""
+    import glob
+    import os
+
+    return bool(glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/kfd") or os.path.exists("/dev/dxg")
+                or os.name != "posix"
+                or not os.path.isdir("/dev"))
+
+
 def pick_device(setting: str) -> str:
+    if setting == "cpu" or (setting == "auto" and not gpu_visible()):
+        return "cpu"
     import torch
 
     if setting == "auto":
@@ -71,7 +120,8 @@ def pick_device(setting: str) -> str:
     if setting == "cuda" and not torch.cuda.is_available():
         from mmsearch.errors import BadInput
 
-        raise BadInput("device 'cuda' was asked for but torch sees no GPU")
+        raise BadInput("device 'cuda' was asked for but torch sees no GPU: use --device cpu or auto "
+                       "(MMSEARCH_DEVICE)")
     return setting
 
 

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from mmsearch.cpus import apply_torch_threads
-from mmsearch.encoders.base import Modality, Spec, l2_normalise, pick_device
+from mmsearch.encoders.base import Modality, Spec, is_local_name, l2_normalise, pick_device
+from mmsearch.encoders.base import clap_canonical as canonical_spec
 from mmsearch.errors import ModelUnavailable
 from mmsearch.settings import Settings
 
@@ -36,25 +37,6 @@ class PreparedAudio:
     is_longer: bool
 
 
-def is_local_name(name: str) -> bool:
-    """A spec names a directory when one exists or it is spelled like a path, not 'org/model'."""
-    p = Path(name).expanduser()
-    return (
-        p.exists()
-        or p.is_absolute()
-        or name.startswith((".", "~"))
-        or name.count("/") > 1
-        or (os.sep != "/" and os.sep in name)
-    )
-
-
-def canonical_spec(spec: Spec) -> Spec:
-    """Local directories are recorded by absolute path so the catalog can recognise them."""
-    if is_local_name(spec.name):
-        return Spec(spec.family, str(Path(spec.name).expanduser().resolve()), None)
-    return spec
-
-
 class ClapEncoder:
     space = "clap"
     modalities: tuple[Modality, ...] = ("audio", "text")
@@ -66,6 +48,7 @@ class ClapEncoder:
         self.processor = processor
         self.feature_extractor = processor.feature_extractor
         self.tokenizer = processor.tokenizer
+        self.weights_dir: str | None = None  # the folder read (names the CPU runtime's exports)
         self.device = device
         self.batch_size = batch_size
         self.dim = int(model.config.projection_dim)
@@ -81,8 +64,11 @@ class ClapEncoder:
         spec = canonical_spec(spec)
         device = pick_device(settings.device)
         apply_torch_threads(settings)
-        model, processor = _load(spec.name, local=is_local_name(spec.name))
-        return cls(spec, model, processor, device, settings.batch_size)
+        local = is_local_name(spec.name)
+        model, processor = _load(spec.name, local=local)
+        enc = cls(spec, model, processor, device, settings.batch_size)
+        enc.weights_dir = spec.name if local else _cached_dir(spec.name)
+        return enc
 
     def prepare(self, modality: Modality, decoded: Any) -> Any:
         if modality == "audio":
@@ -146,7 +132,7 @@ def _help(name: str, reason: str) -> str:
         "Without network access, use a local directory: --audio-model clap:/path/to/dir "
         "(a downloaded snapshot of the model, or what ClapModel.save_pretrained and "
         "ClapProcessor.save_pretrained wrote), or populate the Hugging Face cache on a connected "
-        "machine and set HF_HUB_OFFLINE=1 here. To index without audio: MMSEARCH_AUDIO=false."
+        "machine and set HF_HUB_OFFLINE=1 here. To index without audio: --no-audio (or MMSEARCH_AUDIO=false)."
     )
 
 
@@ -184,6 +170,17 @@ def _from_pretrained(source: str, local_files_only: bool) -> tuple[torch.nn.Modu
     model = ClapModel.from_pretrained(source, local_files_only=local_files_only)
     processor = ClapProcessor.from_pretrained(source, local_files_only=local_files_only)
     return model, processor
+
+
+def _cached_dir(repo_id: str) -> str | None:
+    """The Hugging Face cache's snapshot folder of ``repo_id`` (what a load reads), if cached."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        path = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # noqa: BLE001 - an id the hub would reject is simply not cached
+        return None
+    return str(Path(path).parent) if isinstance(path, str) else None
 
 
 def _in_hf_cache(repo_id: str) -> bool:

@@ -20,6 +20,7 @@ import torch
 
 from mmsearch.cpus import apply_torch_threads
 from mmsearch.encoders.base import Modality, Spec, l2_normalise, pick_device, quiet_root_log
+from mmsearch.encoders.base import open_clip_canonical as canonical_spec
 from mmsearch.errors import ModelUnavailable
 from mmsearch.media.decode import JpegFile
 from mmsearch.media.device_images import DeviceImages, StagedImages, tensor_steps
@@ -34,14 +35,6 @@ def _register_configs(dirs: Sequence[Path]) -> None:
 
     for d in dirs:
         open_clip.add_model_config(Path(d))
-
-
-def canonical_spec(spec: Spec) -> Spec:
-    """Local checkpoints are recorded by absolute path so the catalog can recognise them."""
-    p = spec.pretrained or ""
-    if p != RANDOM and (os.sep in p or p.endswith((".pt", ".bin", ".pth", ".safetensors"))):
-        return Spec(spec.family, spec.name, str(Path(p).expanduser().resolve()))
-    return spec
 
 
 class OpenClipEncoder:
@@ -127,7 +120,8 @@ class OpenClipEncoder:
         elif Path(pretrained).is_file():
             model, preprocess, weights = _skeleton(arch, pretrained, {}) or (*_load_file(arch, pretrained), None)
         elif os.sep in pretrained or pretrained.endswith((".pt", ".bin", ".pth", ".safetensors")):
-            raise ModelUnavailable(f"checkpoint file not found: {pretrained}")
+            raise ModelUnavailable(f"checkpoint file not found: {pretrained} (the file in --model "
+                                   f"open_clip:{arch}@FILE)")
         else:
             tags = open_clip.list_pretrained_tags_by_model(arch)
             if pretrained not in tags:
@@ -236,10 +230,9 @@ class OpenClipEncoder:
     def trim_tokens(self, tokens: Any) -> Any:
         """The batch (torch or numpy) without the padding after its longest text; itself when the
         tower cannot be trimmed or nothing would be dropped. The CPU runtime trims the same way."""
-        used = int((tokens != 0).sum(1).max()) if tokens.shape[0] and tokens.shape[1] else 0
-        if not self.text_trimmable or used >= tokens.shape[1] or used == 0:
-            return tokens
-        return tokens[:, :used]
+        from mmsearch.encoders.clip_tokenizer import trim_padding
+
+        return trim_padding(tokens) if self.text_trimmable else tokens
 
     def text_forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """The text tower on tokens of any length up to the context (a trimmed batch); traceable,

@@ -8,6 +8,11 @@ so it is exported once per model. The wrapper keeps the torch encoder's ``prepar
 image transform, audio front end) and ``spec``: its vectors are interchangeable with torch's, and
 a catalog does not record which runtime built it. A tower that cannot be exported, or whose
 export disagrees with torch, is refused with the reason and runs on torch instead.
+
+Beside each export a light card (``light.json``) and the tower's inputs (open_clip's tokeniser
+vocabulary, its image transform's recipe, CLAP's fast tokeniser) are saved once they reproduce the
+torch encoder's exactly. ``OnnxEncoder.from_cache`` finds them by spec and weights checksum without
+building the model, so a query on cached towers never imports torch (seconds on a cold start).
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
 import numpy as np
 
-from mmsearch.encoders.base import Encoder, Modality, Spec, l2_normalise, quiet_root_log
+from mmsearch.encoders.base import Encoder, Modality, Spec, is_local_name, l2_normalise, quiet_root_log
+from mmsearch.encoders.image_prep import normalise_pixels
 from mmsearch.errors import BadInput, MMSearchError
 from mmsearch.settings import Settings
 
@@ -44,6 +50,7 @@ EXPORT_VERSION = 1  # bump when the exported graphs change, so old cache entries
 MIN_COS_FP32 = 0.9999  # an fp32 export must match the torch forward this closely on every probe
 MIN_COS_INT8 = 0.99  # an int8 model must match its fp32 export this closely
 OPSET = 18
+BACKEND_PICK = 2  # how _pick_backend decides; a cache entry decided another way is decided again
 # Exports swap sys.stdout and sys.stderr for the process: two at once would restore them wrongly.
 _EXPORT_LOCK = threading.Lock()
 _PROBE_TEXTS = (
@@ -152,11 +159,9 @@ def clip_towers(base: Any) -> dict[Modality, Tower]:
     norm = base._norm
 
     def pixels(items: Sequence[Any]) -> tuple[np.ndarray, ...]:
-        x = np.stack([np.asarray(p) for p in items])
-        if x.dtype == np.uint8 and norm is not None:  # ToTensor and Normalize, as clip.encode does
-            mean, std = (np.asarray(v, dtype=np.float32).reshape(-1, 1, 1) for v in norm)
-            x = (x.astype(np.float32) / np.float32(255) - mean) / std
-        return (np.ascontiguousarray(x, dtype=np.float32),)
+        if norm is None:  # the whole transform ran in prepare: float tensors already
+            return (np.ascontiguousarray(np.stack([np.asarray(p) for p in items]), dtype=np.float32),)
+        return (normalise_pixels(items, *norm),)  # ToTensor and Normalize, as clip.encode does
 
     context = int(np.asarray(base.tokenizer(["a"])).shape[1])
     trimmable = bool(base.text_trimmable)
@@ -287,8 +292,24 @@ def weights_checksum(base: Any, cache_root: Path) -> str:
         return "file:" + _file_sha256(Path(spec.pretrained), cache_root / "checksums.json")
     weights_file = getattr(base, "weights_file", None)  # a tag's file in the HF cache, read a tower at a time
     if weights_file:
+        _record_weights_file(cache_root, base.spec, str(weights_file))  # found again without torch
         return "file:" + _file_sha256(Path(weights_file), cache_root / "checksums.json")
+    weights_dir = getattr(base, "weights_dir", None)  # a CLAP folder: local, or a snapshot in the HF cache
+    if weights_dir:
+        if not is_local_name(spec.name):
+            _record_weights_file(cache_root, base.spec, str(Path(weights_dir) / "config.json"))
+        return "dir:" + dir_sha256(Path(weights_dir), cache_root / "checksums.json")
     return "state:" + state_dict_sha256(base.model)
+
+
+def dir_sha256(folder: Path, memo_file: Path) -> str:
+    """A model folder's checksum: the sha256 of each of its files (weights, config, tokeniser;
+    each remembered by path, size and mtime), by name."""
+    h = hashlib.sha256()
+    for f in sorted(folder.iterdir()):
+        if f.is_file() and not f.name.startswith("."):
+            h.update(f"{f.name}|{_file_sha256(f, memo_file)}|".encode())
+    return h.hexdigest()
 
 
 def state_dict_sha256(model: "torch.nn.Module") -> str:
@@ -402,13 +423,19 @@ def quantise_int8(src: Path, dest: Path) -> None:
 
 
 class ExportCache:
-    """The exported towers of one encoder, under ``cache_dir/onnx``."""
+    """The exported towers of one encoder, under ``cache_dir/onnx``. ``base`` gives the torch
+    encoder when something must be exported or checked; a complete entry is opened without it."""
 
-    def __init__(self, base: Any, settings: Settings) -> None:
-        self.base = base
+    def __init__(self, spec: str, settings: Settings, base: Callable[[], Any], checksum: str | None = None) -> None:
+        self.spec = spec
+        self._base = base
         self.root = Path(settings.cache_dir).expanduser() / "onnx"
         self.int8 = settings.int8
-        self._checksum: str | None = None
+        self._checksum = checksum
+
+    @property
+    def base(self) -> Any:
+        return self._base()
 
     def checksum(self) -> str:
         if self._checksum is None:
@@ -416,7 +443,7 @@ class ExportCache:
         return self._checksum
 
     def folder(self, modality: Modality) -> Path:
-        return export_dir(self.root, self.base.spec, modality, self.checksum())
+        return export_dir(self.root, self.spec, modality, self.checksum())
 
     def runner(self, tower: Tower) -> Runner:
         """The tower's runner: from the cache, else exported and checked now. Raises
@@ -431,32 +458,63 @@ class ExportCache:
                     raise ExportRefused(refused["reason"])
             self._export(tower, folder)
         meta = json.loads(meta_file.read_text())
-        if self.int8:
-            int8 = self._int8(tower, folder, meta)
-            if int8 is not None:
-                return int8
-        if openvino_available():
-            if "backend" not in meta:
-                meta.update(self._pick_backend(tower, folder / "model.onnx"))
-                _write_atomic(meta_file, json.dumps(meta, indent=1))
-            if meta["backend"] == "openvino":
-                return OpenVinoRunner(folder / "model.onnx")
+        if self.int8 and "int8_min_cos" not in meta:
+            self._int8(tower, folder, meta)
+        if self._needs_backend(folder, meta):
+            meta.update(self._pick_backend(tower, folder / "model.onnx"))
+            _write_atomic(meta_file, json.dumps(meta, indent=1))
+        if not (folder / LIGHT_FILE).exists():  # an export made before light cards: written now
+            with contextlib.suppress(OSError):
+                save_light_card(self.base, tower.modality, folder, self.checksum())
+        return self._open(folder, meta)
+
+    def cached_runner(self, modality: Modality) -> Runner | None:
+        """The runner of a complete cache entry (exported, and its backend and int8 model decided
+        for these settings), opened without torch; None when torch is needed first."""
+        meta_file = self.folder(modality) / "meta.json"
+        try:
+            meta = json.loads(meta_file.read_text())
+        except (OSError, ValueError):
+            return None
+        if (self.int8 and "int8_min_cos" not in meta) or self._needs_backend(meta_file.parent, meta):
+            return None
+        return self._open(meta_file.parent, meta)
+
+    def _needs_backend(self, folder: Path, meta: dict[str, Any]) -> bool:
+        """Whether ONNX Runtime and OpenVINO are still to be compared for this fp32 tower."""
+        int8 = self.int8 and (folder / "model.int8.onnx").exists()
+        return openvino_available() and meta.get("backend_pick") != BACKEND_PICK and not int8
+
+    def _open(self, folder: Path, meta: dict[str, Any]) -> Runner:
+        if self.int8 and (folder / "model.int8.onnx").exists():
+            return OrtRunner(folder / "model.int8.onnx")
+        if openvino_available() and meta.get("backend") == "openvino":
+            return OpenVinoRunner(folder / "model.onnx")
         return OrtRunner(folder / "model.onnx")
 
     def _pick_backend(self, tower: Tower, path: Path) -> dict[str, Any]:
-        """ONNX Runtime or OpenVINO for an fp32 tower, whichever runs the probe batch faster here
-        (best of 3, taking turns), once OpenVINO has passed the same check against torch. On the
-        2-core development machine OpenVINO won by about 30% for ViT-B-32 (benchmarks/runtime.py)."""
-        what = f"the {tower.modality} tower of {self.base.spec}"
+        """ONNX Runtime or OpenVINO for an fp32 tower, once OpenVINO has passed the same check
+        against torch: whichever runs the probe batch faster here (best of 3, taking turns), and for
+        a text tower whichever answers first from nothing (load and compile, plus that batch). A
+        text tower embeds queries one at a time, often in a process that lives for one query (the
+        CLI), where OpenVINO's compile costs seconds; their throughputs on text are within a few
+        percent. On the 2-core development machine OpenVINO ran ViT-B-32's image tower about 30%
+        faster (benchmarks/runtime.py) and took about 3× ONNX Runtime's time to load its text tower."""
+        what = f"the {tower.modality} tower of {self.spec}"
+        opened: dict[str, float] = {}
+        runners: dict[str, Runner] = {}
         try:
-            runners: dict[str, Runner] = {"onnxruntime": OrtRunner(path), "openvino": OpenVinoRunner(path)}
+            for name, make in (("onnxruntime", OrtRunner), ("openvino", OpenVinoRunner)):
+                t0 = time.perf_counter()
+                runners[name] = make(path)
+                opened[name] = time.perf_counter() - t0
             cos = check_export(self.base, tower, runners["openvino"])
         except Exception as e:  # noqa: BLE001 - OpenVINO is optional: ONNX Runtime runs the tower
             log.warning("OpenVINO cannot run %s (%s); ONNX Runtime runs it", what, _short(e))
-            return {"backend": "onnxruntime", "openvino_min_cos": None}
+            return {"backend": "onnxruntime", "openvino_min_cos": None, "backend_pick": BACKEND_PICK}
         if not cos >= MIN_COS_FP32:
             log.warning("OpenVINO does not match torch on %s (min cosine %.6f); ONNX Runtime runs it", what, cos)
-            return {"backend": "onnxruntime", "openvino_min_cos": cos}
+            return {"backend": "onnxruntime", "openvino_min_cos": cos, "backend_pick": BACKEND_PICK}
         feeds = tower.feeds(tower.probe())
         best = dict.fromkeys(runners, float("inf"))
         for name, run in runners.items():
@@ -466,16 +524,19 @@ class ExportCache:
                 t0 = time.perf_counter()
                 run(tower.input_names, feeds)
                 best[name] = min(best[name], time.perf_counter() - t0)
-        backend = min(best, key=lambda n: best[n])
-        log.info("%s runs on %s (probe batch: %s)", what, backend,
-                 ", ".join(f"{n} {1000 * t:.1f} ms" for n, t in best.items()))
-        return {"backend": backend, "openvino_min_cos": cos,
-                "backend_ms": {n: round(1000 * t, 2) for n, t in best.items()}}
+        cost = {n: best[n] + (opened[n] if tower.modality == "text" else 0.0) for n in best}
+        backend = min(cost, key=lambda n: cost[n])
+        log.info("%s runs on %s (probe batch: %s; load: %s)", what, backend,
+                 ", ".join(f"{n} {1000 * t:.1f} ms" for n, t in best.items()),
+                 ", ".join(f"{n} {1000 * t:.1f} ms" for n, t in opened.items()))
+        return {"backend": backend, "openvino_min_cos": cos, "backend_pick": BACKEND_PICK,
+                "backend_ms": {n: round(1000 * t, 2) for n, t in best.items()},
+                "load_ms": {n: round(1000 * t, 2) for n, t in opened.items()}}
 
     def _export(self, tower: Tower, folder: Path) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=".export-"))
-        what = f"the {tower.modality} tower of {self.base.spec}"
+        what = f"the {tower.modality} tower of {self.spec}"
         try:
             t0 = time.perf_counter()
             try:
@@ -487,10 +548,11 @@ class ExportCache:
             if not cos >= MIN_COS_FP32:
                 self._refuse(folder, f"the ONNX export of {what} does not match torch (min cosine {cos:.6f} "
                              f"< {MIN_COS_FP32}); using torch")
-            meta = {"spec": self.base.spec, "modality": tower.modality, "checksum": self.checksum(),
+            meta = {"spec": self.spec, "modality": tower.modality, "checksum": self.checksum(),
                     "export_version": EXPORT_VERSION, "min_cos": cos, "inputs": list(tower.input_names),
                     "export_s": round(time.perf_counter() - t0, 2), **_versions()}
             _write_atomic(tmp / "meta.json", json.dumps(meta, indent=1))
+            save_light_card(self.base, tower.modality, tmp, self.checksum())
             log.info("exported %s to ONNX in %.1f s (min cosine to torch %.6f)", what, meta["export_s"], cos)
             if folder.exists() and not (folder / "meta.json").exists():
                 shutil.rmtree(folder, ignore_errors=True)  # an earlier refusal, with other versions
@@ -507,35 +569,230 @@ class ExportCache:
             _write_atomic(folder / "refused.json", json.dumps({"reason": reason, "versions": _versions()}))
         raise ExportRefused(reason)
 
-    def _int8(self, tower: Tower, folder: Path, meta: dict[str, Any]) -> Runner | None:
+    def _int8(self, tower: Tower, folder: Path, meta: dict[str, Any]) -> None:
         """The int8 model, quantised from the fp32 export on first use and checked against it;
-        None (fp32 runs) when it is not close enough."""
+        left out (fp32 runs) when it is not close enough."""
         path = folder / "model.int8.onnx"
-        if "int8_min_cos" not in meta:
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".int8-", suffix=".onnx")
-            os.close(fd)
-            cos: float | None = None
-            try:
-                quantise_int8(folder / "model.onnx", Path(tmp))
-                items = tower.probe()
-                fp32 = OrtRunner(folder / "model.onnx")(tower.input_names, tower.feeds(items))
-                cos = min_cosine(OrtRunner(Path(tmp))(tower.input_names, tower.feeds(items)), fp32)
-                if cos >= MIN_COS_INT8:
-                    os.replace(tmp, path)
-            except Exception as e:  # noqa: BLE001 - a quantiser failure leaves fp32 running
-                log.warning("could not quantise the %s tower of %s to int8 (%s); fp32 runs it", tower.modality,
-                            self.base.spec, _short(e))
-            finally:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-            meta["int8_min_cos"] = cos
-            _write_atomic(folder / "meta.json", json.dumps(meta, indent=1))
-            if cos is not None:
-                log.warning("int8 %s tower of %s: min cosine to fp32 %.4f%s", tower.modality, self.base.spec, cos,
-                            "" if cos >= MIN_COS_INT8 else f" < {MIN_COS_INT8}: fp32 runs it")
-        if not path.exists():
-            return None
-        return OrtRunner(path)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".int8-", suffix=".onnx")
+        os.close(fd)
+        cos: float | None = None
+        try:
+            quantise_int8(folder / "model.onnx", Path(tmp))
+            items = tower.probe()
+            fp32 = OrtRunner(folder / "model.onnx")(tower.input_names, tower.feeds(items))
+            cos = min_cosine(OrtRunner(Path(tmp))(tower.input_names, tower.feeds(items)), fp32)
+            if cos >= MIN_COS_INT8:
+                os.replace(tmp, path)
+        except Exception as e:  # noqa: BLE001 - a quantiser failure leaves fp32 running
+            log.warning("could not quantise the %s tower of %s to int8 (%s); fp32 runs it", tower.modality,
+                        self.spec, _short(e))
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        meta["int8_min_cos"] = cos
+        _write_atomic(folder / "meta.json", json.dumps(meta, indent=1))
+        if cos is not None:
+            log.warning("int8 %s tower of %s: min cosine to fp32 %.4f%s", tower.modality, self.spec, cos,
+                        "" if cos >= MIN_COS_INT8 else f" < {MIN_COS_INT8}: fp32 runs it")
+
+
+# ---------------------------------------------------------------------------------------------
+# Light cards: what a cached tower needs beside its graph to run without torch.
+
+LIGHT_FILE = "light.json"
+FAMILY_MODALITIES: dict[str, tuple[Modality, ...]] = {"open_clip": ("image", "text"), "clap": ("audio", "text")}
+_CHECK_TEXTS = (*_PROBE_TEXTS, "", "  Café crème, naïve FAÇADE!  ", "&amp;lt;b&amp;gt; &quot;quoted&quot; &#39;x&#39;",
+                "🐶🐱 emoji 👨\u200d👩\u200d👧", "日本語のテキスト, 中文", "3.14159 and 1,000,000 it's we'll",
+                "tabs\tand\nnew lines\r\n", "<start_of_text> <end_of_text>", "x" * 400)
+
+
+@dataclass
+class LightTower:
+    """A cached tower whose inputs are made without torch, from the files saved beside its export
+    (open_clip's tokeniser vocabulary, its image transform's recipe)."""
+
+    modality: Modality
+    input_names: tuple[str, ...]
+    feeds: Callable[[Sequence[Any]], tuple[np.ndarray, ...]]
+    prepare: Callable[[Any], Any]
+
+
+def _check_images() -> list[Any]:
+    """Sizes, aspect ratios and colour modes the recipe must reproduce exactly."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    rgb = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in
+           ((300, 400), (333, 500), (224, 224), (17, 900), (96, 160))]
+    return [*rgb, rgb[0].convert("RGBA"), rgb[1].convert("L"), rgb[2].convert("P"), rgb[3].convert("CMYK")]
+
+
+def save_light_card(base: Any, modality: Modality, folder: Path, checksum: str) -> None:
+    """Write ``light.json`` (and the tokeniser's vocabulary or the image recipe) beside a tower's
+    export, once they give exactly the torch encoder's inputs on the check items; a tower whose
+    inputs are not reproduced gets a card saying so (``feeds: null``) and torch prepares them."""
+    card: dict[str, Any] = {"spec": base.spec, "space": base.space, "dim": int(base.dim),
+                            "modalities": list(base.modalities), "checksum": checksum, "modality": modality,
+                            "feeds": None}
+    try:
+        card.update(_light_inputs(base, modality, folder))
+    except Exception as e:  # noqa: BLE001 - an unusual tokeniser or transform: torch prepares its inputs
+        log.info("the %s inputs of %s are prepared by torch (%s)", modality, base.spec, _short(e))
+    _write_atomic(folder / LIGHT_FILE, json.dumps(card, indent=1))
+
+
+def _light_inputs(base: Any, modality: Modality, folder: Path) -> dict[str, Any]:
+    """Save the tower's inputs' files into ``folder`` when they reproduce torch's; the card's
+    ``feeds`` (and settings) saying how to read them, or nothing."""
+    from mmsearch.encoders.clip_tokenizer import VOCAB_FILE, ClipTokenizer, TokenizerSpec, save_vocab
+    from mmsearch.encoders.image_prep import ImagePrep
+
+    card: dict[str, Any] = {}
+    if base.space == "clip" and modality == "text":
+        spec = TokenizerSpec.from_open_clip(base.tokenizer)
+        if spec is not None:
+            save_vocab(base.tokenizer, spec, folder)
+            mine = ClipTokenizer.load(folder)
+            if all(np.array_equal(mine([t]), np.asarray(base.tokenizer([t]))) for t in _CHECK_TEXTS):
+                card.update(feeds="clip-text", trimmable=bool(base.text_trimmable))
+            else:
+                log.info("open_clip's tokeniser of %s is not reproduced: torch tokenises", base.spec)
+                (folder / VOCAB_FILE).unlink()
+    elif base.space == "clap" and modality == "text":
+        if save_clap_tokenizer(base, folder):
+            card["feeds"] = "clap-text"
+    elif base.space == "clip" and modality == "image":
+        prep = ImagePrep.from_transform(getattr(base, "_pil_stage", None), getattr(base, "_norm", None))
+        if prep is not None and all(np.array_equal(prep(img), np.asarray(base.prepare("image", img)))
+                                    for img in _check_images()):
+            prep.save(folder)
+            card["feeds"] = "clip-image"
+    return card
+
+
+CLAP_TOKENIZER_FILE = "clap_tokenizer.json"
+
+
+def save_clap_tokenizer(base: Any, folder: Path) -> bool:
+    """CLAP's fast tokeniser (RoBERTa BPE) as the ``tokenizers`` library saves it, with the
+    padding and truncation ``ClapEncoder.tokens`` asks for; kept when it gives the same ids and
+    masks as transformers on the check texts, one at a time and as a batch."""
+    backend = getattr(base.tokenizer, "backend_tokenizer", None)
+    if backend is None or getattr(base.tokenizer, "padding_side", "right") != "right":
+        return False
+    settings = {"max_length": int(base._max_tokens), "pad_id": int(base.tokenizer.pad_token_id),
+                "pad_token": str(base.tokenizer.pad_token)}
+    path = folder / CLAP_TOKENIZER_FILE
+    path.write_text(json.dumps({"settings": settings, "tokenizer": json.loads(backend.to_str())}))
+    ours = load_clap_tokenizer(folder)
+    for batch in ([list(_CHECK_TEXTS)] + [[t] for t in _CHECK_TEXTS]):
+        want = base.tokens(batch, "np")
+        got = ours(batch)
+        if not (np.array_equal(got[0], want["input_ids"]) and np.array_equal(got[1], want["attention_mask"])):
+            log.info("the tokeniser of %s is not reproduced: transformers tokenises", base.spec)
+            path.unlink()
+            return False
+    return True
+
+
+def load_clap_tokenizer(folder: Path) -> Callable[[Sequence[str]], tuple[np.ndarray, np.ndarray]]:
+    """Ids and attention mask, padded to the batch's longest text and cut at the model's length."""
+    from tokenizers import Tokenizer
+
+    data = json.loads((folder / CLAP_TOKENIZER_FILE).read_text())
+    s = data["settings"]
+    tok = Tokenizer.from_str(json.dumps(data["tokenizer"]))
+    tok.enable_truncation(max_length=int(s["max_length"]))
+    tok.enable_padding(pad_id=int(s["pad_id"]), pad_token=str(s["pad_token"]))
+
+    def tokens(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        out = tok.encode_batch(list(texts))
+        return (np.array([e.ids for e in out], dtype=np.int64).reshape(len(out), -1),
+                np.array([e.attention_mask for e in out], dtype=np.int64).reshape(len(out), -1))
+
+    return tokens
+
+
+def read_card(folder: Path) -> dict[str, Any] | None:
+    """A tower's light card, when its export is there and can be fed without torch."""
+    try:
+        card = json.loads((folder / LIGHT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return card if card.get("feeds") and (folder / "meta.json").exists() else None
+
+
+def light_tower(folder: Path) -> LightTower | None:
+    """The tower cached in ``folder``, fed without torch; None when it cannot be."""
+    card = read_card(folder)
+    if card is None:
+        return None
+    names = tuple(json.loads((folder / "meta.json").read_text())["inputs"])
+    if card["feeds"] == "clip-text":
+        from mmsearch.encoders.clip_tokenizer import ClipTokenizer, trim_padding
+
+        tokenizer = ClipTokenizer.load(folder)
+        trim = trim_padding if card.get("trimmable") else (lambda t: t)
+        return LightTower("text", names, lambda items: (np.ascontiguousarray(trim(tokenizer([str(t) for t in items]))),),
+                          str)
+    if card["feeds"] == "clap-text":
+        tokens = load_clap_tokenizer(folder)
+        return LightTower("text", names, lambda items: tokens([str(t) for t in items]), str)
+    if card["feeds"] == "clip-image":
+        from mmsearch.encoders.image_prep import ImagePrep
+
+        prep = ImagePrep.load(folder)
+        return LightTower("image", names, lambda items: (prep.normalise(items),), prep)
+    return None
+
+
+def cached_checksum(spec: Spec, root: Path) -> str | None:
+    """The weights checksum ``weights_checksum`` would give, found without building the model: a
+    checkpoint file's sha256 (remembered by path, size and mtime), or for a pretrained tag that of
+    the file an earlier load read, while the Hugging Face cache still resolves the tag to it.
+    A CLAP folder's is that of its files (``dir_sha256``). None when only the model itself can tell
+    (``@random``), or for a tag or hub id not loaded here yet."""
+    memo = root / "checksums.json"
+    if spec.family == "clap" and is_local_name(spec.name):
+        return "dir:" + dir_sha256(Path(spec.name), memo) if Path(spec.name).is_dir() else None
+    if spec.family == "open_clip" and (not spec.pretrained or spec.pretrained == "random"):
+        return None
+    if spec.family == "open_clip" and Path(spec.pretrained or "").is_file():
+        return "file:" + _file_sha256(Path(spec.pretrained or ""), memo)
+    try:
+        path = json.loads((root / WEIGHTS_FILE).read_text()).get(str(spec))
+    except (OSError, ValueError):
+        return None
+    if not path or not _hub_cache_current(Path(path)):
+        return None
+    if spec.family == "clap":
+        return "dir:" + dir_sha256(Path(path).parent, memo)
+    return "file:" + _file_sha256(Path(path), memo)
+
+
+WEIGHTS_FILE = "weights.json"  # tag or hub id spec -> the file it was read from (CLAP: its config.json)
+
+
+def _hub_cache_current(path: Path) -> bool:
+    """Whether a file in the Hugging Face cache (``.../snapshots/REV/NAME``) is still what the
+    cache gives for its repository's main branch (``refs/main`` names REV), as a load would read."""
+    if not path.is_file() or path.parent.parent.name != "snapshots":
+        return False
+    try:
+        return (path.parents[2] / "refs" / "main").read_text().strip() == path.parent.name
+    except OSError:
+        return False
+
+
+def _record_weights_file(root: Path, spec: str, path: str) -> None:
+    try:
+        known = json.loads((root / WEIGHTS_FILE).read_text())
+    except (OSError, ValueError):
+        known = {}
+    if known.get(spec) != path:
+        known[spec] = path
+        with contextlib.suppress(OSError):
+            _write_atomic(root / WEIGHTS_FILE, json.dumps(known, indent=1))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -545,30 +802,81 @@ class ExportCache:
 class OnnxEncoder:
     """An Encoder whose forwards run on ONNX Runtime; preprocessing, spec and dimensions are the
     wrapped torch encoder's, so its vectors can be mixed with torch's in one catalog. Each tower is
-    exported (or loaded from the cache) on its first use: a text query never loads the image tower."""
+    exported (or loaded from the cache) on its first use: a text query never loads the image tower.
+
+    Built by ``from_cache`` when the model's exports are cached with their light cards, it has no
+    torch encoder at all until a tower needs one (to be exported, or fed by torch): a text query
+    then imports neither torch nor open_clip."""
 
     runtime = "onnx"
 
-    def __init__(self, base: Any, settings: Settings) -> None:
-        self.base = base
-        self.spec: str = base.spec
-        self.space: str = base.space
-        self.dim: int = base.dim
-        self.modalities: tuple[Modality, ...] = base.modalities
-        self.batch_size: int = base.batch_size
+    def __init__(self, base: Any | None, settings: Settings, *, load_base: Callable[[], Any] | None = None,
+                 card: dict[str, Any] | None = None) -> None:
+        if base is None and (load_base is None or card is None):
+            raise ValueError("an OnnxEncoder needs its torch encoder, or a light card and a way to load it")
+        self._base = base
+        self._load_base = load_base
+        self._base_lock = threading.Lock()
+        info = card or {}
+        self.spec: str = base.spec if base is not None else info["spec"]
+        self.space: str = base.space if base is not None else info["space"]
+        self.dim: int = int(base.dim if base is not None else info["dim"])
+        self.modalities: tuple[Modality, ...] = tuple(base.modalities if base is not None else info["modalities"])
+        self.batch_size: int = base.batch_size if base is not None else settings.batch_size
         self.device = "cpu"
-        self.cache = ExportCache(base, settings)
-        self._towers: dict[Modality, Tower] | None = None
+        self.cache = ExportCache(self.spec, settings, lambda: self.base, None if base is not None else info["checksum"])
+        self._towers: dict[Modality, Tower | LightTower] = {}
+        self._light: dict[Modality, LightTower | None] = {}
         self._runners: dict[Modality, Runner | None] = {}
         self._lock = threading.Lock()
 
+    @classmethod
+    def from_cache(cls, spec: str, settings: Settings, load_base: Callable[[], Any]) -> "OnnxEncoder | None":
+        """The encoder of a model whose exports are cached with light cards, built without torch:
+        the cache is found by spec and weights checksum, the checksum by hashing the checkpoint file
+        (see ``cached_checksum``). None when nothing usable is cached: build the torch encoder."""
+        from mmsearch.encoders.base import clap_canonical, open_clip_canonical
+
+        parsed = Spec.parse(spec)
+        parsed = open_clip_canonical(parsed) if parsed.family == "open_clip" else clap_canonical(parsed)
+        root = Path(settings.cache_dir).expanduser() / "onnx"
+        checksum = cached_checksum(parsed, root)
+        if checksum is None:
+            return None
+        for modality in FAMILY_MODALITIES[parsed.family]:
+            card = read_card(export_dir(root, str(parsed), modality, checksum))
+            if card is not None and card.get("checksum") == checksum and card.get("spec") == str(parsed):
+                return cls(None, settings, load_base=load_base, card=card)
+        return None
+
+    @property
+    def base(self) -> Any:
+        """The torch encoder, built on first use when this one came from the cache."""
+        if self._base is None:
+            with self._base_lock:
+                if self._base is None:
+                    assert self._load_base is not None
+                    log.info("%s: loading the torch model", self.spec)
+                    self._base = self._load_base()
+        return self._base
+
     def __getattr__(self, name: str) -> Any:
         """Family-specific attributes (``sample_rate``, ``window_seconds``, ...) are the base's."""
-        if name == "base":
+        if name.startswith("_") or name in ("base", "cache"):
             raise AttributeError(name)
         return getattr(self.base, name)
 
+    def _light_tower(self, modality: Modality) -> LightTower | None:
+        """The modality's tower fed without torch, when its export and light card are cached; decided
+        once, so items are prepared the way ``encode`` feeds them."""
+        if modality not in self._light:
+            self._light[modality] = light_tower(self.cache.folder(modality))
+        return self._light[modality]
+
     def prepare(self, modality: Modality, decoded: Any) -> Any:
+        light = self._light_tower(modality) if modality in self.modalities else None
+        if light is not None and (modality != "image" or _is_pil(decoded)):
+            return light.prepare(decoded)
         return self.base.prepare(modality, decoded)
 
     def load_towers(self) -> None:
@@ -578,15 +886,20 @@ class OnnxEncoder:
 
     def runner(self, modality: Modality) -> Runner | None:
         """The modality's runner, None when torch runs it (export refused, reason logged)."""
+        light = self._light_tower(modality)
         with self._lock:
             if modality not in self._runners:
-                if self._towers is None:
-                    self._towers = towers(self.base)
-                try:
-                    self._runners[modality] = self.cache.runner(self._towers[modality])
-                except ExportRefused as e:
-                    log.warning("%s", e)
-                    self._runners[modality] = None
+                run = self.cache.cached_runner(modality) if light is not None else None
+                if run is None:
+                    tower = towers(self.base)[modality]
+                    try:
+                        run = self.cache.runner(tower)
+                    except ExportRefused as e:
+                        log.warning("%s", e)
+                    self._towers[modality] = tower
+                if light is not None:
+                    self._towers[modality] = light  # the items were prepared for its feeds
+                self._runners[modality] = run
             return self._runners[modality]
 
     def encode(self, modality: Modality, prepared: Sequence[Any]) -> np.ndarray:
@@ -597,8 +910,15 @@ class OnnxEncoder:
         run = self.runner(modality)
         if run is None:
             return self.base.encode(modality, prepared)
-        tower = self._towers[modality]  # type: ignore[index]
+        tower = self._towers[modality]
         items = list(prepared)
         out = [run(tower.input_names, tower.feeds(items[i:i + self.batch_size]))
                for i in range(0, len(items), self.batch_size)]
         return l2_normalise(np.concatenate(out))
+
+
+def _is_pil(x: Any) -> bool:
+    """A decoded PIL image (not a JPEG left for the device to decode): what the recipe takes."""
+    from PIL import Image
+
+    return isinstance(x, Image.Image)

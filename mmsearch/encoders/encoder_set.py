@@ -17,8 +17,8 @@ if TYPE_CHECKING:
 
 # space -> (modalities it embeds, file kinds it must see again when it is (re)defined)
 SPACES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "clip": (("image", "text"), ("image", "text", "captions")),
-    "clap": (("audio", "text"), ("audio", "text", "captions")),
+    "clip": (("image", "text"), ("image", "text", "captions", "video")),
+    "clap": (("audio", "text"), ("audio", "text", "captions", "video")),
 }
 
 

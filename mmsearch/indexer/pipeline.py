@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +25,18 @@ from sqlalchemy.exc import SQLAlchemyError
 from mmsearch import cpus
 from mmsearch.encoders.encoder_set import EncoderSet
 from mmsearch.errors import BadInput, MMSearchError
-from mmsearch.indexer.scan import FoundFile, content_hash, dedupe_roots, scan
+from mmsearch.indexer.progress import IngestMeter, IngestStatus
+from mmsearch.indexer.scan import OTHER, FoundFile, content_hash, dedupe_roots, kind_of, scan, scan_file
 from mmsearch.media.decode import JPEG_SUFFIXES, DecodeError, Unit, probe_jpeg, read_captions, read_image, read_text
-from mmsearch.media.metadata import FileFacts, mime_of
+from mmsearch.media.formats import sniff_image
+from mmsearch.media.metadata import FileFacts, extension, mime_of
+from mmsearch.media.notes import FileNotes
 from mmsearch.settings import Settings
 from mmsearch.storage.catalog import FileRecord, NewItem
 from mmsearch.writer import CatalogWriter
 
 Progress = Callable[[int, int], None]  # (files done, files to do)
+MediaProgress = Callable[[float], None]  # seconds of sound and video embedded so far: a long video moves it
 # causes that say nothing about the file: it is tried again on the next run, never left "failed"
 PASSING_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.EAGAIN})
 PASSING_SQL = ("disk is full", "out of memory", "database is locked", "no space left")
@@ -67,12 +71,22 @@ class IndexReport:
     failures: list[tuple[str, str]] = field(default_factory=list)
     skipped_audio: str | None = None  # why audio was left out, when it was
     skipped_links: int = 0  # symlinks not followed: their targets lie outside the allowed folders
+    skipped: dict[str, int] = field(default_factory=dict)  # neither media nor text, by extension
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # indexed, with what the decoder said
+
+    def skip(self, path: str) -> None:
+        ext = extension(path) or "(none)"
+        self.skipped[ext] = self.skipped.get(ext, 0) + 1
+    media_seconds: float = 0.0  # seconds of sound and video embedded (a video's time counted once)
 
     def as_dict(self) -> dict[str, Any]:
         return {"added": self.added, "updated": self.updated, "removed": self.removed, "moved": self.moved,
                 "unchanged": self.unchanged, "failed": self.failed, "items": self.items,
                 "skipped_links": self.skipped_links, "seconds": round(self.seconds, 3),
+                "media_seconds": round(self.media_seconds, 3),
                 "failures": [{"path": p, "reason": r} for p, r in self.failures],
+                "skipped": dict(sorted(self.skipped.items(), key=lambda kv: (-kv[1], kv[0]))),
+                "warnings": [{"path": p, "note": n} for p, n in self.warnings],
                 **({"skipped_audio": self.skipped_audio} if self.skipped_audio else {})}
 
 
@@ -89,12 +103,16 @@ class _Pending:
     retry: bool = False  # the error was a passing one (see is_passing_failure)
     content_hash: str | None = None
     facts: FileFacts | None = None  # read by the decode worker
+    note: str | None = None  # what the decoder warned about (media/notes.py)
+    covered: float = 0.0  # seconds of its sound or video embedded so far
     items: dict[tuple[str, int], NewItem] = field(default_factory=dict)
 
 
 def index_folders(paths: Sequence[Path], writer: CatalogWriter, encoders: EncoderSet, settings: Settings,
                   progress: Progress | None = None, stop: threading.Event | None = None,
-                  retry_failed: bool = False, allowed_roots: Sequence[Path] | None = None) -> IndexReport:
+                  retry_failed: bool = False, allowed_roots: Sequence[Path] | None = None,
+                  media_progress: MediaProgress | None = None,
+                  status: Callable[[IngestStatus], None] | None = None) -> IndexReport:
     """Bring the catalog in line with the folders: add new files, re-embed changed ones (their
     items keep their ids), recognise moved ones by content (nothing re-embedded), drop deleted
     ones; then let the writer's index upkeep catch up. Files that failed are tried again only
@@ -102,23 +120,29 @@ def index_folders(paths: Sequence[Path], writer: CatalogWriter, encoders: Encode
     full, out of memory) are tried again on every run.
 
     Symlinks and caption rows may reach only into ``allowed_roots`` (the service's index roots,
-    whatever ``follow_links`` says), else into these folders unless ``settings.follow_links``."""
+    whatever ``follow_links`` says), else into these folders unless ``settings.follow_links``.
+    ``status`` hears the phase, items done and an ETA as the run goes (indexer/progress.py)."""
     t0 = time.perf_counter()
     if settings.ray:  # before any work: without the extra, say how to install it
         from mmsearch.indexer.ray_ingest import require_ray
 
         require_ray()
     report = IndexReport()
+    meter = IngestMeter(status)
+    meter.set_phase("scan")
     roots = dedupe_roots([Path(p).expanduser().resolve() for p in paths])
     for r in roots:
-        if not r.is_dir():
-            raise BadInput(f"not a folder: {r}")
+        if r.is_file() and kind_of(r.name) is None:
+            raise BadInput(f"not a kind of file mmsearch indexes: {r} (images, sounds, .txt/.md notes, "
+                           "captions .csv/.jsonl)")
+        if not r.is_dir() and not r.is_file():
+            raise BadInput(f"no such folder or file: {r}")
     area = ([Path(p).expanduser().resolve() for p in allowed_roots] if allowed_roots is not None
-            else None if settings.follow_links else roots)
+            else None if settings.follow_links else [r if r.is_dir() else r.parent for r in roots])
     catalog = writer.catalog
-    # With no model named, the catalog's own are used: nothing to check, so the models load
-    # only if there is work (an unchanged folder re-scans in a fraction of a second).
-    eager = encoders.reembed or bool(settings.model or settings.audio_model) or not catalog.spaces()
+    # With no model named, or the one the catalog records, there is nothing to check, so the
+    # models load only if there is work (an unchanged folder re-scans in a fraction of a second).
+    eager = encoders.reembed or not catalog.spaces() or not _named_models_recorded(settings, catalog.spaces())
     spaces = _load_spaces(encoders, writer, report) if eager else None
     work = _plan(roots, writer, encoders, spaces, report, retry_failed, area)
     if work and spaces is None:
@@ -126,18 +150,29 @@ def index_folders(paths: Sequence[Path], writer: CatalogWriter, encoders: Encode
         if encoders.redo:  # a space was added: its files must all be embedded again
             report.unchanged = report.failed = report.skipped_links = 0  # recounted; removals stay counted
             report.failures = []
+            report.skipped = {}
             work = _plan(roots, writer, encoders, spaces, report, retry_failed, area)
         elif "clap" not in spaces:  # audio is unavailable after all: sounds stay as they are
             report.unchanged += sum(p.is_update for p in work if p.found.kind == "audio")
             work = [p for p in work if p.found.kind != "audio"]
     if work:
+        meter.plan([(p.found.kind, p.found.path, p.found.size) for p in work],
+                   lambda modality: [s for s in encoders.spaces_for(modality) if s in (spaces or [])])
         ingest = _Ingest
         if settings.ray:  # decode and embed on a Ray cluster; planning and commits stay here
             from mmsearch.indexer.ray_ingest import RayIngest as ingest  # type: ignore[assignment]
-        ingest(writer, encoders, settings, spaces or [], report, progress, stop, area).run(work)
+        ingest(writer, encoders, settings, spaces or [], report, progress, stop, area, media_progress, meter).run(work)
+    meter.set_phase("index")
     writer.upkeep(wait=True)
     report.seconds = time.perf_counter() - t0
+    meter.set_phase("done")
     return report
+
+
+def _named_models_recorded(settings: Settings, spaces: dict[str, tuple[str, int]]) -> bool:
+    """Whether each model the settings name is, spelled the same, the one the catalog records."""
+    named = {"clip": settings.model, "clap": settings.audio_model if settings.audio else None}
+    return all(spec is None or (space in spaces and spaces[space][0] == spec) for space, spec in named.items())
 
 
 def _plan(roots: list[Path], writer: CatalogWriter, encoders: EncoderSet, spaces: list[str] | None,
@@ -147,33 +182,70 @@ def _plan(roots: list[Path], writer: CatalogWriter, encoders: EncoderSet, spaces
     kind counts as work."""
     catalog = writer.catalog
     if encoders.redo:  # a new or re-embedded space: every folder of the catalog, not just these
-        roots = dedupe_roots(roots + [r for r in map(Path, catalog.roots()) if r.is_dir()])
+        roots = dedupe_roots(roots + [r for r in map(Path, catalog.roots()) if r.is_dir() or r.is_file()])
     work: list[_Pending] = []
     gone: set[str] = set()
+    quiet: set[str] = set()  # gone, but never indexed (skipped): not counted as removed
+    unread: list[tuple[int, FoundFile]] = []  # unchanged images whose facts were never read
     for root in roots:
         root_id = writer.ensure_root(root)
         known = catalog.file_states(root)
         # audio files are always scanned: with audio off they are left as they are, not "gone"
         bad_names: list[str] = []
         skipped: list[str] = []
-        found = {f.path: f for f in scan(root, exclude=catalog.root, bad_names=bad_names, allowed=area,
-                                         skipped_links=skipped)}
+        found = {f.path: f for f in (scan_file(root) if root.is_file() else scan(
+            root, exclude=catalog.root, bad_names=bad_names, allowed=area, skipped_links=skipped, others=True))}
         report.skipped_links += len(skipped)
         report.failed += len(bad_names)
         report.failures += [(name, "file name is not valid UTF-8: rename it to index it") for name in bad_names]
         gone.update(p for p in known if p not in found)
+        quiet.update(p for p, old in known.items() if p not in found and old.status == "skipped")
+        skips: list[FileRecord] = []
         for path, f in found.items():
             old = known.get(path)
             if f.kind == "audio" and (not encoders.enabled("clap") or (spaces is not None and "clap" not in spaces)):
                 report.unchanged += old is not None
             elif old is not None and old.size == f.size and old.mtime_ns == f.mtime_ns and old.status != "retry" \
-                    and not (retry_failed and old.status == "failed"):
-                report.unchanged += 1
+                    and not (retry_failed and old.status in ("failed", "skipped")) \
+                    and not (old.status == "skipped" and f.kind != OTHER):  # a kind this version knows
+                if old.status == "skipped":
+                    report.skip(path)
+                else:
+                    report.unchanged += 1
+                    if old.facts_missing:
+                        unread.append((old.id, f))
+            elif f.kind == OTHER and not _sniffed_image(path):
+                report.skip(path)
+                skips.append(FileRecord(path=path, root_id=root_id, kind=OTHER, size=f.size, mtime_ns=f.mtime_ns,
+                                        skipped=True))
             else:
+                f = replace(f, kind="image") if f.kind == OTHER else f
                 work.append(_Pending(f, root_id, is_update=old is not None))
+        writer.commit_files(skips)
+    _fill_facts(unread, writer)
     work = [p for p in work if p.is_update or not _moved(p, writer, gone, report)]
-    report.removed += writer.delete_files(sorted(gone)) and len(gone)
+    report.removed += writer.delete_files(sorted(gone)) and len(gone - quiet)
     return work
+
+
+def _sniffed_image(path: str) -> bool:
+    """Whether a new or changed file whose extension names no kind holds an image: its header is
+    read here (the scan only stats), and what the decoder says about it is left to decoding."""
+    with FileNotes():
+        return sniff_image(path)
+
+
+def _fill_facts(unread: list[tuple[int, FoundFile]], writer: CatalogWriter, batch: int = 500) -> None:
+    """Images indexed before the catalog kept file facts (migration 0003) are unchanged, so they
+    are not decoded again: their facts (size, EXIF date, camera, place) are read from their
+    headers alone, no pixels and no vectors, and stored through the writer ``batch`` at a time.
+    Work follows those files: once stored, a file has a width and is never read again (one whose
+    header cannot be opened now keeps empty facts, and is tried on the next run)."""
+    from mmsearch.media.metadata import header_facts
+
+    for start in range(0, len(unread), batch):
+        writer.fill_facts([(file_id, f.path, f.mtime_ns, facts) for file_id, f in unread[start:start + batch]
+                           if (facts := header_facts(f.path)) is not None])
 
 
 def _moved(p: _Pending, writer: CatalogWriter, gone: set[str], report: IndexReport) -> bool:
@@ -217,12 +289,16 @@ class _Ingest:
 
     def __init__(self, writer: CatalogWriter, encoders: EncoderSet, settings: Settings,
                  spaces: list[str], report: IndexReport, progress: Progress | None,
-                 stop: threading.Event | None, area: list[Path] | None) -> None:
+                 stop: threading.Event | None, area: list[Path] | None,
+                 media_progress: MediaProgress | None = None, meter: IngestMeter | None = None) -> None:
         self.writer, self.encoders, self.settings = writer, encoders, settings
+        self.meter = meter or IngestMeter(None)
         self.area = area  # where caption rows may link to
         self.spaces = spaces
         self.report = report
         self.progress = progress
+        self.media_progress = media_progress
+        self.media_seconds = 0.0  # embedded so far, files that fail later included (the report counts the others)
         self.stop = stop or threading.Event()
         self.next_id = writer.next_embedding_id()
         self.buffers: dict[tuple[str, str], list[tuple[int, Unit, Any]]] = {}
@@ -302,24 +378,28 @@ class _Ingest:
                 except queue.Empty:
                     return
                 n, error = 0, None
-                try:
-                    self.work[idx].content_hash = content_hash(self.work[idx].found.path)
-                    for unit in self._decode(self.work[idx]):
-                        prepared = {s: self.encoders.get(s).prepare(unit.modality, unit.payload)
-                                    for s in self.targets(unit.modality)}
-                        unit.payload = None
-                        if prepared:
-                            self._put(events, ("unit", idx, unit, prepared))
-                            n += 1
-                        if self.stop.is_set():
-                            return
-                except DecodeError as e:
-                    error = str(e)
-                except (MemoryError, OSError) as e:
-                    error = f"{type(e).__name__}: {e}"
-                    self.work[idx].retry = is_passing_failure(e)  # tried again on the next run
-                except Exception as e:  # noqa: BLE001 - one bad file must not stop the run
-                    error = f"{type(e).__name__}: {e}"
+                with FileNotes() as notes:  # what the decoder says about this file goes on its record
+                    try:
+                        self.work[idx].content_hash = content_hash(self.work[idx].found.path)
+                        for unit in self._decode(self.work[idx]):
+                            prepared = {s: self.encoders.get(s).prepare(unit.modality, unit.payload)
+                                        for s in self.targets(unit.modality)}
+                            unit.payload = None
+                            if prepared:
+                                self._put(events, ("unit", idx, unit, prepared))
+                                n += 1
+                            if self.stop.is_set():
+                                return
+                    except DecodeError as e:
+                        error = str(e)
+                    except (MemoryError, OSError) as e:
+                        error = f"{type(e).__name__}: {e}"
+                        self.work[idx].retry = is_passing_failure(e)  # tried again on the next run
+                    except Exception as e:  # noqa: BLE001 - one bad file must not stop the run
+                        error = f"{type(e).__name__}: {e}"
+                if notes.text and error:
+                    error = f"{error} ({notes.text})"
+                self.work[idx].note = notes.text
                 self._put(events, ("done", idx, n, error))
         finally:
             self._put(events, ("exit",))
@@ -362,6 +442,14 @@ class _Ingest:
                     yield Unit("audio", w.samples, start=w.start, end=w.end)
             except AudioDecodeError as e:
                 raise DecodeError(str(e)) from e
+        elif f.kind == "video":
+            from mmsearch.media.video import VideoInfo, video_units
+
+            clap = self.encoders.get("clap") if self.targets("audio") else None
+            info = VideoInfo()
+            yield from video_units(f.path, s.video_interval, s.video_frame_side,
+                                   (clap.sample_rate, clap.window_seconds) if clap else None, info)  # type: ignore[attr-defined]
+            p.facts = replace(p.facts, width=info.width, height=info.height)
 
     def _flush(self, partial: bool) -> None:
         for key in list(self.buffers):
@@ -382,7 +470,10 @@ class _Ingest:
             self._finish_staged()  # the previous batch encodes while this one is staged
             self.staged = (key, batch, future)
             return
-        self._store(key, batch, enc.encode(modality, [prep for _, _, prep in batch]))
+        t = time.perf_counter()
+        vectors = enc.encode(modality, [prep for _, _, prep in batch])
+        self.meter.embedded(key, len(batch), time.perf_counter() - t)
+        self._store(key, batch, vectors)
 
     def _finish_staged(self) -> None:
         """Encode and store the staged image batch; images the device could not decode fail."""
@@ -390,8 +481,10 @@ class _Ingest:
             return
         key, batch, future = self.staged
         self.staged = None
+        t = time.perf_counter()
         staged = future.result()
         vectors = self.encoders.get(key[0]).encode_staged(staged)  # type: ignore[attr-defined]
+        self.meter.embedded(key, len(batch), time.perf_counter() - t)
         for i, reason in staged.failed.items():
             idx = batch[i][0]
             self.work[idx].error = reason
@@ -404,18 +497,29 @@ class _Ingest:
             return
         ids = np.arange(self.next_id, self.next_id + len(batch), dtype=np.int64)
         self.next_id += len(batch)
-        collection = f"{space}.{modality}"
-        self.writer.append_vectors(collection, ids, vectors)
+        # a video's frames are embedded with the images and stored apart from them (clip.video)
+        collections = [f"{space}.{unit.item or modality}" for _, unit, _ in batch]
+        for collection in dict.fromkeys(collections):
+            rows = np.array([c == collection for c in collections])
+            self.writer.append_vectors(collection, ids[rows], vectors[rows])
         touched = set()
-        for eid, (idx, unit, _) in zip(ids.tolist(), batch):
+        for eid, collection, (idx, unit, _) in zip(ids.tolist(), collections, batch):
             p = self.work[idx]
-            item = p.items.setdefault((unit.modality, unit.ordinal), NewItem(
-                modality=unit.modality, ordinal=unit.ordinal, text=unit.text, ref_path=unit.ref_path))
+            kind = unit.item or unit.modality
+            item = p.items.setdefault((kind, unit.ordinal), NewItem(
+                modality=kind, ordinal=unit.ordinal, text=unit.text, ref_path=unit.ref_path))
             item.embeddings.append((eid, collection, unit.start, unit.end))
-            if unit.end is not None:
+            if unit.duration is not None:
+                item.duration = unit.duration
+            elif unit.end is not None:
                 item.duration = max(item.duration or 0.0, unit.end)
+            if unit.end is not None and unit.end > p.covered:
+                self.media_seconds += unit.end - p.covered
+                p.covered = unit.end
             p.embedded += 1
             touched.add(idx)
+        if self.media_progress and any(self.work[i].covered for i in touched):
+            self.media_progress(self.media_seconds)
         for idx in touched:
             self._maybe_ready(idx)
 
@@ -427,6 +531,7 @@ class _Ingest:
         self.ready.append(idx)
         self.ready_items += len(p.items)
         self.done += 1
+        self.meter.file_done(p.found.kind, p.found.size, list(p.items.values()))
         if self.progress:
             self.progress(self.done, len(self.work))
         if self.ready_items >= self.settings.commit_every:
@@ -442,7 +547,7 @@ class _Ingest:
             records.append(FileRecord(path=f.path, root_id=p.root_id, kind=f.kind, size=f.size,
                                       mtime_ns=f.mtime_ns, items=[] if p.error else list(p.items.values()),
                                       error=p.error, retry=p.retry, content_hash=p.content_hash,
-                                      facts=p.facts))
+                                      facts=p.facts, note=p.note))
         try:
             self.writer.commit_files(records)
         except SQLAlchemyError as e:
@@ -468,6 +573,9 @@ class _Ingest:
                 self.report.failures.append((p.found.path, p.error))
             else:
                 self.report.items += len(p.items)
+                if p.note:
+                    self.report.warnings.append((p.found.path, p.note))
+                self.report.media_seconds += p.covered
                 if p.is_update:
                     self.report.updated += 1
                 else:

@@ -15,9 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmsearch.media.decode import caption_columns, inside
+from mmsearch.media.formats import STILL_IMAGE_EXTS
+
+OTHER = "other"  # a file whose extension names no kind: its content decides (indexer/pipeline.py)
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif"})
-AUDIO_EXTS = frozenset({".wav", ".flac", ".ogg", ".oga", ".mp3"})
+IMAGE_EXTS = IMAGE_EXTS | STILL_IMAGE_EXTS  # every still image Pillow decodes, HEIF, camera RAW
+# libsndfile reads the first five; the others (AAC, Opus, Matroska sound) go through PyAV
+AUDIO_EXTS = frozenset({".wav", ".flac", ".ogg", ".oga", ".mp3", ".m4a", ".aac", ".opus", ".mka"})
+VIDEO_EXTS = frozenset({".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi"})
 TEXT_EXTS = frozenset({".txt", ".md"})
 CAPTION_EXTS = frozenset({".csv", ".jsonl"})
 
@@ -25,7 +31,7 @@ CAPTION_EXTS = frozenset({".csv", ".jsonl"})
 @dataclass(frozen=True)
 class FoundFile:
     path: str  # absolute
-    kind: str  # image | audio | text | captions
+    kind: str  # image | audio | video | text | captions | other (see OTHER)
     size: int
     mtime_ns: int
 
@@ -38,6 +44,8 @@ def kind_of(name: str, *, audio: bool = True) -> str | None:
         return "text"
     if ext in AUDIO_EXTS:
         return "audio" if audio else None
+    if ext in VIDEO_EXTS:
+        return "video"
     if ext in CAPTION_EXTS:
         return "captions"
     return None
@@ -45,7 +53,7 @@ def kind_of(name: str, *, audio: bool = True) -> str | None:
 
 def scan(root: Path, *, audio: bool = True, exclude: Path | None = None,
          bad_names: list[str] | None = None, allowed: Sequence[Path] | None = (),
-         skipped_links: list[str] | None = None) -> Iterator[FoundFile]:
+         skipped_links: list[str] | None = None, others: bool = False) -> Iterator[FoundFile]:
     """Yield media files under root, recursively; hidden entries are skipped. Names that are not
     valid UTF-8 cannot be stored as text: they are skipped and listed in ``bad_names``.
 
@@ -53,7 +61,10 @@ def scan(root: Path, *, audio: bool = True, exclude: Path | None = None,
     (real paths; None: anywhere), so a link planted in an indexed folder cannot pull in files from
     elsewhere; the others are listed in ``skipped_links``. Linked folders are entered after the
     real ones, so a folder reachable without links keeps its real path, and each folder is
-    entered once (a loop is cut where it would be visited twice)."""
+    entered once (a loop is cut where it would be visited twice).
+
+    ``others``: files whose extension names no kind are yielded too, as kind ``other``, still
+    with one stat and no read: what they hold is looked at only if they are new or changed."""
     area = None if allowed is None else [Path(os.path.realpath(root)), *allowed]
     seen: set[tuple[int, int]] = set()
     stack = [str(root)]
@@ -95,6 +106,8 @@ def scan(root: Path, *, audio: bool = True, exclude: Path | None = None,
                 if not entry.is_file(follow_symlinks=True):
                     continue
                 kind = kind_of(entry.name, audio=audio)
+                if kind is None and others and kind_of(entry.name) is None:
+                    kind = OTHER
                 if kind is None:
                     continue
                 info = entry.stat(follow_symlinks=True)
@@ -103,6 +116,19 @@ def scan(root: Path, *, audio: bool = True, exclude: Path | None = None,
             if kind == "captions" and not is_captions_file(entry.path):
                 continue
             yield FoundFile(entry.path, kind, info.st_size, info.st_mtime_ns)
+
+
+def scan_file(path: Path) -> Iterator[FoundFile]:
+    """One file given by name (``mmsearch index photo.jpg``): itself, when it is a kind mmsearch
+    indexes. The path is already resolved, so a link given by name was followed on purpose."""
+    kind = kind_of(path.name)
+    if kind is None or (kind == "captions" and not is_captions_file(str(path))):
+        return
+    try:
+        info = path.stat()
+    except OSError:
+        return
+    yield FoundFile(str(path), kind, info.st_size, info.st_mtime_ns)
 
 
 def dedupe_roots(paths: Sequence[Path]) -> list[Path]:

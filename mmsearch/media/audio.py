@@ -34,8 +34,15 @@ _OGG_CORRUPT = ("Corrupted bitstream", "reports a hole")
 _OGG_TRUNCATED = "lacks an end-of-stream"
 
 
+NOT_RECOGNISED = "not an audio file (libsndfile does not recognise the format)"
+
+
 class AudioDecodeError(Exception):
     """A file that cannot be decoded as audio; the message is the human reason."""
+
+
+class _NotRecognised(AudioDecodeError):
+    """libsndfile does not know the format: PyAV may."""
 
 
 @dataclass(frozen=True)
@@ -47,12 +54,20 @@ class AudioWindow:
 
 def audio_duration(path: Path) -> float:
     """Duration from the header, without decoding; a cheap validity check before indexing."""
+    if not _readable_by_libsndfile(path):
+        from mmsearch.media.av_audio import av_audio_info
+
+        return av_audio_info(path)[1] or 0.0
     with _open(path) as f:
         return f.frames / f.samplerate
 
 
 def audio_rate(source: Path | BinaryIO) -> int:
     """The file's own sample rate, from its header: decoding at it needs no resampler."""
+    if not _readable_by_libsndfile(source):
+        from mmsearch.media.av_audio import av_audio_info
+
+        return av_audio_info(source)[0]
     with _open(source) as f:
         return int(f.samplerate)
 
@@ -79,39 +94,79 @@ def iter_windows(
     win = max(1, round(window_seconds * sample_rate))
     hop = max(1, round(hop_seconds * sample_rate))
 
-    with _open(path) as f:
-        in_rate = f.samplerate
-        limit = None if max_seconds is None else max(0, round(max_seconds * in_rate))
-        resampler = _resampler(in_rate, sample_rate) if in_rate != sample_rate else None
-        buf = np.zeros(0, dtype=np.float32)
-        buf_start = 0  # absolute index (target rate) of buf[0]
-        next_start = 0  # absolute index of the next window's first sample
-        last_end = 0  # absolute end of the last window yielded
-        decoded = 0  # source frames read
-        eof = False
-        while not eof:
-            want = BLOCK_FRAMES if limit is None else min(BLOCK_FRAMES, limit - decoded)
-            block = _read_block(f, want) if want > 0 else np.zeros((0, f.channels), np.float32)
-            decoded += len(block)
-            eof = len(block) == 0 or (limit is not None and decoded >= limit)
-            mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
-            if resampler is not None:
-                mono = resampler.resample_chunk(np.ascontiguousarray(mono), last=eof)
-            buf = np.concatenate([buf, mono]) if len(buf) else np.ascontiguousarray(mono, np.float32)
-            while buf_start + len(buf) >= next_start + win:
-                a = next_start - buf_start
-                yield _window(buf[a:a + win], next_start, sample_rate)
-                last_end = next_start + win
-                next_start += hop
-                cut = min(next_start - buf_start, len(buf))
-                buf, buf_start = buf[cut:], buf_start + cut
-        total = buf_start + len(buf)
-        if decoded == 0 or total == 0:
-            raise AudioDecodeError("no audio frames: nothing could be decoded")
-        if next_start < total and (last_end == 0 or total > last_end):
-            yield _window(buf[next_start - buf_start:], next_start, sample_rate)
-        if limit is None or decoded < limit:
-            _check_shortfall(f, decoded)
+    if _readable_by_libsndfile(path):
+        with _open(path) as f:
+            limit = None if max_seconds is None else max(0, round(max_seconds * f.samplerate))
+            read = [0]  # source frames read
+
+            def blocks() -> Iterator[np.ndarray]:
+                while limit is None or read[0] < limit:
+                    want = BLOCK_FRAMES if limit is None else min(BLOCK_FRAMES, limit - read[0])
+                    block = _read_block(f, want)
+                    if len(block) == 0:
+                        return
+                    read[0] += len(block)
+                    yield block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
+
+            yield from cut_windows(blocks(), f.samplerate, sample_rate, win, hop)
+            if limit is None or read[0] < limit:
+                _check_shortfall(f, read[0])
+        return
+    from mmsearch.media.av_audio import iter_av_blocks
+
+    with iter_av_blocks(path, max_seconds) as (in_rate, blocks):
+        yield from cut_windows(blocks, in_rate, sample_rate, win, hop)
+
+
+def cut_windows(blocks: Iterator[np.ndarray], in_rate: int, sample_rate: int, win: int, hop: int
+                ) -> Iterator[AudioWindow]:
+    """Mono blocks at ``in_rate`` -> windows of ``win`` samples every ``hop`` at ``sample_rate``
+    (a streaming resampler between), the last one possibly shorter: what every decoder feeds."""
+    resampler = _resampler(in_rate, sample_rate) if in_rate != sample_rate else None
+    buf = np.zeros(0, dtype=np.float32)
+    buf_start = 0  # absolute index (target rate) of buf[0]
+    next_start = 0  # absolute index of the next window's first sample
+    last_end = 0  # absolute end of the last window yielded
+    decoded = 0  # source frames seen
+    eof = False
+    while not eof:
+        mono = next(blocks, None)
+        eof = mono is None
+        if mono is None:
+            mono = np.zeros(0, dtype=np.float32)
+        decoded += len(mono)
+        if resampler is not None:
+            mono = resampler.resample_chunk(np.ascontiguousarray(mono, np.float32), last=eof)
+        buf = np.concatenate([buf, mono]) if len(buf) else np.ascontiguousarray(mono, np.float32)
+        while buf_start + len(buf) >= next_start + win:
+            a = next_start - buf_start
+            yield _window(buf[a:a + win], next_start, sample_rate)
+            last_end = next_start + win
+            next_start += hop
+            cut = min(next_start - buf_start, len(buf))
+            buf, buf_start = buf[cut:], buf_start + cut
+    total = buf_start + len(buf)
+    if decoded == 0 or total == 0:
+        raise AudioDecodeError("no audio frames: nothing could be decoded")
+    if next_start < total and (last_end == 0 or total > last_end):
+        yield _window(buf[next_start - buf_start:], next_start, sample_rate)
+
+
+def _readable_by_libsndfile(source: Path | BinaryIO) -> bool:
+    """Whether libsndfile knows the format (WAV, FLAC, Ogg, MP3...); the others (AAC in MP4 or
+    M4A, Matroska, ...) go through PyAV. Other failures are libsndfile's to word."""
+    try:
+        with _open(source):
+            return True
+    except _NotRecognised:
+        if not isinstance(source, (str, os.PathLike)):
+            source.seek(0)
+        return False
+    except AudioDecodeError:
+        return True
+    finally:
+        if not isinstance(source, (str, os.PathLike)):
+            source.seek(0)
 
 
 def _resampler(in_rate: int, out_rate: int) -> soxr.ResampleStream:
@@ -146,7 +201,8 @@ def _open(source: Path | BinaryIO) -> Iterator[sf.SoundFile]:
     try:
         f = _soundfile(source)
     except sf.LibsndfileError as e:
-        raise AudioDecodeError(_open_reason(e)) from None
+        reason = _open_reason(e)
+        raise (_NotRecognised if reason == NOT_RECOGNISED else AudioDecodeError)(reason) from None
     except Exception as e:  # noqa: BLE001 - bad streams raise TypeError/ValueError/OSError too
         raise AudioDecodeError(f"cannot open as audio: {type(e).__name__}: {e}") from None
     with f:
@@ -187,7 +243,7 @@ def _looks_like_mp3(path: str) -> bool:
 def _open_reason(e: sf.LibsndfileError) -> str:
     msg = str(e.error_string if hasattr(e, "error_string") else e).strip()
     if "Format not recognised" in msg:
-        return "not an audio file (libsndfile does not recognise the format)"
+        return NOT_RECOGNISED
     if "malformed" in msg:
         return "corrupt or truncated audio file (supported format but malformed)"
     if "not a regular file" in msg or "unknown error" in msg or "internal" in msg.lower():

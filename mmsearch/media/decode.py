@@ -10,7 +10,7 @@ import csv
 import io
 import json
 import os
-import warnings
+import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +18,8 @@ from typing import Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from mmsearch.media.formats import (HEAD_BYTES, HEIF_EXTS, PILLOW_EXTS, RAW_EXTS, decode_formats, ext_of,
+                                    heif_signature, raw_signature, read_head, tiff_signature)
 from mmsearch.media.metadata import FileFacts, image_facts
 
 MEDIA_COLUMNS = ("image", "file", "filename", "path", "audio")
@@ -39,7 +41,7 @@ class DecodeError(Exception):
 class Unit:
     """One thing to embed, with what the catalog stores about it."""
 
-    modality: str  # image | text | audio
+    modality: str  # what is embedded: image | text | audio
     payload: Any  # PIL image, str, or mono float32 window
     ordinal: int = 0
     text: str | None = None
@@ -47,6 +49,7 @@ class Unit:
     start: float | None = None
     end: float | None = None
     duration: float | None = None
+    item: str | None = None  # the item's modality and collection when not ``modality`` (a video's frames)
 
 
 def _enable_heif() -> bool:
@@ -68,33 +71,111 @@ def load_image(source: str | Path | Any, max_pixels: int) -> Image.Image:
 
 def read_image(source: str | Path | Any, max_pixels: int) -> tuple[Image.Image, FileFacts]:
     """``load_image`` and the file's facts (EXIF date, camera, place...), read from the same open
-    file. A damaged EXIF block costs its facts and the turn upright, never the image."""
+    file. A damaged EXIF block costs its facts and the turn upright, never the image. Any format
+    Pillow decodes (``formats.decode_formats``); camera RAW through rawpy, from a file or from
+    bytes (a query). What the decoder warns about is left to the caller's ``notes.FileNotes``."""
+    path = str(source) if isinstance(source, (str, Path)) else None
+    head = _head(source)
+    if (path is not None and ext_of(path) in RAW_EXTS) or raw_signature(head):
+        return _read_raw(source, max_pixels)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as img:
-                w, h = img.size
-                if w * h > max_pixels:
-                    raise DecodeError(f"image of {w}x{h} pixels is over the limit of {max_pixels} "
-                                      "(decompression bomb guard)")
-                img.seek(0)
-                img.load()
-                facts = image_facts(img, str(source) if isinstance(source, (str, Path)) else "")
-                try:
-                    img = ImageOps.exif_transpose(img)
-                except Exception:  # noqa: BLE001 - an unreadable orientation: keep the pixels as stored
-                    pass
-                if img.mode == "P" and "transparency" in img.info:
-                    img = img.convert("RGBA")  # what Pillow asks for before dropping alpha
-                return img.convert("RGB"), facts
+        return _read_pillow(source, max_pixels)
+    except DecodeError as e:
+        if tiff_signature(head) and (path is None or ext_of(path) not in PILLOW_EXTS) \
+                and not _opens_as_tiff(source):
+            # a TIFF Pillow cannot read, under a name that says nothing: most likely a camera RAW
+            return _read_raw(source, max_pixels, otherwise=e)
+        if (heif_signature(head) or (path is not None and ext_of(path) in HEIF_EXTS)) and not HEIF:
+            raise DecodeError("HEIF/HEIC image, but pillow-heif is not installed: "
+                              "pip install 'mmsearch[heic]'") from None
+        raise
+
+
+def _head(source: str | Path | Any) -> bytes:
+    """The first bytes of a file or of a seekable stream (left where it was); b"" if unreadable."""
+    try:
+        if isinstance(source, (str, Path)):
+            return read_head(str(source))
+        at = source.tell()
+        head = source.read(HEAD_BYTES)
+        source.seek(at)
+        return head if isinstance(head, bytes) else b""
+    except (OSError, AttributeError, ValueError):
+        return b""
+
+
+def _read_pillow(source: str | Path | Any, max_pixels: int) -> tuple[Image.Image, FileFacts]:
+    try:
+        with Image.open(source, formats=decode_formats()) as img:
+            w, h = img.size
+            if w * h > max_pixels:
+                raise DecodeError(f"image of {w}x{h} pixels is over the limit of {max_pixels} "
+                                  "(decompression bomb guard)")
+            img.load()  # the first frame, or a PSD's composite (open leaves it there; seek(0) would not)
+            facts = image_facts(img, str(source) if isinstance(source, (str, Path)) else "")
+            try:
+                img = ImageOps.exif_transpose(img)
+            except Exception:  # noqa: BLE001 - an unreadable orientation: keep the pixels as stored
+                pass
+            return to_rgb(img), facts
     except DecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise DecodeError(f"decompression bomb: {e}") from e
     except UnidentifiedImageError:
         raise DecodeError("not a readable image (unknown or corrupt format)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
+    except (OSError, SyntaxError, ValueError, EOFError, TypeError, struct.error) as e:
         raise DecodeError(f"corrupt or truncated image: {e}") from e
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a plugin tripping over a damaged file: still the file's fault
+        raise DecodeError(f"corrupt image: {type(e).__name__}: {e}") from e
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Three 8-bit channels, whatever the mode: palettes with transparency, 16- and 32-bit grey
+    (netpbm, PNG, TIFF, FITS), floating point (PFM) and CMYK (PSD, JPEG, TIFF) included."""
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")  # what Pillow asks for before dropping alpha
+    elif img.mode in ("I", "F") or img.mode.startswith("I;"):
+        import numpy as np
+
+        a = np.asarray(img, dtype=np.float64)
+        finite = a[np.isfinite(a)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        scaled = (np.nan_to_num(a, nan=lo) - lo) * (255.0 / (hi - lo) if hi > lo else 0.0)
+        img = Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), "L")
+    return img.convert("RGB")
+
+
+def _opens_as_tiff(source: str | Path | Any) -> bool:
+    try:
+        if not isinstance(source, (str, Path)):
+            source.seek(0)
+        with Image.open(source, formats=["TIFF"]):
+            return True
+    except Exception:  # noqa: BLE001 - anything Pillow's TIFF reader refuses may be LibRaw's
+        return False
+
+
+def _read_raw(source: str | Path | Any, max_pixels: int,
+              otherwise: DecodeError | None = None) -> tuple[Image.Image, FileFacts]:
+    """rawpy's picture; ``otherwise``: the error to raise if LibRaw does not know the file either."""
+    from mmsearch.media.raw import RawUnavailable, read_raw
+
+    try:
+        if not isinstance(source, (str, Path)):
+            source.seek(0)
+        return read_raw(source if not isinstance(source, Path) else str(source), max_pixels)
+    except RawUnavailable as e:
+        raise DecodeError(str(e)) from None
+    except Exception as e:  # noqa: BLE001 - LibRaw's errors: a damaged or unsupported RAW
+        if otherwise is not None and type(e).__name__ == "LibRawFileUnsupportedError":
+            raise otherwise from None
+        reason = e.args[0] if e.args else e
+        if isinstance(reason, bytes):
+            reason = reason.decode("utf-8", "replace")
+        raise DecodeError(f"unreadable camera RAW file: {reason}") from e
 
 
 JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import mimetypes
 import os
+import warnings
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -22,6 +23,9 @@ MEDIA_TYPES = {
     ".gif": "image/gif", ".bmp": "image/bmp", ".tif": "image/tiff", ".tiff": "image/tiff",
     ".heic": "image/heic", ".heif": "image/heif",
     ".wav": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg", ".oga": "audio/ogg", ".mp3": "audio/mpeg",
+    ".m4a": "audio/mp4", ".aac": "audio/aac", ".opus": "audio/ogg", ".mka": "audio/x-matroska",
+    ".mp4": "video/mp4", ".m4v": "video/mp4", ".mov": "video/quicktime", ".mkv": "video/x-matroska",
+    ".webm": "video/webm", ".avi": "video/x-msvideo",
     ".txt": "text/plain; charset=utf-8", ".md": "text/markdown; charset=utf-8",
     ".csv": "text/csv; charset=utf-8", ".jsonl": "application/jsonl; charset=utf-8",
 }
@@ -103,6 +107,18 @@ def image_facts(img: Image.Image, path: str) -> FileFacts:
         camera_model=_read(lambda: _text(exif.get(_TAG.Model))),
         lens=_read(lambda: _text(sub.get(_TAG.LensModel))),
         lat=lat, lon=lon, orientation=orientation)
+
+
+def header_facts(path: str) -> FileFacts | None:
+    """An image's facts from its header alone, no pixels decoded: for files indexed before the
+    catalog kept facts, which re-indexing does not decode again. None when it cannot be opened."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a decompression bomb's warning: its header is all we read
+            with Image.open(path) as img:
+                return image_facts(img, path)
+    except Exception:  # noqa: BLE001 - unreadable now: its facts stay empty, the file as indexed
+        return None
 
 
 def _read(get: Any) -> Any:

@@ -86,6 +86,11 @@ class QueryEmbedder:
     def check_inputs(self, q: Query) -> Image.Image | None:
         """Decode the query's media, so a bad image or sound is refused before any model loads
         (a model takes seconds; the refusal, milliseconds). Returns the decoded image."""
+        for t in q.terms:
+            if t.audio is not None:
+                self._check_audio(t.audio)
+            if t.image is not None:
+                self._decode_image(t.image)
         if q.audio is not None:
             self._check_audio(q.audio)
         return self._decode_image(q.image) if q.image is not None else None
@@ -94,8 +99,8 @@ class QueryEmbedder:
     def needs_model(q: Query, space: str) -> bool:
         """Whether embedding ``q`` in ``space`` runs that space's model (stored items do not)."""
         mods = SPACES[space][0]
-        return bool(((q.text or q.negative_text) and "text" in mods) or (q.image is not None and "image" in mods)
-                    or (q.audio is not None and "audio" in mods))
+        return bool(((q.has_text or q.negative_text) and "text" in mods) or (q.has_image and "image" in mods)
+                    or (q.has_audio and "audio" in mods))
 
     def embed_queries(self, queries: Sequence[Query], spaces: Sequence[Sequence[str]],
                       images: Sequence[Any] | None = None) -> list[dict[str, QueryVector]]:
@@ -108,7 +113,8 @@ class QueryEmbedder:
         texts: dict[str, dict[str, np.ndarray]] = {}
         for space in used:
             wanted = sorted({t for q, sp in zip(queries, spaces) if space in sp
-                             for t in ([q.text] if q.text else []) + q.negative_text})
+                             for t in ([q.text] if q.text else []) + q.negative_text
+                             + [term.text for term in q.terms if term.text]})
             texts[space] = dict(zip(wanted, self.embed_text(space, wanted))) if wanted else {}
         decoded = list(images) if images is not None else [None] * len(queries)
         return [{space: qv for space in sp
@@ -127,6 +133,13 @@ class QueryEmbedder:
             parts.append(q.image_weight * self.embed_image(image if image is not None else q.image))
         if q.audio is not None and "audio" in mods:
             parts.append(q.audio_weight * self.embed_audio(q.audio))
+        for t in q.terms:  # weighted parts; a negative weight subtracts
+            if t.text and "text" in mods:
+                parts.append(t.weight * texts[t.text])
+            elif t.image is not None and "image" in mods:
+                parts.append(t.weight * self.embed_image(t.image))
+            elif t.audio is not None and "audio" in mods:
+                parts.append(t.weight * self.embed_audio(t.audio))
         likes = [(items[i], q.item_weights.get(i, 1.0)) for i in q.item_ids if i in items]
         dislikes = [(items[i], q.item_weights.get(i, 1.0)) for i in q.negative_ids if i in items]
         negatives = [texts[t] for t in q.negative_text] if "text" in mods else []
@@ -139,9 +152,11 @@ class QueryEmbedder:
 
     def _decode_image(self, data: bytes) -> Image.Image:
         from mmsearch.media.decode import DecodeError, load_image
+        from mmsearch.media.notes import FileNotes
 
         try:
-            return load_image(io.BytesIO(data), self.settings.max_image_pixels)
+            with FileNotes():  # what the decoder says about a query's picture stays off the terminal and log
+                return load_image(io.BytesIO(data), self.settings.max_image_pixels)
         except DecodeError as e:
             raise BadInput(f"query image: {e}") from e
 
@@ -194,7 +209,10 @@ class QueryEmbedder:
             found, vecs = self.indexes.store(collection, dim).lookup(eids)
             order = np.argsort(owners[found], kind="stable")
             uniq, starts = np.unique(owners[found][order], return_index=True)
-            sums = np.add.reduceat(vecs[order], starts) if uniq.size else vecs[:0]  # an item's windows summed
+            if uniq.size == order.size:  # one vector per item (photos, texts): nothing to sum
+                sums = vecs[order]
+            else:  # an item's windows summed (reduceat along rows is slow: only where needed)
+                sums = np.add.reduceat(vecs[order], starts) if uniq.size else vecs[:0]
             out.update(zip(uniq.tolist(), l2_normalise(sums)))
         return out
 

@@ -13,7 +13,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from mmsearch.search.scoring import DISLIKE_WEIGHT, Scoring
 from mmsearch.storage.filters import Filter
 
-Target = Literal["image", "text", "audio", "all"]
+Target = Literal["image", "text", "audio", "video", "all"]
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", re.IGNORECASE)
 _UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 
@@ -116,7 +116,8 @@ class Filters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     to: Target | None = Field(None, description="Modality to return. Default: all media for a text "
-                              "query (one calibrated list), the query's own modality for an image or sound.")
+                              "query (one calibrated list), the query's own modality (and videos) for an "
+                              "image or sound.")
     k: int = Field(10, ge=1, le=1000)
     offset: int = Field(0, ge=0, le=10_000)
     path: CleanText | None = Field(None, description="Only files under this folder, or matching this glob "
@@ -134,8 +135,8 @@ class Filters(BaseModel):
     near: Near | None = Field(None, description="`lat,lon,km`: only photos taken within km of this place "
                               "(EXIF GPS).")
     min_size: Size | None = Field(None, description="Only files of at least this size: bytes, or '500k', '2MB'.")
-    min_duration: float | None = Field(None, ge=0, description="Only sounds at least this long (seconds).")
-    max_duration: float | None = Field(None, ge=0, description="Only sounds at most this long (seconds).")
+    min_duration: float | None = Field(None, ge=0, description="Only sounds and videos at least this long (seconds).")
+    max_duration: float | None = Field(None, ge=0, description="Only sounds and videos at most this long (seconds).")
     ext: Extensions = Field(default_factory=list, max_length=32,
                             description="Only files with one of these extensions ('jpg', 'png').")
     tags: list[Annotated[CleanText, Field(min_length=1, max_length=330)]] = Field(
@@ -155,6 +156,26 @@ class Filters(BaseModel):
             ext=tuple(sorted(set(self.ext))), tags=tuple(sorted({t.strip() for t in self.tags})))
 
 
+class Term(BaseModel):
+    """One weighted part of a query: a text, a picture or a sound. A negative weight steers away
+    from it (``mmsearch search --add 2:beach --add dog.jpg --sub 0.5:night``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: CleanText | None = None
+    image: bytes | None = Field(None, exclude=True)
+    audio: bytes | None = Field(None, exclude=True)
+    weight: Weight = Field(1.0, description="Its weight in the sum; negative: subtracted.")
+
+    @model_validator(mode="after")
+    def _one_thing(self) -> "Term":
+        if sum(x is not None for x in (self.text, self.image, self.audio)) != 1:
+            raise ValueError("a term is exactly one of text, image or audio")
+        if self.weight == 0:
+            raise ValueError("a term's weight must not be 0")
+        return self
+
+
 class Query(Filters):
     """What to look for and where. Positive parts are summed per space, negatives subtracted."""
 
@@ -166,12 +187,26 @@ class Query(Filters):
     item_weights: dict[int, Weight] = Field(default_factory=dict, description="Weight of a liked or disliked "
                                             "item (default 1).")
     negative_text: list[CleanText] = Field(default_factory=list, description="Texts to steer away from.")
+    terms: list[Term] = Field(default_factory=list, max_length=32, description="More texts, pictures and sounds, "
+                              "each with its own weight (negative: steer away), added to the sum.")
     text_weight: Weight = 1.0
     image_weight: Weight = 1.0
     audio_weight: Weight = 1.0
     negative_weight: Weight = Field(0.5, description="Strength of negative texts and disliked items.")
     scoring: Scoring = Field("rocchio", description="rocchio: one blended vector; best: each candidate "
                              "scored by its best liked item less its closest disliked one.")
+
+    @property
+    def has_text(self) -> bool:
+        return bool(self.text) or any(t.text for t in self.terms)
+
+    @property
+    def has_image(self) -> bool:
+        return self.image is not None or any(t.image is not None for t in self.terms)
+
+    @property
+    def has_audio(self) -> bool:
+        return self.audio is not None or any(t.audio is not None for t in self.terms)
 
     @model_validator(mode="after")
     def _items_agree(self) -> "Query":
@@ -255,15 +290,21 @@ class _Found(BaseModel):
     id: int
     path: str
     modality: str
-    score: float = Field(description="Cosine similarity in the result's embedding space (with scoring "
-                         "`best`: the best liked item's cosine less the closest disliked one's).")
-    calibrated: float | None = Field(None, description="Score on the cross-collection scale, when merged.")
+    score: float = Field(description="What the list is ordered by: the cosine, or where images, texts and "
+                         "sounds are merged into one list, the calibrated score (a z-score against the "
+                         "query's background in each collection; see docs/search.md).")
+    cosine: float = Field(description="Cosine similarity in the result's embedding space (with scoring "
+                          "`best`: the best liked item's cosine less the closest disliked one's); "
+                          "`min_score` compares this.")
+    calibrated: float | None = Field(None, description="The calibrated score, when lists were merged (then "
+                                     "equal to `score`).")
     collection: str
     text: str | None = None
     ref_path: str | None = Field(None, description="For captions: the media file they describe.")
-    start: float | None = Field(None, description="Audio: where the best-matching window starts (s).")
-    end: float | None = None
-    duration: float | None = None
+    start: float | None = Field(None, description="Audio and video: where the best-matching window or "
+                                "frame's span starts (s).")
+    end: float | None = Field(None, description="... and where it ends (s).")
+    duration: float | None = Field(None, description="Audio and video: the item's length (s).")
 
 
 class Hit(Metadata, _Found):
@@ -273,16 +314,19 @@ class Hit(Metadata, _Found):
 class SearchResponse(BaseModel):
     results: list[Hit]
     timings_ms: dict[str, float]
+    has_more: bool = Field(False, description="Whether a next page (offset + k) has results: the search "
+                           "looks one result beyond the page, so this costs nothing. No total is given: "
+                           "counting every match would cost a scan of the catalog.")
 
 
 def default_target(q: Query) -> str:
     """Without ``to``, a text query searches all media and a media query its own modality."""
     if q.to is not None:
         return q.to
-    if q.text:
+    if q.has_text:
         return "all"
-    if q.image is not None:
+    if q.has_image:
         return "image"
-    if q.audio is not None:
+    if q.has_audio:
         return "audio"
     return "all"

@@ -4,13 +4,16 @@ so that near-duplicates (bursts of similar photos, re-encoded files) do not fill
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from mmsearch.search.scoring import QueryVector
 from mmsearch.storage.vectors import VectorStore
 
 
-READ_ROWS = 1_024  # candidate rows read and widened at a time: 2 MB of float32 at 512-d stays in cache
+PARALLEL_MIN = 64  # queries in a batch before its rescoring is spread over threads
+_NONE = np.iinfo(np.int64).max  # padding of the candidate table: sorts last
 
 
 def dot_rows(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
@@ -29,39 +32,70 @@ def exact_rescore(
 
 
 def exact_rescore_many(
-    queries: list[np.ndarray | QueryVector], candidates: list[np.ndarray], store: VectorStore
+    queries: list[np.ndarray | QueryVector], candidates: list[np.ndarray], store: VectorStore, *, threads: int = 1
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``exact_rescore`` of many queries, each with its own candidates: their vectors are read
-    from the store and widened together, ``READ_ROWS`` at a time, rather than once per query."""
+    """``exact_rescore`` of many queries, each with its own candidates (a batch). Their ids are
+    deduplicated in one vectorised pass; then each query's rows are located in one mapping of the
+    store, read, widened and scored on their own (about 200 rows: they stay in cache),
+    so a query's scores are the same bits whatever else is in the batch. With ``threads`` > 1 and
+    a batch of at least ``PARALLEL_MIN`` queries, contiguous runs of queries are scored on that
+    many threads (numpy releases the GIL while it gathers, widens and multiplies)."""
     for query in queries:
         dim = query.dim if isinstance(query, QueryVector) else np.asarray(query).size
         if dim != store.dim:
             raise ValueError(f"query has dim {dim}, store {store.name!r} has {store.dim}")
-    # sorted per query (sequential reads); -1 padding and duplicates (a "best" query's probes) dropped
-    wanted = [np.unique(np.asarray(c, dtype=np.int64).reshape(-1)) for c in candidates]
-    wanted = [w[np.searchsorted(w, 0):] for w in wanted]
-    out: list[tuple[np.ndarray, np.ndarray]] = []
-    start = 0
-    while start < len(queries):
-        stop, rows = start + 1, wanted[start].size
-        while stop < len(queries) and rows + wanted[stop].size <= READ_ROWS:
-            rows += wanted[stop].size
-            stop += 1
-        found, vectors = store.lookup(np.concatenate(wanted[start:stop]))
+    wanted = _sorted_unique(candidates)  # sorted per query (sequential reads), -1 padding and duplicates dropped
+    mapping = store.mapping()  # one version of the store for the whole batch
+
+    def one(j: int) -> tuple[np.ndarray, np.ndarray]:
+        mine = mapping.rows(wanted[j])
+        found = mine >= 0
+        ids, vectors = wanted[j][found], mapping.read(mine[found])
         # float16 storage leaves norms a hair off 1; dividing keeps scores true cosines (<= 1)
         vectors /= np.maximum(np.sqrt(np.einsum("ij,ij->i", vectors, vectors)), 1e-12)[:, None]
-        bounds = np.cumsum([0] + [w.size for w in wanted[start:stop]])  # each query's span of the read
-        kept = np.concatenate([[0], np.cumsum(found)])  # found rows before each position
-        for j, (query, ids) in enumerate(zip(queries[start:stop], wanted[start:stop])):
-            lo, hi = bounds[j], bounds[j + 1]
-            ids, mine = ids[found[lo:hi]], vectors[kept[lo]:kept[hi]]
-            if isinstance(query, QueryVector):
-                scores = query.score(mine)
-            else:
-                scores = dot_rows(mine, np.asarray(query, dtype=np.float32))
-            order = np.argsort(-scores, kind="stable")
-            out.append((ids[order], scores[order].astype(np.float32, copy=False)))
-        start = stop
+        query = queries[j]
+        if isinstance(query, QueryVector):
+            scores = query.score(vectors)
+        else:
+            scores = dot_rows(vectors, np.asarray(query, dtype=np.float32))
+        order = np.argsort(-scores, kind="stable")
+        return ids[order], scores[order].astype(np.float32, copy=False)
+
+    def run(span: range) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [one(j) for j in span]
+
+    n = len(queries)
+    if threads <= 1 or n < PARALLEL_MIN:
+        return run(range(n))
+    step = -(-n // (4 * threads))  # a few runs per thread: one slow thread does not hold up the rest
+    with ThreadPoolExecutor(threads) as pool:
+        return [r for part in pool.map(run, [range(i, min(i + step, n)) for i in range(0, n, step)]) for r in part]
+
+
+def _sorted_unique(candidates: list[np.ndarray]) -> list[np.ndarray]:
+    """Each query's candidate ids sorted, without -1 padding or duplicates (a ``best`` query's
+    probes find some ids twice): one 2-D sort for the batch rather than a ``np.unique`` per query.
+    The table is as wide as the longest list up to twice the median; longer lists (a deep page
+    beside ordinary ones) are sorted on their own, so padding never outgrows the batch."""
+    flat = [np.asarray(c, dtype=np.int64).reshape(-1) for c in candidates]
+    if not flat:
+        return []
+    sizes = [c.size for c in flat]
+    cut = 2 * int(np.median(sizes)) + 1
+    out: list[np.ndarray] = [np.unique(c[c >= 0]) if c.size > cut else c for c in flat]
+    rows = [j for j, size in enumerate(sizes) if size <= cut]
+    width = max([sizes[j] for j in rows] + [1])
+    table = np.full((len(rows), width), _NONE, dtype=np.int64)
+    for row, j in zip(table, rows):
+        row[:sizes[j]] = flat[j]
+    table[table < 0] = _NONE
+    table.sort(axis=1)
+    repeated = table[:, 1:] == table[:, :-1]
+    if repeated.any():
+        table[:, 1:][repeated] = _NONE
+        table.sort(axis=1)
+    for j, row, size in zip(rows, table, np.count_nonzero(table != _NONE, axis=1).tolist()):
+        out[j] = row[:size]
     return out
 
 

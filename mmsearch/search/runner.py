@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mmsearch.cpus import intra_op_threads
 from mmsearch.encoders.encoder_set import EncoderSet
 from mmsearch.errors import BadInput, MMSearchError, ModelMismatch
 from mmsearch.search.live import LiveIndex, LiveIndexes
@@ -102,12 +103,16 @@ class QueryRunner(QueryEmbedder):
     def targets(self, q: Query, query_spaces: set[str], existing: set[str] | None = None) -> list[str]:
         """Collections to search: the modality asked for, in a space the query can reach."""
         existing = set(self.indexes.stored_collections()) if existing is None else existing
-        mods = ["image", "text", "audio"] if default_target(q) == "all" else [default_target(q)]
+        mods = ["image", "text", "audio", "video"] if default_target(q) == "all" else [default_target(q)]
+        if q.to is None and mods[0] in ("image", "audio"):
+            mods.append("video")  # a picture or a sound is also looked for in videos (frames, sound tracks)
         out = []
         for m in mods:
-            if m == "text":
+            if m == "video":  # frames in CLIP's space, the sound track in CLAP's
+                cands = [f"{s}.video" for s in sorted(query_spaces)]
+            elif m == "text":
                 # one text collection: the space of the query's own media (CLIP unless it is audio)
-                space = "clip" if "clip" in query_spaces and q.audio is None else "clap"
+                space = "clip" if "clip" in query_spaces and not q.has_audio else "clap"
                 cands = [f"{space}.text"] if space in query_spaces else []
             else:
                 cands = [f"{s}.{m}" for s in query_spaces if f"{s}.{m}" in {"clip.image", "clap.audio"}]
@@ -121,16 +126,16 @@ class QueryRunner(QueryEmbedder):
         return out
 
     def query_spaces(self, q: Query, recorded: dict[str, tuple[str, int]]) -> list[str]:
-        if not (q.text or q.image is not None or q.audio is not None or q.item_ids):
+        if not (q.has_text or q.has_image or q.has_audio or q.item_ids):
             raise BadInput("empty query: give text, an image, an audio clip or (liked) item ids")
         spaces = []
-        if q.text or q.image is not None or q.item_ids:
+        if q.has_text or q.has_image or q.item_ids:
             spaces.append("clip")
-        if (q.text or q.audio is not None or q.item_ids) and self.encoders.enabled("clap"):
-            if q.audio is not None or q.item_ids or "clap" in recorded:
+        if (q.has_text or q.has_audio or q.item_ids) and self.encoders.enabled("clap"):
+            if q.has_audio or q.item_ids or "clap" in recorded:
                 spaces.append("clap")
         to = default_target(q)
-        if to == "image" or (to == "text" and q.audio is None and q.text):
+        if to == "image" or (to == "text" and not q.has_audio and q.has_text):
             spaces = [s for s in spaces if s == "clip"] or spaces
         if to == "audio":
             spaces = [s for s in spaces if s == "clap"] or spaces
@@ -141,7 +146,7 @@ class QueryRunner(QueryEmbedder):
             enc = self.encoders.get(space)  # a first query loads its models: not part of its timings
             if space in recorded and recorded[space][0] != enc.spec:
                 raise ModelMismatch(f"the catalog's {space} vectors come from {recorded[space][0]}, not "
-                                    f"{enc.spec}: leave out the model option to use the catalog's own (a "
+                                    f"{enc.spec}: leave out --model (or --audio-model) to use the catalog's own (a "
                                     "running server re-embedded since it started needs a restart)")
 
     def run(self, q: Query) -> SearchResponse:
@@ -169,6 +174,7 @@ class QueryRunner(QueryEmbedder):
                 reach = self.query_spaces(q, recorded)
                 # inputs are checked before any model loads: a refusal costs milliseconds, not a load
                 images[i] = self.check_inputs(q)
+                _refuse_absent_sounds(q, existing)
                 if q.path:
                     path_filter.scans(q.path, self.catalog.roots)  # BadInput for a pattern that cannot match
                 if not self.targets(q, set(reach), existing):  # nothing it asks for is stored: no model
@@ -207,9 +213,10 @@ class QueryRunner(QueryEmbedder):
         # a broad filter does not narrow the ANN search: its parts share it, and check their candidates
         first, shared_ann = self._first_passes([p for p in parts if p.allowed is None or p.allowed.broad])
         owners: dict[int, _Owner | None] = {}  # embedding id -> owner, shared by the unfiltered queries
-        heads = {int(e) for part, done in first.items() if not part.after
-                 for e in done.ids[:queries[part.query].offset + queries[part.query].k + len(part.exclude)]}
-        self._owners(sorted(heads), owners)  # the likely pages' owners in one read, not one per query
+        heads = [done.ids[:queries[part.query].offset + queries[part.query].k + len(part.exclude)]
+                 for part, done in first.items() if not part.after]
+        # the likely pages' owners in one read, not one per query
+        self._owners(np.unique(np.concatenate(heads)).tolist() if heads else [], owners)
         merged: dict[int, list[_Candidate]] = {i: [] for i, a in enumerate(answers) if a is None}
         for part in parts:
             q = queries[part.query]
@@ -233,24 +240,33 @@ class QueryRunner(QueryEmbedder):
                     c.rank_score = r
             merged[part.query] += cands
             part.clock.rerank += time.perf_counter() - t3
-        pages = {}
+        pages, more = {}, {}
         for i, cands in merged.items():
             cands.sort(key=lambda c: -c.rank_score)
+            seen: set[int] = set()  # a video is in two lists (frames, sound track): its best place counts
+            cands[:] = [c for c in cands if not (c.item_id in seen or seen.add(c.item_id))]  # type: ignore[func-returns-value]
             pages[i] = cands[queries[i].offset: queries[i].offset + queries[i].k]
+            more[i] = len(cands) > queries[i].offset + queries[i].k
         t4 = time.perf_counter()
         rows = self.catalog.items(sorted({c.item_id for page in pages.values() for c in page}))  # only pages
         hydrate_ms = _ms(t4)
+        by_query: dict[int, list[_Part]] = {}
+        for part in parts:
+            by_query.setdefault(part.query, []).append(part)
         for i, page in pages.items():
-            mine = [p for p in parts if p.query == i]
-            hits = [Hit(id=c.item_id, path=r.path, modality=r.modality, score=round(c.score, 6),
-                        calibrated=round(c.rank_score, 4) if len(mine) > 1 else None, collection=c.collection,
+            mine = by_query.get(i, [])
+            merged_list = len(mine) > 1  # ranked by the calibrated score: that is the score shown
+            hits = [Hit(id=c.item_id, path=r.path, modality=r.modality,
+                        score=round(c.rank_score, 4) if merged_list else round(c.score, 6), cosine=round(c.score, 6),
+                        calibrated=round(c.rank_score, 4) if merged_list else None, collection=c.collection,
                         text=r.text, ref_path=r.ref_path, start=c.start, end=c.end, duration=r.duration,
                         **Metadata.of(r))
                     for c in page if (r := rows.get(c.item_id)) is not None]
             timings = {"embed": embed_ms, "ann": (shared_ann + sum(p.clock.ann for p in mine)) * 1000,
                        "rerank": sum(p.clock.rerank for p in mine) * 1000, "hydrate": hydrate_ms,
                        "total": _ms(t0)}
-            answers[i] = SearchResponse(results=hits, timings_ms={k: round(v, 3) for k, v in timings.items()})
+            answers[i] = SearchResponse(results=hits, timings_ms={k: round(v, 3) for k, v in timings.items()},
+                                        has_more=more[i])
         return [a for a in answers if a is not None]
 
     def _first_passes(self, parts: list[_Part]) -> tuple[dict[_Part, _Pass], float]:
@@ -268,7 +284,8 @@ class QueryRunner(QueryEmbedder):
             for store in {id(p.store): p.store for p in group}.values():  # one per collection, in practice
                 mine = [(p, f) for p, f in zip(group, found) if p.store is store]
                 t = time.perf_counter()
-                rescored = exact_rescore_many([p.qv for p, _ in mine], [f[0] for _, f in mine], store)
+                rescored = exact_rescore_many([p.qv for p, _ in mine], [f[0] for _, f in mine], store,
+                                               threads=intra_op_threads(self.settings))
                 each = (time.perf_counter() - t) / len(mine)
                 for (part, (cand_ids, exhaustive)), (ids, scores) in zip(mine, rescored):
                     out[part] = _Pass(cand_ids, exhaustive, ids, scores)
@@ -303,7 +320,7 @@ class QueryRunner(QueryEmbedder):
         exclusions, a broad filter, ``min_score`` and ``dedup`` drop some), and stops once every
         vector the last pass added scores below ``min_score``: the ones deeper still rank lower
         (exactly so in a flat index)."""
-        need = q.offset + q.k
+        need = q.offset + q.k + 1  # one beyond the page says whether there is more (has_more)
         want, fetched = part.want, 0
         after = part.after  # a broad filter, checked on candidates
         while True:
@@ -419,6 +436,16 @@ def dedup(cands: list[_Candidate], store: VectorStore, threshold: float, need: i
         if len(kept) >= need:
             break
     return kept
+
+
+def _refuse_absent_sounds(q: Query, existing: set[str]) -> None:
+    """A sound query, or sounds asked for, in a catalog without sounds: refused before the audio
+    model loads (or is fetched), with what to do instead of an empty list."""
+    if (q.has_audio and not any(c.startswith("clap.") for c in existing)) or \
+            (default_target(q) == "audio" and "clap.audio" not in existing):
+        raise BadInput("no sounds are indexed in this catalog (indexed without audio, or no sound files): "
+                       "index a folder with sounds, with audio on (leave out --no-audio; over HTTP the "
+                       "server's audio setting), then search them")
 
 
 def _ms(t0: float) -> float:

@@ -13,17 +13,18 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from mmsearch.errors import BadInput, MMSearchError, ModelMismatch, NotFound
 from mmsearch.media.metadata import FileFacts, camera_keys, extension, mime_of
 from mmsearch.settings import Settings
 from mmsearch.storage import filters
+from mmsearch.storage import path_filter
 from mmsearch.storage import ids as idgen
 from mmsearch.storage.db import (
     create_db_engine,
@@ -52,6 +53,8 @@ class FileState:
     mtime_ns: int
     status: str
     content_hash: str | None = None
+    kind: str | None = None
+    facts_missing: bool = False  # an image indexed before the catalog kept facts (migration 0003)
 
 
 @dataclass
@@ -79,6 +82,8 @@ class FileRecord:
     retry: bool = False  # failed for a passing cause (disk full, out of memory): tried again next run
     content_hash: str | None = None
     facts: FileFacts | None = None  # read by the decode worker; None: only what the path says
+    skipped: bool = False  # neither media nor text (status "skipped"): remembered, so not read again
+    note: str | None = None  # what its decoder warned about, for a file indexed all the same
 
 
 @dataclass(frozen=True)
@@ -229,12 +234,16 @@ class Catalog:
             return list(s.scalars(select(Root.path).order_by(Root.path)))
 
     def file_states(self, root: Path) -> dict[str, FileState]:
-        """Known files under a folder (by path, so nested roots share their files)."""
+        """Known files under a folder (by path, so nested roots share their files), or the file
+        itself when the root is one file."""
         esc = _like_escape(str(root).rstrip("/")) + "/%"
+        where = File.path == str(root) if root.is_file() else File.path.like(esc, escape="\\")
         with self.sessions() as s:
-            rows = s.execute(select(File.path, File.id, File.size, File.mtime_ns, File.status, File.content_hash)
-                             .where(File.path.like(esc, escape="\\")))
-            return {p: FileState(i, sz, mt, st, h) for p, i, sz, mt, st, h in rows}
+            rows = s.execute(select(File.path, File.id, File.size, File.mtime_ns, File.status, File.content_hash,
+                                    File.kind, File.width).where(where))
+            # every image read since migration 0003 has a width: none means its facts were never read
+            return {p: FileState(i, sz, mt, st, h, k, k == "image" and w is None and st == "ok")
+                    for p, i, sz, mt, st, h, k, w in rows}
 
     def files_of_size(self, size: int, kind: str) -> list[tuple[str, str | None]]:
         """(path, content hash) of known files of this size and kind: the candidates a new file
@@ -299,6 +308,18 @@ class Catalog:
                                       ref_path=it.ref_path, duration=it.duration)
                                  for iid, (fid, it) in zip(item_ids, owned)])
         _insert_embeddings(s, [(iid, it) for iid, (_, it) in zip(item_ids, owned)])
+
+    def fill_facts(self, rows: Sequence[tuple[int, str, int, FileFacts]]) -> None:
+        """Store facts read from unchanged files' headers, (file id, path, mtime_ns, facts) each:
+        only the facts' columns change (no item, no vector), in one transaction that also moves the
+        filters' generation, so readers' cached filter selections see the new dates and cameras."""
+        self._require_writable()
+        if not rows:
+            return
+        with self.sessions.begin() as s:
+            for file_id, path, mtime_ns, facts in rows:
+                s.execute(update(File).where(File.id == file_id).values(**_fact_values(path, mtime_ns, facts)))
+            s.execute(update(Counter).where(Counter.key == GENERATION).values(value=Counter.value + 1))
 
     def move_file(self, old_path: str, new_path: str, root_id: int, mtime_ns: int) -> None:
         """A file that moved keeps its items and vectors; a captions file's links move with it."""
@@ -494,7 +515,7 @@ class Catalog:
                 chunk = [int(x) for x in item_ids[i:i + 900]]
                 q = select(Embedding.id, Embedding.item_id, Embedding.collection, Embedding.start_s,
                            Embedding.end_s).where(Embedding.item_id.in_(chunk))
-                out += [(int(e), int(it), c, a, b) for e, it, c, a, b in s.execute(q)]
+                out += [(int(e), int(it), c, a, b) for e, it, c, a, b in s.connection().execute(q).all()]
         out.sort()
         return out
 
@@ -516,15 +537,15 @@ class Catalog:
             return {}
         out: dict[int, ItemRow] = {}
         with self.sessions() as s:
+            conn = s.connection()  # plain rows: a batch hydrates thousands, the ORM's per-row work is not needed
             for i in range(0, len(item_ids), 900):
                 chunk = [int(x) for x in item_ids[i:i + 900]]
                 q = (select(Item.id, Item.file_id, File.path, Item.modality, Item.ordinal, Item.text, Item.ref_path,
                             Item.duration, File.size, File.mtime_ns, *_FACT_COLUMNS)
                      .join(File, Item.file_id == File.id).where(Item.id.in_(chunk)))
                 tags = _tags_of(s, chunk)
-                for r in s.execute(q):
-                    facts = FileFacts(**dict(zip(_FACT_NAMES, r[10:])))
-                    out[r[0]] = ItemRow(*r[:10], facts=facts, tags=tags.get(r[0], []))
+                for r in conn.execute(q).all():
+                    out[r[0]] = ItemRow(*r[:10], facts=FileFacts(*r[10:]), tags=tags.get(r[0], []))
         return out
 
     def modalities(self, item_ids: Sequence[int]) -> dict[int, str]:
@@ -534,7 +555,8 @@ class Catalog:
         with self.sessions() as s:
             for i in range(0, len(item_ids), 900):
                 chunk = [int(x) for x in item_ids[i:i + 900]]
-                out.update({int(k): m for k, m in s.execute(select(Item.id, Item.modality).where(Item.id.in_(chunk)))})
+                rows = s.connection().execute(select(Item.id, Item.modality).where(Item.id.in_(chunk))).all()
+                out.update({int(k): m for k, m in rows})
         return out
 
     def item(self, item_id: int) -> ItemRow:
@@ -550,6 +572,30 @@ class Catalog:
             q = (select(Item.id).join(File, Item.file_id == File.id).where(File.path == path)
                  .order_by(Item.ordinal, Item.id))
             return list(s.scalars(q))
+
+    def browse(self, modality: str | None, folder: str | None, offset: int, limit: int,
+               ref: str | None = None) -> tuple[list[int], int]:
+        """A page of item ids in path order (then row of a captions file), and how many there
+        are: browsing without a query. ``folder`` keeps what is under it (or that file), ``ref``
+        the captions of that media file. Modality and folder are ranges of an index
+        (items.modality, files.path); ``ref`` has none and reads the items table."""
+        where = []
+        if modality is not None:
+            where.append(Item.modality == modality)
+        if ref is not None:
+            where.append(Item.ref_path == ref)
+        if folder is not None:
+            scans = path_filter.scans(folder, self.roots)
+            if any(sc.regex is not None for sc in scans):
+                raise BadInput("browsing takes a folder, not a glob: search with a text to use a glob")
+            where.append(or_(*(or_(and_(File.path >= sc.low, File.path < sc.high), File.path == sc.equal)
+                               for sc in scans)) if scans else Item.id < 0)
+        with self.sessions() as s:
+            page = (select(Item.id).join(File, Item.file_id == File.id).where(*where)
+                    .order_by(File.path, Item.ordinal, Item.id).offset(offset).limit(limit))
+            ids = [int(i) for i in s.scalars(page)]
+            total = s.scalar(select(func.count()).select_from(Item).join(File, Item.file_id == File.id).where(*where))
+        return ids, int(total or 0)
 
     def failures(self, limit: int = 100) -> list[tuple[str, str]]:
         with self.sessions() as s:
@@ -575,16 +621,24 @@ class Catalog:
 _FACT_NAMES = ("mime", "width", "height", "taken_s", "camera_make", "camera_model", "lens", "lat", "lon",
                "orientation")
 _FACT_COLUMNS = tuple(getattr(File, name) for name in _FACT_NAMES)
+# ``items`` builds FileFacts from these columns by position
+assert _FACT_NAMES == tuple(f.name for f in fields(FileFacts)), "_FACT_NAMES must follow FileFacts' fields"
 
 
 def _file_values(r: FileRecord) -> dict[str, object]:
-    status = "ok" if not r.error else ("retry" if r.retry else "failed")
-    facts = r.facts or FileFacts()
+    status = "skipped" if r.skipped else "ok" if not r.error else ("retry" if r.retry else "failed")
+    values = _fact_values(r.path, r.mtime_ns, r.facts or FileFacts())
+    values.update(path=r.path, root_id=r.root_id, kind=r.kind, size=r.size, mtime_ns=r.mtime_ns, status=status,
+                  error=r.error or r.note, content_hash=r.content_hash, ext=extension(r.path))
+    return values
+
+
+def _fact_values(path: str, mtime_ns: int, facts: FileFacts) -> dict[str, object]:
+    """The columns a file's facts fill, the filters' keys (date, camera) included."""
     camera_key, model_key = camera_keys(facts.camera_make, facts.camera_model)
     values: dict[str, object] = {name: getattr(facts, name) for name in _FACT_NAMES}
-    values.update(path=r.path, root_id=r.root_id, kind=r.kind, size=r.size, mtime_ns=r.mtime_ns, status=status,
-                  error=r.error, content_hash=r.content_hash, ext=extension(r.path), mime=facts.mime or mime_of(r.path),
-                  date_s=facts.taken_s if facts.taken_s is not None else r.mtime_ns // 1_000_000_000,
+    values.update(mime=facts.mime or mime_of(path),
+                  date_s=facts.taken_s if facts.taken_s is not None else mtime_ns // 1_000_000_000,
                   camera_key=camera_key, model_key=model_key)
     return values
 
@@ -601,7 +655,7 @@ def _tags_of(s: Session, item_ids: Sequence[int]) -> dict[int, list[str]]:
     """item id -> its tags as "tag" and "key=value", sorted."""
     out: dict[int, list[str]] = {}
     q = select(Tag.item_id, Tag.tag, Tag.value).where(Tag.item_id.in_(list(item_ids))).order_by(Tag.item_id, Tag.tag)
-    for item_id, tag, value in s.execute(q):
+    for item_id, tag, value in s.connection().execute(q).all():
         out.setdefault(item_id, []).append(tag if value is None else f"{tag}={value}")
     return out
 

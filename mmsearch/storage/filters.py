@@ -121,7 +121,8 @@ def matching(s: Session, f: Filter, embedding_ids: Sequence[int]) -> dict[int, t
         if clauses:
             q = (q.join(Item, Item.id == Embedding.item_id).join(File, File.id == Item.file_id)
                  .where(*(c.plain for c in clauses)))
-        out.update({row[0]: (row[1], row[2], row[3]) for row in s.execute(q) if _passes(checked, row)})
+        rows = s.connection().execute(q).all()  # plain rows: a batch maps thousands of candidates
+        out.update({row[0]: (row[1], row[2], row[3]) for row in rows if not checked or _passes(checked, row)})
     return out
 
 

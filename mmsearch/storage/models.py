@@ -48,10 +48,12 @@ class File(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     root_id: Mapped[int] = mapped_column(ForeignKey("roots.id", ondelete="CASCADE"), index=True)
     path: Mapped[str] = mapped_column(Text, unique=True)
-    kind: Mapped[str] = mapped_column(String(16))  # image | text | audio | captions
+    kind: Mapped[str] = mapped_column(String(16))  # image | text | audio | video | captions | other (skipped)
     size: Mapped[int] = mapped_column(BigInteger)
     mtime_ns: Mapped[int] = mapped_column(BigInteger)
-    status: Mapped[str] = mapped_column(String(16))  # ok | failed | retry (failed for a passing cause)
+    # ok | failed | retry (failed for a passing cause) | skipped (neither media nor text)
+    status: Mapped[str] = mapped_column(String(16))
+    # why it failed; for a file indexed all the same, what its decoder warned about (media/notes.py)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     indexed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # blake2b of the content: a file that moved is recognised and keeps its items and vectors
@@ -89,7 +91,7 @@ class Item(Base):
     ordinal: Mapped[int] = mapped_column(Integer, default=0)  # row of a captions file
     text: Mapped[str | None] = mapped_column(Text, nullable=True)
     ref_path: Mapped[str | None] = mapped_column(Text, nullable=True)  # the media a caption describes
-    duration: Mapped[float | None] = mapped_column(Float, nullable=True)  # seconds, audio
+    duration: Mapped[float | None] = mapped_column(Float, nullable=True)  # seconds, audio and video
 
     __table_args__ = (Index("ix_items_duration", "duration"),)
 
@@ -107,13 +109,14 @@ class Tag(Base):
 
 
 class Embedding(Base):
-    """One vector; its id is the FAISS id. Audio items have one per window."""
+    """One vector; its id is the FAISS id. Audio items have one per window, video items one per
+    sampled frame (clip.video) and one per window of their sound track (clap.video)."""
 
     __tablename__ = "embeddings"
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
                                     autoincrement=False)
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)
-    collection: Mapped[str] = mapped_column(String(32))  # "<space>.<modality>", e.g. clip.image
+    collection: Mapped[str] = mapped_column(String(32))  # "<space>.<modality>", e.g. clip.image, clap.video
     start_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     end_s: Mapped[float | None] = mapped_column(Float, nullable=True)
 

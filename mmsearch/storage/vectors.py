@@ -58,6 +58,10 @@ class _View:
         clipped = np.minimum(pos, stored.shape[0] - 1)
         return np.where(stored[clipped] == ids, clipped, -1).astype(np.int64)
 
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """float32 copies of stored rows (row numbers from ``rows``, all present)."""
+        return _widen(self.vectors[rows])
+
 
 def _fsync_dir(directory: Path) -> None:
     """Make a create/rename durable (POSIX needs the directory entry synced too)."""
@@ -216,6 +220,11 @@ class VectorStore:
             missing = np.asarray(ids, dtype=np.int64).reshape(-1)[~found]
             raise KeyError(f"{self.name}: {missing.size} id(s) not stored, e.g. {missing[:5].tolist()}")
         return vectors
+
+    def mapping(self) -> _View:
+        """The current mapping, for callers that look up many ids and read their rows in
+        several steps (a batch's rescoring) yet must see one consistent version of the store."""
+        return self._current()
 
     def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(found mask per id, float32 vectors of the found ids in input order), from one

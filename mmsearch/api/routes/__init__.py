@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from mmsearch.api.routes import duplicates, embed, items, jobs, search, service
+from mmsearch.api.routes import atlas, duplicates, embed, items, jobs, search, service
 
-ROUTERS: list[APIRouter] = [service.router, search.router, embed.router, items.router, duplicates.router, jobs.router]
+ROUTERS: list[APIRouter] = [service.router, search.router, embed.router, items.router, duplicates.router, atlas.router,
+                             jobs.router]
 
 __all__ = ["ROUTERS"]

@@ -14,6 +14,8 @@ from mmsearch.api.errors import ERRORS, WRITE_ERRORS
 from mmsearch.api.media import media_type
 from mmsearch.api.routes.search import similar_page, timed
 from mmsearch.api.schemas import (
+    BrowsePage,
+    CleanStr,
     ErrorOut,
     Filters,
     ItemOut,
@@ -24,15 +26,16 @@ from mmsearch.api.schemas import (
     TagsOut,
     TagsRequest,
 )
-from mmsearch.search.request import Metadata
+from mmsearch.search.request import Metadata, Target
+from mmsearch.storage.catalog import ItemRow
 from mmsearch.api.security import require_writer
 
 router = APIRouter(tags=["items"])
 
 MEDIA_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "The file, with its media type.",
-          "content": {"image/*": {}, "audio/*": {}, "text/plain": {}, "application/octet-stream": {}}},
-    206: {"description": "Part of the file (Range request, e.g. audio seeking)."},
+          "content": {"image/*": {}, "audio/*": {}, "video/*": {}, "text/plain": {}, "application/octet-stream": {}}},
+    206: {"description": "Part of the file (Range request, e.g. audio and video seeking)."},
     403: {"model": ErrorOut, "description": "The file is outside the catalog's roots."},
     404: ERRORS[404],
     416: {"description": "Range not satisfiable."},
@@ -47,10 +50,38 @@ def lookup(service: ServiceDep, path: Annotated[str, QueryParam(min_length=1, ma
     return LookupOut(path=path, item_ids=service.base.lookup(path))
 
 
+@router.get("/browse", response_model=BrowsePage, responses={400: ERRORS[400], 422: ERRORS[422]},
+            summary="Items without a query")
+def browse(service: ServiceDep,
+           to: Annotated[Target | None, QueryParam(description="One modality; none: every item.")] = None,
+           path: Annotated[CleanStr | None, QueryParam(max_length=4096, description=(
+               "A folder (absolute, or relative to each root): what is under it."))] = None,
+           ref: Annotated[CleanStr | None, QueryParam(max_length=4096, description=(
+               "A media file's absolute path: the captions that describe it."))] = None,
+           offset: Annotated[int, QueryParam(ge=0, le=1_000_000, description="Items to skip.")] = 0,
+           limit: Annotated[int, QueryParam(ge=1, le=200, description="Page size.")] = 50) -> BrowsePage:
+    """Every item in path order, a page at a time, with their count: the page's view before a
+    query, and a photo's captions (`ref`). Read-only."""
+    rows, total = service.base.browse(to=to, path=path, ref=ref, offset=offset, limit=limit)
+    end = offset + len(rows)
+    return BrowsePage(items=[item_out(row) for row in rows], total=total, offset=offset, limit=limit,
+                      next_offset=end if end < total and rows else None)
+
+
+def item_out(row: ItemRow) -> ItemOut:
+    """A browsed item as GET /items/{id} shows it."""
+    pictured = row.modality in ("image", "video") or bool(row.ref_path and media_type(row.ref_path).startswith("image/"))
+    return ItemOut(
+        id=row.id, path=row.path, modality=row.modality, ordinal=row.ordinal, text=row.text,
+        ref_path=row.ref_path, duration=row.duration, **Metadata.of(row),
+        media_url=f"/items/{row.id}/media", similar_url=f"/items/{row.id}/similar",
+        thumbnail_url=f"/items/{row.id}/thumbnail" if pictured else None)
+
+
 @router.get("/items/{item_id}", response_model=ItemOut, responses={404: ERRORS[404]}, summary="Item metadata")
 def item(item_id: ItemIdPath, service: ServiceDep) -> ItemOut:
     row = service.base.item(item_id)
-    pictured = row.modality == "image" or bool(row.ref_path and media_type(row.ref_path).startswith("image/"))
+    pictured = row.modality in ("image", "video") or bool(row.ref_path and media_type(row.ref_path).startswith("image/"))
     return ItemOut(
         id=row.id, path=row.path, modality=row.modality, ordinal=row.ordinal, text=row.text,
         ref_path=row.ref_path, duration=row.duration, **Metadata.of(row),
@@ -99,31 +130,58 @@ def item_vector(item_id: ItemIdPath, service: ServiceDep) -> ItemVectorsOut:
         for e, a, b, v in zip(part.ids.tolist(), part.start.tolist(), part.end.tolist(), part.vectors.tolist())])
 
 
-@router.get("/items/{item_id}/media", response_class=FileResponse, responses=MEDIA_RESPONSES,
-            summary="The item's file")
+@router.api_route("/items/{item_id}/media", methods=["GET", "HEAD"], response_class=FileResponse,
+                  responses=MEDIA_RESPONSES, summary="The item's file")
 def item_media(item_id: ItemIdPath, service: ServiceDep) -> FileResponse:
-    """The indexed file itself, with HTTP range requests (so audio players can seek)."""
+    """The indexed file itself, with HTTP range requests (so audio and video players can seek);
+    HEAD answers the headers alone (type, length, ranges)."""
     row = service.base.item(item_id)
     real = service.guard.check(row.path)
-    return FileResponse(real, media_type=media_type(row.path), content_disposition_type="inline",
+    mime = media_type(row.path)
+    if mime == "application/octet-stream" and row.facts.mime:  # an image under a name that says nothing
+        mime = row.facts.mime
+    return FileResponse(real, media_type=mime, content_disposition_type="inline",
                         filename=real.name,
                         headers={"Cache-Control": "private, max-age=3600",
                                  "Content-Security-Policy": "sandbox; default-src 'none'"})
+
+
+# HEAD: what a GET would answer (type, length, ranges accepted), without the body
+router.add_api_route("/items/{item_id}/media", item_media, methods=["HEAD"], include_in_schema=False)
 
 
 @router.get("/items/{item_id}/thumbnail", response_class=Response, summary="Thumbnail",
             responses={200: {"content": {"image/jpeg": {}}, "description": "A JPEG thumbnail."},
                        304: {"description": "Not modified (If-None-Match)."},
                        403: MEDIA_RESPONSES[403], 404: ERRORS[404],
-                       422: {"model": ErrorOut, "description": "The image cannot be read any more."}})
+                       422: {"model": ErrorOut, "description": "The image or video cannot be read any more."}})
 def item_thumbnail(item_id: ItemIdPath, request: Request, service: ServiceDep,
-                   size: Annotated[int, QueryParam(ge=16, le=1024, description="Longest side, px.")] = 256
+                   size: Annotated[int, QueryParam(ge=16, le=1024, description="Longest side, px.")] = 256,
+                   t: Annotated[float | None, QueryParam(ge=0, le=1e7, description="Videos: the frame shown at this "
+                                                         "many seconds (a result's `start`); default: the "
+                                                         "video's most representative frame.")] = None
                    ) -> Response:
-    """A JPEG of an image item, or of the indexed image a caption describes."""
+    """A JPEG of an image item, of the indexed image a caption describes, or of a video's frame."""
     row = service.base.item(item_id)
     picture = service.guard.picture_of(row)
-    data, etag = service.thumbnails.get(picture, size)
+    at = None
+    if row.modality == "video":
+        at = t if t is not None else representative_time(service.base, item_id)
+    data, etag = service.thumbnails.get(picture, size, at)
     headers = {"ETag": etag, "Cache-Control": "private, max-age=86400"}
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
     return Response(data, media_type="image/jpeg", headers=headers)
+
+
+def representative_time(engine: Any, item_id: int) -> float:
+    """The start of the video's frame nearest the mean of its frames (its medoid in CLIP's space):
+    a frame that looks like the video as a whole, not a title card. 0 for a video without frames."""
+    import numpy as np
+
+    frames = engine.vectors([item_id], collection="clip.video").get("clip.video")
+    if frames is None or not len(frames.ids):
+        return 0.0
+    scores = frames.vectors @ frames.vectors.mean(axis=0)
+    start = float(frames.start[int(np.argmax(scores))])
+    return 0.0 if math.isnan(start) else start

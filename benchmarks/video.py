@@ -1,0 +1,125 @@
+"""Video ingestion throughput: the whole pipeline (probe, sample and decode frames, embed, store,
+index) against the encoder alone on the same sampled frames, and the decoding alone, measured
+side by side in one run on a 720p H.264 video made here from the Flickr photos (each shown a few
+seconds, panning, so frames are not identical and every due sample is kept).
+
+    python benchmarks/video.py                        # 180 s at 30 fps, a key frame every 2 s
+    python benchmarks/video.py --gop 300              # a key frame every 10 s (screen recordings)
+
+Ends with one line: video_s_per_s=... frames_per_s=... encoder_frames_per_s=... ratio=...
+decode_ms_per_frame=... decode_cpu_ms_per_frame=... decode_share=...; medians of --runs. ``ratio``: the pipeline's frames per
+second over the encoder's alone on the same frames (prepared beforehand); ``decode_share``: the
+decoding alone (demux, sample, scale, compare) over the pipeline's wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mmsearch import Engine, Settings  # noqa: E402
+from mmsearch.media.video import iter_frames  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+PHOTOS = REPO.parent / "shared" / "data" / "flickr8k-1k" / "images"
+
+
+def make_video(path: Path, seconds: int, fps: int, gop: int, width: int = 1280, height: int = 720) -> None:
+    """Each photo is shown for 3 s, panning slowly across it (a camera move)."""
+    import av
+    from PIL import Image
+
+    photos = sorted(PHOTOS.glob("*.jpg"))
+    c = av.open(str(path), "w")
+    s = c.add_stream("libx264", rate=fps)
+    s.width, s.height, s.pix_fmt = width, height, "yuv420p"
+    s.options = {"g": str(gop), "preset": "veryfast", "crf": "23"}
+    shown = None
+    for i in range(seconds * fps):
+        k = i // (3 * fps)
+        if shown is None or shown[0] != k:
+            big = np.asarray(Image.open(photos[k % len(photos)]).convert("RGB")
+                             .resize((width + 3 * fps * 2, height), Image.Resampling.BILINEAR))
+            shown = (k, big)
+        x = (i % (3 * fps)) * 2
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(shown[1][:, x:x + width]), format="rgb24")
+        frame.pts = i
+        for p in s.encode(frame):
+            c.mux(p)
+    for p in s.encode():
+        c.mux(p)
+    c.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=int, default=180)
+    ap.add_argument("--fps", type=int, default=30)
+    ap.add_argument("--gop", type=int, default=60, help="Frames between key frames.")
+    ap.add_argument("--interval", type=float, default=2.0, help="Settings.video_interval: a frame per this many s.")
+    ap.add_argument("--model", default="open_clip:ViT-B-32@random")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnx"])
+    ap.add_argument("--runs", type=int, default=3, help="Alternate the measurements; report medians.")
+    args = ap.parse_args()
+
+    decode_s, decode_cpu_s, encoder_s, pipeline_s = [], [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        media = Path(tmp) / "media"
+        media.mkdir()
+        video = media / "clip.mp4"
+        t0 = time.perf_counter()
+        make_video(video, args.seconds, args.fps, args.gop)
+        made_s = time.perf_counter() - t0
+        size_mb = video.stat().st_size / 2**20
+        base = Settings(model=args.model, audio=False, batch_size=args.batch_size, runtime=args.runtime,
+                        video_interval=args.interval, model_config_dirs=[REPO / "tests" / "assets"])
+        side = base.video_frame_side
+        with Engine.open(base.model_copy(update={"catalog": Path(tmp) / "warm"})) as engine:
+            enc = engine.encoders.get("clip")
+            frames = [f.image for f in iter_frames(video, args.interval, side)]
+            prepared = [enc.prepare("image", im) for im in frames]
+            enc.encode("image", prepared[: args.batch_size])  # warm-up
+            preloaded = {"clip": enc}
+        for run in range(args.runs):
+            t0, c0 = time.perf_counter(), time.process_time()  # decoding alone: the decode worker's job
+            n = sum(1 for _ in iter_frames(video, args.interval, side))
+            decode_s.append(time.perf_counter() - t0)
+            decode_cpu_s.append(time.process_time() - c0)  # its CPU time, decoder threads included
+            t0 = time.perf_counter()  # the encoder alone, on the same frames prepared beforehand
+            for i in range(0, len(prepared), args.batch_size):
+                enc.encode("image", prepared[i: i + args.batch_size])
+            encoder_s.append(time.perf_counter() - t0)
+            with Engine.open(base.model_copy(update={"catalog": Path(tmp) / f"run{run}"}),
+                             encoders=preloaded) as engine:
+                t0 = time.perf_counter()
+                report = engine.index([media])
+                pipeline_s.append(time.perf_counter() - t0)
+                stored = len(engine.vectors(engine.lookup(str(video)))["clip.video"].ids)
+    assert report.failed == 0 and stored == n == len(prepared), (report.failures, stored, n)
+    print(f"video={args.seconds}s {args.fps}fps gop={args.gop} 1280x720 made_in={made_s:.1f}s frames={n} "
+          f"interval={args.interval} batch={args.batch_size} model={enc.spec} runtime={getattr(enc, 'runtime', 'torch')} "
+          f"decode_s={_fmt(decode_s)} decode_cpu_s={_fmt(decode_cpu_s)} encoder_s={_fmt(encoder_s)} "
+          f"pipeline_s={_fmt(pipeline_s)} mb={size_mb:.1f} load={os.getloadavg()[0]:.1f}",
+          file=sys.stderr)
+    pipe, alone, dec = (statistics.median(x) for x in (pipeline_s, encoder_s, decode_s))
+    print(f"video_s_per_s={args.seconds / pipe:.2f} frames_per_s={n / pipe:.2f} encoder_frames_per_s={n / alone:.2f} "
+          f"ratio={alone / pipe:.3f} decode_ms_per_frame={1000 * dec / n:.1f} "
+          f"decode_cpu_ms_per_frame={1000 * statistics.median(decode_cpu_s) / n:.1f} decode_share={dec / pipe:.3f}")
+
+
+def _fmt(xs: list[float]) -> str:
+    return ",".join(f"{x:.2f}" for x in xs)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Which files are still images: by extension for the scan (a stat, no read), by content for
+files whose extension says nothing (read only when such a file is new or changed).
+
+Every format Pillow can decode counts, plus HEIF/HEIC (pillow-heif) and camera RAW (rawpy).
+Left out on purpose: PostScript/EPS (decoding runs Ghostscript, an interpreter, on the file),
+MPEG (Pillow only identifies it), and Pillow's stubs that need a handler of their own (BUFR,
+GRIB, HDF5, WMF/EMF).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+# Pillow formats never opened, whatever the file is called (see the module's docstring)
+EXCLUDED_FORMATS = frozenset({"EPS", "MPEG", "BUFR", "GRIB", "HDF5", "WMF"})
+# formats without a signature check (Pillow parses any file as one): found by extension only
+_SIGNATURE_CHECKED_IN_OPEN = frozenset({"PCD"})  # no _accept, but its header check is strict
+
+# Extensions of the formats Pillow decodes (Image.registered_extensions(), less EXCLUDED_FORMATS
+# and SHARED_EXTS; plus .mpo, opened as JPEG, and .spi, SPIDER's own convention).
+# Files under the names other files use too are still found by their content.
+SHARED_EXTS = frozenset({".fit", ".gbr", ".msp", ".pcd"})  # Garmin activity, Gerber board, Windows patch, point cloud
+PILLOW_EXTS = frozenset({
+    ".apng", ".avif", ".avifs", ".blp", ".bmp", ".bw", ".cur", ".dcx", ".dds", ".dib", ".fits", ".flc",
+    ".fli", ".ftc", ".ftu", ".gif", ".icb", ".icns", ".ico", ".iim", ".im", ".j2c", ".j2k", ".jfif", ".jp2",
+    ".jpc", ".jpe", ".jpeg", ".jpf", ".jpg", ".jpx", ".mpo", ".pbm", ".pcx", ".pfm", ".pgm", ".png", ".pnm",
+    ".ppm", ".psd", ".pxr", ".qoi", ".ras", ".rgb", ".rgba", ".sgi", ".spi", ".tga", ".tif", ".tiff", ".vda",
+    ".vst", ".webp", ".xbm", ".xpm",
+})
+HEIF_EXTS = frozenset({".heic", ".heics", ".heif", ".heifs", ".hif"})
+# camera RAW, decoded by rawpy (LibRaw)
+RAW_EXTS = frozenset({
+    ".3fr", ".arw", ".cr2", ".cr3", ".crw", ".dng", ".erf", ".iiq", ".kdc", ".mef", ".mos", ".mrw", ".nef",
+    ".nrw", ".orf", ".pef", ".raf", ".rw2", ".rwl", ".sr2", ".srf", ".srw", ".x3f",
+})
+STILL_IMAGE_EXTS = PILLOW_EXTS | HEIF_EXTS | RAW_EXTS
+
+HEAD_BYTES = 32  # enough for every signature below
+_TIFF = (b"II*\x00", b"MM\x00*")
+_HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")
+
+
+def ext_of(path: str) -> str:
+    return os.path.splitext(path)[1].lower()
+
+
+def read_head(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(HEAD_BYTES)
+
+
+def raw_signature(head: bytes) -> bool:
+    """A camera RAW that is not a plain TIFF (which Pillow may read): CR2, CR3, CRW, ORF, RW2, RAF, X3F."""
+    return (head[:4] in (b"IIRO", b"IIRS", b"MMOR", b"IIU\x00") or head.startswith(b"FUJIFILMCCD-RAW")
+            or head.startswith(b"FOVb") or head[6:14] == b"HEAPCCDR"
+            or (head[:4] in _TIFF and head[8:10] == b"CR") or (head[4:8] == b"ftyp" and head[8:12] == b"crx "))
+
+
+def tiff_signature(head: bytes) -> bool:
+    return head[:4] in _TIFF
+
+
+def heif_signature(head: bytes) -> bool:
+    return head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS
+
+
+def is_raw(path: str, head: bytes | None = None) -> bool:
+    """Decoded by rawpy: a RAW extension, or a RAW signature under another name."""
+    if ext_of(path) in RAW_EXTS:
+        return True
+    try:
+        return raw_signature(head if head is not None else read_head(path))
+    except OSError:
+        return False
+
+
+@lru_cache(maxsize=1)
+def decode_formats() -> tuple[str, ...]:
+    """The Pillow formats an image may be opened as (``Image.open(..., formats=...)``): every
+    registered one (pillow-heif's included) but the excluded."""
+    from PIL import Image
+
+    import mmsearch.media.decode  # noqa: F401 - registers pillow-heif where it is installed
+
+    Image.init()
+    return tuple(f for f in Image.OPEN if f not in EXCLUDED_FORMATS)
+
+
+@lru_cache(maxsize=1)
+def sniff_formats() -> tuple[str, ...]:
+    """The decodable formats that check a signature before parsing: a file of another kind is
+    never taken for one of them (TGA, for one, would accept almost any file)."""
+    from PIL import Image
+
+    return tuple(f for f in decode_formats() if Image.OPEN[f][1] is not None or f in _SIGNATURE_CHECKED_IN_OPEN)
+
+
+def sniff_image(path: str) -> bool:
+    """Whether a file with an extension that says nothing holds a still image: its first bytes
+    (RAW, TIFF, HEIF signatures), else Pillow identifying it from its header without decoding
+    the pixels. Reads a few bytes to a few KiB; never raises for an unreadable file."""
+    from PIL import Image
+
+    try:
+        head = read_head(path)
+    except OSError:
+        return False
+    if raw_signature(head) or tiff_signature(head) or heif_signature(head):
+        return True
+    try:
+        with Image.open(path, formats=sniff_formats()):
+            return True
+    except Image.DecompressionBombError:
+        return True  # an image all the same: decoding records why it is refused
+    except Exception:  # noqa: BLE001 - not an image Pillow knows: skipped, with its extension counted
+        return False

@@ -1,0 +1,371 @@
+"""Video files through PyAV: the frames worth embedding, with the span of video each stands for.
+
+Decoding every frame of a video at full size costs far more than embedding a few of them, so
+frames are chosen before they are decoded where possible:
+
+* Packets are demuxed, not decoded. A key frame is decoded (it starts a group of pictures, and
+  encoders put one at a scene cut); the frames between key frames are decoded only when a
+  sample is due among them (``interval`` seconds after the last one), and then only that group's
+  packets, from its key frame on.
+* A candidate frame is scaled down in libswscale (short side ``side`` pixels, never enlarged)
+  and compared with the last frame kept through a 16x16 grey thumbnail: a scene cut (a key frame
+  far from it) or a due sample that is not near-identical to it is kept; near-identical ones
+  are collapsed into it, so a still shot of a minute is one frame spanning the minute.
+* Each kept frame spans from its own time to the next kept frame's (the last one to the end),
+  is turned upright by the stream's display matrix (phones record sideways and say so), and
+  timestamps are the frames' own (variable frame rates stay right).
+
+Memory stays bounded by one group of pictures' packets up to the due time plus a frame. Every
+failure surfaces as :class:`VideoDecodeError` whose message is the reason recorded for the file.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+import numpy as np
+from PIL import Image
+
+if TYPE_CHECKING:
+    from mmsearch.media.decode import Unit
+
+NEAR_IDENTICAL = 0.02  # mean absolute difference (0-1) of 16x16 grey thumbnails: collapsed
+SCENE_CUT = 0.12  # ... from here on a key frame starts a new shot
+MIN_GAP_FRACTION = 0.25  # key frames closer than this share of the interval to the last candidate are not decoded
+MAX_DECODE_ERRORS = 5  # damaged packets tolerated (concealed by the decoder) before the file fails
+SHORTFALL = 0.9  # a file whose packets stop before this share of its declared duration is truncated
+
+
+class VideoDecodeError(Exception):
+    """A file that cannot be decoded as video; the message is the human reason."""
+
+
+class UnreadableMedia(VideoDecodeError):
+    """FFmpeg cannot open the file at all (unknown format, or damaged beyond its headers)."""
+
+
+@dataclass(frozen=True)
+class FrameSample:
+    start: float  # seconds on the video's timeline
+    end: float  # the next kept frame's start, or the end of the video
+    image: Image.Image  # RGB, upright, short side at most ``side``
+
+
+@dataclass
+class VideoInfo:
+    """What the container says, and what decoding found (``rotation`` after the first frame)."""
+
+    width: int | None = None  # as shown, after the display rotation
+    height: int | None = None
+    duration: float | None = None  # seconds
+    has_video: bool = False
+    has_audio: bool = False
+    rotation: int = 0  # degrees, counter-clockwise, as PyAV reads the display matrix
+
+
+def quiet_libav() -> None:
+    """libav's warnings (damaged packets, odd headers) must not reach the terminal: failures
+    surface as exceptions with a reason instead."""
+    import av.logging
+
+    av.logging.set_level(None)
+
+
+@contextmanager
+def open_media(source: str | os.PathLike[str] | BinaryIO) -> Iterator[Any]:
+    """A PyAV input container, with every failure to open turned into a reason."""
+    import av
+
+    quiet_libav()
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            if os.path.getsize(source) == 0:
+                raise VideoDecodeError("empty file (0 bytes)")
+        except OSError as e:
+            raise VideoDecodeError(f"cannot read the file: {e.strerror or e}") from None
+        source = str(source)
+    try:
+        container = av.open(source, "r")
+    except av.error.FFmpegError as e:
+        raise UnreadableMedia(f"corrupt, truncated or unknown media file ({_why(e)})") from None
+    except Exception as e:  # noqa: BLE001 - PyAV raises several types for a bad file
+        raise VideoDecodeError(f"cannot open as media: {type(e).__name__}: {e}") from None
+    try:
+        yield container
+    finally:
+        container.close()
+
+
+def video_stream(container: Any) -> Any | None:
+    """The first real video stream: a cover picture in a sound file (attached_pic) is not one."""
+    import av
+
+    for s in container.streams.video:
+        if not (s.disposition & av.stream.Disposition.attached_pic):
+            return s
+    return None
+
+
+def probe(source: str | os.PathLike[str] | BinaryIO) -> VideoInfo:
+    """Streams, size and duration from the headers, without decoding a frame."""
+    with open_media(source) as c:
+        return _info(c, video_stream(c))
+
+
+def _info(c: Any, vs: Any | None) -> VideoInfo:
+    duration = c.duration / 1_000_000 if c.duration else None
+    if vs is not None and vs.duration and vs.time_base:
+        duration = max(duration or 0.0, float(vs.duration * vs.time_base))
+    info = VideoInfo(duration=duration, has_video=vs is not None, has_audio=bool(c.streams.audio))
+    if vs is not None:
+        info.width, info.height = vs.codec_context.width or None, vs.codec_context.height or None
+    return info
+
+
+def iter_frames(source: str | os.PathLike[str] | BinaryIO, interval: float = 2.0, side: int = 256,
+                info: VideoInfo | None = None) -> Iterator[FrameSample]:
+    """Yield the frames worth embedding (see the module's docstring), lazily, each with its span.
+    ``info``, when given, is filled in as decoding finds things out (size as shown, rotation).
+    Damage found while reading raises after the frames decoded so far were yielded: callers
+    treat the whole file as failed then."""
+    import av
+
+    if interval <= 0 or side < 16:
+        raise ValueError("interval must be positive and side at least 16 pixels")
+    with open_media(source) as c:
+        vs = video_stream(c)
+        found = _info(c, vs)
+        if info is not None:
+            info.__dict__.update(found.__dict__)
+        info = found if info is None else info
+        if vs is None:
+            raise VideoDecodeError("no video stream in the file")
+        vs.thread_type = "AUTO"
+        sampler = _Sampler(interval, side, info, vs.time_base)
+        decoder = _Decoder(vs)
+        base = float(vs.start_time * vs.time_base) if vs.start_time is not None and vs.time_base else 0.0
+        head: Any = None  # this group's key frame
+        pending: list[Any] = []  # this group's packets after it not sent to the decoder yet, in order
+        live = False  # the decoder holds this group's state (else it was drained after the key frame)
+        last_packet = 0.0
+        try:
+            for packet in c.demux(vs):
+                if packet.size == 0:
+                    continue
+                t = _time(packet, base)
+                if t is not None:
+                    last_packet = max(last_packet, t + float((packet.duration or 0) * (packet.time_base or 0)))
+                if packet.is_keyframe:  # a new group: what was pending is never needed
+                    if live:  # the last group's frames still inside the decoder
+                        yield from sampler.take(decoder.drain([]), base)
+                    head, pending, live = packet, [], False
+                    if t is None or t - sampler.last_candidate >= MIN_GAP_FRACTION * interval:
+                        # drained at once: whether it starts a shot is known before the next packet
+                        yield from sampler.take(decoder.drain([packet]), base)
+                    continue
+                pending.append(packet)
+                if t is None or t >= sampler.due:  # a sample is due: decode up to here, from the group's start
+                    sent = pending if live or head is None else [head, *pending]
+                    yield from sampler.take(decoder.send(sent), base)
+                    pending, live = [], True
+            if live:
+                yield from sampler.take(decoder.drain([]), base)
+        except av.error.FFmpegError as e:
+            raise VideoDecodeError(f"corrupt or truncated video after {last_packet:.2f} s ({_why(e)})") from None
+        if sampler.kept is None:
+            raise VideoDecodeError("no video frame could be decoded (corrupt or truncated video)")
+        end = max(sampler.last_frame_end, last_packet)
+        if info.duration and end < SHORTFALL * info.duration - 1.0:
+            raise VideoDecodeError(f"truncated video: it declares {info.duration:.2f} s, its frames stop at "
+                                   f"{end:.2f} s")
+        last = sampler.kept
+        yield FrameSample(last.start, max(last.start, info.duration or end, end), last.image)
+
+
+class _Decoder:
+    """Sends packets, tolerating a few damaged ones (the decoder conceals them), returns frames."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.errors = 0
+
+    def drain(self, packets: list[Any]) -> list[Any]:
+        """Send the packets, then take every frame still inside the decoder and reset it: a key
+        frame decoded alone comes out now, not a few packets later."""
+        out = self.send([*packets, None])
+        self.stream.codec_context.flush_buffers()
+        return out
+
+    def send(self, packets: list[Any]) -> list[Any]:
+        import av
+
+        out = []
+        for packet in packets:
+            try:
+                out += self.stream.codec_context.decode(packet)
+            except av.error.EOFError:
+                pass
+            except (av.error.InvalidDataError, av.error.ValueError) as e:
+                self.errors += 1
+                if self.errors > MAX_DECODE_ERRORS:
+                    raise VideoDecodeError(f"corrupt video: {self.errors} damaged packets ({_why(e)})") from None
+        return out
+
+
+@dataclass
+class _Kept:
+    start: float
+    image: Image.Image
+    signature: np.ndarray
+
+
+class _Sampler:
+    """Chooses, among decoded frames, those to keep; holds the last kept one until the next is
+    known (its span ends there)."""
+
+    def __init__(self, interval: float, side: int, info: VideoInfo, time_base: Any = None) -> None:
+        self.interval, self.side, self.info, self.time_base = interval, side, info, time_base
+        self.due = 0.0  # the next sample time
+        self.last_candidate = -float("inf")
+        self.last_frame_end = 0.0
+        self.kept: _Kept | None = None
+        self.seen = -float("inf")  # the last frame's time: a key frame decoded again is not seen twice
+        self.count = 0
+        self.rotation: int | None = None
+
+    def take(self, frames: list[Any], base: float) -> Iterator[FrameSample]:
+        for frame in frames:
+            self.count += 1
+            # the stream's time base: frames drained from the decoder carry none of their own
+            pts = frame.pts if frame.pts is not None else getattr(frame, "dts", None)
+            tb = self.time_base or frame.time_base
+            t = float(pts * tb) - base if pts is not None and tb else None
+            if t is None or not math.isfinite(t):  # no timestamps at all: count frames at the nominal rate
+                t = (self.count - 1) / 25.0
+            t = max(0.0, t)
+            if t <= self.seen:
+                continue
+            self.seen = t
+            frame_end = t + (float(frame.duration * tb) if frame.duration and tb else 0.0)
+            self.last_frame_end = max(self.last_frame_end, frame_end, t)
+            due = t >= self.due - 1e-6
+            if not (frame.key_frame or due) or (frame.is_corrupt and self.kept is not None):
+                continue
+            self.last_candidate = t
+            if due:
+                self.due = t + self.interval
+            image = self._picture(frame)
+            sig = _signature(image)
+            if self.kept is not None:
+                diff = float(np.abs(sig - self.kept.signature).mean())
+                if diff < NEAR_IDENTICAL or (not due and diff < SCENE_CUT):
+                    continue
+                yield FrameSample(self.kept.start, t, self.kept.image)
+            self.kept = _Kept(t, image, sig)
+            self.due = t + self.interval  # a new shot restarts the clock: its next sample is an interval on
+
+    def _picture(self, frame: Any) -> Image.Image:
+        if self.rotation is None:
+            self.rotation = int(round((getattr(frame, "rotation", 0) or 0) / 90)) * 90 % 360
+            self.info.rotation = self.rotation
+            w, h = frame.width, frame.height
+            self.info.width, self.info.height = (h, w) if self.rotation in (90, 270) else (w, h)
+        w, h = frame.width, frame.height
+        scale = min(1.0, self.side / max(1, min(w, h)))
+        size = (max(2, round(w * scale)), max(2, round(h * scale)))
+        # swscale's bilinear widens its kernel with the reduction (no aliasing) at half AREA's cost
+        arr = frame.reformat(width=size[0], height=size[1], format="rgb24",
+                             interpolation="BILINEAR" if scale < 1 else None).to_ndarray()
+        if self.rotation:  # counter-clockwise by the matrix's angle turns the stored picture upright
+            arr = np.ascontiguousarray(np.rot90(arr, k=self.rotation // 90))
+        return Image.fromarray(arr, "RGB")
+
+
+def _signature(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("L").resize((16, 16), Image.Resampling.BOX), dtype=np.float32) / 255.0
+
+
+def _time(packet: Any, base: float) -> float | None:
+    ts = packet.pts if packet.pts is not None else packet.dts
+    if ts is None or not packet.time_base:
+        return None
+    return float(ts * packet.time_base) - base
+
+
+def _why(e: BaseException) -> str:
+    text = getattr(e, "strerror", None) or str(e)
+    return str(text).strip().rstrip(".")[:160]
+
+
+def media_seconds(path: Path) -> float | None:
+    """A file's duration from its headers (None when unknown or unreadable)."""
+    try:
+        return probe(path).duration
+    except VideoDecodeError:
+        return None
+
+
+def video_units(path: str, interval: float, side: int, audio: tuple[int, float] | None,
+                info: VideoInfo) -> Iterator[Unit]:
+    """What a video file gives the encoders: its sampled frames (embedded as images, stored as
+    the video's), then its sound track's windows when ``audio`` = (sample rate, window seconds)
+    is given, cut exactly as a sound file's (a file without pictures is a sound item). ``info``
+    is filled in (size as shown, duration)."""
+    from mmsearch.media.audio import AudioDecodeError, iter_windows
+    from mmsearch.media.decode import DecodeError, Unit
+
+    try:
+        info.__dict__.update(probe(path).__dict__)
+        if not info.has_video and not info.has_audio:
+            raise DecodeError("no video or sound stream in the file")
+        if not info.has_video and audio is None:
+            raise DecodeError("no video stream, and audio indexing is off")
+        if info.has_video:
+            for f in iter_frames(path, interval, side, info):
+                yield Unit("image", f.image, start=round(f.start, 3), end=round(f.end, 3), duration=info.duration,
+                           item="video")
+        if info.has_audio and audio is not None:
+            rate, window = audio
+            item = "video" if info.has_video else None  # a video file with sound only is a sound
+            for w in iter_windows(Path(path), rate, window):
+                yield Unit("audio", w.samples, start=w.start, end=w.end, duration=info.duration if item else None,
+                           item=item)
+    except (VideoDecodeError, AudioDecodeError) as e:
+        raise DecodeError(str(e)) from e
+
+
+def frame_at(source: str | os.PathLike[str], t: float, side: int) -> Image.Image:
+    """The frame shown at ``t`` seconds (clamped to the video), upright, short side at most
+    ``side``: a thumbnail of the moment a result points at. Seeks to the key frame before ``t``
+    and decodes from there, so it costs one group of pictures, not the video up to ``t``."""
+    import av
+
+    with open_media(source) as c:
+        vs = video_stream(c)
+        if vs is None:
+            raise VideoDecodeError("no video stream in the file")
+        vs.thread_type = "AUTO"
+        base = float(vs.start_time * vs.time_base) if vs.start_time is not None and vs.time_base else 0.0
+        duration = _info(c, vs).duration
+        t = max(0.0, min(t, duration - 1e-3 if duration else t))
+        sampler = _Sampler(1.0, side, VideoInfo())
+        chosen = None
+        try:
+            if t > 0 and vs.time_base:
+                c.seek(int((t + base) / vs.time_base), stream=vs, backward=True, any_frame=False)
+            for frame in c.decode(vs):
+                if chosen is not None and frame.time is not None and frame.time - base > t + 1e-3:
+                    break
+                chosen = frame
+        except av.error.FFmpegError as e:
+            if chosen is None:
+                raise VideoDecodeError(f"cannot decode the frame at {t:.2f} s ({_why(e)})") from None
+        if chosen is None:
+            raise VideoDecodeError(f"no frame at {t:.2f} s")
+        return sampler._picture(chosen)

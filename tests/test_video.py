@@ -1,0 +1,258 @@
+"""Videos: sampled frames and sound-track windows of one item, found by a photo, a sound, a text
+or another item, with the moment's span; phone and browser files; damaged files fail alone."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from PIL import Image
+
+from mmsearch import Engine, Query
+from mmsearch.media.video import VideoInfo, iter_frames
+from tests.conftest import CONFIG_DIR
+from tests.video_media import RATE, photos, sound, write_sound, write_video
+
+PHOTOS = photos(10)
+SOUND_AT = 24.0
+
+
+def _png(arr: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(arr).save(out, "PNG")
+    return out.getvalue()
+
+
+def _track() -> np.ndarray:
+    """40 s of sound: two other sounds early on, the one looked for at SOUND_AT."""
+    track = np.zeros(40 * RATE, np.float32)
+    for i, at in ((0, 3.0), (1, 11.0), (3, SOUND_AT)):
+        s = sound(i)[: 6 * RATE]
+        track[int(at * RATE): int(at * RATE) + len(s)] = s
+    return track
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A media folder: a 40 s story (photo i from 8i to 8i+8 s, sounds on its track), a sideways
+    phone clip, a variable-frame-rate clip, a silent WebM-free MKV, sound-only M4A and Opus, two
+    photo files, and damaged videos: truncated (both muxer layouts), 0-byte, garbage, stream-less."""
+    root = tmp_path_factory.mktemp("videos")
+    track = _track()
+    write_video(root / "story.mp4", lambda t: PHOTOS[int(t // 8)], [i / 2 for i in range(80)], track)
+    write_video(root / "phone.mov", lambda t: PHOTOS[5], [i / 2 for i in range(8)], rotate=90)
+    write_video(root / "vfr.mp4", lambda t: PHOTOS[6] if 3 <= t < 6 else PHOTOS[7],
+                [0, 0.1, 0.3, 1.5, 1.6, 3.0, 3.05, 3.9, 5.2, 6.0, 6.5, 8.9])
+    write_video(root / "silent.mkv", lambda t: PHOTOS[7], [i / 2 for i in range(6)])
+    # a browser's recording: VP8 and Opus in WebM written live (no duration, no index)
+    write_video(root / "browser.webm", lambda t: PHOTOS[0] if t < 2 else PHOTOS[1], [i / 4 for i in range(16)],
+                sound(2)[: 4 * RATE], codec="libvpx", audio_codec="libopus", options={"live": "1"})
+    write_video(root / "old.avi", lambda t: PHOTOS[8] if t < 2 else PHOTOS[9], [i / 5 for i in range(20)],
+                codec="mjpeg")  # every frame a key frame
+    write_sound(root / "bark.m4a", sound(5), "ipod", "aac")
+    write_sound(root / "note.opus", sound(6), "ogg", "libopus")
+    write_sound(root / "memo.mp4", sound(7), "mp4", "aac")  # a video file with sound only
+    Image.fromarray(PHOTOS[5]).save(root / "photo5.png")
+    for i, arr in enumerate(photos(11, offset=20)):  # photo files not in any video (a background for calibration)
+        Image.fromarray(arr).save(root / f"other{i}.png")
+    bad = root / "bad"
+    bad.mkdir()
+    whole = (root / "story.mp4").read_bytes()
+    (bad / "cut.mp4").write_bytes(whole[: len(whole) // 2])  # the index (moov) is at the end: lost
+    write_video(bad / "faststart.mp4", lambda t: PHOTOS[int(t // 8)], [i / 2 for i in range(80)],
+                options={"movflags": "faststart"})
+    fast = (bad / "faststart.mp4").read_bytes()
+    (bad / "faststart.mp4").write_bytes(fast[: len(fast) * 2 // 5])  # index first, frames cut short
+    (bad / "empty.webm").write_bytes(b"")
+    (bad / "noise.avi").write_bytes(np.random.default_rng(0).integers(0, 256, 4096, np.uint8).tobytes())
+    return root
+
+
+@pytest.fixture(scope="module")
+def engine(media: Path, clip_spec: str, tiny_clap_dir: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from mmsearch.settings import Settings
+
+    settings = Settings(catalog=tmp_path_factory.mktemp("catalog"), model=clip_spec, model_config_dirs=[CONFIG_DIR],
+                        audio=True, audio_model=f"clap:{tiny_clap_dir}", batch_size=16, decode_workers=2,
+                        device="cpu")
+    with Engine.open(settings) as eng:
+        seen: list[float] = []
+        eng.report = eng.index([media], media_progress=seen.append)  # type: ignore[attr-defined]
+        eng.media_progress = seen  # type: ignore[attr-defined]
+        yield eng
+
+
+def _item(engine: Engine, path: Path) -> int:
+    return engine.lookup(str(path))[0]
+
+
+def test_videos_are_items_and_damaged_files_fail_alone(engine: Engine, media: Path) -> None:
+    report = engine.report  # type: ignore[attr-defined]
+    failures = dict(report.failures)
+    assert report.added == 21 and report.failed == 4, failures
+    bad = media / "bad"
+    assert "0 bytes" in failures[str(bad / "empty.webm")]
+    assert "corrupt" in failures[str(bad / "cut.mp4")] or "truncated" in failures[str(bad / "cut.mp4")]
+    assert "truncated" in failures[str(bad / "faststart.mp4")]
+    assert "corrupt" in failures[str(bad / "noise.avi")] or "unknown" in failures[str(bad / "noise.avi")]
+    story = engine.item(_item(engine, media / "story.mp4"))
+    assert story.modality == "video" and story.duration == pytest.approx(40.0, abs=0.1)
+    assert (story.facts.width, story.facts.height, story.facts.mime) == (96, 64, "video/mp4")
+    phone = engine.item(_item(engine, media / "phone.mov"))
+    assert (phone.facts.width, phone.facts.height) == (96, 64)  # as shown: upright
+    vectors = engine.vectors([story.id])
+    assert set(vectors) == {"clip.video", "clap.video"}
+    frames = vectors["clip.video"]
+    # one frame per shot: five photos, each shown 8 s, collapsed from 20 samples
+    assert frames.start.tolist() == [0.0, 8.0, 16.0, 24.0, 32.0] and frames.end.tolist() == [8.0, 16.0, 24.0, 32.0, 40.0]
+    assert set(engine.vectors([_item(engine, media / "silent.mkv")])) == {"clip.video"}  # no track
+    browser = engine.item(_item(engine, media / "browser.webm"))
+    assert browser.modality == "video" and browser.duration == pytest.approx(4.0, abs=0.3)  # from its frames
+    assert set(engine.vectors([browser.id])) == {"clip.video", "clap.video"}
+    old = engine.vectors([_item(engine, media / "old.avi")])["clip.video"]
+    assert len(old.ids) == 2 and old.start[0] == 0.0 and 2.0 <= old.start[1] <= 2.6  # the cut, within a quarter interval
+    durations = [phone.duration, story.duration, browser.duration, engine.item(_item(engine, media / "old.avi")).duration]
+    for name in ("bark.m4a", "note.opus", "memo.mp4", "vfr.mp4", "silent.mkv"):
+        row = engine.item(_item(engine, media / name))
+        assert row.duration and row.duration > 0.5
+        assert row.modality == ("video" if name in ("vfr.mp4", "silent.mkv") else "audio")
+        durations.append(row.duration)
+    # progress in seconds of sound and video: each video's time once, though frames and track both cover it
+    seen = engine.media_progress  # type: ignore[attr-defined]
+    assert seen == sorted(seen) and report.media_seconds == pytest.approx(sum(durations))
+    assert seen[-1] >= report.media_seconds  # the live count includes what failed files decoded first
+
+
+def test_a_photo_finds_the_moment_it_is_shown(engine: Engine, media: Path) -> None:
+    hit = engine.search(Query(image=_png(PHOTOS[2]), to="video", k=3)).results[0]
+    assert hit.path == str(media / "story.mp4") and hit.modality == "video" and hit.collection == "clip.video"
+    assert hit.start is not None and hit.end is not None
+    assert 16.0 <= hit.start < hit.end <= 24.0 and hit.duration == pytest.approx(40.0, abs=0.1)
+    # without --to, a picture finds photos and videos in one list: the photo file itself leads
+    both = engine.search(Query(image=_png(PHOTOS[5]), k=5)).results
+    assert {h.path for h in both[:2]} == {str(media / "photo5.png"), str(media / "phone.mov")}
+    vfr = engine.search(Query(image=_png(PHOTOS[6]), to="video", k=1)).results[0]
+    assert vfr.path == str(media / "vfr.mp4") and (vfr.start, vfr.end) == (3.0, 6.0)
+
+
+def test_a_sound_finds_the_video_near_its_time(engine: Engine, media: Path, tmp_path: Path) -> None:
+    track = _track()
+    cut = tmp_path / "cut.wav"
+    start = 20.0  # the track's window holding the sound at 24 s
+    sf.write(cut, track[int(start * RATE): int((start + 10) * RATE)], RATE)
+    top = engine.search(Query(audio=cut.read_bytes(), to="video", k=1)).results[0]
+    assert top.path == str(media / "story.mp4") and top.collection == "clap.video"
+    assert top.start is not None and top.end is not None and top.start <= SOUND_AT < top.end
+    mixed = engine.search(Query(audio=cut.read_bytes(), k=10)).results  # no --to: sounds and sound tracks
+    assert {h.modality for h in mixed} == {"audio", "video"} and str(media / "story.mp4") in {h.path for h in mixed}
+    assert {h.collection for h in mixed} <= {"clap.audio", "clap.video"}
+    m4a = (media / "bark.m4a").read_bytes()  # a sound-only container as the query, through PyAV
+    assert engine.search(Query(audio=m4a, to="audio", k=1)).results[0].path == str(media / "bark.m4a")
+
+
+def test_similar_and_cross_modal_from_a_video(engine: Engine, media: Path) -> None:
+    story = _item(engine, media / "story.mp4")
+    videos = engine.similar([story], k=10).results
+    assert videos and {h.modality for h in videos} == {"video"} and story not in {h.id for h in videos}
+    photos_ = engine.similar([story], to="image", k=2).results  # a video's frames find photos
+    assert photos_ and {h.modality for h in photos_} == {"image"}
+    texts = engine.search(Query(text="a dog", to="video", k=10)).results
+    assert {h.path for h in texts} >= {str(media / "story.mp4"), str(media / "vfr.mp4")}
+    everything = engine.search(Query(text="a dog", k=20)).results  # the calibrated all-media list
+    assert {"video", "image", "audio"} <= {h.modality for h in everything}
+    assert len({h.id for h in everything}) == len(everything)  # a video once, though in two lists
+    short = engine.search(Query(text="a dog", to="video", max_duration=10, k=10)).results
+    assert short and all(h.duration is not None and h.duration <= 10 for h in short)
+
+
+def test_unchanged_videos_are_skipped_and_a_changed_one_redone(engine: Engine, media: Path) -> None:
+    again = engine.index([media])
+    assert (again.added, again.updated, again.unchanged, again.failed) == (0, 0, 25, 0)  # failed ones wait for a change
+    before = _item(engine, media / "silent.mkv")
+    write_video(media / "silent.mkv", lambda t: PHOTOS[4], [i / 2 for i in range(6)])
+    changed = engine.index([media])
+    assert (changed.added, changed.updated) == (0, 1) and _item(engine, media / "silent.mkv") == before
+    hit = engine.search(Query(image=_png(PHOTOS[4]), to="video", k=2)).results
+    assert str(media / "silent.mkv") in {h.path for h in hit}
+
+
+def test_frames_are_sampled_upright_at_their_own_times(media: Path, tmp_path: Path) -> None:
+    info = VideoInfo()
+    frames = list(iter_frames(media / "phone.mov", 2.0, 256, info))
+    assert info.rotation == 90 and (info.width, info.height) == (96, 64)  # stored 64x96, turned by the matrix
+    upright = np.asarray(frames[0].image, dtype=np.float32)
+    assert upright.shape == (64, 96, 3)
+    error, upside_down = (float(np.abs(upright - p).mean()) for p in (PHOTOS[5], PHOTOS[5][::-1, ::-1]))
+    assert error < 12 < upside_down  # H.264 is lossy: near the photo, far from it turned round
+    # a moving picture is sampled every interval; each sample spans until the next
+    moving = write_video(tmp_path / "pan.mp4", lambda t: np.roll(PHOTOS[1], int(t * 12), axis=1),
+                         [i / 4 for i in range(40)], gop=40)
+    spans = [(f.start, f.end) for f in iter_frames(moving, 2.0, 256)]
+    assert [s for s, _ in spans] == [0.0, 2.0, 4.0, 6.0, 8.0]
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    small = next(iter_frames(moving, 2.0, 32))  # scaled down in libswscale, never enlarged
+    assert small.image.size == (48, 32)
+
+
+def test_http_streams_videos_and_shows_their_frames(engine: Engine, media: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from mmsearch.api.app import create_app
+
+    story = media / "story.mp4"
+    with TestClient(create_app(engine, read_only=True)) as client:
+        r = client.post("/search", files={"image": ("q.png", _png(PHOTOS[2]), "image/png")}, data={"to": "video"})
+        assert r.status_code == 200, r.text
+        hit = r.json()["results"][0]
+        assert (hit["path"], hit["modality"]) == (str(story), "video")
+        assert 16.0 <= hit["start"] < hit["end"] <= 24.0 and hit["duration"] == pytest.approx(40.0, abs=0.1)
+        assert client.get("/search", params={"text": "a dog", "to": "video"}).status_code == 200
+        assert client.get("/search", params={"text": "a dog", "to": "film"}).status_code == 422
+        item = client.get(f"/items/{hit['id']}").json()
+        assert item["modality"] == "video" and item["thumbnail_url"] and (item["width"], item["height"]) == (96, 64)
+        size = story.stat().st_size
+        head = client.head(f"/items/{hit['id']}/media")
+        assert head.status_code == 200 and head.headers["content-type"] == "video/mp4" and not head.content
+        assert head.headers["content-length"] == str(size) and head.headers["accept-ranges"] == "bytes"
+        part = client.get(f"/items/{hit['id']}/media", headers={"Range": "bytes=1000-1999"})
+        assert part.status_code == 206 and part.content == story.read_bytes()[1000:2000]
+        assert part.headers["content-range"] == f"bytes 1000-1999/{size}"
+
+        def shown(t: float | None) -> np.ndarray:
+            r = client.get(f"/items/{hit['id']}/thumbnail", params={"size": 96} | ({} if t is None else {"t": t}))
+            assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+            return np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB"), dtype=np.float32)
+
+        for t in (hit["start"], 33.0):  # the matching moment, and a later one: the photo shown then
+            thumb = shown(t)
+            errors = [float(np.abs(thumb - p).mean()) for p in PHOTOS[:5]]
+            assert int(np.argmin(errors)) == int(t // 8), errors
+        assert shown(None).shape == (64, 96, 3)  # a representative frame
+        assert client.get(f"/items/{hit['id']}/thumbnail", params={"t": -1}).status_code == 422
+
+
+def test_cli_finds_moments(engine: Engine, media: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from mmsearch.cli import app
+
+    monkeypatch.setenv("MMSEARCH_MODEL_CONFIG_DIRS", json.dumps([str(CONFIG_DIR)]))
+    monkeypatch.setenv("MMSEARCH_DEVICE", "cpu")
+    query = tmp_path / "still.png"
+    query.write_bytes(_png(PHOTOS[2]))
+    catalog = str(engine.settings.catalog)
+    runner = CliRunner()
+    out = runner.invoke(app, ["search", "--image", str(query), "--to", "video", "--catalog", catalog, "--json"])
+    assert out.exit_code == 0, out.output
+    hit = json.loads(out.stdout.strip().splitlines()[-1])["results"][0]
+    assert hit["path"] == str(media / "story.mp4") and hit["modality"] == "video" and 16 <= hit["start"] < hit["end"] <= 24
+    text = runner.invoke(app, ["search", "--image", str(query), "--to", "video", "--catalog", catalog, "-k", "1"])
+    assert text.exit_code == 0 and "story.mp4" in text.output and "[16.0-24.0s]" in text.output
+    similar = runner.invoke(app, ["similar", str(hit["id"]), "--to", "image", "--catalog", catalog, "--json"])
+    assert similar.exit_code == 0 and {h["modality"] for h in json.loads(similar.stdout)["results"]} == {"image"}

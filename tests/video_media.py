@@ -1,0 +1,93 @@
+"""Tiny videos and sound files the tests make themselves from real media (Flickr photos, Tux
+Paint sounds), with PyAV: H.264 frames of 96x64 pixels at a few frames per second, AAC sound."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import soundfile as sf
+import soxr
+from PIL import Image
+
+from tests.conftest import FLICKR, TUXPAINT
+
+SIZE = (96, 64)  # width, height
+MS = Fraction(1, 1000)
+RATE = 48_000  # the tiny CLAP's rate: the track needs no resampling on the way in
+
+
+def photos(n: int, offset: int = 0) -> list[np.ndarray]:
+    """n Flickr photos as 96x64 RGB arrays (what the videos show, and the queries)."""
+    paths = sorted((FLICKR / "images").glob("*.jpg"))[offset:offset + n]
+    return [np.asarray(Image.open(p).convert("RGB").resize(SIZE, Image.Resampling.BILINEAR)) for p in paths]
+
+
+def sound(i: int, rate: int = RATE) -> np.ndarray:
+    """Tux Paint sound i, mono float32 at ``rate``."""
+    path = sorted((TUXPAINT / "audio").glob("*.ogg"))[i]
+    data, sr = sf.read(path, dtype="float32", always_2d=True)
+    return soxr.resample(data.mean(axis=1), sr, rate).astype(np.float32)
+
+
+def write_video(path: Path, picture_at: Callable[[float], np.ndarray], times: Sequence[float],
+                track: np.ndarray | None = None, *, rotate: int = 0, gop: int = 4,
+                options: dict[str, str] | None = None, codec: str = "libx264", audio_codec: str = "aac") -> Path:
+    """Frames shown at ``times`` (seconds; irregular times make a variable frame rate), each the
+    picture ``picture_at(t)``; an optional mono track at RATE (AAC, or ``audio_codec``). ``rotate``: the frames are
+    stored turned clockwise and the display matrix says to turn them back (as phones do)."""
+    c = av.open(str(path), "w", options=options or {})
+    v = c.add_stream(codec, rate=4)
+    w, h = SIZE if rotate in (0, 180) else SIZE[::-1]
+    v.width, v.height, v.pix_fmt = w, h, "yuvj420p" if codec == "mjpeg" else "yuv420p"
+    v.options = {"g": str(gop), "bf": "0"} if codec == "libx264" else {"g": str(gop)} if codec != "mjpeg" else {}
+    if rotate:
+        v.set_display_rotation(rotate)
+    v.codec_context.time_base = MS  # frame times in milliseconds: any frame rate, variable too
+    a = None
+    if track is not None:
+        a = c.add_stream(audio_codec, rate=RATE)
+        a.layout = "mono"
+    for t in times:
+        arr = picture_at(t)
+        if rotate:
+            arr = np.ascontiguousarray(np.rot90(arr, k=-rotate // 90))
+        frame = av.VideoFrame.from_ndarray(arr, format="rgb24")
+        frame.pts = round(t * 1000)
+        frame.time_base = MS
+        for p in v.encode(frame):
+            c.mux(p)
+    for p in v.encode():
+        c.mux(p)
+    if a is not None and track is not None:
+        size = a.codec_context.frame_size or 1024
+        for i in range(0, len(track), size):
+            f = av.AudioFrame.from_ndarray(np.ascontiguousarray(track[None, i:i + size]), format="fltp",
+                                           layout="mono")
+            f.sample_rate, f.pts = RATE, i
+            for p in a.encode(f):
+                c.mux(p)
+        for p in a.encode():
+            c.mux(p)
+    c.close()
+    return path
+
+
+def write_sound(path: Path, samples: np.ndarray, fmt: str, codec: str, rate: int = RATE) -> Path:
+    """A sound-only container (M4A, Opus, Matroska) that libsndfile cannot read."""
+    c = av.open(str(path), "w", format=fmt)
+    a = c.add_stream(codec, rate=rate)
+    a.layout = "mono"
+    size = a.codec_context.frame_size or 1024
+    for i in range(0, len(samples), size):
+        f = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[None, i:i + size]), format="fltp", layout="mono")
+        f.sample_rate, f.pts = rate, i
+        for p in a.encode(f):
+            c.mux(p)
+    for p in a.encode():
+        c.mux(p)
+    c.close()
+    return path

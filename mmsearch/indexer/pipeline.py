@@ -13,7 +13,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -595,10 +595,16 @@ class _DecodeOnly:
     settings: Settings
     encoders: Any  # .get(space): what decoding reads of an encoder (a CLAP's sample rate and window)
     area: list[Path] | None
+    spaces_of: Mapping[str, list[str]] = field(default_factory=dict)  # modality -> spaces it goes to
     jpegs_on_device: bool = False
 
+    def targets(self, modality: str) -> list[str]:
+        return list(self.spaces_of.get(modality, []))
 
-def decode_file(p: _Pending, settings: Settings, encoders: Any, area: list[Path] | None) -> Iterator[Unit]:
+
+def decode_file(p: _Pending, settings: Settings, encoders: Any, area: list[Path] | None,
+                targets: Mapping[str, list[str]] | None = None) -> Iterator[Unit]:
     """One file's units exactly as an ingest decodes them (its facts are kept on ``p``): the one
-    per-file decoder, shared by Ray's decode tasks (mmsearch/indexer/ray_ingest.py)."""
-    return _Ingest._decode(_DecodeOnly(settings, encoders, area), p)  # type: ignore[arg-type]
+    per-file decoder, shared by Ray's decode tasks (mmsearch/indexer/ray_ingest.py). ``targets``:
+    the spaces each modality is embedded in (a video's sound track is decoded only if audio is)."""
+    return _Ingest._decode(_DecodeOnly(settings, encoders, area, targets or {}), p)  # type: ignore[arg-type]

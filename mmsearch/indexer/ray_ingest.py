@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import pickle
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -58,7 +59,7 @@ def connect(address: str) -> bool:
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as e:
-        raise MMSearchError(f"cannot reach the Ray cluster {address!r}: {e}. Start one with `ray start --head`, "
+        raise MMSearchError(f"cannot reach the Ray cluster {address!r}: {str(e).rstrip('.')}. Start one with `ray start --head`, "
                             "pass its address (HOST:6379 or ray://HOST:10001), or use --ray local") from None
     return True
 
@@ -100,7 +101,7 @@ def decode_batch(batch: dict[str, np.ndarray], plan: DecodePlan) -> dict[str, np
         n, queued, error, retry = 0, 0, None, False
         try:
             p.content_hash = content_hash(found.path)
-            for unit in decode_file(p, plan.settings, plan, plan.area):
+            for unit in decode_file(p, plan.settings, plan, plan.area, plan.targets):
                 spaces = plan.targets.get(unit.modality, [])
                 if spaces:
                     out.append(pickle.dumps(("unit", idx, n, unit, spaces), protocol=5))
@@ -144,9 +145,12 @@ class EmbedActor:
             for s, prep in prepared.items():
                 groups.setdefault((s, unit.modality), []).append((idx, seq, unit, prep))
         for (space, modality), rows in groups.items():
+            t = time.perf_counter()
             vectors = self.encoders[space].encode(modality, [r[3] for r in rows])  # type: ignore[arg-type]
+            seconds = time.perf_counter() - t
             meta = [(idx, seq, unit) for idx, seq, unit, _ in rows]
-            out.append(pickle.dumps(("vectors", space, modality, meta, np.asarray(vectors, np.float32)), protocol=5))
+            out.append(pickle.dumps(("vectors", space, modality, meta, np.asarray(vectors, np.float32), seconds),
+                                    protocol=5))
         return {"row": np.array(out, dtype=object)}
 
 
@@ -193,7 +197,7 @@ class RayIngest(_Ingest):
     def _take(self, row: tuple) -> None:
         kind, work = row[0], self.work
         if kind == "vectors":
-            _, space, modality, meta, vectors = row
+            _, space, modality, meta, vectors, seconds = row
             keep = []
             for i, (idx, seq, unit) in enumerate(meta):
                 got = self.seen.setdefault(idx, set())
@@ -201,6 +205,8 @@ class RayIngest(_Ingest):
                     continue
                 got.add((seq, space))
                 keep.append(i)
+            if keep:  # the progress meter's counts and rates, as a local run's
+                self.meter.embedded((space, modality), len(keep), seconds * len(keep) / len(meta))
             self._store((space, modality), [(meta[i][0], meta[i][2], None) for i in keep], vectors[keep])
         elif kind == "failed":
             _, idx, reason = row

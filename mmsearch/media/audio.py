@@ -1,8 +1,10 @@
 """Streaming audio decoding into model-sized windows.
 
 Files are read block by block through libsndfile (WAV, FLAC, OGG, MP3; format detected from
-content, not the extension), downmixed, resampled with a streaming soxr resampler and cut into
-overlapping windows, so memory stays bounded by one window plus one block whatever the length.
+content, not the extension), or through PyAV for what libsndfile does not know (AAC in MP4/M4A,
+Matroska, a video's sound track: media/av_audio.py), downmixed, resampled with a streaming soxr
+resampler and cut into overlapping windows (``cut_windows``, shared by both), so memory stays
+bounded by one window plus one block whatever the length.
 Every failure surfaces as :class:`AudioDecodeError` whose message is the reason recorded for the
 file.
 """
@@ -159,8 +161,6 @@ def _readable_by_libsndfile(source: Path | BinaryIO) -> bool:
         with _open(source):
             return True
     except _NotRecognised:
-        if not isinstance(source, (str, os.PathLike)):
-            source.seek(0)
         return False
     except AudioDecodeError:
         return True

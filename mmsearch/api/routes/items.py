@@ -130,11 +130,17 @@ def item_vector(item_id: ItemIdPath, service: ServiceDep) -> ItemVectorsOut:
         for e, a, b, v in zip(part.ids.tolist(), part.start.tolist(), part.end.tolist(), part.vectors.tolist())])
 
 
-@router.api_route("/items/{item_id}/media", methods=["GET", "HEAD"], response_class=FileResponse,
-                  responses=MEDIA_RESPONSES, summary="The item's file")
+@router.head("/items/{item_id}/media", response_class=FileResponse, responses=MEDIA_RESPONSES,
+             summary="The item's file: headers only")
+def item_media_head(item_id: ItemIdPath, service: ServiceDep) -> FileResponse:
+    """What GET would send, without the body: type, length, `Accept-Ranges` (players probe with it)."""
+    return item_media(item_id, service)
+
+
+@router.get("/items/{item_id}/media", response_class=FileResponse, responses=MEDIA_RESPONSES,
+            summary="The item's file")
 def item_media(item_id: ItemIdPath, service: ServiceDep) -> FileResponse:
-    """The indexed file itself, with HTTP range requests (so audio and video players can seek);
-    HEAD answers the headers alone (type, length, ranges)."""
+    """The indexed file itself, with HTTP range requests (so audio and video players can seek)."""
     row = service.base.item(item_id)
     real = service.guard.check(row.path)
     mime = media_type(row.path)

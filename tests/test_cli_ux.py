@@ -48,7 +48,7 @@ def test_every_option_and_argument_has_help_and_choices_are_listed() -> None:
                if not (getattr(p, "help", None) or "").strip()]
     assert missing == []
     out = CliRunner().invoke(app, ["search", "--help"], env={"COLUMNS": "200"}).output
-    assert "image|text|audio|all" in out
+    assert "image|text|audio|video|all" in out
     out = CliRunner().invoke(app, ["index", "--help"], env={"COLUMNS": "200"}).output
     assert "auto|cpu|cuda" in out
 

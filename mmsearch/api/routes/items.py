@@ -152,10 +152,6 @@ def item_media(item_id: ItemIdPath, service: ServiceDep) -> FileResponse:
                                  "Content-Security-Policy": "sandbox; default-src 'none'"})
 
 
-# HEAD: what a GET would answer (type, length, ranges accepted), without the body
-router.add_api_route("/items/{item_id}/media", item_media, methods=["HEAD"], include_in_schema=False)
-
-
 @router.get("/items/{item_id}/thumbnail", response_class=Response, summary="Thumbnail",
             responses={200: {"content": {"image/jpeg": {}}, "description": "A JPEG thumbnail."},
                        304: {"description": "Not modified (If-None-Match)."},

@@ -114,10 +114,7 @@ class Thumbnails:
             img = frame_at(path, at, size)
         except VideoDecodeError as e:
             raise MediaError(f"cannot make a thumbnail of {path.name}: {e}") from e
-        img.thumbnail((size, size), Image.Resampling.LANCZOS)
-        out = io.BytesIO()
-        img.save(out, "JPEG", quality=82, optimize=True)
-        return out.getvalue()
+        return _jpeg(img, size)
 
     def _make(self, path: Path, size: int) -> bytes:
         if is_raw(str(path)):  # Pillow cannot read it: rawpy's picture (the camera's preview)
@@ -130,7 +127,6 @@ class Thumbnails:
                     raise MediaError(f"image of {w}x{h} pixels is over the limit of {self.max_pixels}")
                 source.draft("RGB", (size, size))  # JPEG: decode at a fraction of the size
                 img: Image.Image = ImageOps.exif_transpose(source)
-                img.thumbnail((size, size), Image.Resampling.LANCZOS)
                 if img.mode in ("I", "F") or img.mode.startswith("I;"):  # 16-bit and float grey
                     img = to_rgb(img)
                 if img.mode not in ("RGB", "L"):
@@ -138,9 +134,7 @@ class Thumbnails:
                     flat = Image.new("RGB", img.size, (255, 255, 255))
                     flat.paste(img, mask=img.getchannel("A"))
                     img = flat
-                out = io.BytesIO()
-                img.save(out, "JPEG", quality=82, optimize=True)
-                return out.getvalue()
+                return _jpeg(img, size)
         except MediaError:
             raise
         except UnidentifiedImageError:  # a RAW or a format Pillow's plain open does not try: the indexer's way
@@ -156,10 +150,15 @@ class Thumbnails:
             img = load_image(str(path), self.max_pixels)
         except DecodeError as e:
             raise MediaError(f"cannot make a thumbnail of {path.name}: {e}") from e
-        img.thumbnail((size, size), Image.Resampling.LANCZOS)
-        out = io.BytesIO()
-        img.save(out, "JPEG", quality=82, optimize=True)
-        return out.getvalue()
+        return _jpeg(img, size)
+
+
+def _jpeg(img: Image.Image, size: int) -> bytes:
+    """The thumbnail every picture source ends in: at most ``size`` px a side, as a JPEG."""
+    img.thumbnail((size, size), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    img.save(out, "JPEG", quality=82, optimize=True)
+    return out.getvalue()
 
 
 __all__ = ["Forbidden", "MediaError", "MediaGuard", "Thumbnails", "media_type"]

@@ -339,6 +339,7 @@ def test_detail_view_and_keyboard(desktop: Page) -> None:
     desktop.shot("detail")
     page.keyboard.press("ArrowRight")  # the next result
     expect(page.locator("#detail-title")).to_have_text(Path(cards.nth(2).locator(".path").get_attribute("title")).name)
+    page.wait_for_url(re.compile(rf"item={cards.nth(2).get_attribute('data-id')}$"))
     page.reload()  # the open detail view is part of the link
     expect(dialog).to_be_visible()
     expect(page.locator("#detail-title")).to_have_text(Path(cards.nth(2).locator(".path").get_attribute("title")).name)

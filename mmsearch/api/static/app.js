@@ -679,6 +679,8 @@ async function openDetail(index, id = null) {
     lastFocus = document.activeElement;
     dialog.showModal();
   }
+  state.item = String(hit ? hit.id : id);  // the link names it at once (a reload reopens this one)
+  history.replaceState(null, "", urlFor());
   try {
     it = { ...(hit || {}), ...(await getJSON(`/items/${hit ? hit.id : id}`)) };
   } catch (err) {

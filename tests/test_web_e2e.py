@@ -28,6 +28,7 @@ from mmsearch.api.readiness import wait_until_ready
 from mmsearch.engine import Engine
 from mmsearch.settings import Settings
 from tests.test_metadata import make_photo
+from tests.video_media import photos, write_video
 
 CHROMIUM = os.environ.get("MMSEARCH_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -39,7 +40,7 @@ FLICKR = DATA / "flickr8k-1k"
 TUXPAINT = DATA / "tuxpaint"
 SOUNDS = ["animals__birds__crow", "animals__birds__duck", "animals__amphibians__frog", "vehicles__emergency__firetruck",
           "hobbies__music__wind__bassoon", "animals__birds__cuckoo"]
-ITEMS = 24 + 24 + 2 + 6  # photos, their captions, notes, sounds
+ITEMS = 24 + 24 + 2 + 6 + 1  # photos, their captions, notes, sounds, a video
 EXIF = dict(taken="2024:05:01 17:03:11", make="Canon", model="Canon EOS 80D", lens="EF-S18-135mm f/3.5-5.6",
             gps=(48.8566, 2.3522))
 DESKTOP = {"width": 1280, "height": 900}
@@ -77,6 +78,9 @@ def build_media(root: Path) -> Path:
     (root / "sounds").mkdir()
     for name in SOUNDS:
         shutil.copy2(TUXPAINT / "audio" / f"{name}.ogg", root / "sounds")
+    (root / "clips").mkdir()
+    shown = photos(2)  # 8 s of VP8 in WebM (what Chromium plays): one photo, then another from 4 s
+    write_video(root / "clips" / "harbour.webm", lambda t: shown[t >= 4], [i / 2 for i in range(16)], codec="libvpx")
     return root
 
 
@@ -89,7 +93,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, clip_spec: str, tiny_clap_dir
                         audio_model=audio_model, batch_size=16, decode_workers=2, device="cpu")
     with Engine.open(settings) as engine:
         report = engine.index([media])
-        assert report.failed == 0 and report.added == 24 + 1 + 2 + 6, report.as_dict()
+        assert report.failed == 0 and report.added == 24 + 1 + 2 + 6 + 1, report.as_dict()
         exif_photo = sorted((media / "beach").glob("*.jpg"))[0]
         engine.tag(engine.lookup(exif_photo)[0], add=["trip"], set={"rating": "5"})
     gone = sorted((media / "city").glob("*.jpg"))[0]
@@ -335,6 +339,7 @@ def test_detail_view_and_keyboard(desktop: Page) -> None:
     desktop.shot("detail")
     page.keyboard.press("ArrowRight")  # the next result
     expect(page.locator("#detail-title")).to_have_text(Path(cards.nth(2).locator(".path").get_attribute("title")).name)
+    page.wait_for_url(re.compile(rf"item={cards.nth(2).get_attribute('data-id')}$"))
     page.reload()  # the open detail view is part of the link
     expect(dialog).to_be_visible()
     expect(page.locator("#detail-title")).to_have_text(Path(cards.nth(2).locator(".path").get_attribute("title")).name)
@@ -487,7 +492,7 @@ def test_phone_width_never_scrolls_sideways(phone: Page) -> None:
     expect(cards).to_have_count(6)
     phone.fits()
     page.goto(site["base"] + "/?view=stats")
-    expect(page.locator("#stats .health")).to_have_count(4)
+    expect(page.locator("#stats .health")).to_have_count(5)
     phone.fits()
 
 
@@ -520,12 +525,14 @@ def test_catalog_and_health(desktop: Page) -> None:
     stats = page.locator("#stats")
     expect(stats).to_be_visible()
     page.wait_for_url(re.compile(r"view=stats"))
-    expect(stats.locator(".tile")).to_have_text(["24images", "26texts", "6sounds"])
+    expect(stats.locator(".tile")).to_have_text(["24images", "26texts", "6sounds", "1video"])
     rows = stats.locator("section:has(h3:text('Indexes')) tbody tr")
-    expect(rows).to_have_count(4)
-    assert rows.locator("td:first-child").all_inner_texts() == ["clap.audio", "clap.text", "clip.image", "clip.text"]
-    assert rows.locator("td:nth-child(3)").all_inner_texts() == ["7", "26", "24", "26"]  # a sound has a vector per window
-    expect(stats.locator(".health.ok")).to_have_count(4)
+    expect(rows).to_have_count(5)
+    vectors = dict(zip(rows.locator("td:first-child").all_inner_texts(), rows.locator("td:nth-child(3)").all_inner_texts()))
+    assert {k: v for k, v in vectors.items() if k != "clip.video"} == \
+        {"clap.audio": "7", "clap.text": "26", "clip.image": "24", "clip.text": "26"}  # a sound: a vector per window
+    assert int(vectors["clip.video"]) >= 2  # the video shows two photos: a frame of each at least
+    expect(stats.locator(".health.ok")).to_have_count(5)
     expect(stats).to_contain_text("No indexing jobs on this server")
     desktop.shot("stats")
     page.keyboard.press("Escape")
@@ -560,3 +567,28 @@ def test_video_results_show_a_poster_and_play_from_the_match(desktop: Page) -> N
                    "video": f"/items/{image_id}/media#t=72.50,77.50",
                    "frame": f"/items/{image_id}/thumbnail?size=1024&t=72.50"}
     expect(page.locator("#results .card").first.locator(".pic img")).to_be_visible()
+
+
+def test_a_video_found_at_its_moment_plays_from_there(desktop: Page) -> None:
+    from playwright.sync_api import expect
+
+    page, site = desktop.page, desktop.site
+    page.goto(site["base"] + "/?to=video")
+    page.set_input_files("#file", str(sorted((FLICKR / "images").glob("*.jpg"))[1]))  # what it shows from 4 s
+    card = page.locator("#results .card")
+    expect(card).to_have_count(1)
+    expect(card.locator(".stamp")).to_have_text(re.compile(r"^0:0[4-7](\.\d)?–0:0\d(\.\d)?$"))
+    start = float(page.evaluate("() => new URL(document.querySelector('#results .pic img').src).searchParams.get('t')"))
+    assert start >= 4
+    expect(card.locator(".why")).to_have_text(re.compile(r"^matched: .* of 0:0[78](\.\d)?$"))  # about 8 s long
+    wait_for_pictures(page, 1)  # the frame at the matched moment, from /items/{id}/thumbnail?t=
+    assert card.locator(".pic img").evaluate("i => i.naturalWidth") > 0
+    card.locator(".open").click()
+    video = page.locator("#detail-media video")
+    expect(video).to_have_attribute("src", re.compile(rf"/media#t={start:.2f},\d+\.\d\d$"))
+    played = video.evaluate("""v => new Promise(done => {
+        const report = () => done({duration: v.duration, at: v.currentTime});
+        if (v.readyState >= 1) report(); else { v.onloadedmetadata = report; v.onerror = () => done(null); }
+    })""")
+    assert played and played["duration"] > 7 and abs(played["at"] - start) < 0.5, played
+    desktop.shot("detail-video")

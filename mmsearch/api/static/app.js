@@ -679,6 +679,8 @@ async function openDetail(index, id = null) {
     lastFocus = document.activeElement;
     dialog.showModal();
   }
+  state.item = String(hit ? hit.id : id);  // the link names it at once (a reload reopens this one)
+  history.replaceState(null, "", urlFor());
   try {
     it = { ...(hit || {}), ...(await getJSON(`/items/${hit ? hit.id : id}`)) };
   } catch (err) {
@@ -947,12 +949,14 @@ async function showStats() {
     const n = (v) => (v ?? 0).toLocaleString();
     const counts = document.createElement("div");
     counts.className = "tiles";
-    for (const [k, v] of Object.entries(st.items)) {
+    const order = ["image", "text", "audio", "video"], rank = (k) => (order.includes(k) ? order.indexOf(k) : order.length);
+    for (const [k, v] of Object.entries(st.items).sort((a, b) => rank(a[0]) - rank(b[0]))) {
       const tile = document.createElement("div");
       tile.className = "tile";
       const b = document.createElement("b"), span = document.createElement("span");
       b.textContent = n(v);
-      span.textContent = { image: "images", text: "texts", audio: "sounds", video: "videos" }[k] || k;
+      const names = { image: ["image", "images"], text: ["text", "texts"], audio: ["sound", "sounds"], video: ["video", "videos"] };
+      span.textContent = (names[k] || [k, k])[v === 1 ? 0 : 1];
       tile.append(b, span);
       counts.append(tile);
     }

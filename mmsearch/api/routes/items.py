@@ -69,7 +69,7 @@ def browse(service: ServiceDep,
 
 
 def item_out(row: ItemRow) -> ItemOut:
-    """A browsed item as GET /items/{id} shows it."""
+    """An item as GET /items/{id} and /browse show it."""
     pictured = row.modality in ("image", "video") or bool(row.ref_path and media_type(row.ref_path).startswith("image/"))
     return ItemOut(
         id=row.id, path=row.path, modality=row.modality, ordinal=row.ordinal, text=row.text,
@@ -80,13 +80,7 @@ def item_out(row: ItemRow) -> ItemOut:
 
 @router.get("/items/{item_id}", response_model=ItemOut, responses={404: ERRORS[404]}, summary="Item metadata")
 def item(item_id: ItemIdPath, service: ServiceDep) -> ItemOut:
-    row = service.base.item(item_id)
-    pictured = row.modality in ("image", "video") or bool(row.ref_path and media_type(row.ref_path).startswith("image/"))
-    return ItemOut(
-        id=row.id, path=row.path, modality=row.modality, ordinal=row.ordinal, text=row.text,
-        ref_path=row.ref_path, duration=row.duration, **Metadata.of(row),
-        media_url=f"/items/{row.id}/media", similar_url=f"/items/{row.id}/similar",
-        thumbnail_url=f"/items/{row.id}/thumbnail" if pictured else None)
+    return item_out(service.base.item(item_id))
 
 
 @router.put("/items/{item_id}/tags", response_model=TagsOut, dependencies=[Depends(require_writer)],

@@ -368,6 +368,7 @@ class Engine:
             "items": counts["items"],
             "collections": self.indexes.describe(),
             "failures": [{"path": p, "reason": r} for p, r in self.catalog.failures(20)],
+            "runs": self.catalog.runs()[::-1][:20],
         }
 
 

@@ -126,6 +126,10 @@ class CatalogWriter:
         with self._mutex:
             return self.catalog.set_tags(item_id, add, remove, values)
 
+    def record_run(self, run: Mapping[str, object]) -> None:
+        with self._mutex:
+            self.catalog.record_run(run)
+
     def fill_facts(self, rows: Sequence[tuple[int, str, int, FileFacts]]) -> None:
         """Facts read from unchanged files' headers (see Catalog.fill_facts): SQL only."""
         with self._mutex:

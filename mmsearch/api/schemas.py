@@ -336,6 +336,8 @@ class Stats(BaseModel):
     items: dict[str, int]
     collections: dict[str, Any]
     failures: list[dict[str, str]]
+    runs: list[dict[str, Any]] = Field(default_factory=list, description="The last index runs, newest first "
+                                       "(any face: CLI, HTTP job, Python): finished, roots and their counts.")
     service: dict[str, Any] = Field(default_factory=dict, description="This server: jobs, batching, limits.")
 
 

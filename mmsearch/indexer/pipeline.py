@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -165,8 +166,16 @@ def index_folders(paths: Sequence[Path], writer: CatalogWriter, encoders: Encode
     meter.set_phase("index")
     writer.upkeep(wait=True)
     report.seconds = time.perf_counter() - t0
+    writer.record_run(run_summary(roots, report, bool(settings.ray)))
     meter.set_phase("done")
     return report
+
+
+def run_summary(roots: Sequence[Path], report: IndexReport, ray: bool) -> dict[str, Any]:
+    """What the catalog keeps of a run for its history (``stats``): counts, not the file lists."""
+    counts = {k: v for k, v in report.as_dict().items() if isinstance(v, (int, float))}
+    return {"finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "roots": [str(r) for r in roots],
+            **counts, "skipped": sum(report.skipped.values()), "ray": ray}
 
 
 def _named_models_recorded(settings: Settings, spaces: dict[str, tuple[str, int]]) -> bool:

@@ -46,6 +46,9 @@ MAX_TAG = 64
 MAX_TAG_VALUE = 256
 
 
+RUNS_KEY = "index_runs"  # meta: the last runs' summaries, for stats' history
+KEEP_RUNS = 50
+
 @dataclass(frozen=True)
 class FileState:
     id: int
@@ -428,6 +431,25 @@ class Catalog:
             return floor, seq, np.empty(0, np.int64), np.empty(0, np.int64)
         arr = np.array(rows, dtype=np.int64)
         return floor, int(arr[-1, 0]), arr[arr[:, 2] > 0, 1], arr[arr[:, 2] < 0, 1]
+
+    def record_run(self, run: Mapping[str, object]) -> None:
+        """Keep the summaries of the last KEEP_RUNS index runs, whichever face ran them (CLI, HTTP
+        job, Python): the history ``stats`` shows. One small JSON value, rewritten per run."""
+        self._require_writable()
+        with self.sessions.begin() as s:
+            meta = s.get(Meta, RUNS_KEY)
+            runs = (json.loads(meta.value) if meta is not None else []) + [dict(run)]
+            value = json.dumps(runs[-KEEP_RUNS:])
+            if meta is None:
+                s.add(Meta(key=RUNS_KEY, value=value))
+            else:
+                meta.value = value
+
+    def runs(self) -> list[dict[str, object]]:
+        """The last index runs' summaries, oldest first (see record_run)."""
+        with self.sessions() as s:
+            value = s.scalar(select(Meta.value).where(Meta.key == RUNS_KEY))
+        return json.loads(value) if value else []
 
     def truncate_changes(self, collection: str, upto: int) -> None:
         """Drop log entries a saved base index already holds. The floor moves first, so a reader

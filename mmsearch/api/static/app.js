@@ -972,12 +972,17 @@ async function showStats() {
     const indexes = table(["Collection", "Index", "Vectors", "Size", "Health"], Object.entries(st.collections).map(([name, c]) => [
       name, c.index ? `${c.index.factory} (${c.index.kind})` : "none", n(c.live),
       bytes((c.index?.bytes || 0) + c.vectors.bytes), health(c)]));
-    const history = jobs.jobs.length
-      ? table(["Started", "Folder", "State", "Files", "Added · updated · removed · failed"], jobs.jobs.map((j) => [
-          when(j.created_at), splitPath(j.path).join(""), j.error ? `${j.state}: ${j.error}` : j.state, `${n(j.done)} / ${n(j.total)}`,
-          j.report ? ["added", "updated", "removed", "failed"].map((k) => n(j.report[k])).join(" · ") : "–"]))
-      : Object.assign(document.createElement("p"), { className: "muted", textContent: "No indexing jobs on this server since it started (the CLI's runs are not listed)." });
-    const parts = [section("Items", counts, facts), section("Indexes", indexes), section("Indexing jobs", history)];
+    const running = jobs.jobs.filter((j) => j.state === "running" || j.state === "queued");
+    const live = running.length ? [section("Indexing now", table(["Started", "Folder", "State", "Files"], running.map((j) => [
+      when(j.created_at), splitPath(j.path).join(""), j.state, `${n(j.done)} / ${n(j.total)}`])))] : [];
+    const runs = st.runs || [];
+    const history = runs.length
+      ? table(["Finished", "Folders", "Added · updated · removed · failed", "Unchanged", "Seconds"], runs.map((r) => [
+          when(r.finished), (r.roots || []).map((f) => splitPath(f).join("")).join(", "),
+          ["added", "updated", "removed", "failed"].map((k) => n(r[k])).join(" · "), n(r.unchanged),
+          (r.seconds ?? 0).toFixed(1)]))
+      : Object.assign(document.createElement("p"), { className: "muted", textContent: "No indexing runs recorded yet." });
+    const parts = [section("Items", counts, facts), section("Indexes", indexes), ...live, section("Indexing history", history)];
     if (st.failures.length) {
       parts.push(section(`Files that failed (${st.failures.length})`, table(["File", "Reason"],
         st.failures.map((f) => [splitPath(f.path).join(""), f.reason]))));

@@ -341,14 +341,17 @@ def similar(
     ext: ExtOpt = None, tag: TagOpt = None, dedup: DedupOpt = None,
     catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, runtime: RuntimeOpt = None, as_json: JsonOpt = False,
     paths_only: PathsOnlyOpt = False, preview: PreviewOpt = False,
+    at: Annotated[Optional[float], typer.Option("--at", min=0.0, help="Seconds into the video or sound: its "
+                                                "frame or window at that moment is the query (one item id).")] = None,
 ) -> None:
-    """Items like the given ones (by default in their own modality)."""
+    """Items like the given ones (by default in their own modality); with --at, like one moment of a
+    video (its frame and sound) or of a sound."""
     filters = _filters(k=k, offset=offset, path=path, min_score=min_score, diversity=diversity, exclude=exclude,
                        date_from=date_from, date_to=date_to, camera=camera, near=near, min_size=min_size,
                        min_duration=min_duration, max_duration=max_duration, ext=ext, tag=tag, dedup=dedup)
-    _query(item_ids=item_ids, to=to, **filters)  # a bad option exits 2 before the catalog opens
+    _query(item_ids=item_ids, to=to, at=at, **filters)  # a bad option exits 2 before the catalog opens
     with _engine(_settings(catalog, db, runtime=runtime), create=False) as engine:
-        response = engine.similar(item_ids, to=to, **filters)
+        response = engine.similar(item_ids, to=to, at=at, **filters)
     _show(response, as_json, paths_only, preview)
 
 

@@ -256,3 +256,40 @@ def test_cli_finds_moments(engine: Engine, media: Path, tmp_path: Path, monkeypa
     assert text.exit_code == 0 and "story.mp4" in text.output and "[16.0-24.0s]" in text.output
     similar = runner.invoke(app, ["similar", str(hit["id"]), "--to", "image", "--catalog", catalog, "--json"])
     assert similar.exit_code == 0 and {h["modality"] for h in json.loads(similar.stdout)["results"]} == {"image"}
+    moment = runner.invoke(app, ["similar", str(hit["id"]), "--at", "20", "--to", "image", "-k", "5", "--catalog",
+                                 catalog, "--json"])
+    assert moment.exit_code == 0, moment.output
+    assert [h["id"] for h in json.loads(moment.stdout)["results"]] == \
+        [h.id for h in engine.similar([hit["id"]], at=20.0, to="image", k=5).results]
+    two = runner.invoke(app, ["similar", str(hit["id"]), str(hit["id"] + 1), "--at", "20", "--catalog", catalog])
+    assert two.exit_code == 2 and "exactly one item" in two.output
+
+
+def test_a_moment_of_a_video_is_the_query(engine: Engine, media: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from mmsearch import BadInput
+    from mmsearch.api.app import create_app
+    from mmsearch.search.query_embedding import at_moment
+
+    story = _item(engine, media / "story.mp4")
+    frames = engine.vectors([story], collection="clip.video")["clip.video"]
+    at_20 = frames.vectors[(frames.start <= 20.0) & (20.0 < frames.end)][0]
+    moment = engine.runner.item_vectors([story], "clip", at=20.0)[story]
+    assert np.allclose(moment, at_20 / np.linalg.norm(at_20), atol=1e-6)  # the frame shown at 20 s, alone
+    whole = engine.runner.item_vectors([story], "clip")[story]
+    assert not np.allclose(moment, whole, atol=1e-3)
+    after = engine.runner.item_vectors([story], "clip", at=99.0)[story]  # past the end: the last frame
+    assert np.allclose(after, frames.vectors[-1] / np.linalg.norm(frames.vectors[-1]), atol=1e-6)
+    rows = [(1, 7, "clip.video", 0.0, 8.0), (2, 7, "clip.video", 8.0, 16.0), (3, 9, "clip.image", None, None)]
+    assert at_moment(rows, 8.0) == [(2, 7, "clip.video", 8.0, 16.0), (3, 9, "clip.image", None, None)]
+
+    by_moment = engine.similar([story], at=20.0, to="image", k=5).results
+    by_whole = engine.similar([story], to="image", k=5).results
+    assert by_moment and [h.score for h in by_moment] != [h.score for h in by_whole]
+    with pytest.raises(BadInput, match="exactly one item"):
+        engine.similar([story, _item(engine, media / "vfr.mp4")], at=3.0)
+    with TestClient(create_app(engine, read_only=True)) as client:
+        got = client.post("/similar", json={"item_ids": [story], "at": 20.0, "to": "image", "k": 5}).json()
+        assert [h["id"] for h in got["results"]] == [h.id for h in by_moment]
+        assert client.post("/similar", json={"item_ids": [story], "at": -1}).status_code == 422

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, computed_fiel
 from mmsearch.engine import Embedding, Embeddings
 from mmsearch.search.duplicates import DuplicatesResponse
 from mmsearch.search.request import (
+    AT_DESC,
     CleanText,
     DateBound,
     Extensions,
@@ -118,6 +119,7 @@ class SimilarRequest(Filters):
     """Items like these: their vectors are averaged into one query."""
 
     item_ids: list[ItemId] = Field(min_length=1, max_length=MAX_QUERY_IDS)
+    at: float | None = Field(None, ge=0, le=1e7, description=AT_DESC)
 
 
 class SimilarBatchRequest(Filters):

@@ -110,6 +110,8 @@ class QueryEmbedder:
         used = sorted({s for sp in spaces for s in sp})
         item_ids = sorted({i for q in queries for i in (*q.item_ids, *q.negative_ids)})
         items = {space: self.item_vectors(item_ids, space) if item_ids else {} for space in used}
+        moments = {(i, space, q.at): self.item_vectors(q.item_ids, space, at=q.at) for i, q in enumerate(queries)
+                   if q.at is not None for space in used}
         texts: dict[str, dict[str, np.ndarray]] = {}
         for space in used:
             wanted = sorted({t for q, sp in zip(queries, spaces) if space in sp
@@ -118,8 +120,9 @@ class QueryEmbedder:
             texts[space] = dict(zip(wanted, self.embed_text(space, wanted))) if wanted else {}
         decoded = list(images) if images is not None else [None] * len(queries)
         return [{space: qv for space in sp
-                 if (qv := self._space_query(q, space, items[space], texts[space], image))}
-                for q, sp, image in zip(queries, spaces, decoded)]
+                 if (qv := self._space_query(q, space, moments.get((i, space, q.at), items[space]), texts[space],
+                                             image))}
+                for i, (q, sp, image) in enumerate(zip(queries, spaces, decoded))]
 
     def _space_query(self, q: Query, space: str, items: dict[int, np.ndarray],
                      texts: dict[str, np.ndarray], image: Image.Image | None = None) -> QueryVector | None:
@@ -192,13 +195,16 @@ class QueryEmbedder:
         vecs = enc.encode("audio", [enc.prepare("audio", w.samples) for w in windows])
         return l2_normalise(vecs.mean(axis=0, keepdims=True))[0]
 
-    def item_vectors(self, item_ids: Sequence[int], space: str) -> dict[int, np.ndarray]:
+    def item_vectors(self, item_ids: Sequence[int], space: str, at: float | None = None) -> dict[int, np.ndarray]:
         """Stored items as queries: the unit mean of each item's vectors in ``space`` (audio: its
         windows), read in one pass. Items with no vector there (or whose vectors were lost: the
-        next ``mmsearch index`` embeds them again) are left out."""
+        next ``mmsearch index`` embeds them again) are left out. ``at``: of an item's segments
+        (video frames, sound windows), only the one at that moment (see ``at_moment``)."""
         if self.catalog is None or self.indexes is None:
             raise BadInput("item ids need a catalog")
         rows = [r for r in self.catalog.embeddings_of(item_ids) if r[2].startswith(space + ".")]
+        if at is not None:
+            rows = at_moment(rows, at)
         if not rows:
             return {}
         dim = self.catalog.spaces()[space][1]
@@ -219,3 +225,22 @@ class QueryEmbedder:
     def item_vector(self, item_id: int, space: str) -> np.ndarray | None:
         """One stored item as a query (see ``item_vectors``)."""
         return self.item_vectors([item_id], space).get(item_id)
+
+
+def at_moment(rows: list[tuple[int, int, str, float | None, float | None]], at: float
+              ) -> list[tuple[int, int, str, float | None, float | None]]:
+    """Of each item's and collection's segments (embedding id, item, collection, start, end), the
+    one whose span holds ``at`` (else the one that starts nearest it); vectors without a span
+    (a photo, a text) are kept as they are."""
+    best: dict[tuple[int, str], tuple[float, tuple[int, int, str, float | None, float | None]]] = {}
+    whole = []
+    for r in rows:
+        start, end = r[3], r[4]
+        if start is None:
+            whole.append(r)
+            continue
+        miss = 0.0 if start <= at < (end if end is not None else start) or start == at else abs(start - at)
+        key = (r[1], r[2])
+        if key not in best or miss < best[key][0]:
+            best[key] = (miss, r)
+    return sorted(whole + [r for _, r in best.values()])

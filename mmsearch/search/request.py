@@ -176,6 +176,9 @@ class Term(BaseModel):
         return self
 
 
+AT_DESC = ("Seconds into the liked video or sound: its frame or window at that moment is the query, "
+           "not the mean of all of them (one liked item only).")
+
 class Query(Filters):
     """What to look for and where. Positive parts are summed per space, negatives subtracted."""
 
@@ -195,6 +198,7 @@ class Query(Filters):
     negative_weight: Weight = Field(0.5, description="Strength of negative texts and disliked items.")
     scoring: Scoring = Field("rocchio", description="rocchio: one blended vector; best: each candidate "
                              "scored by its best liked item less its closest disliked one.")
+    at: float | None = Field(None, ge=0, description=AT_DESC)
 
     @property
     def has_text(self) -> bool:
@@ -216,6 +220,8 @@ class Query(Filters):
         stray = set(self.item_weights) - set(self.item_ids) - set(self.negative_ids)
         if stray:
             raise ValueError(f"item_weights names item {min(stray)}, which is neither liked nor disliked")
+        if self.at is not None and len(self.item_ids) != 1:
+            raise ValueError("at (seconds into a video or a sound) needs exactly one item id")
         return self
 
 
@@ -233,6 +239,7 @@ class Profile(Filters):
     dislike_weight: Weight = Field(DISLIKE_WEIGHT, description="Strength of the disliked items (Rocchio's "
                                     "gamma over beta; see docs/search.md).")
     scoring: Scoring = Field("rocchio", description=Query.model_fields["scoring"].description)
+    at: float | None = Field(None, ge=0, description=AT_DESC)
 
     @model_validator(mode="after")
     def _something_liked(self) -> "Profile":
@@ -248,7 +255,7 @@ class Profile(Filters):
         fields["to"] = self.to or to
         return Query(**fields, text=self.text, text_weight=self.text_weight, item_ids=list(like),
                      negative_ids=list(dislike), item_weights=weights, negative_weight=self.dislike_weight,
-                     scoring=self.scoring)
+                     scoring=self.scoring, at=self.at)
 
 
 def weighted(items: Sequence[int] | Mapping[int, float]) -> dict[int, float]:

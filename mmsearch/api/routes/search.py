@@ -57,7 +57,7 @@ def run_search(service: Service, req: SearchRequest, image: bytes | None = None,
 def similar_page(service: Service, item_ids: list[int], f: Filters) -> SearchPage:
     """Both /similar and an item's own "more like this"."""
     engine = service.engine()
-    result = engine.similar(item_ids, to=f.to, k=f.k, **f.filters())
+    result = engine.similar(item_ids, to=f.to, k=f.k, at=getattr(f, "at", None), **f.filters())
     return _page(result, f.k, f.offset)
 
 

@@ -97,6 +97,9 @@ def test_job_indexes_while_queries_answer(client: TestClient, library: Path) -> 
     assert job["state"] == "done" and job["error"] is None
     assert job["report"]["added"] == 15 and job["report"]["unchanged"] == 12 and job["report"]["failed"] == 0
     assert job["done"] == job["total"] == 15 and job["finished_at"] >= job["started_at"]
+    st = job["status"]  # the same progress the CLI draws: phase, items, ETA
+    assert st["phase"] == "done" and st["files_done"] == st["files_total"] == 15
+    assert st["items_done"] == st["items_total"] >= 15 and st["elapsed_s"] > 0  # vectors: a note has two
     assert any(state == "running" for state, _ in seen), "no query ran while the job did"
     # Whole indexes only: before the job's sync 12 images, after it 24, never anything between.
     assert {n for _, n in seen} <= {12, 24} and seen[-1][1] == 24

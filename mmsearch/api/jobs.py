@@ -7,6 +7,7 @@ Jobs live in memory: a restart forgets finished ones (the catalog itself keeps t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import uuid
@@ -22,7 +23,8 @@ from mmsearch.errors import MMSearchError, NotFound
 log = logging.getLogger("mmsearch.api.jobs")
 
 Progress = Callable[[int, int], None]
-RunIndex = Callable[[Path, Progress, threading.Event], dict[str, Any]]
+Status = Callable[[Any], None]  # hears the ingest's IngestStatus (indexer/progress.py)
+RunIndex = Callable[[Path, Progress, Status, threading.Event], dict[str, Any]]
 
 
 class JobConflict(MMSearchError):
@@ -45,6 +47,7 @@ class Job:
     finished_at: datetime | None = None
     report: dict[str, Any] | None = None
     error: str | None = None
+    status: dict[str, Any] | None = None  # the ingest's last IngestStatus: phase, items, ETA
     cancelled: bool = False  # asked to stop (the engine sets ``stop`` itself when it ends)
     stop: threading.Event = field(default_factory=threading.Event, repr=False)
     thread: threading.Thread | None = field(default=None, repr=False)
@@ -52,7 +55,7 @@ class Job:
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "path": self.path, "state": self.state, "done": self.done, "total": self.total,
                 "created_at": self.created_at, "started_at": self.started_at, "finished_at": self.finished_at,
-                "report": self.report, "error": self.error, "url": f"/jobs/{self.id}"}
+                "report": self.report, "error": self.error, "status": self.status, "url": f"/jobs/{self.id}"}
 
 
 class JobManager:
@@ -93,7 +96,10 @@ class JobManager:
             def progress(done: int, total: int) -> None:
                 job.done, job.total = done, total
 
-            job.report = self._run_index(Path(job.path), progress, job.stop)
+            def status(st: Any) -> None:
+                job.status = dataclasses.asdict(st)
+
+            job.report = self._run_index(Path(job.path), progress, status, job.stop)
             job.state = "cancelled" if job.cancelled else "done"
         except MMSearchError as e:
             job.state, job.error = "failed", str(e)

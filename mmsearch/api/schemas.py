@@ -307,6 +307,9 @@ class JobOut(BaseModel):
     finished_at: datetime | None = None
     report: dict[str, Any] | None = Field(None, description="The indexing report, when done.")
     error: str | None = None
+    status: dict[str, Any] | None = Field(None, description="Progress as the CLI shows it: phase (scan, embed, "
+                                          "index, done), files and items done and expected (items_total: null "
+                                          "while unknown), media_seconds, elapsed_s and eta_s.")
     url: str
 
 

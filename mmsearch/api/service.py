@@ -151,9 +151,9 @@ class Service:
             raise BadInput(f"cannot use {requested[:200]!r}: {e}") from None
         return path
 
-    def _run_job(self, path: Path, progress: Any, stop: threading.Event) -> dict[str, Any]:
+    def _run_job(self, path: Path, progress: Any, status: Any, stop: threading.Event) -> dict[str, Any]:
         # links and caption rows stay inside the index roots, whatever follow_links says
-        return self.engine().index([path], progress=progress, stop=stop,
+        return self.engine().index([path], progress=progress, stop=stop, status=status,
                                    allowed_roots=self.settings.index_roots).as_dict()
 
     def delete(self, item_id: int) -> None:

@@ -16,7 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, computed_fiel
 from mmsearch.engine import Embedding, Embeddings
 from mmsearch.search.duplicates import DuplicatesResponse
 from mmsearch.search.request import (
-    AT_DESC,
     CleanText,
     DateBound,
     Extensions,
@@ -119,7 +118,7 @@ class SimilarRequest(Filters):
     """Items like these: their vectors are averaged into one query."""
 
     item_ids: list[ItemId] = Field(min_length=1, max_length=MAX_QUERY_IDS)
-    at: float | None = Field(None, ge=0, le=1e7, description=AT_DESC)
+    at: float | None = Field(None, ge=0, le=1e7, description=Profile.model_fields["at"].description)
 
 
 class SimilarBatchRequest(Filters):
@@ -147,6 +146,7 @@ class RecommendRequest(Filters):
     text_weight: Weight = 1.0
     dislike_weight: Weight = Field(DISLIKE_WEIGHT, description=_pdesc("dislike_weight"))
     scoring: Scoring = Field("rocchio", description=_pdesc("scoring"))
+    at: float | None = Field(None, ge=0, le=1e7, description=_pdesc("at"))
 
     def profile(self) -> dict[str, Any]:
         return self.model_dump()

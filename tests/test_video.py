@@ -287,6 +287,9 @@ def test_a_moment_of_a_video_is_the_query(engine: Engine, media: Path) -> None:
     by_moment = engine.similar([story], at=20.0, to="image", k=5).results
     by_whole = engine.similar([story], to="image", k=5).results
     assert by_moment and [h.score for h in by_moment] != [h.score for h in by_whole]
+    other = _item(engine, media / "vfr.mp4")  # a disliked item still counts beside a liked moment
+    steered = engine.recommend(like=[story], dislike=[other], at=20.0, to="image", k=5).results
+    assert [h.score for h in steered] != [h.score for h in by_moment]
     with pytest.raises(BadInput, match="exactly one item"):
         engine.similar([story, _item(engine, media / "vfr.mp4")], at=3.0)
     with TestClient(create_app(engine, read_only=True)) as client:

@@ -108,10 +108,11 @@ class QueryEmbedder:
         vectors of all its items at once and embeds all its texts in one forward pass per space.
         ``images``: each query's image already decoded (``check_inputs``), or None."""
         used = sorted({s for sp in spaces for s in sp})
-        item_ids = sorted({i for q in queries for i in (*q.item_ids, *q.negative_ids)})
+        # a query with ``at`` likes one moment of its item: that item's mean is not read for it
+        item_ids = sorted({i for q in queries for i in (*(q.item_ids if q.at is None else ()), *q.negative_ids)})
         items = {space: self.item_vectors(item_ids, space) if item_ids else {} for space in used}
-        moments = {(i, space, q.at): self.item_vectors(q.item_ids, space, at=q.at) for i, q in enumerate(queries)
-                   if q.at is not None for space in used}
+        moments = {(i, space): {**items[space], **self.item_vectors(q.item_ids, space, at=q.at)}
+                   for i, q in enumerate(queries) if q.at is not None for space in used}
         texts: dict[str, dict[str, np.ndarray]] = {}
         for space in used:
             wanted = sorted({t for q, sp in zip(queries, spaces) if space in sp
@@ -120,7 +121,7 @@ class QueryEmbedder:
             texts[space] = dict(zip(wanted, self.embed_text(space, wanted))) if wanted else {}
         decoded = list(images) if images is not None else [None] * len(queries)
         return [{space: qv for space in sp
-                 if (qv := self._space_query(q, space, moments.get((i, space, q.at), items[space]), texts[space],
+                 if (qv := self._space_query(q, space, moments.get((i, space), items[space]), texts[space],
                                              image))}
                 for i, (q, sp, image) in enumerate(zip(queries, spaces, decoded))]
 
@@ -239,7 +240,7 @@ def at_moment(rows: list[tuple[int, int, str, float | None, float | None]], at: 
         if start is None:
             whole.append(r)
             continue
-        miss = 0.0 if start <= at < (end if end is not None else start) or start == at else abs(start - at)
+        miss = 0.0 if start <= at < (end or start) or at == start else abs(start - at)
         key = (r[1], r[2])
         if key not in best or miss < best[key][0]:
             best[key] = (miss, r)

@@ -129,7 +129,8 @@ async function searchAt(at) {
   state.at = at;
   writeUrl();
   draw();
-  const ids = nearest(at, PICK).map((p) => p.id);
+  const region = nearest(at, PICK);
+  const ids = region.map((p) => p.id);
   found.replaceChildren();
   $("found-title").hidden = !ids.length;
   if (!ids.length) return;
@@ -140,7 +141,7 @@ async function searchAt(at) {
   const data = await res.json();
   if (!res.ok) { status.textContent = errorText(data); return; }
   // The region's own items first (similar leaves its query items out), then the items like them.
-  const here = nearest(at, PICK).map((p) => card({ ...p, score: null }));
+  const here = region.map((p) => card({ ...p, score: null }));
   found.replaceChildren(...here, ...data.results.map(card));
 }
 

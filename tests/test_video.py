@@ -198,6 +198,59 @@ def test_frames_are_sampled_upright_at_their_own_times(media: Path, tmp_path: Pa
     assert small.image.size == (48, 32)
 
 
+def test_a_long_group_of_pictures_is_sampled_on_time_without_its_b_frames(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from mmsearch.media import video
+
+    # one key frame for 30 s, three B-frames between references, no key frame at a cut
+    moving = write_video(tmp_path / "long.mp4", lambda t: np.roll(PHOTOS[3], int(t * 8), axis=1),
+                         [i / 12 for i in range(360)], gop=400,
+                         codec_options={"bf": "3", "b_strategy": "0", "b-pyramid": "none", "sc_threshold": "0"})
+    decoded = []
+    take = video._Sampler.take
+
+    def counting(self: video._Sampler, frames: list, base: float):  # type: ignore[no-untyped-def]
+        decoded.extend(frames)
+        return take(self, frames, base)
+
+    monkeypatch.setattr(video._Sampler, "take", counting)
+    starts = [f.start for f in iter_frames(moving, 2.0, 64)]
+    assert len(starts) == 15
+    # each sample is the first reference frame from its due time on: at most the B-frames later
+    assert all(0 <= s - 2 * k <= 4 / 12 + 1e-6 for k, s in enumerate(starts)), starts
+    # frames after the last sample's are never needed; B-frames are skipped, not decoded
+    assert len(decoded) <= 29 * 12 // 4 + 4 and all(not f.is_corrupt for f in decoded)
+
+
+def test_a_stream_without_reference_frames_between_key_frames_is_decoded_whole() -> None:
+    from mmsearch.media.video import _Decoder
+
+    class Packet:
+        def __init__(self, key: bool) -> None:
+            self.is_keyframe = key
+
+    class Frame:
+        def __init__(self, key: bool) -> None:
+            self.key_frame = key
+
+    class Codec:  # a decoder whose frames between key frames nothing refers to: skipping drops them all
+        skip_frame = "DEFAULT"
+
+        def decode(self, packet: Packet | None) -> list[Frame]:
+            if packet is None or (not packet.is_keyframe and self.skip_frame == "NONREF"):
+                return []
+            return [Frame(packet.is_keyframe)]
+
+    class Stream:
+        codec_context = Codec()
+
+    decoder = _Decoder(Stream())
+    assert Stream.codec_context.skip_frame == "NONREF"
+    out = decoder.send([Packet(True)] + [Packet(False) for _ in range(_Decoder.NONREF_PROBE + 1)])
+    assert len(out) == 1 and Stream.codec_context.skip_frame == "DEFAULT"  # caught, then decoded whole
+    assert len(decoder.send([Packet(False) for _ in range(3)])) == 3
+
+
 def test_http_streams_videos_and_shows_their_frames(engine: Engine, media: Path) -> None:
     from fastapi.testclient import TestClient
 

@@ -35,15 +35,18 @@ def sound(i: int, rate: int = RATE) -> np.ndarray:
 
 def write_video(path: Path, picture_at: Callable[[float], np.ndarray], times: Sequence[float],
                 track: np.ndarray | None = None, *, rotate: int = 0, gop: int = 4,
-                options: dict[str, str] | None = None, codec: str = "libx264", audio_codec: str = "aac") -> Path:
+                options: dict[str, str] | None = None, codec: str = "libx264", audio_codec: str = "aac",
+                codec_options: dict[str, str] | None = None) -> Path:
     """Frames shown at ``times`` (seconds; irregular times make a variable frame rate), each the
     picture ``picture_at(t)``; an optional mono track at RATE (AAC, or ``audio_codec``). ``rotate``: the frames are
-    stored turned clockwise and the display matrix says to turn them back (as phones do)."""
+    stored turned clockwise and the display matrix says to turn them back (as phones do).
+    ``codec_options`` override the encoder's (B-frames, scene cut detection)."""
     c = av.open(str(path), "w", options=options or {})
     v = c.add_stream(codec, rate=4)
     w, h = SIZE if rotate in (0, 180) else SIZE[::-1]
     v.width, v.height, v.pix_fmt = w, h, "yuvj420p" if codec == "mjpeg" else "yuv420p"
     v.options = {"g": str(gop), "bf": "0"} if codec == "libx264" else {"g": str(gop)} if codec != "mjpeg" else {}
+    v.options = {**v.options, **(codec_options or {})}
     if rotate:
         v.set_display_rotation(rotate)
     v.codec_context.time_base = MS  # frame times in milliseconds: any frame rate, variable too

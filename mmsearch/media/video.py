@@ -146,13 +146,13 @@ def iter_frames(source: str | os.PathLike[str] | BinaryIO, interval: float = 2.0
         info = found if info is None else info
         if vs is None:
             raise VideoDecodeError("no video stream in the file")
-        vs.thread_type = "AUTO"
+        # one thread: references decode in a chain (B-frames are skipped), so frame threads
+        # only delay each frame's output and the verdict on a key frame with it
+        vs.codec_context.thread_count = 1
         sampler = _Sampler(interval, side, info, vs.time_base)
         decoder = _Decoder(vs)
         base = float(vs.start_time * vs.time_base) if vs.start_time is not None and vs.time_base else 0.0
-        head: Any = None  # this group's key frame
-        pending: list[Any] = []  # this group's packets after it not sent to the decoder yet, in order
-        live = False  # the decoder holds this group's state (else it was drained after the key frame)
+        group = _Group()
         last_packet = 0.0
         try:
             for packet in c.demux(vs):
@@ -161,21 +161,16 @@ def iter_frames(source: str | os.PathLike[str] | BinaryIO, interval: float = 2.0
                 t = _time(packet, base)
                 if t is not None:
                     last_packet = max(last_packet, t + float((packet.duration or 0) * (packet.time_base or 0)))
-                if packet.is_keyframe:  # a new group: what was pending is never needed
-                    if live:  # the last group's frames still inside the decoder
-                        yield from sampler.take(decoder.drain([]), base)
-                    head, pending, live = packet, [], False
-                    if t is None or t - sampler.last_candidate >= MIN_GAP_FRACTION * interval:
-                        # drained at once: whether it starts a shot is known before the next packet
-                        yield from sampler.take(decoder.drain([packet]), base)
+                if packet.is_keyframe:  # a new group: what the last one did not send is never needed
+                    yield from sampler.take(group.close(decoder, sampler), base)
+                    group = _Group(packet, t, sampler)
+                    if group.decided:  # whether it starts a shot moves the clock: decoded now
+                        yield from sampler.take(group.send(decoder), base)
                     continue
-                pending.append(packet)
-                if t is None or t >= sampler.due:  # a sample is due: decode up to here, from the group's start
-                    sent = pending if live or head is None else [head, *pending]
-                    yield from sampler.take(decoder.send(sent), base)
-                    pending, live = [], True
-            if live:
-                yield from sampler.take(decoder.drain([]), base)
+                group.pending.append(packet)
+                if group.due(t, sampler):  # a sample may be due here: decode up to here, from the group's start
+                    yield from sampler.take(group.send(decoder), base)
+            yield from sampler.take(group.close(decoder, sampler), base)
         except av.error.FFmpegError as e:
             raise VideoDecodeError(f"corrupt or truncated video after {last_packet:.2f} s ({_why(e)})") from None
         if sampler.kept is None:
@@ -188,12 +183,62 @@ def iter_frames(source: str | os.PathLike[str] | BinaryIO, interval: float = 2.0
         yield FrameSample(last.start, max(last.start, info.duration or end, end), last.image)
 
 
+class _Group:
+    """One group of pictures as it is demuxed: its key frame and the packets not sent to the
+    decoder yet, sent from the key frame on once a sample falls due inside the group.
+
+    A key frame before the due time is decoded at once (``decided``): whether it starts a shot
+    decides when the next sample is due, so the packets after it are sent too until it comes out
+    of the decoder (which holds a frame or two back to reorder them). One at or past the due time
+    is the due sample whatever it shows, so it waits: decoded with its group if another sample
+    falls due inside it, else alone when the group ends. Either way it is decoded once."""
+
+    def __init__(self, head: Any = None, start: float | None = None, sampler: _Sampler | None = None) -> None:
+        self.head, self.start = head, start
+        self.pending: list[Any] = [] if head is None else [head]
+        self.live = head is None  # the decoder holds this group's state (a stream may not open on a key)
+        waits = start is not None and sampler is not None and start >= sampler.due - 1e-6
+        near = (start is not None and sampler is not None
+                and start - sampler.last_candidate < MIN_GAP_FRACTION * sampler.interval)
+        self.decided = head is not None and not waits and not near
+        self.waiting = head is not None and waits and not near
+        self.held = self.decided  # the key frame was sent and has not come out yet
+
+    def due(self, t: float | None, sampler: _Sampler) -> bool:
+        if t is None or self.held:
+            return True
+        if self.waiting and not self.live:  # the key frame is the due sample: the next is an interval on
+            return t >= (self.start or 0.0) + sampler.interval
+        return t >= sampler.due
+
+    def send(self, decoder: _Decoder) -> list[Any]:
+        out = decoder.send(self.pending)
+        self.pending, self.live = [], True
+        self.held = self.held and not out
+        return out
+
+    def close(self, decoder: _Decoder, sampler: _Sampler) -> list[Any]:
+        """The frames still inside the decoder, or the waiting key frame's; the decoder is reset."""
+        if self.live:
+            return decoder.drain([])
+        return decoder.drain([self.head]) if self.waiting else []
+
+
 class _Decoder:
-    """Sends packets, tolerating a few damaged ones (the decoder conceals them), returns frames."""
+    """Sends packets, tolerating a few damaged ones (the decoder conceals them), returns frames.
+
+    Frames no other frame refers to (most B-frames) are skipped: a sample falls on the next
+    reference frame, a frame or two later, at half the decoding. A stream whose frames between
+    key frames are all of that kind is caught after ``NONREF_PROBE`` of them and decoded whole."""
+
+    NONREF_PROBE = 16
 
     def __init__(self, stream: Any) -> None:
         self.stream = stream
         self.errors = 0
+        self.skipped = 0  # frames sent between key frames since one came out, while skipping
+        stream.codec_context.skip_frame = "NONREF"
+        self.skipping = True
 
     def drain(self, packets: list[Any]) -> list[Any]:
         """Send the packets, then take every frame still inside the decoder and reset it: a key
@@ -208,14 +253,27 @@ class _Decoder:
         out = []
         for packet in packets:
             try:
-                out += self.stream.codec_context.decode(packet)
+                frames = self.stream.codec_context.decode(packet)
             except av.error.EOFError:
-                pass
-            except (av.error.InvalidDataError, av.error.ValueError) as e:
+                continue
+            except (av.error.InvalidDataError, ValueError) as e:  # ArgumentError is a ValueError
                 self.errors += 1
                 if self.errors > MAX_DECODE_ERRORS:
                     raise VideoDecodeError(f"corrupt video: {self.errors} damaged packets ({_why(e)})") from None
+                continue
+            out += frames
+            if self.skipping:
+                self._watch(packet, frames)
         return out
+
+    def _watch(self, packet: Any, frames: list[Any]) -> None:
+        if any(not f.key_frame for f in frames):
+            self.skipped = 0
+        elif packet is not None and not packet.is_keyframe:
+            self.skipped += 1
+            if self.skipped > self.NONREF_PROBE:  # nothing between key frames is a reference: decode all
+                self.stream.codec_context.skip_frame = "DEFAULT"
+                self.skipping = False
 
 
 @dataclass

@@ -32,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.checkpoint import model_spec  # noqa: E402
 from mmsearch import Engine, Settings  # noqa: E402
 from mmsearch.cpus import available_cpus  # noqa: E402
 from mmsearch.indexer.scan import scan  # noqa: E402
@@ -53,7 +54,8 @@ def timed(settings: Settings, media: Path, catalog: Path) -> tuple[float, float,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folder", type=Path, nargs="?", default=REPO.parent / "shared/data/flickr8k-1k/images")
-    ap.add_argument("--model", default="open_clip:ViT-B-32@random")
+    ap.add_argument("--model", default=None, help="A model spec (default: ViT-B-32 with random weights saved to a "
+                    "checkpoint file, so each actor loads the cached export as a user's run does).")
     ap.add_argument("--limit", type=int, default=400, help="Use only the first N images.")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--actor-cpus", type=float, default=1.0)
@@ -69,7 +71,7 @@ def main() -> None:
         media.mkdir()
         for i, f in enumerate(files):  # behind links, so each run scans exactly these
             (media / f"{i:06d}-{Path(f.path).name}").symlink_to(f.path)
-        base = Settings(model=args.model, audio=False, batch_size=args.batch_size, follow_links=True,
+        base = Settings(model=model_spec(args.model), audio=False, batch_size=args.batch_size, follow_links=True,
                         model_config_dirs=[REPO / "tests" / "assets"])
         timed(base, media, Path(tmp) / "warm")  # exports the model for the CPU runtime once, for all runs
         ray.init(num_cpus=cores + 1, include_dashboard=False, log_to_driver=False,

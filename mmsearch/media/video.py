@@ -150,8 +150,8 @@ def iter_frames(source: str | os.PathLike[str] | BinaryIO, interval: float = 2.0
         # only delay each frame's output and the verdict on a key frame with it
         vs.codec_context.thread_count = 1
         sampler = _Sampler(interval, side, info, vs.time_base)
-        decoder = _Decoder(vs)
         base = float(vs.start_time * vs.time_base) if vs.start_time is not None and vs.time_base else 0.0
+        decoder = _Decoder(vs, base)
         group = _Group()
         last_packet = 0.0
         try:
@@ -165,11 +165,11 @@ def iter_frames(source: str | os.PathLike[str] | BinaryIO, interval: float = 2.0
                     yield from sampler.take(group.close(decoder, sampler), base)
                     group = _Group(packet, t, sampler)
                     if group.decided:  # whether it starts a shot moves the clock: decoded now
-                        yield from sampler.take(group.send(decoder), base)
+                        yield from sampler.take(group.send(decoder, sampler), base)
                     continue
                 group.pending.append(packet)
                 if group.due(t, sampler):  # a sample may be due here: decode up to here, from the group's start
-                    yield from sampler.take(group.send(decoder), base)
+                    yield from sampler.take(group.send(decoder, sampler), base)
             yield from sampler.take(group.close(decoder, sampler), base)
         except av.error.FFmpegError as e:
             raise VideoDecodeError(f"corrupt or truncated video after {last_packet:.2f} s ({_why(e)})") from None
@@ -211,8 +211,8 @@ class _Group:
             return t >= (self.start or 0.0) + sampler.interval
         return t >= sampler.due
 
-    def send(self, decoder: _Decoder) -> list[Any]:
-        out = decoder.send(self.pending)
+    def send(self, decoder: _Decoder, sampler: _Sampler) -> list[Any]:
+        out = decoder.send(self.pending, sampler.due)
         self.pending, self.live = [], True
         self.held = self.held and not out
         return out
@@ -227,18 +227,13 @@ class _Group:
 class _Decoder:
     """Sends packets, tolerating a few damaged ones (the decoder conceals them), returns frames.
 
-    Frames no other frame refers to (most B-frames) are skipped: a sample falls on the next
-    reference frame, a frame or two later, at half the decoding. A stream whose frames between
-    key frames are all of that kind is caught after ``NONREF_PROBE`` of them and decoded whole."""
+    A frame no other frame refers to (most B-frames) is skipped when it is shown before the next
+    sample's due time: nothing needs it, neither a sample nor a later frame. From the due time on,
+    every frame is decoded, so samples are the frames they would be if all were decoded."""
 
-    NONREF_PROBE = 16
-
-    def __init__(self, stream: Any) -> None:
-        self.stream = stream
+    def __init__(self, stream: Any, base: float) -> None:
+        self.stream, self.base = stream, base
         self.errors = 0
-        self.skipped = 0  # frames sent between key frames since one came out, while skipping
-        stream.codec_context.skip_frame = "NONREF"
-        self.skipping = True
 
     def drain(self, packets: list[Any]) -> list[Any]:
         """Send the packets, then take every frame still inside the decoder and reset it: a key
@@ -247,33 +242,24 @@ class _Decoder:
         self.stream.codec_context.flush_buffers()
         return out
 
-    def send(self, packets: list[Any]) -> list[Any]:
+    def send(self, packets: list[Any], due: float = float("inf")) -> list[Any]:
         import av
 
         out = []
+        codec = self.stream.codec_context
         for packet in packets:
+            if packet is not None:
+                t = _time(packet, self.base)
+                codec.skip_frame = "NONREF" if t is not None and t < due - 1e-6 else "DEFAULT"
             try:
-                frames = self.stream.codec_context.decode(packet)
+                out += codec.decode(packet)
             except av.error.EOFError:
-                continue
+                pass
             except (av.error.InvalidDataError, ValueError) as e:  # ArgumentError is a ValueError
                 self.errors += 1
                 if self.errors > MAX_DECODE_ERRORS:
                     raise VideoDecodeError(f"corrupt video: {self.errors} damaged packets ({_why(e)})") from None
-                continue
-            out += frames
-            if self.skipping:
-                self._watch(packet, frames)
         return out
-
-    def _watch(self, packet: Any, frames: list[Any]) -> None:
-        if any(not f.key_frame for f in frames):
-            self.skipped = 0
-        elif packet is not None and not packet.is_keyframe:
-            self.skipped += 1
-            if self.skipped > self.NONREF_PROBE:  # nothing between key frames is a reference: decode all
-                self.stream.codec_context.skip_frame = "DEFAULT"
-                self.skipping = False
 
 
 @dataclass

@@ -209,3 +209,41 @@ def test_a_pool_that_leaves_decoding_no_cpu_is_refused(make_settings) -> None:  
         pool_size({"CPU": 2.0}, make_settings(ray_actors=2))
     with pytest.raises(BadInput, match="GPU each"):
         pool_size({"CPU": 16.0, "GPU": 1.0}, make_settings(device="auto", ray_actors=2))
+
+
+def test_decode_tasks_prepare_items_as_the_encoders_do(tux_settings) -> None:  # type: ignore[no-untyped-def]
+    """The actors only run forward passes: a decode task ships each unit prepared for every space
+    it goes to (resize and crop, log-mel features, text), equal to the encoder's own ``prepare``."""
+    import pickle
+
+    from mmsearch.indexer.pipeline import _Pending, decode_file
+    from mmsearch.indexer.ray_ingest import DecodePlan, decode_batch, encoder_facts, preparers
+    from mmsearch.indexer.scan import scan
+
+    settings = tux_settings()
+    with Engine.open(settings) as engine:
+        encoders, spaces = engine.encoders, ["clip", "clap"]
+        targets = {"image": ["clip"], "text": ["clip", "clap"], "audio": ["clap"]}
+        plan = DecodePlan(settings, None, targets, {s: encoder_facts(encoders.get(s)) for s in spaces},
+                          preparers(encoders, spaces))
+        assert {(s, m) for s, m in plan.preparers} == {("clip", "image"), ("clip", "text"), ("clap", "audio"),
+                                                       ("clap", "text")}
+        found = sorted(scan(TUXPAINT), key=lambda f: f.path)
+        files = [next(f for f in found if f.kind == kind) for kind in ("image", "audio")]
+        plan = pickle.loads(pickle.dumps(plan))  # as Ray ships it to a task
+        rows = [pickle.loads(r) for r in decode_batch(
+            {"file": np.array([pickle.dumps((i, f)) for i, f in enumerate(files)], dtype=object)}, plan)["row"]]
+        units = [r for r in rows if r[0] == "unit"]
+        assert {r[3].modality for r in units} == {"image", "audio"}
+        for _, idx, seq, unit, unit_spaces, prepared in units:
+            assert unit.payload is None and set(prepared) == set(unit_spaces)
+            local = list(decode_file(_Pending(files[idx], 0, False), settings, encoders, None, targets))[seq]
+            for space, got in prepared.items():
+                want = encoders.get(space).prepare(local.modality, local.payload)
+                if local.modality == "audio":  # log-mel features and the "longer" flag
+                    assert np.array_equal(got.input_features, want.input_features)
+                    assert got.is_longer == want.is_longer
+                else:  # uint8 pixels after resize and crop (numpy from the recipe, or torch)
+                    assert np.array_equal(np.asarray(got), np.asarray(want))
+                vectors = encoders.get(space).encode(local.modality, [got, want])
+                assert np.allclose(vectors[0], vectors[1], atol=1e-6)

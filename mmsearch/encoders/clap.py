@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -72,17 +74,16 @@ class ClapEncoder:
 
     def prepare(self, modality: Modality, decoded: Any) -> Any:
         if modality == "audio":
-            window = np.asarray(decoded, dtype=np.float32)
-            if window.ndim != 1 or window.size == 0:
-                raise ValueError(f"{self.spec} expects a non-empty mono window, got shape {window.shape}")
-            feats = self.feature_extractor(window, sampling_rate=self.sample_rate, return_tensors="np")
-            # The extractor marks a random clip "longer" when none is (a training trick to feed the
-            # fusion branch); at inference a window no longer than the model's is never longer.
-            return PreparedAudio(np.asarray(feats["input_features"][0], dtype=np.float32),
-                                 bool(window.size > self._window_samples))
+            return audio_features(self.feature_extractor, self._window_samples, decoded)
         if modality == "text":
             return str(decoded)
         raise ValueError(f"{self.spec} does not embed {modality}")
+
+    def preparer(self, modality: Modality) -> Callable[[Any], Any] | None:
+        """``prepare`` as a picklable function that holds no model (Ray's decode tasks run it)."""
+        if modality == "audio":
+            return partial(audio_features, self.feature_extractor, self._window_samples)
+        return str if modality == "text" else None
 
     def encode(self, modality: Modality, prepared: Sequence[Any]) -> np.ndarray:
         if modality not in self.modalities:
@@ -222,3 +223,14 @@ def _hub_reachable(timeout: float = HUB_CHECK_TIMEOUT_S) -> tuple[bool, str]:
     if not result:
         return False, f"{url}: no answer within {timeout:.0f} s"
     return result[0] == "", result[0]
+
+
+def audio_features(extractor: Any, window_samples: int, decoded: Any) -> PreparedAudio:
+    """One mono window's log-mel features, as CLAP's feature extractor makes them."""
+    window = np.asarray(decoded, dtype=np.float32)
+    if window.ndim != 1 or window.size == 0:
+        raise ValueError(f"CLAP expects a non-empty mono window, got shape {window.shape}")
+    feats = extractor(window, sampling_rate=int(extractor.sampling_rate), return_tensors="np")
+    # The extractor marks a random clip "longer" when none is (a training trick to feed the
+    # fusion branch); at inference a window no longer than the model's is never longer.
+    return PreparedAudio(np.asarray(feats["input_features"][0], dtype=np.float32), bool(window.size > window_samples))

@@ -12,6 +12,8 @@ import contextlib
 import logging
 import os
 import threading
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -142,13 +144,19 @@ class OpenClipEncoder:
                 return decoded
             if self._pil_stage is None:
                 return self.preprocess(decoded)
-            arr = np.array(self._pil_stage(decoded), dtype=np.uint8)
-            if arr.ndim == 2:
-                arr = arr[:, :, None]
-            return torch.from_numpy(arr).permute(2, 0, 1)
+            return staged_pixels(self._pil_stage, decoded)
         if modality == "text":
             return str(decoded)
         raise ValueError(f"{self.spec} does not embed {modality}")
+
+    def preparer(self, modality: Modality) -> Callable[[Any], Any] | None:
+        """``prepare`` for decoded PIL images or texts as a picklable function that holds no model
+        (Ray's decode tasks run it), or None where preparing needs the model."""
+        if modality == "text":
+            return str
+        if modality == "image" and self._pil_stage is not None:
+            return partial(staged_pixels, self._pil_stage)
+        return None
 
     def encode(self, modality: Modality, prepared: Sequence[Any]) -> np.ndarray:
         if not prepared:
@@ -163,7 +171,7 @@ class OpenClipEncoder:
         model = self._tower(modality)
         with torch.inference_mode(), self._autocast():
             if modality == "image":
-                x = torch.stack(list(prepared))
+                x = torch.stack([torch.as_tensor(p) for p in prepared])  # uint8 CHW from either recipe
                 if self.device.startswith("cuda"):
                     x = x.pin_memory()  # an asynchronous copy needs page-locked memory
                 x = x.to(self.device, non_blocking=True)
@@ -429,3 +437,11 @@ def _skeleton(arch: str, path: str, norm: dict[str, Any]) -> tuple[torch.nn.Modu
         logging.getLogger(__name__).debug("open_clip:%s@%s: loading whole", arch, path, exc_info=True)
         return None
     return model, preprocess, weights
+
+
+def staged_pixels(pil_stage: Any, decoded: Any) -> torch.Tensor:
+    """The PIL steps (resize, crop) as uint8 CHW: ``encode`` normalises the batch at once."""
+    arr = np.array(pil_stage(decoded), dtype=np.uint8)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return torch.from_numpy(arr).permute(2, 0, 1)

@@ -880,6 +880,14 @@ class OnnxEncoder:
             return light.prepare(decoded)
         return self.base.prepare(modality, decoded)
 
+    def preparer(self, modality: Modality) -> Callable[[Any], Any] | None:
+        """``prepare`` for decoded items as a picklable function that holds no model (Ray's decode
+        tasks run it): the light tower's recipe where there is one, else the torch encoder's."""
+        light = self._light_tower(modality) if modality in self.modalities else None
+        if light is not None:
+            return light.prepare
+        return getattr(self.base, "preparer", lambda _m: None)(modality)
+
     def load_towers(self) -> None:
         """Every tower's runner now (a server, before its port opens), not on its first query."""
         for modality in self.modalities:

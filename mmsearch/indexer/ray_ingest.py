@@ -4,7 +4,7 @@ The driver (this process) keeps what must happen in one place: planning (index_f
 and changed files) and every write, through the catalog's one writer, with the durability of a
 local ingest (vectors appended and fsynced, then one SQL transaction per batch of files). Ray
 Data streams the work with backpressure: files -> decode tasks (the pipeline's own per-file
-decoder) -> encoder actors (each builds its model from the spec; one GPU each where there are
+decoder, then the encoders' model-free preparation: resize and crop, log-mel features) -> encoder actors (each builds its model from the spec; one GPU each where there are
 GPUs) -> vectors back to the driver, which stores and commits them as `_Ingest` does.
 
 Ray retries what dies: a decode task is re-run, an actor is restarted and its batch re-sent. A
@@ -18,8 +18,8 @@ import logging
 import math
 import pickle
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
@@ -69,13 +69,15 @@ def connect(address: str) -> bool:
 @dataclass(frozen=True)
 class DecodePlan:
     """What a decode task needs: settings, where caption rows may link, the spaces each modality
-    goes to, and the scalar facts of the driver's encoders that decoding reads (a CLAP's sample
-    rate and window length), never the models themselves."""
+    goes to, the scalar facts of the driver's encoders that decoding reads (a CLAP's sample rate
+    and window length), and their model-free preparation steps (resize and crop, log-mel
+    features), never the models themselves: the actors only run forward passes."""
 
     settings: Settings
     area: list[Any] | None
     targets: dict[str, list[str]]  # modality -> spaces
     encoder_facts: dict[str, dict[str, Any]]
+    preparers: dict[tuple[str, str], Callable[[Any], Any]] = field(default_factory=dict)  # (space, modality)
 
     def get(self, space: str) -> SimpleNamespace:  # EncoderSet.get, as far as decoding goes
         return SimpleNamespace(**self.encoder_facts[space])
@@ -90,10 +92,22 @@ def encoder_facts(enc: Any) -> dict[str, Any]:
     return out
 
 
+def preparers(encoders: Any, spaces: list[str]) -> dict[tuple[str, str], Callable[[Any], Any]]:
+    """Each encoder's model-free preparation per modality, where it has one."""
+    out = {}
+    for space in spaces:
+        enc = encoders.get(space)
+        for modality in enc.modalities:
+            fn = getattr(enc, "preparer", lambda _m: None)(modality)
+            if fn is not None:
+                out[(space, modality)] = fn
+    return out
+
+
 def decode_batch(batch: dict[str, np.ndarray], plan: DecodePlan) -> dict[str, np.ndarray]:
-    """A Ray task: decode each file of the batch into rows ("unit", idx, seq, unit, spaces) and one
-    ("done", idx, units, vectors asked for, error, retry, facts, hash) per file. Failures are
-    classified as the local decode workers classify them."""
+    """A Ray task: decode and prepare each file of the batch into rows ("unit", idx, seq, unit,
+    spaces, prepared per space) and one ("done", idx, units, vectors asked for, error, retry,
+    facts, hash) per file. Failures are classified as the local decode workers classify them."""
     out: list[bytes] = []
     for blob in batch["file"]:
         idx, found = pickle.loads(blob)
@@ -104,7 +118,11 @@ def decode_batch(batch: dict[str, np.ndarray], plan: DecodePlan) -> dict[str, np
             for unit in decode_file(p, plan.settings, plan, plan.area, plan.targets):
                 spaces = plan.targets.get(unit.modality, [])
                 if spaces:
-                    out.append(pickle.dumps(("unit", idx, n, unit, spaces), protocol=5))
+                    prepared = {s: plan.preparers[(s, unit.modality)](unit.payload)
+                                for s in spaces if (s, unit.modality) in plan.preparers}
+                    if len(prepared) == len(spaces):
+                        unit.payload = None  # the actor needs only the prepared inputs
+                    out.append(pickle.dumps(("unit", idx, n, unit, spaces, prepared), protocol=5))
                     n, queued = n + 1, queued + len(spaces)
         except DecodeError as e:
             error = str(e)
@@ -118,7 +136,8 @@ def decode_batch(batch: dict[str, np.ndarray], plan: DecodePlan) -> dict[str, np
 
 class EmbedActor:
     """One encoder actor: builds its models from their specs (local checkpoints by path) and embeds
-    the batches Ray sends it, grouped by space and modality. Subclassable for tests."""
+    the batches Ray sends it, grouped by space and modality; items arrive prepared by the decode
+    tasks, except where preparing needs the model. Subclassable for tests."""
 
     def __init__(self, specs: dict[str, str], settings: Settings) -> None:
         from mmsearch.encoders import load_encoder
@@ -135,9 +154,10 @@ class EmbedActor:
             if row[0] != "unit":
                 out.append(blob)
                 continue
-            _, idx, seq, unit, spaces = row
+            _, idx, seq, unit, spaces, ready = row
             try:
-                prepared = {s: self.encoders[s].prepare(unit.modality, unit.payload) for s in spaces}
+                prepared = {s: ready[s] if s in ready else self.encoders[s].prepare(unit.modality, unit.payload)
+                            for s in spaces}
             except Exception as e:  # noqa: BLE001 - as in the local decode workers: the file fails
                 out.append(pickle.dumps(("failed", idx, f"{type(e).__name__}: {e}"), protocol=5))
                 continue
@@ -234,7 +254,8 @@ class RayIngest(_Ingest):
         ctx.enable_progress_bars = ctx.print_on_execution_start = False  # the caller shows its own progress
         plan = DecodePlan(s.model_copy(), self.area,
                           {m: self.targets(m) for m in ("image", "text", "audio")},
-                          {space: encoder_facts(self.encoders.get(space)) for space in self.spaces})
+                          {space: encoder_facts(self.encoders.get(space)) for space in self.spaces},
+                          preparers(self.encoders, self.spaces))
         specs = {space: self.encoders.get(space).spec for space in self.spaces}
         gpus, cpus, actors = pool_size(ray.cluster_resources(), s)
         actor_settings = s.model_copy(update={"threads": s.threads or max(1, int(s.ray_actor_cpus)),

@@ -115,18 +115,17 @@ class Engine:
     def index(self, paths: Sequence[str | Path], progress: Progress | None = None,
               stop: threading.Event | None = None, retry_failed: bool = False,
               allowed_roots: Sequence[Path] | None = None,
-              media_progress: Callable[[float], None] | None = None,
               status: Callable[[IngestStatus], None] | None = None) -> IndexReport:
         """Scan, embed and store the folders (or single files); see indexer/pipeline.py.
         ``allowed_roots`` bounds where symlinks and caption rows may reach (the HTTP service passes
-        its index roots); ``status`` hears phases, items and an ETA (indexer/progress.py);
-        ``media_progress`` the seconds of sound and video embedded so far, as a long file goes."""
+        its index roots); ``status`` hears phases, items, seconds of sound and video embedded so far
+        (a long file moves it as it goes) and an ETA (indexer/progress.py)."""
         from mmsearch.indexer.pipeline import index_folders
 
         with self.writing() as writer:
             return index_folders([Path(p) for p in paths], writer, self.encoders, self.settings, progress, stop,
                                  retry_failed=retry_failed, allowed_roots=allowed_roots,
-                                 media_progress=media_progress, status=status)
+                                 status=status)
 
     def delete(self, item_id: int) -> None:
         """Delete an item (its file stays on disk; a later re-scan brings it back only if the

@@ -81,7 +81,7 @@ def engine(media: Path, clip_spec: str, tiny_clap_dir: Path, tmp_path_factory: p
                         device="cpu")
     with Engine.open(settings) as eng:
         seen: list[float] = []
-        eng.report = eng.index([media], media_progress=seen.append)  # type: ignore[attr-defined]
+        eng.report = eng.index([media], status=lambda st: seen.append(st.media_seconds))  # type: ignore[attr-defined]
         eng.media_progress = seen  # type: ignore[attr-defined]
         yield eng
 
@@ -121,7 +121,8 @@ def test_videos_are_items_and_damaged_files_fail_alone(engine: Engine, media: Pa
         assert row.duration and row.duration > 0.5
         assert row.modality == ("video" if name in ("vfr.mp4", "silent.mkv") else "audio")
         durations.append(row.duration)
-    # progress in seconds of sound and video: each video's time once, though frames and track both cover it
+    # progress in seconds of sound and video (the meter's status): each video's time once, though
+    # frames and track both cover it
     seen = engine.media_progress  # type: ignore[attr-defined]
     assert seen == sorted(seen) and report.media_seconds == pytest.approx(sum(durations))
     assert seen[-1] >= report.media_seconds  # the live count includes what failed files decoded first

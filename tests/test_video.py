@@ -82,7 +82,7 @@ def engine(media: Path, clip_spec: str, tiny_clap_dir: Path, tmp_path_factory: p
     with Engine.open(settings) as eng:
         seen: list[float] = []
         eng.report = eng.index([media], status=lambda st: seen.append(st.media_seconds))  # type: ignore[attr-defined]
-        eng.media_progress = seen  # type: ignore[attr-defined]
+        eng.media_seen = seen  # type: ignore[attr-defined]
         yield eng
 
 
@@ -123,7 +123,7 @@ def test_videos_are_items_and_damaged_files_fail_alone(engine: Engine, media: Pa
         durations.append(row.duration)
     # progress in seconds of sound and video (the meter's status): each video's time once, though
     # frames and track both cover it
-    seen = engine.media_progress  # type: ignore[attr-defined]
+    seen = engine.media_seen  # type: ignore[attr-defined]
     assert seen == sorted(seen) and report.media_seconds == pytest.approx(sum(durations))
     assert seen[-1] >= report.media_seconds  # the live count includes what failed files decoded first
 

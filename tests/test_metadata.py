@@ -259,6 +259,46 @@ def test_each_filter_on_each_face(world: dict[str, Any], cli: Any, face: str) ->
         assert found(world, cli, face, filters) == expected, (face, filters)
 
 
+def browsed(world: dict[str, Any], cli: Any, face: str, filters: dict[str, Any]) -> set[str]:
+    """File names browsing (no query) lists with these filters; its total must count them."""
+    if face == "python":
+        rows, total = world["engine"].browse(limit=200, **filters)
+        paths = [r.path for r in rows]
+    elif face == "cli":
+        out = json.loads(cli("browse", "-k", "200", "--json", *_cli_args(filters)).stdout)
+        paths, total = [it["path"] for it in out["items"]], out["total"]
+    else:
+        r = world["client"].get("/browse", params={"limit": 200, **_params(filters)})
+        assert r.status_code == 200, r.text
+        paths, total = [it["path"] for it in r.json()["items"]], r.json()["total"]
+    assert total == len(paths) and paths == sorted(paths), (face, filters)  # path order
+    return {Path(p).name for p in paths}
+
+
+@pytest.mark.parametrize("face", ["python", "cli", "http"])
+def test_browse_applies_each_filter_on_each_face(world: dict[str, Any], cli: Any, face: str) -> None:
+    assert browsed(world, cli, face, {}) == EVERYTHING
+    for filters, expected in FILTERS:
+        assert browsed(world, cli, face, filters) == expected, (face, filters)
+    assert browsed(world, cli, face, {"path": "trips/*.jpg", "camera": "sony"}) == {"versailles.jpg"}  # a glob too
+
+
+def test_browse_pages_a_filter_with_its_total(world: dict[str, Any]) -> None:
+    """Conditions finished in Python (a glob, a distance) page and count as the SQL ones do."""
+    engine = world["engine"]
+    for filters in ({"ext": ["jpg", "png"]}, {"path": "**/*.jpg"}, {"near": (*PARIS, 7000)}):
+        whole, total = engine.browse(limit=200, **filters)
+        pages = [engine.browse(limit=2, offset=o, **filters) for o in range(0, total + 2, 2)]
+        assert all(t == total for _, t in pages) and total >= 3
+        assert [r.id for page, _ in pages for r in page] == [r.id for r in whole]
+    rows, total = engine.browse(to="image", near=(*PARIS, 25), limit=1)
+    assert total == 2 and [Path(r.path).name for r in rows] == ["paris.jpg"]
+    with pytest.raises(BadInput, match="min_szie"):
+        engine.browse(min_szie=10)
+    with pytest.raises(BadInput, match="near"):
+        engine.browse(near=(100, 0, 1))
+
+
 def test_min_size(world: dict[str, Any], cli: Any) -> None:
     sizes = {p.name: p.stat().st_size for p in world["lib"].rglob("*") if p.is_file()}
     largest, second = sorted(sizes, key=sizes.__getitem__)[-1:-3:-1]
@@ -394,6 +434,9 @@ def test_tags_add_remove_set_and_filter_on_every_face(world: dict[str, Any], cli
         assert found(world, cli, face, {"tags": ["trip", "rating=4"]}) == {"nyc.jpg"}  # all of them
         assert found(world, cli, face, {"tags": ["city=New York"], "camera": "apple"}) == {"nyc.jpg"}
         assert found(world, cli, face, {"tags": ["rating"]}) == {"paris.jpg", "nyc.jpg", "beach.txt"}  # any value
+    for face in ("python", "cli", "http"):  # browsing applies them as a search does
+        assert browsed(world, cli, face, {"tags": ["trip", "rating=4"]}) == {"nyc.jpg"}
+        assert browsed(world, cli, face, {"tags": ["rating"], "ext": ["jpg"]}) == {"paris.jpg", "nyc.jpg"}
 
     # remove: a name, or key=value only while it has that value; set replaces a value
     assert engine.tag(beach, remove=["todo", "rating=4"]) == ["rating=5", "trip"]

@@ -232,9 +232,13 @@ async function labelLike() {  // a like=ID link names its item, with its picture
 
 // -- requests -------------------------------------------------------------------------------------
 
-function filterParams(p) {
+const CATALOG_FILTERS = ["path", "date_from", "date_to", "camera"];  // what browsing applies too: no scores
+
+function filterParams(p, scored = true) {
   const f = state.filters;
-  for (const k of ["path", "date_from", "date_to", "camera", "min_score"]) if (f[k]) p.set(k, f[k]);
+  for (const k of CATALOG_FILTERS) if (f[k]) p.set(k, f[k]);
+  if (!scored) return;
+  if (f.min_score) p.set("min_score", f.min_score);
   if (f.dedup) p.set("dedup", String(DEDUP));
 }
 
@@ -253,7 +257,7 @@ function request() {
   if (m === "browse") {
     const p = new URLSearchParams({ offset, limit: k });
     if (state.to) p.set("to", state.to);
-    if (state.filters.path) p.set("path", state.filters.path);
+    filterParams(p, false);
     return [`/browse?${p}`, {}];
   }
   const p = new URLSearchParams(m === "text" ? { text: state.q, k, offset } : { k, offset });
@@ -321,12 +325,13 @@ function render(data, append, ms, m) {
   const n = hits.length;
   if (m === "browse") {
     const what = { image: "images", text: "texts", audio: "sounds", video: "videos" }[state.to] || "items";
-    const ignored = Object.keys(state.filters).filter((k) => k !== "path").length;
-    statusLine.textContent = data.total
-      ? `${n < data.total ? `Showing ${n.toLocaleString()} of` : "All"} ${data.total.toLocaleString()} ${what}` +
-        (state.filters.path ? ` under ${state.filters.path}` : "") +
-        (ignored ? " · the other filters apply to searches" : "")
-      : `No ${what} here yet`;
+    const f = state.filters, where = (f.path ? ` under ${f.path}` : "") +
+      (CATALOG_FILTERS.some((k) => k !== "path" && f[k]) ? " that match the filters" : "");
+    const ignored = Object.keys(f).filter((k) => !CATALOG_FILTERS.includes(k)).length;
+    statusLine.textContent = (data.total
+      ? `${n < data.total ? `Showing ${n.toLocaleString()} of` : "All"} ${data.total.toLocaleString()} ${what}${where}`
+      : where ? `No ${what}${where}` : `No ${what} here yet`) +
+      (ignored ? " · score filters apply to searches" : "");
     return;
   }
   const t = data.timings_ms || {};

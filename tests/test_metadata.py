@@ -299,6 +299,57 @@ def test_browse_pages_a_filter_with_its_total(world: dict[str, Any]) -> None:
         engine.browse(near=(100, 0, 1))
 
 
+def totals(world: dict[str, Any], cli: Any, face: str, filters: dict[str, Any], **page: Any) -> tuple[int, str, int]:
+    """(total, total_relation, results on the page) of a text query with these filters."""
+    if face == "python":
+        res = world["engine"].search(Query(text="a photo", **page, **filters))
+        return res.total, res.total_relation, len(res.results)
+    if face == "cli":
+        out = json.loads(cli("search", "a photo", "--json", *_cli_args({**page, **filters})).stdout)
+    else:
+        r = world["client"].get("/search", params={"text": "a photo", **page, **_params(filters)})
+        assert r.status_code == 200, r.text
+        out = r.json()
+    return out["total"], out["total_relation"], len(out["results"])
+
+
+@pytest.mark.parametrize("face", ["python", "cli", "http"])
+def test_search_pages_carry_the_total_the_filters_select(world: dict[str, Any], cli: Any, face: str) -> None:
+    """A text query without ``to`` ranks every item: its total is what the filters select, on
+    every page, however small the page."""
+    assert totals(world, cli, face, {}, k=2) == (len(EVERYTHING), "eq", 2)
+    for filters, expected in FILTERS:
+        assert totals(world, cli, face, filters, k=1)[:2] == (len(expected), "eq"), (face, filters)
+    assert totals(world, cli, face, {"ext": ["jpg"]}, k=1, offset=5) == (4, "eq", 0)  # past the end: still 4
+    jpg_and_txt = {"ext": ["jpg", "txt"]}  # 4 photos (broken.jpg too) and a note
+    assert totals(world, cli, face, jpg_and_txt, k=2, offset=2) == (5, "eq", 2)
+
+
+def test_a_total_leaves_out_exclusions_and_bounds_what_scores_drop(world: dict[str, Any]) -> None:
+    engine, ids = world["engine"], world["ids"]
+    res = engine.search(Query(text="x", k=1, to="image", exclude_ids=[ids["paris.jpg"], ids["beach.txt"], 10**9]))
+    assert (res.total, res.total_relation) == (4, "eq")  # 5 images, 1 excluded; the note is not an image
+    liked = engine.similar([ids["paris.jpg"]], k=1, ext=["jpg"])  # the liked item is never ranked
+    assert (liked.total, liked.total_relation) == (3, "eq") and liked.has_more
+    # min_score drops what scores below it: until the last page the total is only a bound
+    every = engine.search(Query(text="a photo", k=len(EVERYTHING)))
+    floor = sorted(h.cosine for h in every.results if h.collection == "clip.image")[2]
+    first = engine.search(Query(text="a photo", to="image", k=1, min_score=floor))
+    assert (first.total, first.total_relation) == (5, "lte") and first.has_more
+    whole = engine.search(Query(text="a photo", to="image", k=10, min_score=floor))
+    assert (whole.total, whole.total_relation) == (len(whole.results), "eq") and len(whole.results) == 3
+    deduped = engine.search(Query(text="a photo", to="image", k=10, dedup=0.999))
+    assert deduped.total_relation == "eq" and deduped.total == len(deduped.results)  # the last page: exact
+    # the count is kept per catalog state: a tag moves it at once
+    assert engine.search(Query(text="x", k=1, tags=["counted"])).total == 0
+    engine.tag(ids["nyc.jpg"], add=["counted"])
+    try:
+        assert engine.search(Query(text="x", k=1, tags=["counted"])).total == 1
+    finally:
+        engine.tag(ids["nyc.jpg"], remove=["counted"])
+    assert engine.search(Query(text="x", k=1, tags=["counted"])).total == 0
+
+
 def test_min_size(world: dict[str, Any], cli: Any) -> None:
     sizes = {p.name: p.stat().st_size for p in world["lib"].rglob("*") if p.is_file()}
     largest, second = sorted(sizes, key=sizes.__getitem__)[-1:-3:-1]

@@ -145,8 +145,14 @@ def test_a_sound_finds_the_video_near_its_time(engine: Engine, media: Path, tmp_
     cut = tmp_path / "cut.wav"
     start = 20.0  # the track's window holding the sound at 24 s
     sf.write(cut, track[int(start * RATE): int((start + 10) * RATE)], RATE)
-    top = engine.search(Query(audio=cut.read_bytes(), to="video", k=1)).results[0]
+    tracks = engine.search(Query(audio=cut.read_bytes(), to="video", k=50))
+    top = tracks.results[0]
     assert top.path == str(media / "story.mp4") and top.collection == "clap.video"
+    # a sound searches sound tracks only: the total counts the videos that have one (not silent.mkv)
+    videos = engine.browse(to="video")[0]
+    assert tracks.total == len(tracks.results) == sum("clap.video" in engine.vectors([v.id]) for v in videos)
+    assert tracks.total < len(videos) and tracks.total_relation == "eq"
+    assert engine.search(Query(image=_png(PHOTOS[2]), to="video", k=1)).total == len(videos)  # frames: all
     assert top.start is not None and top.end is not None and top.start <= SOUND_AT < top.end
     mixed = engine.search(Query(audio=cut.read_bytes(), k=10)).results  # no --to: sounds and sound tracks
     assert {h.modality for h in mixed} == {"audio", "video"} and str(media / "story.mp4") in {h.path for h in mixed}

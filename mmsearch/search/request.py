@@ -326,12 +326,21 @@ class Hit(Metadata, _Found):
     """One result: the item, its score, and what its file says (Metadata, after the item's own fields)."""
 
 
+TotalRelation = Literal["eq", "lte"]
+
+
 class SearchResponse(BaseModel):
     results: list[Hit]
     timings_ms: dict[str, float]
     has_more: bool = Field(False, description="Whether a next page (offset + k) has results: the search "
-                           "looks one result beyond the page, so this costs nothing. No total is given: "
-                           "counting every match would cost a scan of the catalog.")
+                           "looks one result beyond the page, so this costs nothing.")
+    total: int = Field(0, description="How many items the query ranks, over all its pages: those of the "
+                       "modalities it searches that pass its filters, less the excluded (and liked or "
+                       "disliked) ones. Counted in SQL, never by scoring; see `total_relation`.")
+    total_relation: TotalRelation = Field("eq", description="`eq`: `total` is exact. `lte`: an upper "
+                                          "bound: `min_score` or `dedup` drop ranked items after scoring, "
+                                          "and how many is known only on the last page (there `total` "
+                                          "is exact again).")
 
 
 def default_target(q: Query) -> str:

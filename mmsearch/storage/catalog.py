@@ -610,13 +610,14 @@ class Catalog:
         with self.sessions() as s:
             return filters.page_items(s, f, (File.path, Item.ordinal, Item.id), offset, limit, *where)
 
-    def count_items(self, collections: Sequence[str], f: filters.Filter, exclude: Iterable[int] = ()) -> int:
-        """Items with vectors in these collections that pass ``f``, less those of ``exclude``:
-        what a query over the collections ranks (the total of its pages). A modality's items
-        are counted by modality (from the counters, without a filter); only a video's sound
-        track (clap.video without clip.video) asks each video for a vector there."""
+    def count_items(self, collections: Sequence[str], f: filters.Filter, among: Sequence[int] | None = None) -> int:
+        """Items with vectors in these collections that pass ``f`` (``among``: of these ids only):
+        what a query over the collections ranks, the total of its pages. A modality's items are
+        counted by modality (without a filter, from the counters the triggers keep); only a
+        video's sound track (clap.video without clip.video) asks each video for a vector there.
+        Cost follows the matches (storage/filters.py)."""
         modalities = sorted({c.split(".", 1)[1] for c in collections})
-        if not modalities:
+        if not modalities or (among is not None and not len(among)):
             return 0
         kind = Item.modality + "" if f else Item.modality
         where = kind.in_(modalities)
@@ -624,16 +625,11 @@ class Catalog:
         if tracks_only:  # a video without a sound track has no vector there
             track = exists(select(Embedding.id).where(Embedding.item_id == Item.id, Embedding.collection == "clap.video"))
             where = or_(kind.in_([m for m in modalities if m != "video"]), and_(kind == "video", track))
-        excluded = sorted(set(exclude))
-        counters = self._counters() if not f and not tracks_only else None
+        if not f and not tracks_only and among is None:
+            counters = self._counters()
+            return sum(counters.get(f"items.{m}", 0) for m in modalities)
         with self.sessions() as s:
-            if counters is not None:
-                total = sum(counters.get(f"items.{m}", 0) for m in modalities)
-            else:
-                total = filters.count_items(s, f, where)
-            if excluded:  # the excluded items that were counted
-                total -= filters.count_items(s, f, where, ids=excluded)
-        return max(0, total)
+            return filters.count_items(s, f, where, ids=None if among is None else sorted(set(among)))
 
     def failures(self, limit: int = 100) -> list[tuple[str, str]]:
         with self.sessions() as s:

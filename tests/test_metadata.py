@@ -450,6 +450,38 @@ def test_filters_are_index_range_scans(world: dict[str, Any]) -> None:
     assert " LIKE " not in combined.upper()
 
 
+def test_browsing_and_totals_start_from_the_filters_index(world: dict[str, Any]) -> None:
+    """A browse page, its count and a search's total read the rows of the filter's smallest
+    condition (its index), the modality checked on them: not every item of the modality."""
+    engine = world["engine"]
+    statements: list[tuple[str, Any]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        if "FROM files JOIN items" in statement and "embeddings" not in statement:
+            statements.append((statement, parameters))
+
+    def plans(run: Any) -> list[str]:
+        statements.clear()
+        engine.runner._totals._entries.clear()
+        event.listen(engine.catalog.engine, "before_cursor_execute", record)
+        try:
+            run()
+        finally:
+            event.remove(engine.catalog.engine, "before_cursor_execute", record)
+        with engine.catalog.engine.connect() as conn:
+            return [" | ".join(row[-1] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + st, params))
+                    for st, params in statements]
+
+    browsing = plans(lambda: engine.browse(to="image", camera="canon", date_from="2000-01-01", limit=1))
+    counting = plans(lambda: engine.search(Query(text="x", to="image", k=1, camera="canon", date_from="2000-01-01")))
+    assert len(browsing) == 2 and len(counting) == 1  # the page and its count; the total
+    for steps in browsing + counting:
+        first = next(step for step in steps.split(" | ") if step.startswith(("SEARCH", "SCAN")))
+        assert first.startswith("SEARCH files USING INDEX ix_files_camera_key"), steps
+        assert "ix_items_modality" not in steps and "ix_files_date_s" not in steps, steps
+    assert plans(lambda: engine.search(Query(text="x", to="image", k=1))) == []  # no filter: the counters
+
+
 def test_bad_filters_are_refused_on_every_face(world: dict[str, Any], cli: Any) -> None:
     for bad in ({"near": "48.8,2.3"}, {"near": (91, 0, 1)}, {"min_size": "lots"}, {"date_from": "yesterday"},
                 {"ext": ["j p g"]}, {"dedup": 1.5}, {"min_duration": -1}):
@@ -646,6 +678,13 @@ def test_metadata_filters_and_tags_on_postgres(make_settings, tmp_path: Path) ->
             assert names(near=(*PARIS, 25)) == {"paris.jpg", "versailles.jpg"}
             assert names(date_from="2021-06-16", date_to="2021-12-31") == {"versailles.jpg"}
             assert names(min_size=1, ext=["jpg"], path=str(lib)) == {"paris.jpg", "versailles.jpg", "nyc.jpg"}
+            # browsing and the totals of search pages: the same filters, the same SQL there
+            rows, total = engine.browse(to="image", camera="CANON EOS", path="*.jpg")
+            assert [Path(r.path).name for r in rows] == ["paris.jpg"] and total == 1
+            assert engine.browse(near=(*PARIS, 25), limit=1)[1] == 2
+            found = engine.search(Query(text="x", k=1, to="image", camera="sony", exclude_ids=[10**9]))
+            assert (found.total, found.total_relation) == (1, "eq")
+            assert engine.search(Query(text="x", k=1, to="image")).total == 3
             nyc = engine.lookup(lib / "nyc.jpg")[0]
             assert names(tags=["x"]) == set()
             assert engine.tag(nyc, add=["x"], set={"k": "v"}) == ["k=v", "x"]

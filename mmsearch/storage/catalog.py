@@ -24,7 +24,6 @@ from mmsearch.errors import BadInput, MMSearchError, ModelMismatch, NotFound
 from mmsearch.media.metadata import FileFacts, camera_keys, extension, mime_of
 from mmsearch.settings import Settings
 from mmsearch.storage import filters
-from mmsearch.storage import path_filter
 from mmsearch.storage import ids as idgen
 from mmsearch.storage.db import (
     create_db_engine,

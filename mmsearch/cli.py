@@ -42,8 +42,8 @@ OffsetOpt = Annotated[int, typer.Option("--offset", min=0, help="Skip this many 
 DiversityOpt = Annotated[float, typer.Option("--diversity", min=0.0, max=1.0, help="MMR diversity, 0..1.")]
 ExcludeOpt = Annotated[Optional[list[int]], typer.Option("--exclude", help="Never return this item (repeatable).")]
 DEFAULT_CATALOG = Path(".mmsearch")
-# Filters shared by search, similar and recommend: each is the Query field of the same name (--tag fills
-# tags, --exclude exclude_ids).
+# Filters shared by search, similar, recommend and (those of Where) browse: each is the Query field of the
+# same name (--tag fills tags, --exclude exclude_ids).
 PathOpt = Annotated[Optional[str], typer.Option("--path", help="Only under this folder, or matching a glob.")]
 MinScoreOpt = Annotated[Optional[float], typer.Option("--min-score", help="Drop results below this cosine.")]
 DateFromOpt = Annotated[Optional[str], typer.Option(
@@ -228,7 +228,8 @@ def _show(response: Any, as_json: bool, paths_only: bool = False, preview: bool 
             if png:
                 sys.stdout.write(inline(png, protocol))
     t = response.timings_ms
-    typer.echo(f"({len(response.results)} results in {t.get('total', 0):.1f} ms"
+    of = f" of {'at most ' if response.total_relation == 'lte' else ''}{response.total:,}"
+    typer.echo(f"({len(response.results)}{of} results in {t.get('total', 0):.1f} ms"
                + ("; ranked by calibrated score, cosine beside it" if merged else "") + ")", err=True)
 
 
@@ -564,13 +565,19 @@ def lookup(
 
 @app.command()
 def browse(
-    to: ToOpt = None, path: Annotated[Optional[str], typer.Option("--path", help="Only under this folder.")] = None,
-    k: KOpt = 50, offset: OffsetOpt = 0,
+    to: ToOpt = None, path: PathOpt = None, k: KOpt = 50, offset: OffsetOpt = 0,
+    date_from: DateFromOpt = None, date_to: DateToOpt = None, camera: CameraOpt = None, near: NearOpt = None,
+    min_size: MinSizeOpt = None, min_duration: MinDurationOpt = None, max_duration: MaxDurationOpt = None,
+    ext: ExtOpt = None, tag: TagOpt = None,
     catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, as_json: JsonOpt = False,
 ) -> None:
-    """Indexed items without a query, in path order (a page of them), and how many there are."""
+    """Indexed items without a query, in path order (a page of them), and how many there are; the
+    catalog filters of a search apply the same way."""
+    where = _filters(path=path, date_from=date_from, date_to=date_to, camera=camera, near=near, min_size=min_size,
+                     min_duration=min_duration, max_duration=max_duration, ext=ext, tag=tag)
+    _query(model="Where", **where)  # a bad option exits 2 before the catalog opens
     with _engine(_settings(catalog, db), create=False) as engine:
-        rows, total = engine.browse(to=to, path=path, offset=offset, limit=k)
+        rows, total = engine.browse(to=to, offset=offset, limit=k, **where)
     if as_json:
         _print_json({"items": [{"id": r.id, "path": r.path, "modality": r.modality, "ordinal": r.ordinal,
                                 "text": r.text, "ref_path": r.ref_path} for r in rows], "total": total})

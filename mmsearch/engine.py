@@ -23,7 +23,7 @@ from mmsearch.search.atlas import MAX_POINTS, AtlasResponse, build_atlas
 from mmsearch.search.duplicates import DuplicatesResponse, find_duplicates
 from mmsearch.search.live import LiveIndex, LiveIndexes
 from mmsearch.search.query_embedding import Embedding, Embeddings, QueryEmbedder
-from mmsearch.search.request import Hit, Profile, Query, SearchResponse, weighted
+from mmsearch.search.request import Hit, Profile, Query, SearchResponse, Where, weighted
 from mmsearch.search.scoring import DISLIKE_WEIGHT, Scoring
 from mmsearch.search.runner import QueryRunner
 from mmsearch.settings import Settings
@@ -115,18 +115,17 @@ class Engine:
     def index(self, paths: Sequence[str | Path], progress: Progress | None = None,
               stop: threading.Event | None = None, retry_failed: bool = False,
               allowed_roots: Sequence[Path] | None = None,
-              media_progress: Callable[[float], None] | None = None,
               status: Callable[[IngestStatus], None] | None = None) -> IndexReport:
         """Scan, embed and store the folders (or single files); see indexer/pipeline.py.
         ``allowed_roots`` bounds where symlinks and caption rows may reach (the HTTP service passes
-        its index roots); ``status`` hears phases, items and an ETA (indexer/progress.py);
-        ``media_progress`` the seconds of sound and video embedded so far, as a long file goes."""
+        its index roots); ``status`` hears phases, items, seconds of sound and video embedded so far
+        (a long file moves it as it goes) and an ETA (indexer/progress.py)."""
         from mmsearch.indexer.pipeline import index_folders
 
         with self.writing() as writer:
             return index_folders([Path(p) for p in paths], writer, self.encoders, self.settings, progress, stop,
                                  retry_failed=retry_failed, allowed_roots=allowed_roots,
-                                 media_progress=media_progress, status=status)
+                                 status=status)
 
     def delete(self, item_id: int) -> None:
         """Delete an item (its file stays on disk; a later re-scan brings it back only if the
@@ -303,15 +302,21 @@ class Engine:
         media type) and its tags."""
         return self.catalog.item(item_id)
 
-    def browse(self, *, to: str | None = None, path: str | None = None, ref: str | None = None, offset: int = 0,
-               limit: int = 50) -> tuple[list[ItemRow], int]:
-        """Items without a query, in path order: a page of them (``to``: one modality; ``path``:
-        a folder; ``ref``: the captions of this media file) and how many there are in all."""
+    def browse(self, *, to: str | None = None, ref: str | None = None, offset: int = 0, limit: int = 50,
+               **filters: Any) -> tuple[list[ItemRow], int]:
+        """Items without a query, in path order: a page of them (``to``: one modality; ``ref``: the
+        captions of this media file) and how many there are in all. ``filters``: the catalog
+        filters a search takes (``path``, ``date_from``, ``camera``, ``near``, ``min_size``,
+        ``ext``, ``tags``...: ``Where``), applied the same way; an unknown one is refused."""
         if to == "all":
             to = None
+        if to not in (None, "image", "text", "audio", "video"):
+            raise BadInput(f"unknown modality {to!r}: image, text, audio, video or all")
         if offset < 0 or not 1 <= limit <= 1000:
             raise BadInput("offset is at least 0 and limit between 1 and 1000")
-        ids, total = self.catalog.browse(to, path, offset, limit, ref=ref)
+        with _checked():
+            where = Where.model_validate(filters)
+        ids, total = self.catalog.browse(to, where.filter(), offset, limit, ref=ref)
         rows = self.catalog.items(ids)
         return [rows[i] for i in ids if i in rows], total
 

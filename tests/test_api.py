@@ -14,6 +14,7 @@ import re
 import shutil
 import threading
 import time
+from datetime import datetime, timezone
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -437,11 +438,56 @@ def test_browse_pages_every_item_in_path_order(client: TestClient, world: dict[s
     assert [it["id"] for it in described["items"]] == [items["captions"][path]] and described["total"] == 1
     assert client.get("/browse", params={"to": "audio"}).json() == \
         {"items": [], "total": 0, "offset": 0, "limit": 50, "next_offset": None}
-    for bad, status in [({"path": "beach/*.jpg"}, 400), ({"limit": 0}, 422), ({"offset": -1}, 422),
-                        ({"to": "nope"}, 422)]:
+    for bad, status in [({"path": "beach/[z-a]*"}, 400), ({"limit": 0}, 422), ({"offset": -1}, 422),
+                        ({"to": "nope"}, 422), ({"min_szie": 10}, 422), ({"min_size": "lots"}, 422),
+                        ({"near": "100,0,1"}, 422), ({"date_from": "yesterday"}, 422)]:
         r = client.get("/browse", params=bad)
         assert r.status_code == status, (bad, r.text)
         assert r.json()["detail"]
+
+
+def test_browse_applies_the_filters_a_search_takes(client: TestClient, world: dict[str, Any],
+                                                   items: dict[str, Any]) -> None:
+    media: Path = world["media"]
+    images = {p: i for p, i in [*items["images"].items(), (str(media / "trap" / "escape.jpg"), items["escape"])]}
+    sizes = {p: os.stat(p).st_size for p in images}
+    mtimes = {p: os.stat(p).st_mtime for p in images}
+
+    def browse(**params: Any) -> tuple[list[str], int]:
+        page = client.get("/browse", params={"limit": 200, **params})
+        assert page.status_code == 200, page.text
+        body = page.json()
+        assert len(body["items"]) == body["total"]
+        return [it["path"] for it in body["items"]], body["total"]
+
+    def searched(**params: Any) -> set[str]:  # what a search with the same filters can return
+        r = client.get("/search", params={"text": "a photo", "k": 200, **params})
+        assert r.status_code == 200, r.text
+        return {h["path"] for h in r.json()["results"]}
+
+    glob, total = browse(path="beach/*.jpg")
+    assert total == 12 and glob == sorted(glob) and all(Path(p).parent.name == "beach" for p in glob)
+    assert set(glob) == searched(path="beach/*.jpg")
+    cut = sorted(sizes.values())[len(sizes) // 2]
+    big, _ = browse(to="image", min_size=cut)
+    assert set(big) == {p for p, n in sizes.items() if n >= cut} == searched(to="image", min_size=cut)
+    day = datetime.fromtimestamp(sorted(mtimes.values())[5], tz=timezone.utc).date()
+    older, _ = browse(to="image", date_to=day.isoformat())
+    assert set(older) == {p for p, t in mtimes.items() if datetime.fromtimestamp(t, tz=timezone.utc).date() <= day}
+    assert set(older) == searched(to="image", date_to=day.isoformat())
+    csvs, total = browse(ext="csv", path="beach")  # two conditions: the beach captions are in the root's csv
+    assert total == 0 and csvs == []
+    csvs, total = browse(ext=["csv"])
+    assert total == len(items["captions"]) and set(csvs) <= {str(media / "captions.csv"), str(media / "trap" / "evil.csv")}
+    notes, _ = browse(ext="txt,md")
+    assert notes == sorted([str(media / "notes" / "dogs.txt"), str(media / "notes" / "städte.md")])
+    assert browse(camera="no such camera")[1] == 0 and browse(near="10,10,5")[1] == 0  # no EXIF in these
+    assert browse(min_duration=1)[1] == 0  # no sounds or videos
+    # paged: the same items a page at a time, with the total on every page
+    first = client.get("/browse", params={"path": "city/*.jpg", "limit": 5}).json()
+    rest = client.get("/browse", params={"path": "city/*.jpg", "limit": 20, "offset": 5}).json()
+    assert first["total"] == rest["total"] == 12 and first["next_offset"] == 5 and rest["next_offset"] is None
+    assert [it["path"] for it in first["items"] + rest["items"]] == browse(path="city/*.jpg")[0]
 
 
 @pytest.mark.parametrize("bad", ["999999", "0", "-1", "abc", "1.5", str(2**64)])

@@ -195,7 +195,10 @@ def test_lookup_and_delete_by_path(cli, photo_dir: Path) -> None:  # type: ignor
         {"id": json.loads(cli("lookup", str(photo_dir / "notes" / "städte.md"), "--json").stdout)[
             str(photo_dir / "notes" / "städte.md")][0], "path": str(photo_dir / "notes" / "städte.md"),
          "modality": "text", "ordinal": 0, "ref_path": None, "text": (photo_dir / "notes" / "städte.md").read_text()}]}
-    assert cli("browse", "--path", "beach/*.jpg", ok=False).exit_code == 2
+    r = cli("browse", "--path", "notes/*.md", "--json")  # a glob, relative to the root, as search takes it
+    assert [it["path"] for it in json.loads(r.stdout)["items"]] == [str(photo_dir / "notes" / "städte.md")]
+    assert cli("browse", "--path", "notes/[z-a]*", ok=False).exit_code == 2  # bad pattern
+    assert cli("browse", "--min-size", "lots", ok=False).exit_code == 2
     r = cli("delete", "--path", str(note), "--json")
     assert json.loads(r.stdout) == {"deleted": ids}
     r = cli("search", "Two dogs play fetch on a sandy beach at sunset.", "--to", "text", "-k", "30", "--json")

@@ -259,6 +259,97 @@ def test_each_filter_on_each_face(world: dict[str, Any], cli: Any, face: str) ->
         assert found(world, cli, face, filters) == expected, (face, filters)
 
 
+def browsed(world: dict[str, Any], cli: Any, face: str, filters: dict[str, Any]) -> set[str]:
+    """File names browsing (no query) lists with these filters; its total must count them."""
+    if face == "python":
+        rows, total = world["engine"].browse(limit=200, **filters)
+        paths = [r.path for r in rows]
+    elif face == "cli":
+        out = json.loads(cli("browse", "-k", "200", "--json", *_cli_args(filters)).stdout)
+        paths, total = [it["path"] for it in out["items"]], out["total"]
+    else:
+        r = world["client"].get("/browse", params={"limit": 200, **_params(filters)})
+        assert r.status_code == 200, r.text
+        paths, total = [it["path"] for it in r.json()["items"]], r.json()["total"]
+    assert total == len(paths) and paths == sorted(paths), (face, filters)  # path order
+    return {Path(p).name for p in paths}
+
+
+@pytest.mark.parametrize("face", ["python", "cli", "http"])
+def test_browse_applies_each_filter_on_each_face(world: dict[str, Any], cli: Any, face: str) -> None:
+    assert browsed(world, cli, face, {}) == EVERYTHING
+    for filters, expected in FILTERS:
+        assert browsed(world, cli, face, filters) == expected, (face, filters)
+    assert browsed(world, cli, face, {"path": "trips/*.jpg", "camera": "sony"}) == {"versailles.jpg"}  # a glob too
+
+
+def test_browse_pages_a_filter_with_its_total(world: dict[str, Any]) -> None:
+    """Conditions finished in Python (a glob, a distance) page and count as the SQL ones do."""
+    engine = world["engine"]
+    for filters in ({"ext": ["jpg", "png"]}, {"path": "**/*.jpg"}, {"near": (*PARIS, 7000)}):
+        whole, total = engine.browse(limit=200, **filters)
+        pages = [engine.browse(limit=2, offset=o, **filters) for o in range(0, total + 2, 2)]
+        assert all(t == total for _, t in pages) and total >= 3
+        assert [r.id for page, _ in pages for r in page] == [r.id for r in whole]
+    rows, total = engine.browse(to="image", near=(*PARIS, 25), limit=1)
+    assert total == 2 and [Path(r.path).name for r in rows] == ["paris.jpg"]
+    with pytest.raises(BadInput, match="min_szie"):
+        engine.browse(min_szie=10)
+    with pytest.raises(BadInput, match="near"):
+        engine.browse(near=(100, 0, 1))
+
+
+def totals(world: dict[str, Any], cli: Any, face: str, filters: dict[str, Any], **page: Any) -> tuple[int, str, int]:
+    """(total, total_relation, results on the page) of a text query with these filters."""
+    if face == "python":
+        res = world["engine"].search(Query(text="a photo", **page, **filters))
+        return res.total, res.total_relation, len(res.results)
+    if face == "cli":
+        out = json.loads(cli("search", "a photo", "--json", *_cli_args({**page, **filters})).stdout)
+    else:
+        r = world["client"].get("/search", params={"text": "a photo", **page, **_params(filters)})
+        assert r.status_code == 200, r.text
+        out = r.json()
+    return out["total"], out["total_relation"], len(out["results"])
+
+
+@pytest.mark.parametrize("face", ["python", "cli", "http"])
+def test_search_pages_carry_the_total_the_filters_select(world: dict[str, Any], cli: Any, face: str) -> None:
+    """A text query without ``to`` ranks every item: its total is what the filters select, on
+    every page, however small the page."""
+    assert totals(world, cli, face, {}, k=2) == (len(EVERYTHING), "eq", 2)
+    for filters, expected in FILTERS:
+        assert totals(world, cli, face, filters, k=1)[:2] == (len(expected), "eq"), (face, filters)
+    assert totals(world, cli, face, {"ext": ["jpg"]}, k=1, offset=5) == (4, "eq", 0)  # past the end: still 4
+    jpg_and_txt = {"ext": ["jpg", "txt"]}  # 4 photos (broken.jpg too) and a note
+    assert totals(world, cli, face, jpg_and_txt, k=2, offset=2) == (5, "eq", 2)
+
+
+def test_a_total_leaves_out_exclusions_and_bounds_what_scores_drop(world: dict[str, Any]) -> None:
+    engine, ids = world["engine"], world["ids"]
+    res = engine.search(Query(text="x", k=1, to="image", exclude_ids=[ids["paris.jpg"], ids["beach.txt"], 10**9]))
+    assert (res.total, res.total_relation) == (4, "eq")  # 5 images, 1 excluded; the note is not an image
+    liked = engine.similar([ids["paris.jpg"]], k=1, ext=["jpg"])  # the liked item is never ranked
+    assert (liked.total, liked.total_relation) == (3, "eq") and liked.has_more
+    # min_score drops what scores below it: until the last page the total is only a bound
+    every = engine.search(Query(text="a photo", k=len(EVERYTHING)))
+    floor = sorted(h.cosine for h in every.results if h.collection == "clip.image")[2]
+    first = engine.search(Query(text="a photo", to="image", k=1, min_score=floor))
+    assert (first.total, first.total_relation) == (5, "lte") and first.has_more
+    whole = engine.search(Query(text="a photo", to="image", k=10, min_score=floor))
+    assert (whole.total, whole.total_relation) == (len(whole.results), "eq") and len(whole.results) == 3
+    deduped = engine.search(Query(text="a photo", to="image", k=10, dedup=0.999))
+    assert deduped.total_relation == "eq" and deduped.total == len(deduped.results)  # the last page: exact
+    # the count is kept per catalog state: a tag moves it at once
+    assert engine.search(Query(text="x", k=1, tags=["counted"])).total == 0
+    engine.tag(ids["nyc.jpg"], add=["counted"])
+    try:
+        assert engine.search(Query(text="x", k=1, tags=["counted"])).total == 1
+    finally:
+        engine.tag(ids["nyc.jpg"], remove=["counted"])
+    assert engine.search(Query(text="x", k=1, tags=["counted"])).total == 0
+
+
 def test_min_size(world: dict[str, Any], cli: Any) -> None:
     sizes = {p.name: p.stat().st_size for p in world["lib"].rglob("*") if p.is_file()}
     largest, second = sorted(sizes, key=sizes.__getitem__)[-1:-3:-1]
@@ -359,6 +450,38 @@ def test_filters_are_index_range_scans(world: dict[str, Any]) -> None:
     assert " LIKE " not in combined.upper()
 
 
+def test_browsing_and_totals_start_from_the_filters_index(world: dict[str, Any]) -> None:
+    """A browse page, its count and a search's total read the rows of the filter's smallest
+    condition (its index), the modality checked on them: not every item of the modality."""
+    engine = world["engine"]
+    statements: list[tuple[str, Any]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        if "FROM files JOIN items" in statement and "embeddings" not in statement:
+            statements.append((statement, parameters))
+
+    def plans(run: Any) -> list[str]:
+        statements.clear()
+        engine.runner._totals._entries.clear()
+        event.listen(engine.catalog.engine, "before_cursor_execute", record)
+        try:
+            run()
+        finally:
+            event.remove(engine.catalog.engine, "before_cursor_execute", record)
+        with engine.catalog.engine.connect() as conn:
+            return [" | ".join(row[-1] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + st, params))
+                    for st, params in statements]
+
+    browsing = plans(lambda: engine.browse(to="image", camera="canon", date_from="2000-01-01", limit=1))
+    counting = plans(lambda: engine.search(Query(text="x", to="image", k=1, camera="canon", date_from="2000-01-01")))
+    assert len(browsing) == 2 and len(counting) == 1  # the page and its count; the total
+    for steps in browsing + counting:
+        first = next(step for step in steps.split(" | ") if step.startswith(("SEARCH", "SCAN")))
+        assert first.startswith("SEARCH files USING INDEX ix_files_camera_key"), steps
+        assert "ix_items_modality" not in steps and "ix_files_date_s" not in steps, steps
+    assert plans(lambda: engine.search(Query(text="x", to="image", k=1))) == []  # no filter: the counters
+
+
 def test_bad_filters_are_refused_on_every_face(world: dict[str, Any], cli: Any) -> None:
     for bad in ({"near": "48.8,2.3"}, {"near": (91, 0, 1)}, {"min_size": "lots"}, {"date_from": "yesterday"},
                 {"ext": ["j p g"]}, {"dedup": 1.5}, {"min_duration": -1}):
@@ -394,6 +517,9 @@ def test_tags_add_remove_set_and_filter_on_every_face(world: dict[str, Any], cli
         assert found(world, cli, face, {"tags": ["trip", "rating=4"]}) == {"nyc.jpg"}  # all of them
         assert found(world, cli, face, {"tags": ["city=New York"], "camera": "apple"}) == {"nyc.jpg"}
         assert found(world, cli, face, {"tags": ["rating"]}) == {"paris.jpg", "nyc.jpg", "beach.txt"}  # any value
+    for face in ("python", "cli", "http"):  # browsing applies them as a search does
+        assert browsed(world, cli, face, {"tags": ["trip", "rating=4"]}) == {"nyc.jpg"}
+        assert browsed(world, cli, face, {"tags": ["rating"], "ext": ["jpg"]}) == {"paris.jpg", "nyc.jpg"}
 
     # remove: a name, or key=value only while it has that value; set replaces a value
     assert engine.tag(beach, remove=["todo", "rating=4"]) == ["rating=5", "trip"]
@@ -552,6 +678,13 @@ def test_metadata_filters_and_tags_on_postgres(make_settings, tmp_path: Path) ->
             assert names(near=(*PARIS, 25)) == {"paris.jpg", "versailles.jpg"}
             assert names(date_from="2021-06-16", date_to="2021-12-31") == {"versailles.jpg"}
             assert names(min_size=1, ext=["jpg"], path=str(lib)) == {"paris.jpg", "versailles.jpg", "nyc.jpg"}
+            # browsing and the totals of search pages: the same filters, the same SQL there
+            rows, total = engine.browse(to="image", camera="CANON EOS", path="*.jpg")
+            assert [Path(r.path).name for r in rows] == ["paris.jpg"] and total == 1
+            assert engine.browse(near=(*PARIS, 25), limit=1)[1] == 2
+            found = engine.search(Query(text="x", k=1, to="image", camera="sony", exclude_ids=[10**9]))
+            assert (found.total, found.total_relation) == (1, "eq")
+            assert engine.search(Query(text="x", k=1, to="image")).total == 3
             nyc = engine.lookup(lib / "nyc.jpg")[0]
             assert names(tags=["x"]) == set()
             assert engine.tag(nyc, add=["x"], set={"k": "v"}) == ["k=v", "x"]

@@ -33,6 +33,9 @@ def test_a_captions_file_counts_its_rows_and_the_eta_waits_for_measurements(tmp_
     meter.embedded(("clip", "image"), 1, 0.5)
     assert seen[-1].eta_s is None  # the sounds are not measured yet
     meter.embedded(("clap", "audio"), 4, 2.0)
+    meter.media(5.0)  # the sound's windows reach 5 s, then its end
+    assert seen[-1].media_seconds == 5.0 and seen[-1].files_done == 0  # live, before the file is done
+    meter.media(4.5)
     windows = [SimpleNamespace(embeddings=[0] * 4, duration=9.5)]
     meter.file_done("audio", 1000, windows)
     st = seen[-1]
@@ -54,9 +57,10 @@ def test_videos_are_estimated_from_their_bytes_once_one_is_done() -> None:
     assert seen[-1].items_total is None  # frames and windows per byte: unknown until a video is done
     meter.embedded(("clip", "image"), 1 + 6, 1.0)  # the photo and the first video's 6 frames
     meter.embedded(("clap", "audio"), 4, 1.0)  # its 4 sound windows
+    meter.media(12.0)
     meter.file_done("video", 2000, [SimpleNamespace(embeddings=[0] * 10, duration=12.0)])
     st = seen[-1]
-    assert st.media_seconds == 12.0
+    assert st.media_seconds == 12.0  # the file's end adds no time of its own: the live count is the count
     assert st.items_total == 11 + 20  # 10 vectors per 2000 bytes: 20 more for the second video
     assert st.eta_s is not None and st.eta_s > 0
 

@@ -81,8 +81,8 @@ def engine(media: Path, clip_spec: str, tiny_clap_dir: Path, tmp_path_factory: p
                         device="cpu")
     with Engine.open(settings) as eng:
         seen: list[float] = []
-        eng.report = eng.index([media], media_progress=seen.append)  # type: ignore[attr-defined]
-        eng.media_progress = seen  # type: ignore[attr-defined]
+        eng.report = eng.index([media], status=lambda st: seen.append(st.media_seconds))  # type: ignore[attr-defined]
+        eng.media_seen = seen  # type: ignore[attr-defined]
         yield eng
 
 
@@ -121,8 +121,9 @@ def test_videos_are_items_and_damaged_files_fail_alone(engine: Engine, media: Pa
         assert row.duration and row.duration > 0.5
         assert row.modality == ("video" if name in ("vfr.mp4", "silent.mkv") else "audio")
         durations.append(row.duration)
-    # progress in seconds of sound and video: each video's time once, though frames and track both cover it
-    seen = engine.media_progress  # type: ignore[attr-defined]
+    # progress in seconds of sound and video (the meter's status): each video's time once, though
+    # frames and track both cover it
+    seen = engine.media_seen  # type: ignore[attr-defined]
     assert seen == sorted(seen) and report.media_seconds == pytest.approx(sum(durations))
     assert seen[-1] >= report.media_seconds  # the live count includes what failed files decoded first
 
@@ -144,8 +145,14 @@ def test_a_sound_finds_the_video_near_its_time(engine: Engine, media: Path, tmp_
     cut = tmp_path / "cut.wav"
     start = 20.0  # the track's window holding the sound at 24 s
     sf.write(cut, track[int(start * RATE): int((start + 10) * RATE)], RATE)
-    top = engine.search(Query(audio=cut.read_bytes(), to="video", k=1)).results[0]
+    tracks = engine.search(Query(audio=cut.read_bytes(), to="video", k=50))
+    top = tracks.results[0]
     assert top.path == str(media / "story.mp4") and top.collection == "clap.video"
+    # a sound searches sound tracks only: the total counts the videos that have one (not silent.mkv)
+    videos = engine.browse(to="video")[0]
+    assert tracks.total == len(tracks.results) == sum("clap.video" in engine.vectors([v.id]) for v in videos)
+    assert tracks.total < len(videos) and tracks.total_relation == "eq"
+    assert engine.search(Query(image=_png(PHOTOS[2]), to="video", k=1)).total == len(videos)  # frames: all
     assert top.start is not None and top.end is not None and top.start <= SOUND_AT < top.end
     mixed = engine.search(Query(audio=cut.read_bytes(), k=10)).results  # no --to: sounds and sound tracks
     assert {h.modality for h in mixed} == {"audio", "video"} and str(media / "story.mp4") in {h.path for h in mixed}

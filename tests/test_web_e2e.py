@@ -224,7 +224,7 @@ def test_search_scores_reasons_and_infinite_scroll(desktop: Page) -> None:
     page.keyboard.press("Enter")
     cards = page.locator("#results .card")
     expect(cards).to_have_count(24)
-    expect(page.locator("#status")).to_contain_text("24 results · scroll for more")
+    expect(page.locator("#status")).to_contain_text(f"24 of {ITEMS} results · scroll for more")  # the total
     assert "q=a+dog+running+on+the+beach" in page.url
     # "All" merges lists by the calibrated score: it is the one shown, in order, with the cosine beside it
     shown = [float(s.split()[0]) for s in page.locator("#results .score").all_inner_texts()]
@@ -454,6 +454,20 @@ def test_filters_and_browsing(desktop: Page) -> None:
     expect(cards).to_have_count(24)
     assert "camera=" not in page.url and "path=" not in page.url
 
+    # browsing (no query) applies the folder, date and camera filters as a search does
+    page.goto(site["base"] + "/?to=image&path=beach&camera=canon")
+    expect(cards).to_have_count(1)
+    expect(page.locator("#status")).to_have_text("1 image under beach matching the filters")
+    expect(cards.first.locator(".path")).to_have_attribute("title", str(site["exif_photo"]))
+    page.goto(site["base"] + "/?to=image&from=2024-05-01&until=2024-05-01")  # the EXIF date taken
+    expect(cards).to_have_count(1)
+    page.goto(site["base"] + "/?path=beach&min=0.2")
+    expect(page.locator("#status")).to_have_text("All 12 items under beach · score filters apply to searches")
+    # a search with a minimum score: until its last page the total is a bound
+    page.goto(site["base"] + "/?q=a+dog&min=-1")
+    expect(cards).to_have_count(24)
+    expect(page.locator("#status")).to_contain_text(f"24 of at most {ITEMS} results · scroll for more")
+
 
 def test_phone_width_never_scrolls_sideways(phone: Page) -> None:
     from playwright.sync_api import expect
@@ -490,6 +504,12 @@ def test_phone_width_never_scrolls_sideways(phone: Page) -> None:
     page.click("#detail-close")
     page.goto(site["base"] + "/?to=audio")
     expect(cards).to_have_count(6)
+    phone.fits()
+    page.goto(site["base"] + "/?q=a+dog&min=-1")  # the total, as a bound, in the status line
+    expect(page.locator("#status")).to_contain_text(f"24 of at most {ITEMS} results")
+    phone.fits()
+    page.goto(site["base"] + "/?to=image&path=beach&camera=canon")  # browsing with filters
+    expect(page.locator("#status")).to_have_text("1 image under beach matching the filters")
     phone.fits()
     page.goto(site["base"] + "/?view=stats")
     expect(page.locator("#stats .health")).to_have_count(5)

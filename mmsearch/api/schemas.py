@@ -48,18 +48,12 @@ def _desc(name: str) -> str | None:
     return Query.model_fields[name].description
 
 
-class Filters(BaseModel):
-    """Where to look and how many: shared by search, similar and recommend."""
+class Where(BaseModel):
+    """Which items, by what the catalog knows of them: shared by search, similar, recommend and browse."""
 
     model_config = ConfigDict(extra="forbid")
 
-    to: Target | None = Field(None, description=_desc("to"))
-    k: int = Field(10, ge=1, le=1000, description="Number of results (page size).")
-    offset: int = Field(0, ge=0, le=10_000, description="Results to skip: the page start.")
     path: Annotated[CleanStr, Field(max_length=4096)] | None = Field(None, description=_desc("path"))
-    min_score: float | None = Field(None, ge=-1.0, le=1.0, description="Drop results below this cosine.")
-    diversity: float = Field(0.0, ge=0.0, le=1.0, description=_desc("diversity"))
-    exclude_ids: list[ItemId] = Field(default_factory=list, max_length=1000, description=_desc("exclude_ids"))
     # the engine's own filter fields, with its validation (dates, sizes, "lat,lon,km")
     date_from: DateBound | None = Field(None, description=_desc("date_from"))
     date_to: DateBound | None = Field(None, description=_desc("date_to"))
@@ -71,11 +65,36 @@ class Filters(BaseModel):
     ext: Extensions = Field(default_factory=list, max_length=32, description=_desc("ext"))
     tags: list[Annotated[CleanStr, Field(min_length=1, max_length=330)]] = Field(
         default_factory=list, max_length=32, description=_desc("tags"))
+
+    def where(self) -> dict[str, Any]:
+        """The catalog filters, as the engine's fields of the same names."""
+        return self.model_dump(include=set(Where.model_fields))
+
+
+class Filters(Where):
+    """Where to look and how many: shared by search, similar and recommend."""
+
+    to: Target | None = Field(None, description=_desc("to"))
+    k: int = Field(10, ge=1, le=1000, description="Number of results (page size).")
+    offset: int = Field(0, ge=0, le=10_000, description="Results to skip: the page start.")
+    min_score: float | None = Field(None, ge=-1.0, le=1.0, description="Drop results below this cosine.")
+    diversity: float = Field(0.0, ge=0.0, le=1.0, description=_desc("diversity"))
+    exclude_ids: list[ItemId] = Field(default_factory=list, max_length=1000, description=_desc("exclude_ids"))
     dedup: float | None = Field(None, gt=0.0, le=1.0, description=_desc("dedup"))
 
     def filters(self) -> dict[str, Any]:
         """The fields search and similar pass to the engine as Query fields (all but to and k)."""
         return self.model_dump(exclude={"to", "k"} | (set(type(self).model_fields) - set(Filters.model_fields)))
+
+
+class BrowseRequest(Where):
+    """Items without a query, in path order: a page of them, with the catalog filters of a search."""
+
+    to: Target | None = Field(None, description="One modality; none (or `all`): every item.")
+    ref: Annotated[CleanStr, Field(max_length=4096)] | None = Field(
+        None, description="A media file's absolute path: the captions that describe it.")
+    offset: int = Field(0, ge=0, le=1_000_000, description="Items to skip.")
+    limit: int = Field(50, ge=1, le=200, description="Page size.")
 
 
 class SearchRequest(Filters):

@@ -37,7 +37,6 @@ from mmsearch.storage.catalog import FileRecord, NewItem
 from mmsearch.writer import CatalogWriter
 
 Progress = Callable[[int, int], None]  # (files done, files to do)
-MediaProgress = Callable[[float], None]  # seconds of sound and video embedded so far: a long video moves it
 # causes that say nothing about the file: it is tried again on the next run, never left "failed"
 PASSING_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.EAGAIN})
 PASSING_SQL = ("disk is full", "out of memory", "database is locked", "no space left")
@@ -112,7 +111,6 @@ class _Pending:
 def index_folders(paths: Sequence[Path], writer: CatalogWriter, encoders: EncoderSet, settings: Settings,
                   progress: Progress | None = None, stop: threading.Event | None = None,
                   retry_failed: bool = False, allowed_roots: Sequence[Path] | None = None,
-                  media_progress: MediaProgress | None = None,
                   status: Callable[[IngestStatus], None] | None = None) -> IndexReport:
     """Bring the catalog in line with the folders: add new files, re-embed changed ones (their
     items keep their ids), recognise moved ones by content (nothing re-embedded), drop deleted
@@ -162,7 +160,7 @@ def index_folders(paths: Sequence[Path], writer: CatalogWriter, encoders: Encode
         ingest = _Ingest
         if settings.ray:  # decode and embed on a Ray cluster; planning and commits stay here
             from mmsearch.indexer.ray_ingest import RayIngest as ingest  # type: ignore[assignment]
-        ingest(writer, encoders, settings, spaces or [], report, progress, stop, area, media_progress, meter).run(work)
+        ingest(writer, encoders, settings, spaces or [], report, progress, stop, area, meter).run(work)
     meter.set_phase("index")
     writer.upkeep(wait=True)
     report.seconds = time.perf_counter() - t0
@@ -299,15 +297,13 @@ class _Ingest:
     def __init__(self, writer: CatalogWriter, encoders: EncoderSet, settings: Settings,
                  spaces: list[str], report: IndexReport, progress: Progress | None,
                  stop: threading.Event | None, area: list[Path] | None,
-                 media_progress: MediaProgress | None = None, meter: IngestMeter | None = None) -> None:
+                 meter: IngestMeter | None = None) -> None:
         self.writer, self.encoders, self.settings = writer, encoders, settings
         self.meter = meter or IngestMeter(None)
         self.area = area  # where caption rows may link to
         self.spaces = spaces
         self.report = report
         self.progress = progress
-        self.media_progress = media_progress
-        self.media_seconds = 0.0  # embedded so far, files that fail later included (the report counts the others)
         self.stop = stop or threading.Event()
         self.next_id = writer.next_embedding_id()
         self.buffers: dict[tuple[str, str], list[tuple[int, Unit, Any]]] = {}
@@ -523,12 +519,10 @@ class _Ingest:
             elif unit.end is not None:
                 item.duration = max(item.duration or 0.0, unit.end)
             if unit.end is not None and unit.end > p.covered:
-                self.media_seconds += unit.end - p.covered
+                self.meter.media(unit.end - p.covered)  # the live count of seconds of media
                 p.covered = unit.end
             p.embedded += 1
             touched.add(idx)
-        if self.media_progress and any(self.work[i].covered for i in touched):
-            self.media_progress(self.media_seconds)
         for idx in touched:
             self._maybe_ready(idx)
 

@@ -25,7 +25,7 @@ class IngestStatus:
     files_total: int = 0
     items_done: int = 0  # vectors embedded and stored (an audio window is one)
     items_total: int | None = None  # expected; None while a sound's windows cannot be estimated yet
-    media_seconds: float = 0.0  # seconds of sound and video embedded (finished files)
+    media_seconds: float = 0.0  # seconds of sound and video embedded so far: a long video moves it
     elapsed_s: float = 0.0
     eta_s: float | None = None
 
@@ -98,6 +98,13 @@ class IngestMeter:
         k.encode_s += seconds
         self._emit()
 
+    def media(self, seconds: float) -> None:
+        """More of a sound's or a video's time embedded (its windows or frames reached further),
+        as the file goes: the one channel for seconds of media, so a long video shows progress
+        before it ends. Files that fail later keep what they embedded first."""
+        self.media_seconds += seconds
+        self._emit()
+
     def file_done(self, kind: str, size: int, items: Sequence[Any]) -> None:
         self.files_done += 1
         stream = self.streams.get(kind)
@@ -105,8 +112,6 @@ class IngestMeter:
             stream.bytes_left = max(0.0, stream.bytes_left - size)
             stream.bytes_done += size
             stream.units_done += sum(len(it.embeddings) for it in items)
-        if kind in ("audio", "video"):
-            self.media_seconds += max((it.duration or 0.0 for it in items), default=0.0)
         self._emit()
 
     def status(self) -> IngestStatus:

@@ -109,23 +109,17 @@ def epoch(value: date | datetime, *, end: bool = False) -> int:
     return int(value.timestamp() // 1)
 
 
-class Filters(BaseModel):
-    """Which results and how many: every query form (search, similar, recommend) takes these, on
-    every face. Unknown fields are refused, so a typo (``tpo=``, ``min_szie=``) is an error."""
+class Where(BaseModel):
+    """Which items, by what the catalog knows of them (path, date, camera, place, size, duration,
+    extension, tags): every query form and browsing take these, on every face, and they compile to
+    one SQL filter (storage/filters.py). Unknown fields are refused, so a typo (``min_szie=``) is
+    an error."""
 
     model_config = ConfigDict(extra="forbid")
 
-    to: Target | None = Field(None, description="Modality to return. Default: all media for a text "
-                              "query (one calibrated list), the query's own modality (and videos) for an "
-                              "image or sound.")
-    k: int = Field(10, ge=1, le=1000)
-    offset: int = Field(0, ge=0, le=10_000)
     path: CleanText | None = Field(None, description="Only files under this folder, or matching this glob "
                                    "(`*`, `?`, `[...]` within a folder, `**` across folders); "
                                    "relative ones start at each indexed root.")
-    min_score: float | None = Field(None, ge=-1.0, le=1.0)
-    diversity: float = Field(0.0, ge=0.0, le=1.0, description="0: pure relevance; >0: MMR diversity.")
-    exclude_ids: list[int] = Field(default_factory=list, description="Items never returned (e.g. already seen).")
     date_from: DateBound | None = Field(None, description="Only items dated on or after this day or ISO date-time "
                                         "(UTC): the EXIF date taken, else the file's modification time.")
     date_to: DateBound | None = Field(None, description="... and on or before this one (a day: through its end).")
@@ -142,8 +136,6 @@ class Filters(BaseModel):
     tags: list[Annotated[CleanText, Field(min_length=1, max_length=330)]] = Field(
         default_factory=list, max_length=32, description="Only items with all of these tags: `tag` (any "
         "value), or `key=value`.")
-    dedup: float | None = Field(None, gt=0.0, le=1.0, description="Collapse results within this cosine of a "
-                                "better one (near duplicates), e.g. 0.95.")
 
     def filter(self) -> Filter:
         """The SQL side of the query's filters (storage/filters.py)."""
@@ -154,6 +146,22 @@ class Filters(BaseModel):
             camera=self.camera.strip().lower() if self.camera else None, near=self.near,
             min_size=self.min_size, min_duration=self.min_duration, max_duration=self.max_duration,
             ext=tuple(sorted(set(self.ext))), tags=tuple(sorted({t.strip() for t in self.tags})))
+
+
+class Filters(Where):
+    """Which results and how many: every query form (search, similar, recommend) takes these, on
+    every face: the catalog filters of Where, and those that need scores."""
+
+    to: Target | None = Field(None, description="Modality to return. Default: all media for a text "
+                              "query (one calibrated list), the query's own modality (and videos) for an "
+                              "image or sound.")
+    k: int = Field(10, ge=1, le=1000)
+    offset: int = Field(0, ge=0, le=10_000)
+    min_score: float | None = Field(None, ge=-1.0, le=1.0)
+    diversity: float = Field(0.0, ge=0.0, le=1.0, description="0: pure relevance; >0: MMR diversity.")
+    exclude_ids: list[int] = Field(default_factory=list, description="Items never returned (e.g. already seen).")
+    dedup: float | None = Field(None, gt=0.0, le=1.0, description="Collapse results within this cosine of a "
+                                "better one (near duplicates), e.g. 0.95.")
 
 
 class Term(BaseModel):
@@ -318,12 +326,21 @@ class Hit(Metadata, _Found):
     """One result: the item, its score, and what its file says (Metadata, after the item's own fields)."""
 
 
+TotalRelation = Literal["eq", "lte"]
+
+
 class SearchResponse(BaseModel):
     results: list[Hit]
     timings_ms: dict[str, float]
     has_more: bool = Field(False, description="Whether a next page (offset + k) has results: the search "
-                           "looks one result beyond the page, so this costs nothing. No total is given: "
-                           "counting every match would cost a scan of the catalog.")
+                           "looks one result beyond the page, so this costs nothing.")
+    total: int = Field(0, description="How many items the query ranks, over all its pages: those of the "
+                       "modalities it searches that pass its filters, less the excluded (and liked or "
+                       "disliked) ones. Counted in SQL, never by scoring; see `total_relation`.")
+    total_relation: TotalRelation = Field("eq", description="`eq`: `total` is exact. `lte`: an upper "
+                                          "bound: `min_score` or `dedup` drop ranked items after scoring, "
+                                          "and how many is known only on the last page (there `total` "
+                                          "is exact again).")
 
 
 def default_target(q: Query) -> str:

@@ -24,10 +24,11 @@ from mmsearch.encoders.encoder_set import EncoderSet
 from mmsearch.errors import BadInput, MMSearchError, ModelMismatch
 from mmsearch.search.live import LiveIndex, LiveIndexes
 from mmsearch.search.query_embedding import QueryEmbedder
-from mmsearch.search.request import Hit, Metadata, Query, SearchResponse, default_target
+from mmsearch.search.request import Hit, Metadata, Query, SearchResponse, TotalRelation, default_target
 from mmsearch.search.rerank import dot_rows, exact_rescore, exact_rescore_many, mmr
 from mmsearch.search.scoring import QueryVector
 from mmsearch.search.subsets import Subset, SubsetCache
+from mmsearch.search.totals import TotalCache
 from mmsearch.settings import Settings
 from mmsearch.storage import path_filter
 from mmsearch.storage.catalog import Catalog
@@ -99,6 +100,7 @@ class QueryRunner(QueryEmbedder):
         super().__init__(catalog, indexes, encoders, settings)
         self._background: dict[str, tuple[int, np.ndarray]] = {}
         self._subsets = SubsetCache(catalog, EXACT_SUBSET_MAX)
+        self._totals = TotalCache(catalog)
 
     def targets(self, q: Query, query_spaces: set[str], existing: set[str] | None = None) -> list[str]:
         """Collections to search: the modality asked for, in a space the query can reach."""
@@ -179,7 +181,7 @@ class QueryRunner(QueryEmbedder):
                     path_filter.scans(q.path, self.catalog.roots)  # BadInput for a pattern that cannot match
                 if not self.targets(q, set(reach), existing):  # nothing it asks for is stored: no model
                     answers[i], reach = SearchResponse(results=[], timings_ms=dict.fromkeys(
-                        ("embed", "ann", "rerank", "hydrate", "total"), 0.0)), []
+                        ("embed", "ann", "rerank", "hydrate", "count", "total"), 0.0)), []
                 # stored items only (``similar``, ``recommend``): their vectors come from the store
                 self.check_models([s for s in reach if self.needs_model(q, s)], recorded)
             except MMSearchError as e:
@@ -189,6 +191,7 @@ class QueryRunner(QueryEmbedder):
         vectors = self.embed_queries(queries, spaces, images)
         embed_ms = _ms(t0)
         parts: list[_Part] = []
+        ranked: dict[int, tuple[list[str], Filter, set[int]]] = {}  # what each query ranks: its total
         for i, q in enumerate(queries):
             if answers[i] is not None:
                 continue
@@ -199,6 +202,7 @@ class QueryRunner(QueryEmbedder):
                 continue
             exclude = set(q.exclude_ids) | set(q.item_ids) | set(q.negative_ids)
             where = q.filter()
+            ranked[i] = (targets, where, exclude)
             for collection in targets:
                 space = collection.split(".")[0]
                 qv = vectors[i][space]
@@ -250,6 +254,9 @@ class QueryRunner(QueryEmbedder):
         t4 = time.perf_counter()
         rows = self.catalog.items(sorted({c.item_id for page in pages.values() for c in page}))  # only pages
         hydrate_ms = _ms(t4)
+        t5 = time.perf_counter()
+        totals = {i: self._totals.count(*ranked[i]) for i in pages}
+        count_ms = _ms(t5)
         by_query: dict[int, list[_Part]] = {}
         for part in parts:
             by_query.setdefault(part.query, []).append(part)
@@ -264,9 +271,10 @@ class QueryRunner(QueryEmbedder):
                     for c in page if (r := rows.get(c.item_id)) is not None]
             timings = {"embed": embed_ms, "ann": (shared_ann + sum(p.clock.ann for p in mine)) * 1000,
                        "rerank": sum(p.clock.rerank for p in mine) * 1000, "hydrate": hydrate_ms,
-                       "total": _ms(t0)}
+                       "count": count_ms, "total": _ms(t0)}
+            total, relation = _total(queries[i], totals[i], len(hits), more[i])
             answers[i] = SearchResponse(results=hits, timings_ms={k: round(v, 3) for k, v in timings.items()},
-                                        has_more=more[i])
+                                        has_more=more[i], total=total, total_relation=relation)
         return [a for a in answers if a is not None]
 
     def _first_passes(self, parts: list[_Part]) -> tuple[dict[_Part, _Pass], float]:
@@ -446,6 +454,17 @@ def _refuse_absent_sounds(q: Query, existing: set[str]) -> None:
         raise BadInput("no sounds are indexed in this catalog (indexed without audio, or no sound files): "
                        "index a folder with sounds, with audio on (leave out --no-audio; over HTTP the "
                        "server's audio setting), then search them")
+
+
+def _total(q: Query, counted: int, shown: int, has_more: bool) -> tuple[int, TotalRelation]:
+    """The pages' total and whether it is exact. ``min_score`` and ``dedup`` drop ranked items
+    after scoring, so the count of what the query ranks is then an upper bound, except on the
+    last page shown, whose end is the total."""
+    if q.min_score is None and q.dedup is None:
+        return counted, "eq"
+    if shown and not has_more:
+        return q.offset + shown, "eq"
+    return max(counted, q.offset + shown + has_more), "lte"
 
 
 def _ms(t0: float) -> float:

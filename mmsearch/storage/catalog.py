@@ -17,14 +17,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import and_, delete, exists, func, insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from mmsearch.errors import BadInput, MMSearchError, ModelMismatch, NotFound
 from mmsearch.media.metadata import FileFacts, camera_keys, extension, mime_of
 from mmsearch.settings import Settings
 from mmsearch.storage import filters
-from mmsearch.storage import path_filter
 from mmsearch.storage import ids as idgen
 from mmsearch.storage.db import (
     create_db_engine,
@@ -595,29 +594,41 @@ class Catalog:
                  .order_by(Item.ordinal, Item.id))
             return list(s.scalars(q))
 
-    def browse(self, modality: str | None, folder: str | None, offset: int, limit: int,
+    def browse(self, modality: str | None, f: filters.Filter, offset: int, limit: int,
                ref: str | None = None) -> tuple[list[int], int]:
         """A page of item ids in path order (then row of a captions file), and how many there
-        are: browsing without a query. ``folder`` keeps what is under it (or that file), ``ref``
-        the captions of that media file. Modality and folder are ranges of an index
-        (items.modality, files.path); ``ref`` has none and reads the items table."""
+        are: browsing without a query. ``f``: a search's filters (path, date, camera, ...),
+        applied as a search applies them (storage/filters.py); ``ref`` keeps the captions of that
+        media file. Without a filter, modality is a range of its index (items.modality); with
+        one, the filter's smallest condition drives and the modality is checked on its rows."""
         where = []
         if modality is not None:
-            where.append(Item.modality == modality)
+            where.append((Item.modality + "" if f else Item.modality) == modality)
         if ref is not None:
             where.append(Item.ref_path == ref)
-        if folder is not None:
-            scans = path_filter.scans(folder, self.roots)
-            if any(sc.regex is not None for sc in scans):
-                raise BadInput("browsing takes a folder, not a glob: search with a text to use a glob")
-            where.append(or_(*(or_(and_(File.path >= sc.low, File.path < sc.high), File.path == sc.equal)
-                               for sc in scans)) if scans else Item.id < 0)
         with self.sessions() as s:
-            page = (select(Item.id).join(File, Item.file_id == File.id).where(*where)
-                    .order_by(File.path, Item.ordinal, Item.id).offset(offset).limit(limit))
-            ids = [int(i) for i in s.scalars(page)]
-            total = s.scalar(select(func.count()).select_from(Item).join(File, Item.file_id == File.id).where(*where))
-        return ids, int(total or 0)
+            return filters.page_items(s, f, (File.path, Item.ordinal, Item.id), offset, limit, *where)
+
+    def count_items(self, collections: Sequence[str], f: filters.Filter, among: Sequence[int] | None = None) -> int:
+        """Items with vectors in these collections that pass ``f`` (``among``: of these ids only):
+        what a query over the collections ranks, the total of its pages. A modality's items are
+        counted by modality (without a filter, from the counters the triggers keep); only a
+        video's sound track (clap.video without clip.video) asks each video for a vector there.
+        Cost follows the matches (storage/filters.py)."""
+        modalities = sorted({c.split(".", 1)[1] for c in collections})
+        if not modalities or (among is not None and not len(among)):
+            return 0
+        kind = Item.modality + "" if f else Item.modality
+        where = kind.in_(modalities)
+        tracks_only = "video" in modalities and "clip.video" not in collections
+        if tracks_only:  # a video without a sound track has no vector there
+            track = exists(select(Embedding.id).where(Embedding.item_id == Item.id, Embedding.collection == "clap.video"))
+            where = or_(kind.in_([m for m in modalities if m != "video"]), and_(kind == "video", track))
+        if not f and not tracks_only and among is None:
+            counters = self._counters()
+            return sum(counters.get(f"items.{m}", 0) for m in modalities)
+        with self.sessions() as s:
+            return filters.count_items(s, f, where, ids=None if among is None else sorted(set(among)))
 
     def failures(self, limit: int = 100) -> list[tuple[str, str]]:
         with self.sessions() as s:

@@ -13,6 +13,9 @@ How a filter meets the vector search (search/subsets.py and search/runner.py use
 * when every condition matches more than the cap (a broad filter), nothing is fetched up front:
   the vector search's candidates are checked afterwards (``matching``), a page's worth at a time.
 
+Browsing and the totals of search pages apply the same conditions to items (``page_items``,
+``count_items``): the smallest condition drives, the others are checked on its rows.
+
 Globs and the distance to a place are finished in Python, on the rows the SQL ranges found.
 """
 
@@ -83,16 +86,11 @@ def select_ids(s: Session, collection: str, f: Filter, cap: int | None) -> np.nd
     clauses = _clauses(s, f)
     best = 0
     if cap is not None or len(clauses) > 1:  # which condition drives: the smallest under the cap
-        limit = cap if cap is not None else FIRST_PROBE
-        while True:
-            counts = [_count(s, c.probe, limit) for c in clauses]
-            best = int(np.argmin(counts))
-            if counts[best] <= limit:
-                break
-            if cap is not None:
-                return None
-            limit *= 8
-        if counts[best] == 0:
+        found = _driver(s, clauses, cap)
+        if found is None:
+            return None
+        best, count = found
+        if count == 0:
             return np.zeros(0, dtype=np.int64)
     driver, others = clauses[best], clauses[:best] + clauses[best + 1:]
     checked = _place_columns(clauses)
@@ -106,6 +104,78 @@ def select_ids(s: Session, collection: str, f: Filter, cap: int | None) -> np.nd
     else:
         ids = np.fromiter((row[0] for row in s.execute(q) if _passes(checked, row)), dtype=np.int64)
     return np.unique(ids)
+
+
+def _driver(s: Session, clauses: list[_Clause], cap: int | None) -> tuple[int, int] | None:
+    """(the condition that drives a query, about how many rows it matches): the one matching
+    fewest, each counted on its own index up to a limit. None when every one matches more than
+    ``cap``; with no cap the limit grows until one is under it."""
+    limit = cap if cap is not None else FIRST_PROBE
+    while True:
+        counts = [_count(s, c.probe, limit) for c in clauses]
+        best = int(np.argmin(counts))
+        if counts[best] <= limit:
+            return best, counts[best]
+        if cap is not None:
+            return None
+        limit *= 8
+
+
+def items_query(s: Session, f: Filter, *where: ColumnElement[bool],
+                ids: Sequence[int] | None = None) -> tuple[Select, list[_Clause]]:
+    """Item ids (over files joined to items) that pass ``f`` and ``where``, and the clauses a
+    Python check finishes on each row (a glob, the distance to a place: their columns follow
+    the id). How browsing and the totals of search pages apply the filter a search applies.
+    The filter's smallest condition drives, as in ``select_ids``, or with ``ids`` those items
+    (their primary key); ``where`` is checked on the rows, so give it in a form no index
+    serves when there is a filter (``Item.modality + ''``)."""
+    q = select(Item.id).select_from(File).join(Item, Item.file_id == File.id).where(*where)
+    if ids is not None:
+        q = q.where(Item.id.in_([int(i) for i in ids]))
+    if not f:
+        return q, []
+    clauses = _clauses(s, f)
+    best = -1 if ids is not None else 0
+    if ids is None and len(clauses) > 1:
+        found = _driver(s, clauses, None)
+        assert found is not None  # no cap: one is always under the limit
+        best = found[0]
+    checked = _place_columns(clauses)
+    q = q.add_columns(*(col for c in checked for col in c.columns))
+    return q.where(*(c.indexed if i == best else c.plain for i, c in enumerate(clauses))), checked
+
+
+def count_items(s: Session, f: Filter, *where: ColumnElement[bool], ids: Sequence[int] | None = None) -> int:
+    """How many items pass ``f`` and ``where`` (see ``items_query``; ``ids``: of these items):
+    one SQL count, or with a Python check, a read of the rows its SQL ranges find. Cost
+    follows the matches."""
+    total = 0
+    for i in range(0, 1 if ids is None else len(ids), _CHUNK):
+        q, checked = items_query(s, f, *where, ids=None if ids is None else ids[i:i + _CHUNK])
+        if not checked:
+            total += int(s.scalar(select(func.count()).select_from(q.subquery())) or 0)
+        else:
+            total += sum(1 for row in s.execute(q) if _passes(checked, row))
+    return total
+
+
+def page_items(s: Session, f: Filter, order: Sequence[ColumnElement], offset: int, limit: int,
+               *where: ColumnElement[bool]) -> tuple[list[int], int]:
+    """A page of the item ids that pass ``f`` and ``where`` in ``order``, and how many pass in
+    all: the page by OFFSET and LIMIT and a count, or with a Python check, one pass over the
+    rows its SQL ranges find."""
+    q, checked = items_query(s, f, *where)
+    q = q.order_by(*order)
+    if not checked:
+        ids = [int(i) for i in s.scalars(q.offset(offset).limit(limit))]
+        return ids, int(s.scalar(select(func.count()).select_from(q.order_by(None).subquery())) or 0)
+    ids, total = [], 0
+    for row in s.execute(q):
+        if _passes(checked, row):
+            if offset <= total < offset + limit:
+                ids.append(int(row[0]))
+            total += 1
+    return ids, total
 
 
 def matching(s: Session, f: Filter, embedding_ids: Sequence[int]) -> dict[int, tuple[int, float | None, float | None]]:

@@ -15,7 +15,7 @@ from mmsearch.api.media import media_type
 from mmsearch.api.routes.search import similar_page, timed
 from mmsearch.api.schemas import (
     BrowsePage,
-    CleanStr,
+    BrowseRequest,
     ErrorOut,
     Filters,
     ItemOut,
@@ -26,7 +26,7 @@ from mmsearch.api.schemas import (
     TagsOut,
     TagsRequest,
 )
-from mmsearch.search.request import Metadata, Target
+from mmsearch.search.request import Metadata
 from mmsearch.storage.catalog import ItemRow
 from mmsearch.api.security import require_writer
 
@@ -52,19 +52,14 @@ def lookup(service: ServiceDep, path: Annotated[str, QueryParam(min_length=1, ma
 
 @router.get("/browse", response_model=BrowsePage, responses={400: ERRORS[400], 422: ERRORS[422]},
             summary="Items without a query")
-def browse(service: ServiceDep,
-           to: Annotated[Target | None, QueryParam(description="One modality; none: every item.")] = None,
-           path: Annotated[CleanStr | None, QueryParam(max_length=4096, description=(
-               "A folder (absolute, or relative to each root): what is under it."))] = None,
-           ref: Annotated[CleanStr | None, QueryParam(max_length=4096, description=(
-               "A media file's absolute path: the captions that describe it."))] = None,
-           offset: Annotated[int, QueryParam(ge=0, le=1_000_000, description="Items to skip.")] = 0,
-           limit: Annotated[int, QueryParam(ge=1, le=200, description="Page size.")] = 50) -> BrowsePage:
+def browse(service: ServiceDep, q: Annotated[BrowseRequest, QueryParam()]) -> BrowsePage:
     """Every item in path order, a page at a time, with their count: the page's view before a
-    query, and a photo's captions (`ref`). Read-only."""
-    rows, total = service.base.browse(to=to, path=path, ref=ref, offset=offset, limit=limit)
-    end = offset + len(rows)
-    return BrowsePage(items=[item_out(row) for row in rows], total=total, offset=offset, limit=limit,
+    query, and a photo's captions (`ref`). The catalog filters of a search apply the same way
+    (`path` folder or glob, `date_from`/`date_to`, `camera`, `near`, `min_size`,
+    `min_duration`/`max_duration`, `ext`, `tags`; lists repeat: `ext=jpg&ext=png`). Read-only."""
+    rows, total = service.base.browse(to=q.to, ref=q.ref, offset=q.offset, limit=q.limit, **q.where())
+    end = q.offset + len(rows)
+    return BrowsePage(items=[item_out(row) for row in rows], total=total, offset=q.offset, limit=q.limit,
                       next_offset=end if end < total and rows else None)
 
 

@@ -33,8 +33,8 @@ router = APIRouter(tags=["search"])
 
 
 def _page(response: SearchResponse, k: int, offset: int) -> SearchPage:
-    return SearchPage(results=response.results, timings_ms=response.timings_ms, k=k, offset=offset,
-                      has_more=response.has_more, next_offset=offset + k if response.has_more else None)
+    return SearchPage(**response.model_dump(exclude={"results"}), results=response.results, k=k, offset=offset,
+                      next_offset=offset + k if response.has_more else None)
 
 
 def timed(response: Response, page: SearchPage | SimilarBatchResponse | RecommendBatchResponse) -> None:

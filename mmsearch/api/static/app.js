@@ -232,9 +232,13 @@ async function labelLike() {  // a like=ID link names its item, with its picture
 
 // -- requests -------------------------------------------------------------------------------------
 
-function filterParams(p) {
+const CATALOG_FILTERS = ["path", "date_from", "date_to", "camera"];  // what browsing applies too: no scores
+
+function filterParams(p, scored = true) {
   const f = state.filters;
-  for (const k of ["path", "date_from", "date_to", "camera", "min_score"]) if (f[k]) p.set(k, f[k]);
+  for (const k of CATALOG_FILTERS) if (f[k]) p.set(k, f[k]);
+  if (!scored) return;
+  if (f.min_score) p.set("min_score", f.min_score);
   if (f.dedup) p.set("dedup", String(DEDUP));
 }
 
@@ -253,7 +257,7 @@ function request() {
   if (m === "browse") {
     const p = new URLSearchParams({ offset, limit: k });
     if (state.to) p.set("to", state.to);
-    if (state.filters.path) p.set("path", state.filters.path);
+    filterParams(p, false);
     return [`/browse?${p}`, {}];
   }
   const p = new URLSearchParams(m === "text" ? { text: state.q, k, offset } : { k, offset });
@@ -320,21 +324,30 @@ function render(data, append, ms, m) {
   empty.hidden = m !== "browse";
   const n = hits.length;
   if (m === "browse") {
-    const what = { image: "images", text: "texts", audio: "sounds", video: "videos" }[state.to] || "items";
-    const ignored = Object.keys(state.filters).filter((k) => k !== "path").length;
-    statusLine.textContent = data.total
-      ? `${n < data.total ? `Showing ${n.toLocaleString()} of` : "All"} ${data.total.toLocaleString()} ${what}` +
-        (state.filters.path ? ` under ${state.filters.path}` : "") +
-        (ignored ? " · the other filters apply to searches" : "")
-      : `No ${what} here yet`;
+    const what = NOUNS[state.to] || ["item", "items"];
+    const f = state.filters, where = (f.path ? ` under ${f.path}` : "") +
+      (CATALOG_FILTERS.some((k) => k !== "path" && f[k]) ? " matching the filters" : "");
+    const ignored = Object.keys(f).filter((k) => !CATALOG_FILTERS.includes(k)).length;
+    statusLine.textContent = (data.total
+      ? `${n < data.total ? `Showing ${n.toLocaleString()} of ` : data.total > 1 ? "All " : ""}${counted(data.total, what)}${where}`
+      : where ? `No ${what[1]}${where}` : `No ${what[1]} here yet`) +
+      (ignored ? " · score filters apply to searches" : "");
     return;
   }
-  const t = data.timings_ms || {};
-  const total = n ? `${n.toLocaleString()} result${n === 1 ? "" : "s"}` : "No results";
-  statusLine.textContent = (state.next == null ? (n > 1 ? `All ${total}` : total) : `${total} · scroll for more`) +
+  // the total: how many the query ranks, counted by the server ("lte": an upper bound, min_score or dedup)
+  const t = data.timings_ms || {}, what = NOUNS[state.to] || ["result", "results"];
+  const of = data.total == null ? counted(n, what)
+    : `${n.toLocaleString()} of ${data.total_relation === "lte" ? "at most " : ""}${counted(data.total, what)}`;
+  statusLine.textContent = (!n ? "No results" : state.next == null ? (n > 1 ? `All ${counted(n, what)}` : counted(n, what))
+    : `${of} · scroll for more`) +
     ` · ${ms.toFixed(0)} ms` + ("total" in t ? ` (server ${t.total.toFixed(1)} ms)` : "");
   statusLine.title = Object.entries(t).map(([k, v]) => `${k} ${v.toFixed(1)} ms`).join(" · ");
 }
+
+const NOUNS = { image: ["image", "images"], text: ["text", "texts"], audio: ["sound", "sounds"],
+                video: ["video", "videos"] };
+
+function counted(n, [one, many]) { return `${n.toLocaleString()} ${n === 1 ? one : many}`; }
 
 // -- cards ----------------------------------------------------------------------------------------
 

@@ -247,3 +247,28 @@ def test_decode_tasks_prepare_items_as_the_encoders_do(tux_settings) -> None:  #
                     assert np.array_equal(np.asarray(got), np.asarray(want))
                 vectors = encoders.get(space).encode(local.modality, [got, want])
                 assert np.allclose(vectors[0], vectors[1], atol=1e-6)
+
+
+def test_rays_own_lines_stay_off_the_terminal(capfd: pytest.CaptureFixture[str]) -> None:
+    """What C++ writes to fd 2 during Ray's start is held and written out without Ray's notice
+    about its log level; Ray Data's console notes are raised to errors for a run, then restored."""
+    import logging
+
+    from mmsearch.indexer.ray_ingest import _held_stderr, quiet_console
+
+    with _held_stderr(drop=("Set ray log level",)):
+        os.write(2, b"[I logging.cc:303] Set ray log level from environment variable to 3\n")
+        os.write(2, b"a real problem\n")
+    assert capfd.readouterr().err == "a real problem\n"
+    console = logging.StreamHandler(sys.stderr)
+    logger = logging.getLogger("mmsearch-test-ray-data")
+    logger.addHandler(console)
+    logger.setLevel(logging.INFO)
+    try:
+        with quiet_console("mmsearch-test-ray-data"):
+            logger.info("Dataset execution finished")
+            logger.error("a failure")
+        logger.info("after the run")
+    finally:
+        logger.removeHandler(console)
+    assert capfd.readouterr().err == "a failure\nafter the run\n"

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import pickle
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -55,13 +57,57 @@ def connect(address: str) -> bool:
     ray = require_ray()
     if ray.is_initialized():
         return False
+    # Ray's own lines (its C++ core's included) go to its session logs, not to the caller's
+    # terminal; an explicit RAY_BACKEND_LOG_LEVEL is kept.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.WARNING)
+        with _held_stderr(drop=("Set ray log level from environment variable",)):
+            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.ERROR)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise MMSearchError(f"cannot reach the Ray cluster {address!r}: {str(e).rstrip('.')}. Start one with `ray start --head`, "
                             "pass its address (HOST:6379 or ray://HOST:10001), or use --ray local") from None
     return True
+
+
+@contextmanager
+def _held_stderr(drop: tuple[str, ...]) -> Iterator[None]:
+    """What is written to file descriptor 2 meanwhile (by C++ too) is held, then written out
+    without the lines that contain one of ``drop``: nothing else is lost."""
+    import sys
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            for line in held.read().decode(errors="replace").splitlines(keepends=True):
+                if not any(d in line for d in drop):
+                    sys.stderr.write(line)
+
+
+@contextmanager
+def quiet_console(logger_name: str = "ray.data", level: int = logging.ERROR) -> Iterator[None]:
+    """Ray Data's notes on the terminal ("execution finished", "progress bars disabled") are raised
+    to ``level`` for a run, then restored; its session log file keeps them. The caller shows its
+    own progress."""
+    handlers = [h for h in logging.getLogger(logger_name).handlers if isinstance(h, logging.StreamHandler)
+                and not isinstance(h, logging.FileHandler)]
+    levels = [h.level for h in handlers]
+    for h in handlers:
+        h.setLevel(max(h.level, level))
+    try:
+        yield
+    finally:
+        for h, old in zip(handlers, levels):
+            h.setLevel(old)
 
 
 # -- what runs on the cluster ---------------------------------------------------------------------
@@ -202,17 +248,18 @@ class RayIngest(_Ingest):
         self.work = work
         self.seen: dict[int, set[tuple[int, str]]] = {}  # units stored per file: a retry may resend one
         connected = connect(self.settings.ray or "auto")
-        results = self._results(work)
-        try:
-            for row in results:
-                if self.stop.is_set():
-                    break
-                self._take(pickle.loads(row))
-        finally:
-            results.close()  # stops the dataset's executor
-            self._commit()  # what finished before an interrupt is kept
-            if connected:
-                require_ray().shutdown()
+        with quiet_console():
+            results = self._results(work)
+            try:
+                for row in results:
+                    if self.stop.is_set():
+                        break
+                    self._take(pickle.loads(row))
+            finally:
+                results.close()  # stops the dataset's executor
+                self._commit()  # what finished before an interrupt is kept
+                if connected:
+                    require_ray().shutdown()
 
     def _take(self, row: tuple) -> None:
         kind, work = row[0], self.work

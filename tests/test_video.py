@@ -228,6 +228,31 @@ def test_a_long_group_of_pictures_is_sampled_on_time_without_its_b_frames(tmp_pa
     assert len(decoded) < 360 // 2 and all(not f.is_corrupt for f in decoded)
 
 
+def test_a_damaged_key_frame_leaves_its_sample_to_the_next_frames(tmp_path: Path) -> None:
+    import av
+
+    # a key frame every 2 s, each the due sample; the one at 4 s is zeroed after its first bytes
+    clean = write_video(tmp_path / "clean.mkv", lambda t: np.roll(PHOTOS[4], int(t * 12), axis=1),
+                        [i / 12 for i in range(12 * 14)], gop=24, codec_options={"sc_threshold": "0"})
+    damaged = tmp_path / "damaged.mkv"
+    with av.open(str(clean)) as src, av.open(str(damaged), "w") as dst:
+        vin = src.streams.video[0]
+        vout = dst.add_stream_from_template(vin)
+        for packet in src.demux(vin):
+            if packet.dts is None:
+                continue
+            if packet.is_keyframe and abs(float(packet.pts * packet.time_base) - 4.0) < 1e-3:
+                zeroed = av.Packet(bytes(packet)[:8] + bytes(packet.size - 8))
+                zeroed.pts, zeroed.dts, zeroed.time_base, zeroed.is_keyframe = (packet.pts, packet.dts,
+                                                                                packet.time_base, True)
+                packet = zeroed
+            packet.stream = vout
+            dst.mux(packet)
+    starts = [f.start for f in iter_frames(damaged, 2.0, 64)]
+    assert starts[:2] == [0.0, 2.0] and 4.0 < starts[2] < 4.5  # not a gap from 4 s to 6 s
+    assert all(b - a <= 2.0 + 1 / 12 + 1e-6 for a, b in zip(starts, starts[1:])), starts  # a frame late at most
+
+
 @pytest.mark.parametrize(("codec", "suffix", "options"), [
     ("libx265", ".mov", {"x265-params": "log-level=none:bframes=4"}),  # phones' HEVC, B-frames in a pyramid
     ("libvpx-vp9", ".webm", {}),  # browsers' recordings

@@ -162,7 +162,7 @@ def iter_frames(source: str | os.PathLike[str] | BinaryIO, interval: float = 2.0
                 if t is not None:
                     last_packet = max(last_packet, t + float((packet.duration or 0) * (packet.time_base or 0)))
                 if packet.is_keyframe:  # a new group: what the last one did not send is never needed
-                    yield from sampler.take(group.close(decoder, sampler), base)
+                    yield from group.close(decoder, sampler, base)
                     group = _Group(packet, t, sampler)
                     if group.decided:  # whether it starts a shot moves the clock: decoded now
                         yield from sampler.take(group.send(decoder, sampler), base)
@@ -170,7 +170,7 @@ def iter_frames(source: str | os.PathLike[str] | BinaryIO, interval: float = 2.0
                 group.pending.append(packet)
                 if group.due(t, sampler):  # a sample may be due here: decode up to here, from the group's start
                     yield from sampler.take(group.send(decoder, sampler), base)
-            yield from sampler.take(group.close(decoder, sampler), base)
+            yield from group.close(decoder, sampler, base)
         except av.error.FFmpegError as e:
             raise VideoDecodeError(f"corrupt or truncated video after {last_packet:.2f} s ({_why(e)})") from None
         if sampler.kept is None:
@@ -217,11 +217,17 @@ class _Group:
         self.held = self.held and not out
         return out
 
-    def close(self, decoder: _Decoder, sampler: _Sampler) -> list[Any]:
-        """The frames still inside the decoder, or the waiting key frame's; the decoder is reset."""
+    def close(self, decoder: _Decoder, sampler: _Sampler, base: float) -> Iterator[FrameSample]:
+        """The samples among the frames still inside the decoder, or the waiting key frame's; the
+        decoder is reset. A waiting key frame that gives no sample (damaged, say) leaves the sample
+        to the group's next frames, which are decoded then."""
         if self.live:
-            return decoder.drain([])
-        return decoder.drain([self.head]) if self.waiting else []
+            yield from sampler.take(decoder.drain([]), base)
+        elif self.waiting:
+            due = sampler.due
+            yield from sampler.take(decoder.drain([self.head]), base)
+            if sampler.due == due and len(self.pending) > 1:
+                yield from sampler.take(decoder.drain(self.pending, due), base)
 
 
 class _Decoder:
@@ -235,10 +241,10 @@ class _Decoder:
         self.stream, self.base = stream, base
         self.errors = 0
 
-    def drain(self, packets: list[Any]) -> list[Any]:
+    def drain(self, packets: list[Any], due: float = float("inf")) -> list[Any]:
         """Send the packets, then take every frame still inside the decoder and reset it: a key
         frame decoded alone comes out now, not a few packets later."""
-        out = self.send([*packets, None])
+        out = self.send([*packets, None], due)
         self.stream.codec_context.flush_buffers()
         return out
 
@@ -248,8 +254,9 @@ class _Decoder:
         out = []
         codec = self.stream.codec_context
         for packet in packets:
-            if packet is not None:
-                t = _time(packet, self.base)
+            if packet is not None:  # by when the frame is shown (its pts; a dts would be too early)
+                t = float(packet.pts * packet.time_base) - self.base if packet.pts is not None and packet.time_base \
+                    else None
                 codec.skip_frame = "NONREF" if t is not None and t < due - 1e-6 else "DEFAULT"
             try:
                 out += codec.decode(packet)

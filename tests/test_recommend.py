@@ -442,3 +442,24 @@ def test_rescoring_many_queries_at_once_is_rescoring_each(world: dict[str, Any],
         rows /= np.linalg.norm(rows, axis=1, keepdims=True)
         brute = q.score(rows) if hasattr(q, "score") else rows @ q
         assert np.allclose(got_scores, brute, atol=1e-6) and (np.diff(got_scores) <= 0).all()
+
+
+def test_a_batch_reads_the_owners_of_its_pages_in_one_sql_read(world: dict[str, Any],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unfiltered profiles map their best ids to items from one shared read: a profile whose first
+    slice of ids reached past what the batch read would cost a SQL round trip of its own."""
+    engine: Engine = world["engine"]
+    photo = world["photo"]
+    profiles: list[dict[str, Any]] = [{"like": [photo[0]], "dislike": [photo[5]]}, {"like": [photo[1]], "k": 3},
+                                      {"like": [photo[2], photo[3]], "offset": 2, "k": 4, "exclude_ids": [photo[9]]}]
+    expected = [ids(engine.recommend(**p)) for p in profiles]
+    reads: list[int] = []
+    original = engine.catalog.embedding_items
+
+    def counted(embedding_ids: Any, *args: Any) -> Any:
+        reads.append(len(embedding_ids))
+        return original(embedding_ids, *args)
+
+    monkeypatch.setattr(engine.catalog, "embedding_items", counted)
+    assert [ids(r) for r in engine.recommend_batch(profiles)] == expected
+    assert len([n for n in reads if n]) == 1, reads

@@ -463,3 +463,38 @@ def test_a_batch_reads_the_owners_of_its_pages_in_one_sql_read(world: dict[str, 
     monkeypatch.setattr(engine.catalog, "embedding_items", counted)
     assert [ids(r) for r in engine.recommend_batch(profiles)] == expected
     assert len([n for n in reads if n]) == 1, reads
+
+
+def test_the_garbage_collector_waits_for_the_end_of_a_batch(world: dict[str, Any],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Off while the batch hydrates its pages, on again after it, after an error too; a caller who
+    turned it off keeps it off."""
+    import gc
+
+    engine: Engine = world["engine"]
+    photo = world["photo"]
+    seen: list[bool] = []
+    original = engine.catalog.items
+
+    def watched(item_ids: Any) -> Any:
+        seen.append(gc.isenabled())
+        return original(item_ids)
+
+    monkeypatch.setattr(engine.catalog, "items", watched)
+    assert gc.isenabled()
+    assert engine.recommend_batch([{"like": [photo[0]]}, {"like": [photo[1]]}])[0].results
+    assert seen == [False] and gc.isenabled()
+    with pytest.raises(NotFound):
+        engine.recommend_batch([{"like": [photo[0]]}, {"like": [99_999]}])
+    assert gc.isenabled()
+    monkeypatch.setattr(engine.catalog, "embedding_items", lambda *a: 1 / 0)  # fails inside the batch
+    with pytest.raises(ZeroDivisionError):
+        engine.recommend(like=[photo[2]], k=30)
+    assert gc.isenabled()
+    monkeypatch.undo()
+    gc.disable()
+    try:
+        engine.recommend(like=[photo[0]])
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

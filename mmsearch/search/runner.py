@@ -22,6 +22,7 @@ import numpy as np
 from mmsearch.cpus import intra_op_threads
 from mmsearch.encoders.encoder_set import EncoderSet
 from mmsearch.errors import BadInput, MMSearchError, ModelMismatch
+from mmsearch.gc_pause import gc_paused
 from mmsearch.search.live import LiveIndex, LiveIndexes
 from mmsearch.search.query_embedding import QueryEmbedder
 from mmsearch.search.request import Hit, Metadata, Query, SearchResponse, default_target
@@ -163,7 +164,11 @@ class QueryRunner(QueryEmbedder):
         mismatch) gets its error in its place; the others are answered.
 
         In a batch, ``embed`` and the shared ANN search are the whole batch's, reported in each
-        response's timings."""
+        response's timings. The garbage collector waits for the end of the batch (gc_pause.py)."""
+        with gc_paused():
+            return self._run_batch(queries)
+
+    def _run_batch(self, queries: Sequence[Query]) -> list[SearchResponse | MMSearchError]:
         recorded = self.catalog.spaces()
         existing = set(self.indexes.stored_collections())
         answers: list[SearchResponse | MMSearchError | None] = [None] * len(queries)

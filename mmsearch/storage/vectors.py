@@ -38,7 +38,9 @@ _F16_TO_F32 = np.arange(65_536, dtype=np.uint16).view(np.float16).astype(np.floa
 
 
 def _widen(half: np.ndarray) -> np.ndarray:
-    return np.take(_F16_TO_F32, np.ascontiguousarray(half).view(np.uint16))
+    # "wrap" skips take's bounds check on every index (about a fifth of its time): a uint16 index
+    # into 65,536 entries never needs wrapping, so the result is the same
+    return np.take(_F16_TO_F32, np.ascontiguousarray(half).view(np.uint16), mode="wrap")
 
 
 @dataclass(frozen=True)

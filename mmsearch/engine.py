@@ -18,6 +18,7 @@ from mmsearch import cpus
 from mmsearch.encoders.base import Encoder
 from mmsearch.encoders.encoder_set import EncoderSet
 from mmsearch.errors import BadInput, MMSearchError, NotFound
+from mmsearch.gc_pause import gc_paused
 from mmsearch.export import ExportFormat, ItemVectors, blocks, item_vectors, write_npy, write_parquet
 from mmsearch.search.atlas import MAX_POINTS, AtlasResponse, build_atlas
 from mmsearch.search.duplicates import DuplicatesResponse, find_duplicates
@@ -218,30 +219,31 @@ class Engine:
         batched ANN search per collection: far cheaper than a loop of ``recommend``. With
         ``errors="return"`` a profile that cannot run (an unknown item) gets its error in its place
         and the others are answered; by default the first one is raised."""
-        answers: list[Any] = [None] * len(profiles)
-        checked: dict[int, Profile] = {}
-        for i, p in enumerate(profiles):
-            try:
-                with _checked():
-                    checked[i] = p if isinstance(p, Profile) else Profile.model_validate(dict(p))
-            except MMSearchError as e:
-                answers[i] = e
-        modality = self.catalog.modalities(sorted({j for p in checked.values()
-                                                   for j in (*weighted(p.like), *weighted(p.dislike))}))
-        queries: list[tuple[int, Query]] = []
-        for i, p in checked.items():
-            try:
-                unknown = [j for j in (*weighted(p.like), *weighted(p.dislike)) if j not in modality]
-                if unknown:
-                    raise NotFound(f"no item {unknown[0]}")
-                liked = {modality[j] for j in weighted(p.like)}
-                with _checked():  # e.g. an item both liked and disliked
-                    queries.append((i, p.query(to=liked.pop() if len(liked) == 1 else None)))
-            except MMSearchError as e:
-                answers[i] = e
-        self.indexes.refresh()
-        for (i, _), answer in zip(queries, self.runner.run_batch([q for _, q in queries])):
-            answers[i] = answer
+        with gc_paused():  # the profiles' checks allocate as the batch does (gc_pause.py)
+            answers: list[Any] = [None] * len(profiles)
+            checked: dict[int, Profile] = {}
+            for i, p in enumerate(profiles):
+                try:
+                    with _checked():
+                        checked[i] = p if isinstance(p, Profile) else Profile.model_validate(dict(p))
+                except MMSearchError as e:
+                    answers[i] = e
+            modality = self.catalog.modalities(sorted({j for p in checked.values()
+                                                       for j in (*weighted(p.like), *weighted(p.dislike))}))
+            queries: list[tuple[int, Query]] = []
+            for i, p in checked.items():
+                try:
+                    unknown = [j for j in (*weighted(p.like), *weighted(p.dislike)) if j not in modality]
+                    if unknown:
+                        raise NotFound(f"no item {unknown[0]}")
+                    liked = {modality[j] for j in weighted(p.like)}
+                    with _checked():  # e.g. an item both liked and disliked
+                        queries.append((i, p.query(to=liked.pop() if len(liked) == 1 else None)))
+                except MMSearchError as e:
+                    answers[i] = e
+            self.indexes.refresh()
+            for (i, _), answer in zip(queries, self.runner.run_batch([q for _, q in queries])):
+                answers[i] = answer
         if errors == "raise":
             for answer in answers:
                 if isinstance(answer, MMSearchError):

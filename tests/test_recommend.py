@@ -442,3 +442,59 @@ def test_rescoring_many_queries_at_once_is_rescoring_each(world: dict[str, Any],
         rows /= np.linalg.norm(rows, axis=1, keepdims=True)
         brute = q.score(rows) if hasattr(q, "score") else rows @ q
         assert np.allclose(got_scores, brute, atol=1e-6) and (np.diff(got_scores) <= 0).all()
+
+
+def test_a_batch_reads_the_owners_of_its_pages_in_one_sql_read(world: dict[str, Any],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unfiltered profiles map their best ids to items from one shared read: a profile whose first
+    slice of ids reached past what the batch read would cost a SQL round trip of its own."""
+    engine: Engine = world["engine"]
+    photo = world["photo"]
+    profiles: list[dict[str, Any]] = [{"like": [photo[0]], "dislike": [photo[5]]}, {"like": [photo[1]], "k": 3},
+                                      {"like": [photo[2], photo[3]], "offset": 2, "k": 4, "exclude_ids": [photo[9]]}]
+    expected = [ids(engine.recommend(**p)) for p in profiles]
+    reads: list[int] = []
+    original = engine.catalog.embedding_items
+
+    def counted(embedding_ids: Any, *args: Any) -> Any:
+        reads.append(len(embedding_ids))
+        return original(embedding_ids, *args)
+
+    monkeypatch.setattr(engine.catalog, "embedding_items", counted)
+    assert [ids(r) for r in engine.recommend_batch(profiles)] == expected
+    assert len([n for n in reads if n]) == 1, reads
+
+
+def test_the_garbage_collector_waits_for_the_end_of_a_batch(world: dict[str, Any],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Off while the batch hydrates its pages, on again after it, after an error too; a caller who
+    turned it off keeps it off."""
+    import gc
+
+    engine: Engine = world["engine"]
+    photo = world["photo"]
+    seen: list[bool] = []
+    original = engine.catalog.items
+
+    def watched(item_ids: Any) -> Any:
+        seen.append(gc.isenabled())
+        return original(item_ids)
+
+    monkeypatch.setattr(engine.catalog, "items", watched)
+    assert gc.isenabled()
+    assert engine.recommend_batch([{"like": [photo[0]]}, {"like": [photo[1]]}])[0].results
+    assert seen == [False] and gc.isenabled()
+    with pytest.raises(NotFound):
+        engine.recommend_batch([{"like": [photo[0]]}, {"like": [99_999]}])
+    assert gc.isenabled()
+    monkeypatch.setattr(engine.catalog, "embedding_items", lambda *a: 1 / 0)  # fails inside the batch
+    with pytest.raises(ZeroDivisionError):
+        engine.recommend(like=[photo[2]], k=30)
+    assert gc.isenabled()
+    monkeypatch.undo()
+    gc.disable()
+    try:
+        engine.recommend(like=[photo[0]])
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

@@ -182,3 +182,27 @@ def test_other_process_append_visible(tmp_path: Path) -> None:
     assert p.exitcode == 0
     assert reader.ids().tolist() == [7, 8]
     np.testing.assert_array_equal(reader.get(np.array([8])), np.ones((1, DIM), np.float32))
+
+
+def test_rows_of_a_store_without_gaps_and_with_them(tmp_path: Path) -> None:
+    """A store whose ids have no gaps locates an id by its offset; one with gaps (after a
+    compaction drops some) by search: both give the row, or -1 for an id it does not hold."""
+    store = VectorStore(tmp_path, "clip.image", DIM)
+    store.append(np.arange(10, 30, dtype=np.int64), _unit(20))
+    asked = np.array([9, 10, 29, 30, -1, 15, 2**62, -2**63, 10], dtype=np.int64)
+    assert store.rows(asked).tolist() == [-1, 0, 19, -1, -1, 5, -1, -1, 0]
+    found, vecs = store.lookup(np.array([29, 31, 12]))
+    assert found.tolist() == [True, False, True]
+    np.testing.assert_allclose(vecs, _unit(20)[[19, 2]], atol=1e-3)
+    store.compact(np.setdiff1d(np.arange(10, 30), [12, 20]))
+    assert store.rows(asked).tolist() == [-1, 0, 17, -1, -1, 4, -1, -1, 0]
+    assert store.rows(np.array([12, 13, 20, 21])).tolist() == [-1, 2, -1, 9]
+
+
+def test_widening_is_float16_to_float32_for_every_value() -> None:
+    """The table lookup that widens stored rows gives numpy's own conversion, bit for bit, for
+    all 65,536 float16 values (infinities, NaNs and subnormals included)."""
+    from mmsearch.storage.vectors import _widen
+
+    every = np.arange(65_536, dtype=np.uint16).view(np.float16).reshape(256, 256)
+    assert np.array_equal(_widen(every).view(np.uint32), every.astype(np.float32).view(np.uint32))

@@ -35,8 +35,8 @@ def exact_rescore_many(
     queries: list[np.ndarray | QueryVector], candidates: list[np.ndarray], store: VectorStore, *, threads: int = 1
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """``exact_rescore`` of many queries, each with its own candidates (a batch). Their ids are
-    deduplicated in one vectorised pass; then each query's rows are located in one mapping of the
-    store, read, widened and scored on their own (about 200 rows: they stay in cache),
+    deduplicated in one vectorised pass and located in the store in another (one mapping of it);
+    then each query's rows are read, widened and scored on their own (about 200 rows: they stay in cache),
     so a query's scores are the same bits whatever else is in the batch. With ``threads`` > 1 and
     a batch of at least ``PARALLEL_MIN`` queries, contiguous runs of queries are scored on that
     many threads (numpy releases the GIL while it gathers, widens and multiplies)."""
@@ -46,9 +46,12 @@ def exact_rescore_many(
             raise ValueError(f"query has dim {dim}, store {store.name!r} has {store.dim}")
     wanted = _sorted_unique(candidates)  # sorted per query (sequential reads), -1 padding and duplicates dropped
     mapping = store.mapping()  # one version of the store for the whole batch
+    # every query's ids located in one search of the store's ids, not one search per query
+    located = np.split(mapping.rows(np.concatenate(wanted)), np.cumsum([w.size for w in wanted])[:-1]) \
+        if wanted else []
 
     def one(j: int) -> tuple[np.ndarray, np.ndarray]:
-        mine = mapping.rows(wanted[j])
+        mine = located[j]
         found = mine >= 0
         ids, vectors = wanted[j][found], mapping.read(mine[found])
         # float16 storage leaves norms a hair off 1; dividing keeps scores true cosines (<= 1)

@@ -22,6 +22,7 @@ import numpy as np
 from mmsearch.cpus import intra_op_threads
 from mmsearch.encoders.encoder_set import EncoderSet
 from mmsearch.errors import BadInput, MMSearchError, ModelMismatch
+from mmsearch.gc_pause import gc_paused
 from mmsearch.search.live import LiveIndex, LiveIndexes
 from mmsearch.search.query_embedding import QueryEmbedder
 from mmsearch.search.request import Hit, Metadata, Query, SearchResponse, TotalRelation, default_target
@@ -165,7 +166,11 @@ class QueryRunner(QueryEmbedder):
         mismatch) gets its error in its place; the others are answered.
 
         In a batch, ``embed`` and the shared ANN search are the whole batch's, reported in each
-        response's timings."""
+        response's timings. The garbage collector waits for the end of the batch (gc_pause.py)."""
+        with gc_paused():
+            return self._run_batch(queries)
+
+    def _run_batch(self, queries: Sequence[Query]) -> list[SearchResponse | MMSearchError]:
         recorded = self.catalog.spaces()
         existing = set(self.indexes.stored_collections())
         answers: list[SearchResponse | MMSearchError | None] = [None] * len(queries)
@@ -217,7 +222,7 @@ class QueryRunner(QueryEmbedder):
         # a broad filter does not narrow the ANN search: its parts share it, and check their candidates
         first, shared_ann = self._first_passes([p for p in parts if p.allowed is None or p.allowed.broad])
         owners: dict[int, _Owner | None] = {}  # embedding id -> owner, shared by the unfiltered queries
-        heads = [done.ids[:queries[part.query].offset + queries[part.query].k + len(part.exclude)]
+        heads = [done.ids[:_first_slice(_need(queries[part.query]), part.exclude)]
                  for part, done in first.items() if not part.after]
         # the likely pages' owners in one read, not one per query
         self._owners(np.unique(np.concatenate(heads)).tolist() if heads else [], owners)
@@ -328,7 +333,7 @@ class QueryRunner(QueryEmbedder):
         exclusions, a broad filter, ``min_score`` and ``dedup`` drop some), and stops once every
         vector the last pass added scores below ``min_score``: the ones deeper still rank lower
         (exactly so in a flat index)."""
-        need = q.offset + q.k + 1  # one beyond the page says whether there is more (has_more)
+        need = _need(q)
         want, fetched = part.want, 0
         after = part.after  # a broad filter, checked on candidates
         while True:
@@ -380,7 +385,7 @@ class QueryRunner(QueryEmbedder):
         SQL work follows the page, not the pool; ``owners`` keeps the mapping across passes.
         ``after``: a broad filter, checked in the same SQL (an id that fails it maps to None)."""
         best: dict[int, _Candidate] = {}
-        step = max(1, need + len(exclude))
+        step = _first_slice(need, exclude)
         start = 0
         while start < len(ids):
             part = ids[start:start + step].tolist()
@@ -416,6 +421,18 @@ class QueryRunner(QueryEmbedder):
             cached = self._background[collection] = (len(live), vectors)  # one per collection
         s = qv.score(cached[1])
         return float(s.mean()), float(max(s.std(), 1e-6))
+
+
+def _need(q: Query) -> int:
+    """Items a query maps its ranking to: its page and one beyond it, which says whether there
+    is more (has_more)."""
+    return q.offset + q.k + 1
+
+
+def _first_slice(need: int, exclude: set[int]) -> int:
+    """How many of the best ids ``_by_item`` maps to items first; the batch reads the owners of
+    every query's first slice in one SQL read, so an ordinary page costs no read of its own."""
+    return max(1, need + len(exclude))
 
 
 def _broad_cap(vectors: int) -> int:

@@ -25,6 +25,7 @@ from mmsearch.media.metadata import FileFacts, camera_keys, extension, mime_of
 from mmsearch.settings import Settings
 from mmsearch.storage import filters
 from mmsearch.storage import ids as idgen
+from mmsearch.storage.id_lists import among
 from mmsearch.storage.db import (
     create_db_engine,
     friendly_db_error,
@@ -532,10 +533,9 @@ class Catalog:
         order: many items' vectors in one read (a batch of profiles, ``Engine.vectors``)."""
         out: list[tuple[int, int, str, float | None, float | None]] = []
         with self.sessions() as s:
-            for i in range(0, len(item_ids), 900):
-                chunk = [int(x) for x in item_ids[i:i + 900]]
+            for wanted in among(Embedding.item_id, item_ids, s.get_bind().dialect.name):
                 q = select(Embedding.id, Embedding.item_id, Embedding.collection, Embedding.start_s,
-                           Embedding.end_s).where(Embedding.item_id.in_(chunk))
+                           Embedding.end_s).where(wanted)
                 out += [(int(e), int(it), c, a, b) for e, it, c, a, b in s.connection().execute(q).all()]
         out.sort()
         return out
@@ -559,12 +559,11 @@ class Catalog:
         out: dict[int, ItemRow] = {}
         with self.sessions() as s:
             conn = s.connection()  # plain rows: a batch hydrates thousands, the ORM's per-row work is not needed
-            for i in range(0, len(item_ids), 900):
-                chunk = [int(x) for x in item_ids[i:i + 900]]
+            tags = _tags_of(s, item_ids)
+            for wanted in among(Item.id, item_ids, s.get_bind().dialect.name):
                 q = (select(Item.id, Item.file_id, File.path, Item.modality, Item.ordinal, Item.text, Item.ref_path,
                             Item.duration, File.size, File.mtime_ns, *_FACT_COLUMNS)
-                     .join(File, Item.file_id == File.id).where(Item.id.in_(chunk)))
-                tags = _tags_of(s, chunk)
+                     .join(File, Item.file_id == File.id).where(wanted))
                 for r in conn.execute(q).all():
                     out[r[0]] = ItemRow(*r[:10], facts=FileFacts(*r[10:]), tags=tags.get(r[0], []))
         return out
@@ -574,9 +573,8 @@ class Catalog:
         picks their default modality with one narrow read (no join)."""
         out: dict[int, str] = {}
         with self.sessions() as s:
-            for i in range(0, len(item_ids), 900):
-                chunk = [int(x) for x in item_ids[i:i + 900]]
-                rows = s.connection().execute(select(Item.id, Item.modality).where(Item.id.in_(chunk))).all()
+            for wanted in among(Item.id, item_ids, s.get_bind().dialect.name):
+                rows = s.connection().execute(select(Item.id, Item.modality).where(wanted)).all()
                 out.update({int(k): m for k, m in rows})
         return out
 
@@ -687,9 +685,10 @@ def _last_seq(s: Session) -> int:
 def _tags_of(s: Session, item_ids: Sequence[int]) -> dict[int, list[str]]:
     """item id -> its tags as "tag" and "key=value", sorted."""
     out: dict[int, list[str]] = {}
-    q = select(Tag.item_id, Tag.tag, Tag.value).where(Tag.item_id.in_(list(item_ids))).order_by(Tag.item_id, Tag.tag)
-    for item_id, tag, value in s.connection().execute(q).all():
-        out.setdefault(item_id, []).append(tag if value is None else f"{tag}={value}")
+    for wanted in among(Tag.item_id, item_ids, s.get_bind().dialect.name):
+        q = select(Tag.item_id, Tag.tag, Tag.value).where(wanted).order_by(Tag.item_id, Tag.tag)
+        for item_id, tag, value in s.connection().execute(q).all():
+            out.setdefault(item_id, []).append(tag if value is None else f"{tag}={value}")
     return out
 
 

@@ -30,12 +30,12 @@ from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select, t
 from sqlalchemy.orm import Session
 
 from mmsearch.storage import path_filter
+from mmsearch.storage.id_lists import among
 from mmsearch.storage.models import Embedding, File, Item, Root, Tag
 
 EARTH_KM = 6371.0088  # mean radius
 KM_PER_DEGREE = math.pi * EARTH_KM / 180
 FIRST_PROBE = 20_000  # rows counted per condition before a larger count is tried (unbounded selections)
-_CHUNK = 900  # ids per IN list: under SQLite's old 999-variable limit
 _FAR = 2**62  # beyond every size, date and duration (and exact as a float and as a BIGINT)
 
 
@@ -184,10 +184,9 @@ def matching(s: Session, f: Filter, embedding_ids: Sequence[int]) -> dict[int, t
     clauses = _clauses(s, f) if f else []
     checked = _place_columns(clauses, first=4)
     out: dict[int, tuple[int, float | None, float | None]] = {}
-    for i in range(0, len(embedding_ids), _CHUNK):
-        chunk = [int(x) for x in embedding_ids[i:i + _CHUNK]]
+    for wanted in among(Embedding.id, embedding_ids, s.get_bind().dialect.name):
         q = select(Embedding.id, Embedding.item_id, Embedding.start_s, Embedding.end_s,
-                   *(col for c in checked for col in c.columns)).where(Embedding.id.in_(chunk))
+                   *(col for c in checked for col in c.columns)).where(wanted)
         if clauses:
             q = (q.join(Item, Item.id == Embedding.item_id).join(File, File.id == Item.file_id)
                  .where(*(c.plain for c in clauses)))

@@ -38,7 +38,9 @@ _F16_TO_F32 = np.arange(65_536, dtype=np.uint16).view(np.float16).astype(np.floa
 
 
 def _widen(half: np.ndarray) -> np.ndarray:
-    return np.take(_F16_TO_F32, np.ascontiguousarray(half).view(np.uint16))
+    # "wrap" skips take's bounds check on every index (about a fifth of its time): a uint16 index
+    # into 65,536 entries never needs wrapping, so the result is the same
+    return np.take(_F16_TO_F32, np.ascontiguousarray(half).view(np.uint16), mode="wrap")
 
 
 @dataclass(frozen=True)
@@ -52,8 +54,13 @@ class _View:
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         stored = self.ids
-        if stored.shape[0] == 0:
+        n = stored.shape[0]
+        if n == 0:
             return np.full(ids.shape, -1, dtype=np.int64)
+        first, last = int(stored[0]), int(stored[-1])
+        if last - first == n - 1:  # strictly increasing ids spanning n values: no gaps, a row is id - first
+            # (a batch's rescoring locates 200,000 ids: an offset, not a binary search each)
+            return np.where((ids >= first) & (ids <= last), ids - first, -1).astype(np.int64, copy=False)
         pos = np.searchsorted(stored, ids)
         clipped = np.minimum(pos, stored.shape[0] - 1)
         return np.where(stored[clipped] == ids, clipped, -1).astype(np.int64)

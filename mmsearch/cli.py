@@ -228,7 +228,8 @@ def _show(response: Any, as_json: bool, paths_only: bool = False, preview: bool 
             if png:
                 sys.stdout.write(inline(png, protocol))
     t = response.timings_ms
-    of = f" of {'at most ' if response.total_relation == 'lte' else ''}{response.total:,}"
+    bound = {"lte": "at most ", "gte": "at least "}.get(response.total_relation or "", "")
+    of = f" of {bound}{response.total:,}" if response.total is not None else ""
     typer.echo(f"({len(response.results)}{of} results in {t.get('total', 0):.1f} ms"
                + ("; ranked by calibrated score, cosine beside it" if merged else "") + ")", err=True)
 

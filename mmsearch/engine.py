@@ -203,7 +203,7 @@ class Engine:
         results are in the liked items' own modality."""
         fields = dict(like=like, dislike=dislike, text=text, text_weight=text_weight, dislike_weight=dislike_weight,
                       scoring=scoring, to=to, k=k, **filters)
-        return self.recommend_batch([fields])[0]
+        return self._profiles([fields], "raise", count=True)[0]
 
     @overload
     def recommend_batch(self, profiles: Sequence[Profile | Mapping[str, Any]],
@@ -218,7 +218,12 @@ class Engine:
         """One result list per profile (a Profile, or a dict of ``recommend``'s arguments), from one
         batched ANN search per collection: far cheaper than a loop of ``recommend``. With
         ``errors="return"`` a profile that cannot run (an unknown item) gets its error in its place
-        and the others are answered; by default the first one is raised."""
+        and the others are answered; by default the first one is raised. Answers in bulk carry
+        no ``total`` (a single ``recommend`` does): counting each would cost more than its search."""
+        return self._profiles(profiles, errors, count=False)
+
+    def _profiles(self, profiles: Sequence[Profile | Mapping[str, Any]], errors: Literal["raise", "return"],
+                  count: bool) -> list[Any]:
         with gc_paused():  # the profiles' checks allocate as the batch does (gc_pause.py)
             answers: list[Any] = [None] * len(profiles)
             checked: dict[int, Profile] = {}
@@ -242,7 +247,7 @@ class Engine:
                 except MMSearchError as e:
                     answers[i] = e
             self.indexes.refresh()
-            for (i, _), answer in zip(queries, self.runner.run_batch([q for _, q in queries])):
+            for (i, _), answer in zip(queries, self.runner.run_batch([q for _, q in queries], count=count)):
                 answers[i] = answer
         if errors == "raise":
             for answer in answers:

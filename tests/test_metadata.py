@@ -350,6 +350,30 @@ def test_a_total_leaves_out_exclusions_and_bounds_what_scores_drop(world: dict[s
     assert engine.search(Query(text="x", k=1, tags=["counted"])).total == 0
 
 
+def test_a_count_stops_at_its_cap_and_the_last_page_is_exact(world: dict[str, Any]) -> None:
+    """A broad filter's count stops past the cap (a lower bound, ``gte``) so a page never pays for
+    every match; the counters' exact count needs no cap; the last page's end is the total."""
+    engine, ids = world["engine"], world["ids"]
+    totals = engine.runner._totals
+    cap, totals.cap = totals.cap, 2
+    try:
+        broad = engine.search(Query(text="x", k=1, ext=["jpg"]))  # 4 photos match
+        assert (broad.total, broad.total_relation) == (2, "gte") and broad.has_more
+        last = engine.search(Query(text="x", k=10, ext=["jpg"]))
+        assert (last.total, last.total_relation) == (4, "eq") and not last.has_more
+        unfiltered = engine.search(Query(text="x", k=1))  # the triggers' counters: exact at any size
+        assert (unfiltered.total, unfiltered.total_relation) == (len(EVERYTHING), "eq")
+        scored = engine.search(Query(text="x", k=1, ext=["jpg"], min_score=-1.0))  # capped and scored: reached
+        assert (scored.total, scored.total_relation) == (2, "gte")
+    finally:
+        totals.cap = cap
+    # profiles answered in bulk are not counted
+    batch = engine.recommend_batch([{"like": [ids["paris.jpg"]], "k": 1}])
+    assert (batch[0].total, batch[0].total_relation) == (None, None) and batch[0].results
+    single = engine.recommend(like=[ids["paris.jpg"]], k=1)
+    assert single.total_relation == "eq" and single.total is not None
+
+
 def test_min_size(world: dict[str, Any], cli: Any) -> None:
     sizes = {p.name: p.stat().st_size for p in world["lib"].rglob("*") if p.is_file()}
     largest, second = sorted(sizes, key=sizes.__getitem__)[-1:-3:-1]

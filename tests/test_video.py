@@ -4,7 +4,6 @@ or another item, with the moment's span; phone and browser files; damaged files 
 from __future__ import annotations
 
 import io
-import shutil
 from pathlib import Path
 
 import numpy as np

@@ -326,7 +326,7 @@ class Hit(Metadata, _Found):
     """One result: the item, its score, and what its file says (Metadata, after the item's own fields)."""
 
 
-TotalRelation = Literal["eq", "lte"]
+TotalRelation = Literal["eq", "lte", "gte"]
 
 
 class SearchResponse(BaseModel):
@@ -334,13 +334,14 @@ class SearchResponse(BaseModel):
     timings_ms: dict[str, float]
     has_more: bool = Field(False, description="Whether a next page (offset + k) has results: the search "
                            "looks one result beyond the page, so this costs nothing.")
-    total: int = Field(0, description="How many items the query ranks, over all its pages: those of the "
-                       "modalities it searches that pass its filters, less the excluded (and liked or "
-                       "disliked) ones. Counted in SQL, never by scoring; see `total_relation`.")
-    total_relation: TotalRelation = Field("eq", description="`eq`: `total` is exact. `lte`: an upper "
-                                          "bound: `min_score` or `dedup` drop ranked items after scoring, "
-                                          "and how many is known only on the last page (there `total` "
-                                          "is exact again).")
+    total: int | None = Field(None, description="How many items the query ranks, over all its pages: those "
+                              "of the modalities it searches that pass its filters, less the excluded (and "
+                              "liked or disliked) ones. Counted in SQL up to 10,000, never by scoring; see "
+                              "`total_relation`. None in batch answers (profiles in bulk are not counted).")
+    total_relation: TotalRelation | None = Field(None, description="`eq`: `total` is exact. `gte`: a lower bound "
+                                                 "(over 10,000 matches the count stops). `lte`: an upper bound: "
+                                                 "`min_score` or `dedup` drop ranked items after scoring, and how "
+                                                 "many is known only on the last page (there `total` is exact).")
 
 
 def default_target(q: Query) -> str:

@@ -158,7 +158,7 @@ class QueryRunner(QueryEmbedder):
             raise answer
         return answer
 
-    def run_batch(self, queries: Sequence[Query]) -> list[SearchResponse | MMSearchError]:
+    def run_batch(self, queries: Sequence[Query], count: bool = True) -> list[SearchResponse | MMSearchError]:
         """Answer many queries as one: their items read and their texts embedded together, one ANN
         search per collection for all of them (a FAISS batch: one pass over the lists, all cores),
         then each query's own exact rescoring, filters and page, and one SQL read for every page.
@@ -166,11 +166,13 @@ class QueryRunner(QueryEmbedder):
         mismatch) gets its error in its place; the others are answered.
 
         In a batch, ``embed`` and the shared ANN search are the whole batch's, reported in each
-        response's timings. The garbage collector waits for the end of the batch (gc_pause.py)."""
+        response's timings. The garbage collector waits for the end of the batch (gc_pause.py).
+        ``count``: give each page its total (search/totals.py); profiles answered in bulk are
+        not pages a user scrolls, and go without (``total`` None)."""
         with gc_paused():
-            return self._run_batch(queries)
+            return self._run_batch(queries, count)
 
-    def _run_batch(self, queries: Sequence[Query]) -> list[SearchResponse | MMSearchError]:
+    def _run_batch(self, queries: Sequence[Query], count: bool = True) -> list[SearchResponse | MMSearchError]:
         recorded = self.catalog.spaces()
         existing = set(self.indexes.stored_collections())
         answers: list[SearchResponse | MMSearchError | None] = [None] * len(queries)
@@ -186,7 +188,8 @@ class QueryRunner(QueryEmbedder):
                     path_filter.scans(q.path, self.catalog.roots)  # BadInput for a pattern that cannot match
                 if not self.targets(q, set(reach), existing):  # nothing it asks for is stored: no model
                     answers[i], reach = SearchResponse(results=[], timings_ms=dict.fromkeys(
-                        ("embed", "ann", "rerank", "hydrate", "count", "total"), 0.0)), []
+                        ("embed", "ann", "rerank", "hydrate", "count", "total"), 0.0), total=0,
+                        total_relation="eq"), []
                 # stored items only (``similar``, ``recommend``): their vectors come from the store
                 self.check_models([s for s in reach if self.needs_model(q, s)], recorded)
             except MMSearchError as e:
@@ -260,7 +263,7 @@ class QueryRunner(QueryEmbedder):
         rows = self.catalog.items(sorted({c.item_id for page in pages.values() for c in page}))  # only pages
         hydrate_ms = _ms(t4)
         t5 = time.perf_counter()
-        totals = {i: self._totals.count(*ranked[i]) for i in pages}
+        totals = {i: self._totals.count(*ranked[i]) for i in pages} if count else {}
         count_ms = _ms(t5)
         by_query: dict[int, list[_Part]] = {}
         for part in parts:
@@ -277,7 +280,7 @@ class QueryRunner(QueryEmbedder):
             timings = {"embed": embed_ms, "ann": (shared_ann + sum(p.clock.ann for p in mine)) * 1000,
                        "rerank": sum(p.clock.rerank for p in mine) * 1000, "hydrate": hydrate_ms,
                        "count": count_ms, "total": _ms(t0)}
-            total, relation = _total(queries[i], totals[i], len(hits), more[i])
+            total, relation = _total(queries[i], totals[i], len(hits), more[i]) if i in totals else (None, None)
             answers[i] = SearchResponse(results=hits, timings_ms={k: round(v, 3) for k, v in timings.items()},
                                         has_more=more[i], total=total, total_relation=relation)
         return [a for a in answers if a is not None]
@@ -473,15 +476,19 @@ def _refuse_absent_sounds(q: Query, existing: set[str]) -> None:
                        "server's audio setting), then search them")
 
 
-def _total(q: Query, counted: int, shown: int, has_more: bool) -> tuple[int, TotalRelation]:
-    """The pages' total and whether it is exact. ``min_score`` and ``dedup`` drop ranked items
-    after scoring, so the count of what the query ranks is then an upper bound, except on the
-    last page shown, whose end is the total."""
-    if q.min_score is None and q.dedup is None:
-        return counted, "eq"
+def _total(q: Query, counted: tuple[int, bool], shown: int, has_more: bool) -> tuple[int, TotalRelation]:
+    """The pages' total and how it relates to the truth. The last page shown ends at the total
+    (``eq``, whatever the count said: an approximate index may reach fewer items than it ranks).
+    Before it: the count (``eq``), or past the count's cap a lower bound (``gte``); ``min_score``
+    and ``dedup`` drop ranked items after scoring, so then the count is an upper bound (``lte``),
+    and a capped one bounds nothing: the items reached so far are the lower bound (``gte``)."""
+    n, capped = counted
+    reached = q.offset + shown + has_more
     if shown and not has_more:
         return q.offset + shown, "eq"
-    return max(counted, q.offset + shown + has_more), "lte"
+    if q.min_score is None and q.dedup is None:
+        return (max(n, reached), "gte") if capped else (n, "eq")
+    return (reached, "gte") if capped else (max(n, reached), "lte")
 
 
 def _ms(t0: float) -> float:

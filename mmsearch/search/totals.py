@@ -1,8 +1,8 @@
 """The total of a query's pages: how many items it ranks, counted in SQL, never from vectors.
 
 That is the items of the collections it searches that pass its filters, less those it leaves out
-(exclusions, liked and disliked items). The count follows the filter's matches (the counters the
-triggers keep, without a filter), and a user pages through one query: so the count before
+(exclusions, liked and disliked items). The count follows the filter's matches, up to ``CAP``
+(the counters the triggers keep, without a filter), and a user pages through one query: so the count before
 exclusions is kept per (collections, filter) until the catalog changes (the change log or the
 filters' generation moves), and the exclusions, a few ids, are counted by primary key each time.
 """
@@ -17,16 +17,19 @@ from mmsearch.storage.catalog import Catalog
 from mmsearch.storage.filters import Filter
 
 MAX_ENTRIES = 256
+CAP = 10_000  # matches counted at most: past it a total is a lower bound (a broad glob costs no more)
 
 
 class TotalCache:
-    def __init__(self, catalog: Catalog, size: int = MAX_ENTRIES) -> None:
-        self.catalog, self.size = catalog, size
-        self._entries: OrderedDict[tuple[tuple[str, ...], Filter], tuple[tuple[int, int], int]] = OrderedDict()
+    def __init__(self, catalog: Catalog, size: int = MAX_ENTRIES, cap: int = CAP) -> None:
+        self.catalog, self.size, self.cap = catalog, size, cap
+        self._entries: OrderedDict[tuple[tuple[str, ...], Filter], tuple[tuple[int, int], tuple[int, bool]]] = \
+            OrderedDict()
         self._lock = threading.Lock()
 
-    def count(self, collections: Sequence[str], f: Filter, exclude: Collection[int] = ()) -> int:
-        """Items of ``collections`` that pass ``f``, less ``exclude``."""
+    def count(self, collections: Sequence[str], f: Filter, exclude: Collection[int] = ()) -> tuple[int, bool]:
+        """Items of ``collections`` that pass ``f``, less ``exclude``; and whether the count
+        stopped at the cap (then it is a lower bound)."""
         stamp = self.catalog.filter_stamp()
         key = (tuple(sorted(collections)), f)
         with self._lock:
@@ -34,11 +37,12 @@ class TotalCache:
             if hit is not None and hit[0] == stamp:
                 self._entries.move_to_end(key)
         if hit is None or hit[0] != stamp:
-            hit = (stamp, self.catalog.count_items(key[0], f))
+            hit = (stamp, self.catalog.count_items(key[0], f, limit=self.cap))
             with self._lock:
                 self._entries[key] = hit
                 self._entries.move_to_end(key)
                 while len(self._entries) > self.size:
                     self._entries.popitem(last=False)
-        left_out = self.catalog.count_items(key[0], f, among=sorted(exclude)) if exclude else 0
-        return max(0, hit[1] - left_out)
+        left_out = self.catalog.count_items(key[0], f, among=sorted(exclude))[0] if exclude else 0
+        counted, exact = hit[1]
+        return max(0, counted - left_out), not exact

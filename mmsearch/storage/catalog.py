@@ -607,15 +607,17 @@ class Catalog:
         with self.sessions() as s:
             return filters.page_items(s, f, (File.path, Item.ordinal, Item.id), offset, limit, *where)
 
-    def count_items(self, collections: Sequence[str], f: filters.Filter, among: Sequence[int] | None = None) -> int:
+    def count_items(self, collections: Sequence[str], f: filters.Filter, among: Sequence[int] | None = None,
+                    limit: int | None = None) -> tuple[int, bool]:
         """Items with vectors in these collections that pass ``f`` (``among``: of these ids only):
         what a query over the collections ranks, the total of its pages. A modality's items are
         counted by modality (without a filter, from the counters the triggers keep); only a
         video's sound track (clap.video without clip.video) asks each video for a vector there.
-        Cost follows the matches (storage/filters.py)."""
+        Cost follows the matches (storage/filters.py): with ``limit``, counting stops past it.
+        Returns the count and whether it is exact (False: it stopped, there are more)."""
         modalities = sorted({c.split(".", 1)[1] for c in collections})
         if not modalities or (among is not None and not len(among)):
-            return 0
+            return 0, True
         kind = Item.modality + "" if f else Item.modality
         where = kind.in_(modalities)
         tracks_only = "video" in modalities and "clip.video" not in collections
@@ -624,9 +626,10 @@ class Catalog:
             where = or_(kind.in_([m for m in modalities if m != "video"]), and_(kind == "video", track))
         if not f and not tracks_only and among is None:
             counters = self._counters()
-            return sum(counters.get(f"items.{m}", 0) for m in modalities)
+            return sum(counters.get(f"items.{m}", 0) for m in modalities), True
         with self.sessions() as s:
-            return filters.count_items(s, f, where, ids=None if among is None else sorted(set(among)))
+            n = filters.count_items(s, f, where, ids=None if among is None else sorted(set(among)), limit=limit)
+        return (limit, False) if limit is not None and n > limit else (n, True)
 
     def failures(self, limit: int = 100) -> list[tuple[str, str]]:
         with self.sessions() as s:

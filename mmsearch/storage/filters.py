@@ -30,6 +30,7 @@ from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select, t
 from sqlalchemy.orm import Session
 
 from mmsearch.storage import path_filter
+from mmsearch.storage.id_lists import CHUNK as _CHUNK
 from mmsearch.storage.id_lists import among
 from mmsearch.storage.models import Embedding, File, Item, Root, Tag
 
@@ -145,17 +146,24 @@ def items_query(s: Session, f: Filter, *where: ColumnElement[bool],
     return q.where(*(c.indexed if i == best else c.plain for i, c in enumerate(clauses))), checked
 
 
-def count_items(s: Session, f: Filter, *where: ColumnElement[bool], ids: Sequence[int] | None = None) -> int:
+def count_items(s: Session, f: Filter, *where: ColumnElement[bool], ids: Sequence[int] | None = None,
+                limit: int | None = None) -> int:
     """How many items pass ``f`` and ``where`` (see ``items_query``; ``ids``: of these items):
     one SQL count, or with a Python check, a read of the rows its SQL ranges find. Cost
-    follows the matches."""
+    follows the matches; with ``limit`` it stops past that many (and returns ``limit + 1``)."""
     total = 0
     for i in range(0, 1 if ids is None else len(ids), _CHUNK):
         q, checked = items_query(s, f, *where, ids=None if ids is None else ids[i:i + _CHUNK])
         if not checked:
-            total += int(s.scalar(select(func.count()).select_from(q.subquery())) or 0)
+            total += _count(s, q, limit) if limit is not None else \
+                int(s.scalar(select(func.count()).select_from(q.subquery())) or 0)
         else:
-            total += sum(1 for row in s.execute(q) if _passes(checked, row))
+            for row in s.execute(q):
+                total += _passes(checked, row)
+                if limit is not None and total > limit:
+                    break
+        if limit is not None and total > limit:
+            return limit + 1
     return total
 
 

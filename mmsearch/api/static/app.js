@@ -334,10 +334,11 @@ function render(data, append, ms, m) {
       (ignored ? " · score filters apply to searches" : "");
     return;
   }
-  // the total: how many the query ranks, counted by the server ("lte": an upper bound, min_score or dedup)
+  // the total: how many the query ranks, counted by the server ("lte": an upper bound, min_score or
+  // dedup; "gte": a lower bound, the count stopped)
   const t = data.timings_ms || {}, what = NOUNS[state.to] || ["result", "results"];
-  const of = data.total == null ? counted(n, what)
-    : `${n.toLocaleString()} of ${data.total_relation === "lte" ? "at most " : ""}${counted(data.total, what)}`;
+  const bound = { lte: "at most ", gte: "at least " }[data.total_relation] || "";
+  const of = data.total == null ? counted(n, what) : `${n.toLocaleString()} of ${bound}${counted(data.total, what)}`;
   statusLine.textContent = (!n ? "No results" : state.next == null ? (n > 1 ? `All ${counted(n, what)}` : counted(n, what))
     : `${of} · scroll for more`) +
     ` · ${ms.toFixed(0)} ms` + ("total" in t ? ` (server ${t.total.toFixed(1)} ms)` : "");

@@ -608,13 +608,14 @@ class Catalog:
             return filters.page_items(s, f, (File.path, Item.ordinal, Item.id), offset, limit, *where)
 
     def count_items(self, collections: Sequence[str], f: filters.Filter, among: Sequence[int] | None = None,
-                    limit: int | None = None) -> tuple[int, bool]:
-        """Items with vectors in these collections that pass ``f`` (``among``: of these ids only):
-        what a query over the collections ranks, the total of its pages. A modality's items are
-        counted by modality (without a filter, from the counters the triggers keep); only a
-        video's sound track (clap.video without clip.video) asks each video for a vector there.
-        Cost follows the matches (storage/filters.py): with ``limit``, counting stops past it.
-        Returns the count and whether it is exact (False: it stopped, there are more)."""
+                    limit: int | None = None, exclude: Sequence[int] = ()) -> tuple[int, bool]:
+        """Items with vectors in these collections that pass ``f`` (``among``: of these ids only;
+        ``exclude``: less these): what a query over the collections ranks, the total of its
+        pages. A modality's items are counted by modality (without a filter, from the counters the
+        triggers keep); only a video's sound track (clap.video without clip.video) asks each video
+        for a vector there. Cost follows the matches (storage/filters.py): with ``limit``,
+        counting stops past it. Returns the count and whether it is exact (False: it stopped,
+        there are more). One session."""
         modalities = sorted({c.split(".", 1)[1] for c in collections})
         if not modalities or (among is not None and not len(among)):
             return 0, True
@@ -624,12 +625,17 @@ class Catalog:
         if tracks_only:  # a video without a sound track has no vector there
             track = exists(select(Embedding.id).where(Embedding.item_id == Item.id, Embedding.collection == "clap.video"))
             where = or_(kind.in_([m for m in modalities if m != "video"]), and_(kind == "video", track))
-        if not f and not tracks_only and among is None:
-            counters = self._counters()
-            return sum(counters.get(f"items.{m}", 0) for m in modalities), True
         with self.sessions() as s:
-            n = filters.count_items(s, f, where, ids=None if among is None else sorted(set(among)), limit=limit)
-        return (limit, False) if limit is not None and n > limit else (n, True)
+            if not f and not tracks_only and among is None:
+                counters = dict(s.execute(select(Counter.key, Counter.value).where(
+                    Counter.key.in_([f"items.{m}" for m in modalities]))).all())
+                n, exact = sum(int(v) for v in counters.values()), True
+            else:
+                n = filters.count_items(s, f, where, ids=None if among is None else sorted(set(among)), limit=limit)
+                n, exact = (limit, False) if limit is not None and n > limit else (n, True)
+            if exclude:
+                n -= filters.count_items(s, f, where, ids=sorted(set(exclude)))
+        return max(0, n), exact
 
     def failures(self, limit: int = 100) -> list[tuple[str, str]]:
         with self.sessions() as s:

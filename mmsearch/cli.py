@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional
 import typer
 
 from mmsearch.errors import MMSearchError, NotFound
+from mmsearch.search.paging import BROWSE_MAX_LIMIT, BROWSE_MAX_OFFSET
 
 if TYPE_CHECKING:  # imported where used: ``mmsearch --help`` stays light
     from mmsearch.settings import Settings
@@ -32,6 +33,8 @@ RuntimeOpt = Annotated[Optional[Literal["auto", "torch", "onnx"]], typer.Option(
 ToOpt = Annotated[Optional[Literal["image", "text", "audio", "video", "all"]], typer.Option(
     "--to", help="Return only this modality (default: all media for a text query, the query's own for a "
     "picture or a sound).")]
+BrowseToOpt = Annotated[Optional[Literal["image", "text", "audio", "video", "all"]], typer.Option(
+    "--to", help="Only this modality (default: all).")]
 PathsOnlyOpt = Annotated[bool, typer.Option("--paths-only", "-f", help="Print only the paths, one a line, for pipes "
                                             "(a caption prints the photo it describes).")]
 PreviewOpt = Annotated[bool, typer.Option("--preview", "-p", help="Show each picture inline, in terminals that can "
@@ -564,9 +567,14 @@ def lookup(
         typer.echo(f"{path}\t{' '.join(map(str, ids))}")
 
 
+BrowseKOpt = Annotated[int, typer.Option("-k", "--k", min=1, max=BROWSE_MAX_LIMIT, help="Items on the page.")]
+BrowseOffsetOpt = Annotated[int, typer.Option("--offset", min=0, max=BROWSE_MAX_OFFSET,
+                                              help="Skip this many items (paging).")]
+
+
 @app.command()
 def browse(
-    to: ToOpt = None, path: PathOpt = None, k: KOpt = 50, offset: OffsetOpt = 0,
+    to: BrowseToOpt = None, path: PathOpt = None, k: BrowseKOpt = 50, offset: BrowseOffsetOpt = 0,
     date_from: DateFromOpt = None, date_to: DateToOpt = None, camera: CameraOpt = None, near: NearOpt = None,
     min_size: MinSizeOpt = None, min_duration: MinDurationOpt = None, max_duration: MaxDurationOpt = None,
     ext: ExtOpt = None, tag: TagOpt = None,
@@ -586,7 +594,8 @@ def browse(
     for r in rows:
         text = f"  \"{r.text[:80]}\"" if r.text and r.modality == "text" else ""
         typer.echo(f"{r.modality:<5}  #{r.id:<7} {r.path}{text}")
-    typer.echo(f"({offset + 1 if rows else offset}-{offset + len(rows)} of {total})", err=True)
+    typer.echo(f"({offset + 1}-{offset + len(rows)} of {total})" if rows else
+               f"(nothing from {offset:,}: {total:,} in all)", err=True)
 
 
 @app.command()

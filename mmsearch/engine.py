@@ -18,15 +18,16 @@ from mmsearch import cpus
 from mmsearch.encoders.base import Encoder
 from mmsearch.encoders.encoder_set import EncoderSet
 from mmsearch.errors import BadInput, MMSearchError, NotFound
-from mmsearch.gc_pause import gc_paused
 from mmsearch.export import ExportFormat, ItemVectors, blocks, item_vectors, write_npy, write_parquet
+from mmsearch.gc_pause import gc_paused
 from mmsearch.search.atlas import MAX_POINTS, AtlasResponse, build_atlas
 from mmsearch.search.duplicates import DuplicatesResponse, find_duplicates
 from mmsearch.search.live import LiveIndex, LiveIndexes
+from mmsearch.search.paging import BROWSE_MAX_LIMIT, BROWSE_MAX_OFFSET
 from mmsearch.search.query_embedding import Embedding, Embeddings, QueryEmbedder
 from mmsearch.search.request import Hit, Profile, Query, SearchResponse, Where, weighted
-from mmsearch.search.scoring import DISLIKE_WEIGHT, Scoring
 from mmsearch.search.runner import QueryRunner
+from mmsearch.search.scoring import DISLIKE_WEIGHT, Scoring
 from mmsearch.settings import Settings
 from mmsearch.storage.catalog import Catalog, ItemRow, SchemaOutdated
 from mmsearch.storage.vectors import VectorStore
@@ -183,6 +184,12 @@ class Engine:
     # -- reads ----------------------------------------------------------------------------------
 
     def search(self, query: Query) -> SearchResponse:
+        named = [*query.item_ids, *query.negative_ids]
+        if named:  # an item that is not there is an error, as in ``similar``, not a query of nothing
+            known = self.catalog.modalities(sorted(set(named)))
+            unknown = [i for i in named if i not in known]
+            if unknown:
+                raise NotFound(f"no item {unknown[0]}")
         self.indexes.refresh()
         return self.runner.run(query)
 
@@ -319,8 +326,10 @@ class Engine:
             to = None
         if to not in (None, "image", "text", "audio", "video"):
             raise BadInput(f"unknown modality {to!r}: image, text, audio, video or all")
-        if offset < 0 or not 1 <= limit <= 1000:
-            raise BadInput("offset is at least 0 and limit between 1 and 1000")
+        if not 0 <= offset <= BROWSE_MAX_OFFSET:
+            raise BadInput(f"offset: from 0 to {BROWSE_MAX_OFFSET:,}")
+        if not 1 <= limit <= BROWSE_MAX_LIMIT:
+            raise BadInput(f"limit: from 1 to {BROWSE_MAX_LIMIT}")
         with _checked():
             where = Where.model_validate(filters)
         ids, total = self.catalog.browse(to, where.filter(), offset, limit, ref=ref)

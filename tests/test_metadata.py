@@ -374,6 +374,40 @@ def test_a_count_stops_at_its_cap_and_the_last_page_is_exact(world: dict[str, An
     assert single.total_relation == "eq" and single.total is not None
 
 
+def test_empty_pages_say_where_the_list_ends(world: dict[str, Any], cli: Any) -> None:
+    """An empty first page is exactly 0; an empty page past the end bounds a scored total by its
+    offset (the list ended before it); browsing past the end says so."""
+    engine = world["engine"]
+    nothing = engine.search(Query(text="a photo", to="image", k=1, min_score=1.0))
+    assert (nothing.total, nothing.total_relation, nothing.results) == (0, "eq", [])
+    every = engine.search(Query(text="a photo", to="image", k=10))
+    floor = sorted(h.cosine for h in every.results)[-3]  # three pass
+    last = engine.search(Query(text="a photo", to="image", k=1, offset=2, min_score=floor))
+    assert (last.total, last.total_relation, last.has_more) == (3, "eq", False)
+    past = engine.search(Query(text="a photo", to="image", k=1, offset=4, min_score=floor))
+    assert (past.total, past.total_relation, past.results) == (4, "lte", [])  # 5 images counted, ended by 4
+    assert "nothing from 5,000" in cli("browse", "--offset", "5000", "-k", "2").output
+
+
+def test_bad_browse_pages_and_profiles_are_refused_on_every_face(world: dict[str, Any], cli: Any) -> None:
+    from mmsearch.search.paging import BROWSE_MAX_LIMIT, BROWSE_MAX_OFFSET
+
+    engine, ids = world["engine"], world["ids"]
+    with pytest.raises(BadInput, match="offset"):
+        engine.browse(offset=BROWSE_MAX_OFFSET + 1)
+    with pytest.raises(BadInput, match="limit"):
+        engine.browse(limit=BROWSE_MAX_LIMIT + 1)
+    huge = cli("browse", "--offset", str(2**63), code=2)
+    assert "--offset" in huge.output and "Traceback" not in huge.output
+    assert world["client"].get("/browse", params={"offset": BROWSE_MAX_OFFSET + 1}).status_code == 422
+    with pytest.raises(NotFound, match="no item"):  # an item that is not there is an error, not no results
+        engine.search(Query(item_ids=[10**9]))
+    with pytest.raises(BadInput, match="weights are positive"):
+        engine.recommend(like={ids["paris.jpg"]: -1.0})
+    with pytest.raises(BadInput, match="empty query"):  # only spaces: no text
+        engine.search(Query(text="   "))
+
+
 def test_min_size(world: dict[str, Any], cli: Any) -> None:
     sizes = {p.name: p.stat().st_size for p in world["lib"].rglob("*") if p.is_file()}
     largest, second = sorted(sizes, key=sizes.__getitem__)[-1:-3:-1]

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, computed_fiel
 
 from mmsearch.engine import Embedding, Embeddings
 from mmsearch.search.duplicates import DuplicatesResponse
+from mmsearch.search.paging import BROWSE_MAX_LIMIT, BROWSE_MAX_OFFSET
 from mmsearch.search.request import (
     CleanText,
     DateBound,
@@ -93,8 +94,8 @@ class BrowseRequest(Where):
     to: Target | None = Field(None, description="One modality; none (or `all`): every item.")
     ref: Annotated[CleanStr, Field(max_length=4096)] | None = Field(
         None, description="A media file's absolute path: the captions that describe it.")
-    offset: int = Field(0, ge=0, le=1_000_000, description="Items to skip.")
-    limit: int = Field(50, ge=1, le=200, description="Page size.")
+    offset: int = Field(0, ge=0, le=BROWSE_MAX_OFFSET, description="Items to skip.")
+    limit: int = Field(50, ge=1, le=BROWSE_MAX_LIMIT, description="Page size.")
 
 
 class SearchRequest(Filters):

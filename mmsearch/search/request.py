@@ -222,6 +222,9 @@ class Query(Filters):
 
     @model_validator(mode="after")
     def _items_agree(self) -> "Query":
+        if self.text is not None and not self.text.strip():  # only spaces: no text (an empty query is refused)
+            self.text = None
+        self.negative_text = [t for t in self.negative_text if t.strip()]
         both = set(self.item_ids) & set(self.negative_ids)
         if both:
             raise ValueError(f"item {min(both)} is both liked and disliked")
@@ -251,8 +254,13 @@ class Profile(Filters):
 
     @model_validator(mode="after")
     def _something_liked(self) -> "Profile":
+        if self.text is not None and not self.text.strip():  # only spaces: no text
+            self.text = None
         if not self.like and not self.text:
             raise ValueError("give at least one liked item or a text")
+        for name in ("like", "dislike"):  # a negative weight would turn a like into a dislike
+            if any(w <= 0 for w in weighted(getattr(self, name)).values()):
+                raise ValueError(f"{name}: weights are positive (a disliked item goes in dislike)")
         return self
 
     def query(self, to: str | None = None) -> Query:

@@ -477,16 +477,21 @@ def _refuse_absent_sounds(q: Query, existing: set[str]) -> None:
 
 
 def _total(q: Query, counted: tuple[int, bool], shown: int, has_more: bool) -> tuple[int, TotalRelation]:
-    """The pages' total and how it relates to the truth. The last page shown ends at the total
-    (``eq``, whatever the count said: an approximate index may reach fewer items than it ranks).
-    Before it: the count (``eq``), or past the count's cap a lower bound (``gte``); ``min_score``
-    and ``dedup`` drop ranked items after scoring, so then the count is an upper bound (``lte``),
-    and a capped one bounds nothing: the items reached so far are the lower bound (``gte``)."""
+    """The pages' total and how it relates to the truth. A page where the list ends (results and
+    no ``has_more``, or none at all from the start) gives it: ``eq``, whatever the count said (an
+    approximate index may reach fewer items than it ranks). Before that: the count (``eq``), or
+    past the count's cap a lower bound (``gte``); ``min_score`` and ``dedup`` drop ranked items
+    after scoring, so then the count is an upper bound (``lte``), and a capped one bounds nothing:
+    the items reached so far are the lower bound (``gte``). An empty page past the end says the
+    list ended before its offset."""
     n, capped = counted
-    reached = q.offset + shown + has_more
-    if shown and not has_more:
+    scored = q.min_score is not None or q.dedup is not None
+    if not has_more and (shown or not q.offset):
         return q.offset + shown, "eq"
-    if q.min_score is None and q.dedup is None:
+    if not has_more:  # past the end
+        return (n, "eq") if not (scored or capped) else (min(n, q.offset), "lte")
+    reached = q.offset + shown + 1
+    if not scored:
         return (max(n, reached), "gte") if capped else (n, "eq")
     return (reached, "gte") if capped else (max(n, reached), "lte")
 

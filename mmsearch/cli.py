@@ -160,6 +160,8 @@ def index(
     typer.echo(f"added {report.added}, updated {report.updated}, removed {report.removed}"
                + (f", moved {report.moved}" if report.moved else "")
                + f", unchanged {report.unchanged}, failed {report.failed}"
+               + (f", {report.still_failed} still failing from earlier runs (--retry-failed tries them again)"
+                  if report.still_failed else "")
                + (f", skipped links {report.skipped_links}" if report.skipped_links else "")
                + (f", skipped {sum(report.skipped.values())} (not media or text)" if report.skipped else "")
                + (f", {len(report.warnings)} with decoder warnings" if report.warnings else "")

@@ -327,9 +327,10 @@ def test_retry_failed(make_settings, photo_dir: Path) -> None:  # type: ignore[n
     with Engine.open(make_settings(max_image_pixels=1000)) as e:
         assert e.index([photo_dir]).failed == 24  # every photo is over a tiny pixel limit
     with Engine.open(make_settings(model=None)) as e:
-        assert e.index([photo_dir]).failed == 0 and e.stats()["files"]["failed"] == 24  # unchanged: kept
+        again = e.index([photo_dir])  # unchanged: kept, and said to be still failing
+        assert (again.failed, again.still_failed) == (0, 24) and e.stats()["files"]["failed"] == 24
         report = e.index([photo_dir], retry_failed=True)
-        assert report.updated == 24 and report.failed == 0
+        assert (report.updated, report.failed, report.still_failed) == (24, 0, 0)
 
 
 def test_diversity_changes_the_list(engine: Engine, photo_dir: Path) -> None:

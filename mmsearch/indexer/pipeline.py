@@ -78,10 +78,12 @@ class IndexReport:
         ext = extension(path) or "(none)"
         self.skipped[ext] = self.skipped.get(ext, 0) + 1
     media_seconds: float = 0.0  # seconds of sound and video embedded (a video's time counted once)
+    still_failed: int = 0  # unchanged files that failed on an earlier run (--retry-failed tries them)
 
     def as_dict(self) -> dict[str, Any]:
         return {"added": self.added, "updated": self.updated, "removed": self.removed, "moved": self.moved,
-                "unchanged": self.unchanged, "failed": self.failed, "items": self.items,
+                "unchanged": self.unchanged, "still_failed": self.still_failed, "failed": self.failed,
+                "items": self.items,
                 "skipped_links": self.skipped_links, "seconds": round(self.seconds, 3),
                 "media_seconds": round(self.media_seconds, 3),
                 "failures": [{"path": p, "reason": r} for p, r in self.failures],
@@ -147,7 +149,7 @@ def index_folders(paths: Sequence[Path], writer: CatalogWriter, encoders: Encode
     if work and spaces is None:
         spaces = _load_spaces(encoders, writer, report)
         if encoders.redo:  # a space was added: its files must all be embedded again
-            report.unchanged = report.failed = report.skipped_links = 0  # recounted; removals stay counted
+            report.unchanged = report.failed = report.skipped_links = report.still_failed = 0  # recounted; removals stay
             report.failures = []
             report.skipped = {}
             work = _plan(roots, writer, encoders, spaces, report, retry_failed, area)
@@ -219,6 +221,7 @@ def _plan(roots: list[Path], writer: CatalogWriter, encoders: EncoderSet, spaces
                     report.skip(path)
                 else:
                     report.unchanged += 1
+                    report.still_failed += old.status == "failed"
                     if old.facts_missing:
                         unread.append((old.id, f))
             elif f.kind == OTHER and not _sniffed_image(path):

@@ -362,6 +362,8 @@ def test_a_moment_of_a_video_is_the_query(engine: Engine, media: Path) -> None:
     assert [h.score for h in steered] != [h.score for h in by_moment]
     with pytest.raises(BadInput, match="exactly one item"):
         engine.similar([story, _item(engine, media / "vfr.mp4")], at=3.0)
+    with pytest.raises(BadInput, match="no moments"):  # a photo has no time to point at
+        engine.similar([_item(engine, media / "photo5.png")], at=3.0)
     with TestClient(create_app(engine, read_only=True)) as client:
         got = client.post("/similar", json={"item_ids": [story], "at": 20.0, "to": "image", "k": 5}).json()
         assert [h["id"] for h in got["results"]] == [h.id for h in by_moment]

@@ -205,6 +205,9 @@ class QueryEmbedder:
             raise BadInput("item ids need a catalog")
         rows = [r for r in self.catalog.embeddings_of(item_ids) if r[2].startswith(space + ".")]
         if at is not None:
+            spans = [r for r in rows if r[3] is not None]
+            if rows and not spans:
+                raise BadInput(f"at: item {rows[0][1]} has no moments (a photo or a text): leave out at")
             rows = at_moment(rows, at)
         if not rows:
             return {}

@@ -108,11 +108,25 @@ def _engine(settings: Settings, reembed: bool = False, create: bool = True) -> I
         typer.echo(f"error: {friendly}", err=True)
         raise typer.Exit(2) from None
     except NotFound as e:
-        typer.echo(f"error: {e}", err=True)
+        typer.echo(f"error: {_flagged(e)}", err=True)
         raise typer.Exit(3) from None
     except MMSearchError as e:
-        typer.echo(f"error: {e}", err=True)
+        typer.echo(f"error: {_flagged(e)}", err=True)
         raise typer.Exit(2) from None
+
+
+# The engine names the fields of a request (as HTTP and Python callers give them); on the command
+# line an error names the flag that fixes it.
+_FLAGS = (("query image: ", "--image: "), ("query audio: ", "--audio: "), ("like: ", "--like: "),
+          ("dislike: ", "--dislike: "), ("at: ", "--at: "), ("offset: ", "--offset: "), ("limit: ", "-k: "))
+
+
+def _flagged(e: object) -> str:
+    text = str(e)
+    for field, flag in _FLAGS:
+        if text.startswith(field):
+            return flag + text.removeprefix(field)
+    return text
 
 
 def _print_json(data: Any) -> None:
@@ -292,14 +306,14 @@ def _query(model: str = "Query", **fields: Any) -> Any:
     except ValidationError as e:
         err = e.errors()[0]
         if not err["loc"]:  # the model's own check (e.g. a profile with nothing liked)
-            typer.echo(f"error: {err['msg'].removeprefix('Value error, ')}", err=True)
+            typer.echo(f"error: {_flagged(err['msg'].removeprefix('Value error, '))}", err=True)
             raise typer.Exit(2) from None
         name = str(err["loc"][0])
         label = {"text": "--text" if model == "Profile" else "text", "negative_text": "--not", "tags": "--tag",
                  "image": "--image", "audio": "--audio", "exclude_ids": "--exclude", "terms": "--add/--sub",
                  "item_ids": "--add", "negative_ids": "--sub", "item_weights": "--add/--sub"}.get(
                      name, "--" + name.replace("_", "-"))
-        typer.echo(f"error: {label}: {err['msg']}", err=True)
+        typer.echo(f"error: {label}: {err['msg'].removeprefix('Value error, ')}", err=True)
         raise typer.Exit(2) from None
 
 

@@ -418,8 +418,14 @@ def _checked() -> Iterator[None]:
     try:
         yield
     except ValidationError as e:
-        raise BadInput("; ".join(f"{'.'.join(map(str, err['loc'])) or 'input'}: {err['msg']}"
-                                 for err in e.errors())) from None
+        raise BadInput("; ".join(_message(err) for err in e.errors())) from None
+
+
+def _message(err: Any) -> str:
+    """``field: what is wrong``, or for a check of the whole request just what is wrong."""
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    where = ".".join(map(str, err["loc"]))
+    return f"{where}: {msg}" if where else msg
 
 
 def __getattr__(name: str) -> Any:

@@ -104,7 +104,13 @@ def test_cli_errors_are_clear(cli, photo_dir: Path, tmp_path: Path) -> None:  # 
     assert r.exit_code == 2 and "cannot read" in r.output
     (tmp_path / "bad.jpg").write_bytes(b"nope")
     r = cli("search", "--image", str(tmp_path / "bad.jpg"), ok=False)
-    assert r.exit_code == 2 and "query image" in r.output
+    assert r.exit_code == 2 and "--image: not a readable image" in r.output  # the flag that fixes it
+    for args, flag in ((["search", "x", "--near", "1,2"], "--near: near is lat,lon,km: three numbers"),
+                       (["search", "x", "--min-size", "-5"], "--min-size: '-5' is not a size"),
+                       (["recommend", "--like", "1:-1"], "--like: weights are positive"),
+                       (["search", "   "], "empty query")):
+        r = cli(*args, ok=False)
+        assert r.exit_code == 2 and flag in r.output and "Value error" not in r.output, (args, r.output)
     r = cli("search", "caf\udce9", ok=False)  # a Latin-1 byte from the shell
     assert r.exit_code == 2 and "UTF-8" in r.output
     r = cli("search", "x", "--to", "film", ok=False)

@@ -60,6 +60,8 @@ def _near(value: Any) -> Any:
         value = value[0]
     if isinstance(value, str):
         value = [part.strip() for part in value.split(",")]
+    if isinstance(value, (list, tuple)) and len(value) != 3:
+        raise ValueError("near is lat,lon,km: three numbers, e.g. 48.85,2.35,5")
     return value
 
 
@@ -75,7 +77,8 @@ def _size(value: Any) -> Any:
     if isinstance(value, str):
         match = _SIZE.fullmatch(value)
         if match is None:
-            raise ValueError("a size is bytes, or a number with k, M, G or T (powers of 1024): '2MB'")
+            raise ValueError(f"{value!r} is not a size: bytes, or a number with k, M, G or T (powers of 1024), "
+                             "e.g. 2MB")
         return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
     return value
 

@@ -603,9 +603,14 @@ def browse(
     _query(model="Where", **where)  # a bad option exits 2 before the catalog opens
     with _engine(_settings(catalog, db), create=False) as engine:
         rows, total = engine.browse(to=to, offset=offset, limit=k, **where)
-    if as_json:
+    if as_json:  # as GET /browse gives it, less the URLs
+        from mmsearch.search.request import Metadata
+
+        end = offset + len(rows)
         _print_json({"items": [{"id": r.id, "path": r.path, "modality": r.modality, "ordinal": r.ordinal,
-                                "text": r.text, "ref_path": r.ref_path} for r in rows], "total": total})
+                                "text": r.text, "ref_path": r.ref_path, "duration": r.duration,
+                                **Metadata(**Metadata.of(r)).model_dump(mode="json")} for r in rows],
+                     "total": total, "offset": offset, "limit": k, "next_offset": end if rows and end < total else None})
         return
     for r in rows:
         text = f"  \"{r.text[:80]}\"" if r.text and r.modality == "text" else ""

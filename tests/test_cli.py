@@ -195,12 +195,17 @@ def test_lookup_and_delete_by_path(cli, photo_dir: Path) -> None:  # type: ignor
     assert len(ids) == 1
     assert cli("lookup", str(photo_dir / "nope.txt"), ok=False).exit_code == 3
     r = cli("browse", "--path", str(photo_dir / "notes"), "--json")
-    assert json.loads(r.stdout) == {"total": 2, "items": [
+    page = json.loads(r.stdout)
+    assert (page["total"], page["offset"], page["next_offset"]) == (2, 0, None)
+    assert [{k: it[k] for k in ("id", "path", "modality", "ordinal", "ref_path", "text")} for it in page["items"]] == [
         {"id": ids[0], "path": str(note), "modality": "text", "ordinal": 0, "ref_path": None,
          "text": note.read_text()},
         {"id": json.loads(cli("lookup", str(photo_dir / "notes" / "städte.md"), "--json").stdout)[
             str(photo_dir / "notes" / "städte.md")][0], "path": str(photo_dir / "notes" / "städte.md"),
-         "modality": "text", "ordinal": 0, "ref_path": None, "text": (photo_dir / "notes" / "städte.md").read_text()}]}
+         "modality": "text", "ordinal": 0, "ref_path": None, "text": (photo_dir / "notes" / "städte.md").read_text()}]
+    assert all(it["size"] > 0 and it["modified"] and "tags" in it for it in page["items"])  # as GET /browse has them
+    first = json.loads(cli("browse", "--path", str(photo_dir / "notes"), "-k", "1", "--json").stdout)
+    assert (len(first["items"]), first["next_offset"]) == (1, 1)
     r = cli("browse", "--path", "notes/*.md", "--json")  # a glob, relative to the root, as search takes it
     assert [it["path"] for it in json.loads(r.stdout)["items"]] == [str(photo_dir / "notes" / "städte.md")]
     assert cli("browse", "--path", "notes/[z-a]*", ok=False).exit_code == 2  # bad pattern

@@ -108,7 +108,8 @@ def test_cli_errors_are_clear(cli, photo_dir: Path, tmp_path: Path) -> None:  # 
     for args, flag in ((["search", "x", "--near", "1,2"], "--near: near is lat,lon,km: three numbers"),
                        (["search", "x", "--min-size", "-5"], "--min-size: '-5' is not a size"),
                        (["recommend", "--like", "1:-1"], "--like: weights are positive"),
-                       (["search", "   "], "empty query")):
+                       (["search", "   "], "empty query"),
+                       (["browse", "--path", ""], "--path: give a folder or a glob")):
         r = cli(*args, ok=False)
         assert r.exit_code == 2 and flag in r.output and "Value error" not in r.output, (args, r.output)
     r = cli("search", "caf\udce9", ok=False)  # a Latin-1 byte from the shell

@@ -72,6 +72,12 @@ def _check_near(value: tuple[float, float, float]) -> tuple[float, float, float]
     return value
 
 
+def _nonempty_path(value: str) -> str:
+    if not value.strip():
+        raise ValueError("give a folder or a glob (an empty path would match everything)")
+    return value
+
+
 def _size(value: Any) -> Any:
     """Bytes, or a size with a unit: "500k", "2MB", "1.5 GiB" (powers of 1024)."""
     if isinstance(value, str):
@@ -120,9 +126,9 @@ class Where(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    path: CleanText | None = Field(None, description="Only files under this folder, or matching this glob "
-                                   "(`*`, `?`, `[...]` within a folder, `**` across folders); "
-                                   "relative ones start at each indexed root.")
+    path: Annotated[CleanText, AfterValidator(_nonempty_path)] | None = Field(
+        None, description="Only files under this folder, or matching this glob (`*`, `?`, `[...]` within a "
+        "folder, `**` across folders); relative ones start at each indexed root.")
     date_from: DateBound | None = Field(None, description="Only items dated on or after this day or ISO date-time "
                                         "(UTC): the EXIF date taken, else the file's modification time.")
     date_to: DateBound | None = Field(None, description="... and on or before this one (a day: through its end).")

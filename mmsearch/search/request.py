@@ -50,7 +50,11 @@ def _date_bound(value: Any) -> Any:
         text = value.strip()
         if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
             return date.fromisoformat(text)
-        return datetime.fromisoformat(text.replace("z", "Z").replace("Z", "+00:00"))
+        try:
+            return datetime.fromisoformat(text.replace("z", "Z").replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"{value!r} is not a day (2024-05-01) or an ISO date-time (2024-05-01T18:00, "
+                             "...Z, ...+02:00)") from None
     return value
 
 

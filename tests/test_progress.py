@@ -48,6 +48,17 @@ def test_a_captions_file_counts_its_rows_and_the_eta_waits_for_measurements(tmp_
     assert "518/518 items" in describe(seen[-1]) and "ETA 0:00" in describe(seen[-1])
 
 
+def test_a_failed_files_items_are_not_left_expected_when_done() -> None:
+    seen: list[IngestStatus] = []
+    meter = IngestMeter(seen.append, every=0)
+    meter.plan([("image", "a.jpg", 1), ("image", "broken.jpg", 1)], lambda modality: ["clip"])
+    meter.embedded(("clip", "image"), 1, 0.5)  # broken.jpg failed: its item never comes
+    meter.file_done("image", 1, [SimpleNamespace(embeddings=[0])])
+    assert (seen[-1].items_done, seen[-1].items_total) == (1, 2)
+    meter.set_phase("done")
+    assert (seen[-1].items_done, seen[-1].items_total) == (1, 1)
+
+
 
 def test_videos_are_estimated_from_their_bytes_once_one_is_done() -> None:
     seen: list[IngestStatus] = []

@@ -119,6 +119,8 @@ class IngestMeter:
         expected = self._expected()
         items_done = sum(k.done for k in self.kinds.values())
         total = None if expected is None else int(round(max(sum(expected.values()), items_done)))
+        if self.phase == "done":  # what was embedded is the whole: a failed file's items never come
+            total = items_done
         return IngestStatus(phase=self.phase, files_done=self.files_done, files_total=self.files_total,
                             items_done=items_done, items_total=total, media_seconds=self.media_seconds,
                             elapsed_s=now - self.started, eta_s=self._eta(expected, now))

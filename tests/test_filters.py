@@ -94,6 +94,8 @@ def ann_calls(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     ("/r/**/b.jpg", "/rb.jpg", False),
     ("/r/**", "/r/x/y.jpg", True),
     ("/r/a**", "/r/ab/c.jpg", False),  # ** inside a name is a plain *
+    ("/r/***", "/r/x/y.jpg", False),  # so is *** (only ** alone spans folders)
+    ("/r/***", "/r/y.jpg", True),
     ("/r/img[0-2].jpg", "/r/img1.jpg", True),
     ("/r/img[!0-2].jpg", "/r/img1.jpg", False),
     ("/r/img[!0-2].jpg", "/r/img7.jpg", True),

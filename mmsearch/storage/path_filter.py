@@ -75,7 +75,7 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
             while j < n and pattern[j] == "*":
                 j += 1
             segment = (i == 0 or pattern[i - 1] == "/") and (j == n or pattern[j] == "/")
-            if j - i >= 2 and segment:  # ** alone in a segment: any number of folders
+            if j - i == 2 and segment:  # ** alone in a segment: any number of folders (*** is a plain *)
                 out.append(".*" if j == n else "(?:[^/]+/)*")
                 j += j < n  # the folder part above takes the slash with it
             else:

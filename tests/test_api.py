@@ -270,6 +270,8 @@ def test_search_by_item_ids(client: TestClient, items: dict[str, Any]) -> None:
     ({"item_ids": [2**70]}, 422, "item_ids"),
     ({"item_ids": [999999]}, 404, "no item 999999"),
     ({"text": "x", "text_weight": "NaN"}, 422, "text_weight"),
+    ({"text": "x", "path": ""}, 422, "path"),  # an empty path would match everything
+    ({"text": "   "}, 400, "empty query"),  # only spaces: no text
 ])
 def test_search_rejects_bad_queries(client: TestClient, body: dict, status: int, fragment: str) -> None:
     r = client.post("/search", json=body)

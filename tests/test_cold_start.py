@@ -71,11 +71,11 @@ def test_refused_inputs_load_no_model(catalog: Path, tmp_path: Path, no_models: 
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8\xff not really a jpeg")
     r = _cli(catalog, "search", "--image", str(bad))
-    assert r.exit_code == 2 and "query image" in r.output
+    assert r.exit_code == 2 and "--image: not a readable image" in r.output
     noise = tmp_path / "noise.wav"
     noise.write_bytes(b"RIFF....WAVEfmt garbage")
     r = _cli(catalog, "search", "a dog", "--audio", str(noise))
-    assert r.exit_code == 2 and "query audio" in r.output
+    assert r.exit_code == 2 and "--audio: cannot decode audio" in r.output
     r = _cli(catalog, "search", "a dog", "--path", "photos[z-a]/*")
     assert r.exit_code == 2 and "bad path pattern" in r.output
     r = _cli(catalog, "search", "a dog", "--to", "audio")  # no sounds in this catalog: refused, and why

@@ -23,6 +23,7 @@ from mmsearch.search.request import (
     Hit,
     Metadata,
     Near,
+    PathPattern,
     Profile,
     Query,
     SearchResponse,
@@ -54,7 +55,7 @@ class Where(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    path: Annotated[CleanStr, Field(max_length=4096)] | None = Field(None, description=_desc("path"))
+    path: Annotated[PathPattern, Field(max_length=4096)] | None = Field(None, description=_desc("path"))
     # the engine's own filter fields, with its validation (dates, sizes, "lat,lon,km")
     date_from: DateBound | None = Field(None, description=_desc("date_from"))
     date_to: DateBound | None = Field(None, description=_desc("date_to"))
@@ -111,7 +112,11 @@ class SearchRequest(Filters):
     negative_weight: Weight = 0.5
 
     def to_query(self, image: bytes | None = None, audio: bytes | None = None) -> Query:
-        return Query(**self.model_dump(), image=image, audio=audio)
+        """The engine's Query; a check only the Query makes is still a 400 with its reason, never a 500."""
+        from mmsearch.engine import _checked
+
+        with _checked():
+            return Query(**self.model_dump(), image=image, audio=audio)
 
 
 # An optional upload: a plain binary string in the schema, absent when not sent.

@@ -82,6 +82,9 @@ def _nonempty_path(value: str) -> str:
     return value
 
 
+PathPattern = Annotated[CleanText, AfterValidator(_nonempty_path)]
+
+
 def _size(value: Any) -> Any:
     """Bytes, or a size with a unit: "500k", "2MB", "1.5 GiB" (powers of 1024)."""
     if isinstance(value, str):
@@ -130,7 +133,7 @@ class Where(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    path: Annotated[CleanText, AfterValidator(_nonempty_path)] | None = Field(
+    path: PathPattern | None = Field(
         None, description="Only files under this folder, or matching this glob (`*`, `?`, `[...]` within a "
         "folder, `**` across folders); relative ones start at each indexed root.")
     date_from: DateBound | None = Field(None, description="Only items dated on or after this day or ISO date-time "

@@ -93,3 +93,17 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ModelUnavailable, match="could not load checkpoint"):
         load_encoder(f"open_clip:{TINY_ARCH}@{bad}", _settings())
+
+
+def test_the_model_free_preparer_is_prepare_in_numpy(clip_spec: str, tiny_clip_checkpoint: Path) -> None:
+    """What Ray's decode tasks run for the torch encoder: the same pixels as ``prepare``, as a
+    picklable function holding no model, giving numpy (an ONNX actor unpickles it without torch)."""
+    import pickle
+
+    enc = load_encoder(clip_spec, _settings().model_copy(update={"runtime": "torch"}))
+    prep = pickle.loads(pickle.dumps(enc.preparer("image")))
+    img = Image.open(flickr_images(1)[0])
+    got, want = prep(img), enc.prepare("image", img)
+    assert isinstance(got, np.ndarray) and np.array_equal(got, want.numpy())
+    assert np.allclose(enc.encode("image", [got]), enc.encode("image", [want]), atol=1e-6)
+    assert enc.preparer("text") is str and enc.preparer("audio") is None

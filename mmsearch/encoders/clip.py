@@ -154,8 +154,8 @@ class OpenClipEncoder:
         (Ray's decode tasks run it), or None where preparing needs the model."""
         if modality == "text":
             return str
-        if modality == "image" and self._pil_stage is not None:
-            return partial(staged_pixels, self._pil_stage)
+        if modality == "image" and self._pil_stage is not None:  # numpy: an ONNX actor needs no torch to read it
+            return partial(staged_array, self._pil_stage)
         return None
 
     def encode(self, modality: Modality, prepared: Sequence[Any]) -> np.ndarray:
@@ -445,3 +445,8 @@ def staged_pixels(pil_stage: Any, decoded: Any) -> torch.Tensor:
     if arr.ndim == 2:
         arr = arr[:, :, None]
     return torch.from_numpy(arr).permute(2, 0, 1)
+
+
+def staged_array(pil_stage: Any, decoded: Any) -> np.ndarray:
+    """``staged_pixels`` as a contiguous numpy array, to ship to another process."""
+    return np.ascontiguousarray(staged_pixels(pil_stage, decoded).numpy())

@@ -254,9 +254,8 @@ class _Decoder:
         out = []
         codec = self.stream.codec_context
         for packet in packets:
-            if packet is not None:  # by when the frame is shown (its pts; a dts would be too early)
-                t = float(packet.pts * packet.time_base) - self.base if packet.pts is not None and packet.time_base \
-                    else None
+            if packet is not None:
+                t = _time(packet, self.base, shown=True)
                 codec.skip_frame = "NONREF" if t is not None and t < due - 1e-6 else "DEFAULT"
             try:
                 out += codec.decode(packet)
@@ -342,8 +341,10 @@ def _signature(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("L").resize((16, 16), Image.Resampling.BOX), dtype=np.float32) / 255.0
 
 
-def _time(packet: Any, base: float) -> float | None:
-    ts = packet.pts if packet.pts is not None else packet.dts
+def _time(packet: Any, base: float, shown: bool = False) -> float | None:
+    """A packet's time on the video's timeline: its pts, else its dts; ``shown``: its pts only
+    (when the frame is shown: a dts is earlier)."""
+    ts = packet.pts if packet.pts is not None or shown else packet.dts
     if ts is None or not packet.time_base:
         return None
     return float(ts * packet.time_base) - base

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, Sequence, runtime_checkable
 
@@ -32,6 +32,13 @@ class Encoder(Protocol):
 
     def encode(self, modality: Modality, prepared: Sequence[Any]) -> np.ndarray:
         """One batch -> float32 array (n, dim), rows L2-normalised."""
+
+
+def preparer_of(enc: Any, modality: Modality) -> Callable[[Any], Any] | None:
+    """An encoder's ``prepare`` for ``modality`` as a picklable function that holds no model (Ray's
+    decode tasks run it), or None where preparing needs the model or the encoder offers none."""
+    make = getattr(enc, "preparer", None)
+    return make(modality) if make is not None else None
 
 
 @dataclass(frozen=True)

@@ -439,14 +439,17 @@ def _skeleton(arch: str, path: str, norm: dict[str, Any]) -> tuple[torch.nn.Modu
     return model, preprocess, weights
 
 
-def staged_pixels(pil_stage: Any, decoded: Any) -> torch.Tensor:
-    """The PIL steps (resize, crop) as uint8 CHW: ``encode`` normalises the batch at once."""
+def _pil_pixels(pil_stage: Any, decoded: Any) -> np.ndarray:
+    """The PIL steps (resize, crop) as uint8 height x width x channels."""
     arr = np.array(pil_stage(decoded), dtype=np.uint8)
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    return torch.from_numpy(arr).permute(2, 0, 1)
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def staged_pixels(pil_stage: Any, decoded: Any) -> torch.Tensor:
+    """The PIL steps as uint8 CHW (a view): ``encode`` normalises the batch at once."""
+    return torch.from_numpy(_pil_pixels(pil_stage, decoded)).permute(2, 0, 1)
 
 
 def staged_array(pil_stage: Any, decoded: Any) -> np.ndarray:
-    """``staged_pixels`` as a contiguous numpy array, to ship to another process."""
-    return np.ascontiguousarray(staged_pixels(pil_stage, decoded).numpy())
+    """The same pixels as a contiguous numpy array, to ship to another process."""
+    return np.ascontiguousarray(_pil_pixels(pil_stage, decoded).transpose(2, 0, 1))

@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
 import numpy as np
 
-from mmsearch.encoders.base import Encoder, Modality, Spec, is_local_name, l2_normalise, quiet_root_log
+from mmsearch.encoders.base import (Encoder, Modality, Spec, is_local_name, l2_normalise, preparer_of,
+                                    quiet_root_log)
 from mmsearch.encoders.image_prep import normalise_pixels
 from mmsearch.errors import BadInput, MMSearchError
 from mmsearch.settings import Settings
@@ -886,7 +887,7 @@ class OnnxEncoder:
         light = self._light_tower(modality) if modality in self.modalities else None
         if light is not None:
             return light.prepare
-        return getattr(self.base, "preparer", lambda _m: None)(modality)
+        return preparer_of(self.base, modality)
 
     def load_towers(self) -> None:
         """Every tower's runner now (a server, before its port opens), not on its first query."""

@@ -4,8 +4,9 @@ The driver (this process) keeps what must happen in one place: planning (index_f
 and changed files) and every write, through the catalog's one writer, with the durability of a
 local ingest (vectors appended and fsynced, then one SQL transaction per batch of files). Ray
 Data streams the work with backpressure: files -> decode tasks (the pipeline's own per-file
-decoder, then the encoders' model-free preparation: resize and crop, log-mel features) -> encoder actors (each builds its model from the spec; one GPU each where there are
-GPUs) -> vectors back to the driver, which stores and commits them as `_Ingest` does.
+decoder, then the encoders' model-free preparation: resize and crop, log-mel features) -> encoder
+actors (each builds its model from the spec; one GPU each where there are GPUs) -> vectors back
+to the driver, which stores and commits them as `_Ingest` does.
 
 Ray retries what dies: a decode task is re-run, an actor is restarted and its batch re-sent. A
 retry can deliver a unit twice; the driver keeps the first copy. A killed driver leaves what it
@@ -27,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from mmsearch.encoders.base import preparer_of
 from mmsearch.errors import BadInput, MMSearchError
 from mmsearch.indexer.pipeline import _Ingest, _Pending, decode_file, is_passing_failure
 from mmsearch.indexer.scan import content_hash
@@ -144,7 +146,7 @@ def preparers(encoders: Any, spaces: list[str]) -> dict[tuple[str, str], Callabl
     for space in spaces:
         enc = encoders.get(space)
         for modality in enc.modalities:
-            fn = getattr(enc, "preparer", lambda _m: None)(modality)
+            fn = preparer_of(enc, modality)
             if fn is not None:
                 out[(space, modality)] = fn
     return out

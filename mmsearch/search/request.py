@@ -35,6 +35,14 @@ def clean_text(value: str | None) -> str | None:
 CleanText = Annotated[str, AfterValidator(clean_text)]
 
 
+def _blank_is_none(value: str | None) -> str | None:
+    """Text of only spaces is no text: a query of it is an empty query."""
+    return value if value is None or value.strip() else None
+
+
+QueryText = Annotated[CleanText | None, AfterValidator(_blank_is_none)]
+
+
 def _finite(value: float) -> float:
     if not math.isfinite(value):
         raise ValueError("must be a finite number")
@@ -206,7 +214,7 @@ AT_DESC = ("Seconds into the liked video or sound: its frame or window at that m
 class Query(Filters):
     """What to look for and where. Positive parts are summed per space, negatives subtracted."""
 
-    text: CleanText | None = Field(None, description="Text query.")
+    text: QueryText = Field(None, description="Text query.")
     image: bytes | None = Field(None, description="Image file content.", exclude=True)
     audio: bytes | None = Field(None, description="Audio file content.", exclude=True)
     item_ids: list[int] = Field(default_factory=list, description="Items whose vectors are the query (liked).")
@@ -238,9 +246,7 @@ class Query(Filters):
 
     @model_validator(mode="after")
     def _items_agree(self) -> "Query":
-        if self.text is not None and not self.text.strip():  # only spaces: no text (an empty query is refused)
-            self.text = None
-        self.negative_text = [t for t in self.negative_text if t.strip()]
+        self.negative_text = [t for t in self.negative_text if t.strip()]  # only spaces: no text
         both = set(self.item_ids) & set(self.negative_ids)
         if both:
             raise ValueError(f"item {min(both)} is both liked and disliked")
@@ -261,7 +267,7 @@ class Profile(Filters):
 
     like: ItemsWithWeights = Field(default_factory=list, description="Liked item ids, or ids to weights.")
     dislike: ItemsWithWeights = Field(default_factory=list, description="Disliked item ids, or ids to weights.")
-    text: CleanText | None = Field(None, description="Text to steer by (e.g. \"at night\").")
+    text: QueryText = Field(None, description="Text to steer by (e.g. \"at night\").")
     text_weight: Weight = 1.0
     dislike_weight: Weight = Field(DISLIKE_WEIGHT, description="Strength of the disliked items (Rocchio's "
                                     "gamma over beta; see docs/search.md).")
@@ -270,8 +276,6 @@ class Profile(Filters):
 
     @model_validator(mode="after")
     def _something_liked(self) -> "Profile":
-        if self.text is not None and not self.text.strip():  # only spaces: no text
-            self.text = None
         if not self.like and not self.text:
             raise ValueError("give at least one liked item or a text")
         for name in ("like", "dislike"):  # a negative weight would turn a like into a dislike

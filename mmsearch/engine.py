@@ -186,10 +186,7 @@ class Engine:
     def search(self, query: Query) -> SearchResponse:
         named = [*query.item_ids, *query.negative_ids]
         if named:  # an item that is not there is an error, as in ``similar``, not a query of nothing
-            known = self.catalog.modalities(sorted(set(named)))
-            unknown = [i for i in named if i not in known]
-            if unknown:
-                raise NotFound(f"no item {unknown[0]}")
+            _require_items(named, self.catalog.modalities(sorted(set(named))))
         self.indexes.refresh()
         return self.runner.run(query)
 
@@ -245,9 +242,7 @@ class Engine:
             queries: list[tuple[int, Query]] = []
             for i, p in checked.items():
                 try:
-                    unknown = [j for j in (*weighted(p.like), *weighted(p.dislike)) if j not in modality]
-                    if unknown:
-                        raise NotFound(f"no item {unknown[0]}")
+                    _require_items([*weighted(p.like), *weighted(p.dislike)], modality)
                     liked = {modality[j] for j in weighted(p.like)}
                     with _checked():  # e.g. an item both liked and disliked
                         queries.append((i, p.query(to=liked.pop() if len(liked) == 1 else None)))
@@ -419,6 +414,13 @@ def _checked() -> Iterator[None]:
         yield
     except ValidationError as e:
         raise BadInput("; ".join(_message(err) for err in e.errors())) from None
+
+
+def _require_items(ids: Sequence[int], known: Mapping[int, str]) -> None:
+    """NotFound for the first of ``ids`` the catalog does not hold (``known``: id -> modality)."""
+    unknown = [i for i in ids if i not in known]
+    if unknown:
+        raise NotFound(f"no item {unknown[0]}")
 
 
 def _message(err: Any) -> str:

@@ -30,7 +30,6 @@ from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select, t
 from sqlalchemy.orm import Session
 
 from mmsearch.storage import path_filter
-from mmsearch.storage.id_lists import CHUNK as _CHUNK
 from mmsearch.storage.id_lists import among
 from mmsearch.storage.models import Embedding, File, Item, Root, Tag
 
@@ -123,16 +122,16 @@ def _driver(s: Session, clauses: list[_Clause], cap: int | None) -> tuple[int, i
 
 
 def items_query(s: Session, f: Filter, *where: ColumnElement[bool],
-                ids: Sequence[int] | None = None) -> tuple[Select, list[_Clause]]:
+                ids: ColumnElement[bool] | None = None) -> tuple[Select, list[_Clause]]:
     """Item ids (over files joined to items) that pass ``f`` and ``where``, and the clauses a
     Python check finishes on each row (a glob, the distance to a place: their columns follow
     the id). How browsing and the totals of search pages apply the filter a search applies.
-    The filter's smallest condition drives, as in ``select_ids``, or with ``ids`` those items
-    (their primary key); ``where`` is checked on the rows, so give it in a form no index
-    serves when there is a filter (``Item.modality + ''``)."""
+    The filter's smallest condition drives, as in ``select_ids``, or with ``ids`` (a condition
+    on ``Item.id`` from ``id_lists.among``) those items; ``where`` is checked on the rows, so
+    give it in a form no index serves when there is a filter (``Item.modality + ''``)."""
     q = select(Item.id).select_from(File).join(Item, Item.file_id == File.id).where(*where)
     if ids is not None:
-        q = q.where(Item.id.in_([int(i) for i in ids]))
+        q = q.where(ids)
     if not f:
         return q, []
     clauses = _clauses(s, f)
@@ -152,11 +151,10 @@ def count_items(s: Session, f: Filter, *where: ColumnElement[bool], ids: Sequenc
     one SQL count, or with a Python check, a read of the rows its SQL ranges find. Cost
     follows the matches; with ``limit`` it stops past that many (and returns ``limit + 1``)."""
     total = 0
-    for i in range(0, 1 if ids is None else len(ids), _CHUNK):
-        q, checked = items_query(s, f, *where, ids=None if ids is None else ids[i:i + _CHUNK])
+    for only in [None] if ids is None else among(Item.id, ids, s.get_bind().dialect.name):
+        q, checked = items_query(s, f, *where, ids=only)
         if not checked:
-            total += _count(s, q, limit) if limit is not None else \
-                int(s.scalar(select(func.count()).select_from(q.subquery())) or 0)
+            total += _count(s, q, limit)
         else:
             for row in s.execute(q):
                 total += _passes(checked, row)
@@ -176,7 +174,7 @@ def page_items(s: Session, f: Filter, order: Sequence[ColumnElement], offset: in
     q = q.order_by(*order)
     if not checked:
         ids = [int(i) for i in s.scalars(q.offset(offset).limit(limit))]
-        return ids, int(s.scalar(select(func.count()).select_from(q.order_by(None).subquery())) or 0)
+        return ids, _count(s, q.order_by(None))
     ids, total = [], 0
     for row in s.execute(q):
         if _passes(checked, row):
@@ -203,9 +201,10 @@ def matching(s: Session, f: Filter, embedding_ids: Sequence[int]) -> dict[int, t
     return out
 
 
-def _count(s: Session, probe: Select, limit: int) -> int:
-    """Rows of ``probe``, counted up to ``limit + 1`` (enough to know it is over)."""
-    return int(s.scalar(select(func.count()).select_from(probe.limit(limit + 1).subquery())) or 0)
+def _count(s: Session, probe: Select, limit: int | None = None) -> int:
+    """Rows of ``probe``, counted up to ``limit + 1`` (enough to know it is over); all without one."""
+    q = probe if limit is None else probe.limit(limit + 1)
+    return int(s.scalar(select(func.count()).select_from(q.subquery())) or 0)
 
 
 def _place_columns(clauses: Iterable[_Clause], first: int = 1) -> list[_Clause]:

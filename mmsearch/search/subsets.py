@@ -11,13 +11,12 @@ search's candidates are checked instead."""
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 
 from mmsearch.search.scoring import QueryVector
+from mmsearch.search.stamped_cache import StampedCache
 from mmsearch.storage.catalog import Catalog
 from mmsearch.storage.filters import Filter
 from mmsearch.storage.vectors import VectorStore
@@ -27,7 +26,6 @@ CACHE_BYTES = 128 * 2**20
 
 @dataclass(frozen=True)
 class Subset:
-    stamp: tuple[int, int]  # Catalog.filter_stamp() when it was made
     filter: Filter
     ids: np.ndarray | None  # sorted embedding ids the filter selects; None: broad, checked after the search
     vectors: np.ndarray | None  # their unit float32 rows when few enough to score exactly
@@ -42,35 +40,28 @@ class Subset:
                    + (self.vectors.nbytes if self.vectors is not None else 0))
 
 
-class SubsetCache:
+class SubsetCache(StampedCache[Subset]):
     def __init__(self, catalog: Catalog, exact_max: int, budget: int = CACHE_BYTES) -> None:
-        self.catalog, self.exact_max, self.budget = catalog, exact_max, budget
-        self._entries: OrderedDict[tuple[str, Filter, bool], Subset] = OrderedDict()
-        self._lock = threading.Lock()
+        super().__init__(catalog)
+        self.exact_max, self.budget = exact_max, budget
+
+    def _full(self) -> bool:
+        return sum(subset.nbytes for _, subset in self._entries.values()) > self.budget
 
     def get(self, collection: str, f: Filter, store: VectorStore, cap: int | None = None) -> Subset:
         """The filter's selection in a collection; broad (``ids`` None) when every condition of it
         matches more than ``cap`` rows. ``cap`` None: always the selection, however large."""
-        stamp = self.catalog.filter_stamp()
-        key = (collection, f, cap is None)
-        with self._lock:
-            hit = self._entries.get(key)
-            if hit is not None and hit.stamp == stamp:
-                self._entries.move_to_end(key)
-                return hit
-        ids = self.catalog.select_ids(collection, f, cap)
-        vectors = None
-        if ids is not None and ids.size <= self.exact_max:
-            found, vectors = store.lookup(ids)
-            ids = ids[found]
-            vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        subset = Subset(stamp, f, ids, vectors)
-        with self._lock:
-            self._entries[key] = subset
-            self._entries.move_to_end(key)
-            while sum(e.nbytes for e in self._entries.values()) > self.budget and len(self._entries) > 1:
-                self._entries.popitem(last=False)
-        return subset
+
+        def select() -> Subset:
+            ids = self.catalog.select_ids(collection, f, cap)
+            vectors = None
+            if ids is not None and ids.size <= self.exact_max:
+                found, vectors = store.lookup(ids)
+                ids = ids[found]
+                vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+            return Subset(f, ids, vectors)
+
+        return self._get((collection, f, cap is None), select)
 
     def score(self, subset: Subset, query: QueryVector) -> tuple[np.ndarray, np.ndarray]:
         """(ids, exact scores) of the whole subset, best first: what exact_rescore would give."""

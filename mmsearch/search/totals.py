@@ -9,10 +9,9 @@ filters' generation moves), and the exclusions, a few ids, are counted by primar
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Collection, Sequence
 
+from mmsearch.search.stamped_cache import StampedCache
 from mmsearch.storage.catalog import Catalog
 from mmsearch.storage.filters import Filter
 
@@ -20,32 +19,21 @@ MAX_ENTRIES = 256
 CAP = 10_000  # matches counted at most: past it a total is a lower bound (a broad glob costs no more)
 
 
-class TotalCache:
+class TotalCache(StampedCache[tuple[int, bool]]):
     def __init__(self, catalog: Catalog, size: int = MAX_ENTRIES, cap: int = CAP) -> None:
-        self.catalog, self.size, self.cap = catalog, size, cap
-        self._entries: OrderedDict[tuple[tuple[str, ...], Filter], tuple[tuple[int, int], tuple[int, bool]]] = \
-            OrderedDict()
-        self._lock = threading.Lock()
+        super().__init__(catalog)
+        self.size, self.cap = size, cap
+
+    def _full(self) -> bool:
+        return len(self._entries) > self.size
 
     def count(self, collections: Sequence[str], f: Filter, exclude: Collection[int] = ()) -> tuple[int, bool]:
         """Items of ``collections`` that pass ``f``, less ``exclude``; and whether the count
         stopped at the cap (then it is a lower bound)."""
-        key = (tuple(sorted(collections)), f)
+        key = tuple(sorted(collections))
         if not f:  # the triggers' counters: read afresh with the exclusions, one session, nothing to keep
-            n, exact = self.catalog.count_items(key[0], f, exclude=sorted(exclude))
+            n, exact = self.catalog.count_items(key, f, exclude=sorted(exclude))
             return n, not exact
-        stamp = self.catalog.filter_stamp()
-        with self._lock:
-            hit = self._entries.get(key)
-            if hit is not None and hit[0] == stamp:
-                self._entries.move_to_end(key)
-        if hit is None or hit[0] != stamp:
-            hit = (stamp, self.catalog.count_items(key[0], f, limit=self.cap))
-            with self._lock:
-                self._entries[key] = hit
-                self._entries.move_to_end(key)
-                while len(self._entries) > self.size:
-                    self._entries.popitem(last=False)
-        left_out = self.catalog.count_items(key[0], f, among=sorted(exclude))[0] if exclude else 0
-        counted, exact = hit[1]
+        counted, exact = self._get((key, f), lambda: self.catalog.count_items(key, f, limit=self.cap))
+        left_out = self.catalog.count_items(key, f, among=sorted(exclude))[0] if exclude else 0
         return max(0, counted - left_out), not exact

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -66,15 +67,7 @@ def write_video(path: Path, picture_at: Callable[[float], np.ndarray], times: Se
     for p in v.encode():
         c.mux(p)
     if a is not None and track is not None:
-        size = a.codec_context.frame_size or 1024
-        for i in range(0, len(track), size):
-            f = av.AudioFrame.from_ndarray(np.ascontiguousarray(track[None, i:i + size]), format="fltp",
-                                           layout="mono")
-            f.sample_rate, f.pts = RATE, i
-            for p in a.encode(f):
-                c.mux(p)
-        for p in a.encode():
-            c.mux(p)
+        _encode_mono(c, a, track, RATE)
     c.close()
     return path
 
@@ -84,13 +77,18 @@ def write_sound(path: Path, samples: np.ndarray, fmt: str, codec: str, rate: int
     c = av.open(str(path), "w", format=fmt)
     a = c.add_stream(codec, rate=rate)
     a.layout = "mono"
-    size = a.codec_context.frame_size or 1024
+    _encode_mono(c, a, samples, rate)
+    c.close()
+    return path
+
+
+def _encode_mono(container: Any, stream: Any, samples: np.ndarray, rate: int) -> None:
+    """Mono float samples through an audio stream into the container, in the codec's frame size."""
+    size = stream.codec_context.frame_size or 1024
     for i in range(0, len(samples), size):
         f = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[None, i:i + size]), format="fltp", layout="mono")
         f.sample_rate, f.pts = rate, i
-        for p in a.encode(f):
-            c.mux(p)
-    for p in a.encode():
-        c.mux(p)
-    c.close()
-    return path
+        for p in stream.encode(f):
+            container.mux(p)
+    for p in stream.encode():
+        container.mux(p)

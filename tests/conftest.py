@@ -6,7 +6,9 @@ import csv
 import gc
 import os
 import shutil
+import sqlite3
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -87,6 +89,24 @@ def linked_photos(folder: Path, n: int) -> list[Path]:
     for src in sources:
         os.symlink(src, folder / src.name)
     return sources
+
+
+def files_committed(proc: subprocess.Popen, db: Path, at_least: int, timeout: float) -> int:
+    """Files the ingest in ``proc`` has committed to the catalog ``db``, once there are
+    ``at_least``, the process has ended or ``timeout`` seconds have passed: how a test catches an
+    ingest half-way to interrupt it."""
+    deadline, committed = time.time() + timeout, 0
+    while time.time() < deadline and proc.poll() is None:
+        if db.exists():
+            try:
+                with sqlite3.connect(db) as conn:
+                    committed = conn.execute("select count(*) from files").fetchone()[0]
+            except sqlite3.OperationalError:
+                committed = 0
+            if committed >= at_least:
+                break
+        time.sleep(0.05)
+    return committed
 
 
 @pytest.fixture

@@ -8,14 +8,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from mmsearch.cli import app
-from tests.conftest import CONFIG_DIR, linked_photos
+from tests.conftest import CONFIG_DIR, files_committed, linked_photos
 
 
 @pytest.fixture
@@ -131,18 +130,7 @@ def test_interrupted_ingest_then_resume(tmp_path: Path, clip_spec: str, sig: sig
            "--model", clip_spec, "--follow-links", "--json"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     db = catalog / "catalog.db"
-    deadline = time.time() + 120
-    committed = 0
-    while time.time() < deadline and proc.poll() is None:
-        if db.exists():
-            try:
-                with sqlite3.connect(db) as conn:
-                    committed = conn.execute("select count(*) from files").fetchone()[0]
-            except sqlite3.OperationalError:
-                committed = 0
-            if committed >= 16:
-                break
-        time.sleep(0.05)
+    committed = files_committed(proc, db, 16, timeout=120)
     assert proc.poll() is None, "ingest finished before it could be interrupted"
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)

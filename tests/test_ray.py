@@ -9,7 +9,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import pytest
 
 from mmsearch import Engine
 from mmsearch.indexer.ray_ingest import EmbedActor, RayIngest
-from tests.conftest import CONFIG_DIR, TUXPAINT, linked_photos
+from tests.conftest import CONFIG_DIR, TUXPAINT, files_committed, linked_photos
 
 
 @pytest.fixture(scope="session")
@@ -162,15 +161,7 @@ def test_a_killed_driver_resumes(ray_cluster: str, tmp_path: Path, clip_spec: st
            "--model", clip_spec, "--follow-links", "--json", "--ray", ray_cluster]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     db = catalog / "catalog.db"
-    deadline, committed = time.time() + 180, 0
-    while time.time() < deadline and proc.poll() is None and committed < 16:
-        if db.exists():
-            try:
-                with sqlite3.connect(db) as conn:
-                    committed = conn.execute("select count(*) from files").fetchone()[0]
-            except sqlite3.OperationalError:
-                committed = 0
-        time.sleep(0.05)
+    files_committed(proc, db, 16, timeout=180)
     assert proc.poll() is None, f"ingest ended before it could be killed: {proc.communicate()[1][-2000:]!r}"
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)

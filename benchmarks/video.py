@@ -27,6 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmsearch import Engine, Settings  # noqa: E402
+from mmsearch.indexer.pipeline import frame_side  # noqa: E402
 from mmsearch.media.video import iter_frames  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,9 +84,9 @@ def main() -> None:
         size_mb = video.stat().st_size / 2**20
         base = Settings(model=args.model, audio=False, batch_size=args.batch_size, runtime=args.runtime,
                         video_interval=args.interval, model_config_dirs=[REPO / "tests" / "assets"])
-        side = base.video_frame_side
         with Engine.open(base.model_copy(update={"catalog": Path(tmp) / "warm"})) as engine:
             enc = engine.encoders.get("clip")
+            side = frame_side(base, engine.encoders)  # as the pipeline decodes them
             frames = [f.image for f in iter_frames(video, args.interval, side)]
             prepared = [enc.prepare("image", im) for im in frames]
             enc.encode("image", prepared[: args.batch_size])  # warm-up

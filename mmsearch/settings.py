@@ -62,8 +62,10 @@ class Settings(BaseSettings):
                                "service never goes outside its index roots.")
     video_interval: float = Field(2.0, gt=0, description="Videos: at least one frame every this many seconds "
                                   "(plus one per scene cut); near-identical neighbouring frames are collapsed.")
-    video_frame_side: int = Field(256, ge=32, le=4096, description="Videos: frames are decoded scaled down to this "
-                                  "short side (never enlarged) before embedding.")
+    video_frame_side: int | None = Field(None, ge=32, le=4096, description="Videos: frames are decoded scaled down to "
+                                         "this short side (never enlarged) before embedding; default: the side "
+                                         "the image model resizes to (224 for most CLIP models), so each frame is "
+                                         "scaled once.")
     commit_every: int = Field(256, ge=1, description="Items per durable commit during ingest.")
     sync_every: float = Field(30.0, ge=0, description="Seconds between index upkeep checks during an ingest "
                               "(merges and retrains run in the background; items are searchable once committed).")

@@ -40,6 +40,15 @@ def _both(enc: Any, modality: str, items: list[Any]) -> np.ndarray:
     return enc.encode(modality, [enc.prepare(modality, x) for x in items])
 
 
+def _spins(runner: Any) -> bool:
+    """Whether an ONNX Runtime session's idle intra-op threads spin (its default)."""
+    try:
+        return runner.session.get_session_options().get_session_config_entry(
+            "session.intra_op.allow_spinning") != "0"
+    except RuntimeError:  # not set: the default
+        return True
+
+
 def _min_cos(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.min(np.sum(a * b, axis=1)))
 
@@ -91,6 +100,12 @@ def test_export_matches_torch_and_is_cached(clip_spec: str, tmp_path: Path, expo
     np.testing.assert_array_equal(_both(again, "image", images), got_img)
     np.testing.assert_array_equal(_both(again, "text", TEXTS), got_txt)
     assert export_spy == ["image", "text"]
+    assert again.image_side == enc.image_side == ref.image_side == 64  # type: ignore[attr-defined]
+
+    # a text tower's idle threads spin for the next operator (a query answers sooner); the image
+    # tower's sleep, leaving the cores to the decoders an ingest runs beside it
+    opened = {m: enc.cache._open(enc.cache.folder(m), {"modality": m}) for m in ("image", "text")}
+    assert {m: _spins(r) for m, r in opened.items()} == {"image": False, "text": True}
 
 
 def test_a_new_checkpoint_at_the_same_path_is_exported_again(tmp_path: Path, export_spy: list[str]) -> None:

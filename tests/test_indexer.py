@@ -443,3 +443,35 @@ def test_an_unchanged_rescan_loads_no_model(make_settings, photo_dir: Path, monk
     shutil.copy(flickr_images(30)[-1], photo_dir / "new.jpg")
     with Engine.open(make_settings(model=None)) as e:  # work to do: the model loads then
         assert e.index([photo_dir]).added == 1
+
+
+def test_an_idle_encoder_takes_a_part_batch(make_settings, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """At the start of a run (or behind one slow file) the encoder does not wait for a full batch:
+    it embeds what is there once that is a quarter batch, and batches grow back as decoding gets ahead."""
+    import time
+
+    from mmsearch.indexer import pipeline
+
+    folder = tmp_path / "photos"
+    linked_photos(folder, 40)
+    real = pipeline.read_image
+
+    def slow(*args, **kwargs):  # type: ignore[no-untyped-def]
+        time.sleep(0.02)  # a decoder slower than the loop that takes its units
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "read_image", slow)
+    with Engine.open(make_settings(batch_size=16, decode_workers=1, follow_links=True)) as e:
+        enc = e.encoders.get("clip")
+        sizes: list[int] = []
+        encode = enc.encode
+
+        def counting(modality, prepared):  # type: ignore[no-untyped-def]
+            sizes.append(len(prepared))
+            return encode(modality, prepared)
+
+        monkeypatch.setattr(enc, "encode", counting)
+        assert e.index([folder]).added == 40
+        assert e.catalog.counts()["items"] == {"image": 40}
+    assert 16 // 4 <= sizes[0] < 16 and sum(sizes) == 40 and max(sizes) <= 16, sizes

@@ -368,3 +368,34 @@ def test_a_moment_of_a_video_is_the_query(engine: Engine, media: Path) -> None:
         got = client.post("/similar", json={"item_ids": [story], "at": 20.0, "to": "image", "k": 5}).json()
         assert [h["id"] for h in got["results"]] == [h.id for h in by_moment]
         assert client.post("/similar", json={"item_ids": [story], "at": -1}).status_code == 422
+
+
+@pytest.mark.parametrize("setting", [None, 80])
+def test_frames_are_scaled_once_to_the_side_the_image_model_takes(make_settings, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  setting: int | None) -> None:
+    from mmsearch.media import video
+
+    big = np.repeat(np.repeat(PHOTOS[3], 2, axis=0), 2, axis=1)  # 192x128: more than the model takes
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    write_video(folder / "big.mp4", lambda t: np.roll(big, int(t * 12), axis=1), [i / 4 for i in range(24)])
+    sizes: list[tuple[int, int]] = []
+    real = video.video_units
+
+    def spy(path, interval, side, audio, info):  # type: ignore[no-untyped-def]
+        for unit in real(path, interval, side, audio, info):
+            sizes.append(unit.payload.size)
+            yield unit
+
+    monkeypatch.setattr(video, "video_units", spy)
+    with Engine.open(make_settings(video_frame_side=setting)) as e:
+        assert e.index([folder]).added == 1
+        enc = e.encoders.get("clip")
+        side = enc.image_side  # type: ignore[attr-defined]
+        assert side == 64  # the tiny model's input, read off its transform (or the ONNX export's recipe)
+        frame = Image.fromarray(np.roll(big, 0, axis=1)).resize((96, 64), Image.Resampling.BILINEAR)
+        # at the model's side, preparing a frame only crops it: no second resize
+        assert np.array_equal(np.asarray(enc.prepare("image", frame)), np.asarray(frame)[:, 16:80].transpose(2, 0, 1))
+    want = (setting * 3 // 2, setting) if setting else (96, 64)
+    assert sizes and set(sizes) == {want}

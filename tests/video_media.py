@@ -44,7 +44,8 @@ def write_video(path: Path, picture_at: Callable[[float], np.ndarray], times: Se
     ``codec_options`` override the encoder's (B-frames, scene cut detection)."""
     c = av.open(str(path), "w", options=options or {})
     v = c.add_stream(codec, rate=4)
-    w, h = SIZE if rotate in (0, 180) else SIZE[::-1]
+    h, w = picture_at(times[0]).shape[:2]  # the pictures' size (photos(): SIZE)
+    w, h = (w, h) if rotate in (0, 180) else (h, w)
     v.width, v.height, v.pix_fmt = w, h, "yuvj420p" if codec == "mjpeg" else "yuv420p"
     v.options = {"g": str(gop), "bf": "0"} if codec == "libx264" else {"g": str(gop)} if codec != "mjpeg" else {}
     v.options = {**v.options, **(codec_options or {})}

@@ -67,6 +67,15 @@ class OpenClipEncoder:
             self.dim = _probe_dim(model, device)
 
     @property
+    def image_side(self) -> int | None:
+        """The short side ``prepare`` resizes an image to (None: a fixed size, or unknown): a
+        video's frames are decoded at it, so they are resized once."""
+        steps = list(getattr(self._pil_stage, "transforms", []))
+        size = getattr(steps[0], "size", None) if steps else None
+        size = size[0] if isinstance(size, (list, tuple)) and len(size) == 1 else size
+        return size if isinstance(size, int) else None
+
+    @property
     def model(self) -> torch.nn.Module:
         """The whole open_clip model, both towers loaded (for callers that export or inspect it)."""
         self.load_towers()

@@ -224,12 +224,15 @@ def towers(base: Any) -> dict[Modality, Tower]:
 
 class OrtRunner:
     """ONNX Runtime on the CPU: one session, intra-op threads = the cores we may use, every graph
-    optimisation (fusions, layout) on."""
+    optimisation (fusions, layout) on. ``spin``: idle intra-op threads spin for the next operator
+    (a lone query answers sooner); off, they sleep, and the cores go to the decoding threads an
+    ingest runs beside the encoder (spinning took them: 0.70 of the encoder's speed against 0.75,
+    and no faster alone; benchmarks/video.py)."""
 
     name = "onnxruntime"
 
     def __init__(self, path: Path, threads: int | None = None, optimisation: str = "all",
-                 config: dict[str, str] | None = None) -> None:
+                 config: dict[str, str] | None = None, spin: bool = True) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -242,6 +245,8 @@ class OrtRunner:
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }[optimisation]
         opts.log_severity_level = 3
+        if not spin:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         for key, value in (config or {}).items():
             opts.add_session_config_entry(key, value)
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
@@ -487,11 +492,12 @@ class ExportCache:
         return openvino_available() and meta.get("backend_pick") != BACKEND_PICK and not int8
 
     def _open(self, folder: Path, meta: dict[str, Any]) -> Runner:
+        spin = meta.get("modality") == "text"  # the other towers embed batches beside decoders
         if self.int8 and (folder / "model.int8.onnx").exists():
-            return OrtRunner(folder / "model.int8.onnx")
+            return OrtRunner(folder / "model.int8.onnx", spin=spin)
         if openvino_available() and meta.get("backend") == "openvino":
             return OpenVinoRunner(folder / "model.onnx")
-        return OrtRunner(folder / "model.onnx")
+        return OrtRunner(folder / "model.onnx", spin=spin)
 
     def _pick_backend(self, tower: Tower, path: Path) -> dict[str, Any]:
         """ONNX Runtime or OpenVINO for an fp32 tower, once OpenVINO has passed the same check
@@ -874,6 +880,16 @@ class OnnxEncoder:
         if modality not in self._light:
             self._light[modality] = light_tower(self.cache.folder(modality))
         return self._light[modality]
+
+    @property
+    def image_side(self) -> int | None:
+        """The short side ``prepare`` resizes an image to, read off the light recipe (no torch)."""
+        if "image" not in self.modalities:
+            return None
+        light = self._light_tower("image")
+        if light is not None:
+            return getattr(light.prepare, "side", None)
+        return getattr(self.base, "image_side", None)
 
     def prepare(self, modality: Modality, decoded: Any) -> Any:
         light = self._light_tower(modality) if modality in self.modalities else None

@@ -70,6 +70,11 @@ class ImagePrep:
         return cls(tuple(d["resize"]), int(d["interpolation"]), (int(d["crop"][0]), int(d["crop"][1])),
                    str(d["mode"]), tuple(d["mean"]), tuple(d["std"]))
 
+    @property
+    def side(self) -> int | None:
+        """The short side an image is resized to (None: resized to a fixed size whatever its shape)."""
+        return self.resize[0] if len(self.resize) == 1 else None
+
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) after the resize, as torchvision computes it."""
         if len(self.resize) == 2:

@@ -39,6 +39,8 @@ from mmsearch.writer import CatalogWriter
 Progress = Callable[[int, int], None]  # (files done, files to do)
 # causes that say nothing about the file: it is tried again on the next run, never left "failed"
 PASSING_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.EAGAIN})
+DEFAULT_FRAME_SIDE = 224  # video frames' short side for an image encoder that does not say its own
+IDLE_SHARE = 0.25  # an idle encoder takes a part batch of at least this share of its batch size
 PASSING_SQL = ("disk is full", "out of memory", "database is locked", "no space left")
 
 
@@ -159,6 +161,7 @@ def index_folders(paths: Sequence[Path], writer: CatalogWriter, encoders: Encode
     if work:
         meter.plan([(p.found.kind, p.found.path, p.found.size) for p in work],
                    lambda modality: [s for s in encoders.spaces_for(modality) if s in (spaces or [])])
+        settings = settings.model_copy(update={"video_frame_side": frame_side(settings, encoders)})
         ingest = _Ingest
         if settings.ray:  # decode and embed on a Ray cluster; planning and commits stay here
             from mmsearch.indexer.ray_ingest import RayIngest as ingest  # type: ignore[assignment]
@@ -169,6 +172,15 @@ def index_folders(paths: Sequence[Path], writer: CatalogWriter, encoders: Encode
     writer.record_run(run_summary(roots, report, bool(settings.ray)))
     meter.set_phase("done")
     return report
+
+
+def frame_side(settings: Settings, encoders: EncoderSet) -> int:
+    """The short side video frames are decoded at: the setting, else the side the image encoder
+    resizes to, so that a frame is scaled once (in libswscale), not again by ``prepare``."""
+    if settings.video_frame_side:
+        return settings.video_frame_side
+    side = getattr(encoders.get("clip"), "image_side", None) if encoders.enabled("clip") else None
+    return side if isinstance(side, int) and side >= 32 else DEFAULT_FRAME_SIDE
 
 
 def run_summary(roots: Sequence[Path], report: IndexReport, ray: bool) -> dict[str, Any]:
@@ -340,10 +352,15 @@ class _Ingest:
         try:
             while alive and not self.stop.is_set():
                 try:
-                    ev = events.get(timeout=0.05)
+                    ev = events.get_nowait()
                 except queue.Empty:
-                    self._flush(partial=True)  # the decoders are behind: embed what is waiting
-                    continue
+                    if self._flush(partial=IDLE_SHARE):  # the encoder would wait: embed a part batch
+                        continue
+                    try:
+                        ev = events.get(timeout=0.05)
+                    except queue.Empty:
+                        self._flush(partial=True)  # the decoders are behind: embed what is waiting
+                        continue
                 if ev[0] == "exit":
                     alive -= 1
                 elif ev[0] == "unit":
@@ -388,18 +405,20 @@ class _Ingest:
                 n, error = 0, None
                 with FileNotes() as notes:  # what the decoder says about this file goes on its record
                     try:
+                        try:
+                            for unit in self._decode(self.work[idx]):
+                                prepared = {s: self.encoders.get(s).prepare(unit.modality, unit.payload)
+                                            for s in self.targets(unit.modality)}
+                                unit.payload = None
+                                if prepared:
+                                    self._put(events, ("unit", idx, unit, prepared))
+                                    n += 1
+                                if self.stop.is_set():
+                                    return
+                        except DecodeError as e:
+                            error = str(e)
+                        # hashed once its units are out: the encoder does not wait on a long video's read
                         self.work[idx].content_hash = content_hash(self.work[idx].found.path)
-                        for unit in self._decode(self.work[idx]):
-                            prepared = {s: self.encoders.get(s).prepare(unit.modality, unit.payload)
-                                        for s in self.targets(unit.modality)}
-                            unit.payload = None
-                            if prepared:
-                                self._put(events, ("unit", idx, unit, prepared))
-                                n += 1
-                            if self.stop.is_set():
-                                return
-                    except DecodeError as e:
-                        error = str(e)
                     except (MemoryError, OSError) as e:
                         error = f"{type(e).__name__}: {e}"
                         self.work[idx].retry = is_passing_failure(e)  # tried again on the next run
@@ -455,20 +474,27 @@ class _Ingest:
 
             clap = self.encoders.get("clap") if self.targets("audio") else None
             info = VideoInfo()
-            yield from video_units(f.path, s.video_interval, s.video_frame_side,
+            yield from video_units(f.path, s.video_interval, s.video_frame_side or DEFAULT_FRAME_SIDE,
                                    (clap.sample_rate, clap.window_seconds) if clap else None, info)  # type: ignore[attr-defined]
             p.facts = replace(p.facts, width=info.width, height=info.height)
 
-    def _flush(self, partial: bool) -> None:
+    def _flush(self, partial: bool | float) -> bool:
+        """Embed the full batches; ``partial``: also what is left (True), or a part batch of at
+        least that share of a batch (the encoder would otherwise sit idle while the decoders catch
+        up: at the start of a run, or behind one slow file). Whether anything was embedded."""
+        embedded = False
         for key in list(self.buffers):
             buf = self.buffers[key]
             bs = self.encoders.get(key[0]).batch_size
-            while len(buf) >= bs or (partial and buf):
+            least = bs if partial is False else 1 if partial is True else max(1, int(bs * partial))
+            while len(buf) >= least and buf:
                 batch, self.buffers[key] = buf[:bs], buf[bs:]
                 buf = self.buffers[key]
                 self._embed(key, batch)
-        if partial:
+                embedded = True
+        if partial is True:
             self._finish_staged()
+        return embedded
 
     def _embed(self, key: tuple[str, str], batch: list[tuple[int, Unit, Any]]) -> None:
         space, modality = key

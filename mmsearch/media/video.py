@@ -149,18 +149,19 @@ def iter_frames(source: str | os.PathLike[str] | BinaryIO, interval: float = 2.0
         # one thread: references decode in a chain (B-frames are skipped), so frame threads
         # only delay each frame's output and the verdict on a key frame with it
         vs.codec_context.thread_count = 1
-        sampler = _Sampler(interval, side, info, vs.time_base)
-        base = float(vs.start_time * vs.time_base) if vs.start_time is not None and vs.time_base else 0.0
-        decoder = _Decoder(vs, base)
+        tb = float(vs.time_base or 0)  # seconds per tick, as a float: Fractions per packet cost a frame's scaling
+        sampler = _Sampler(interval, side, info, tb)
+        base = vs.start_time * tb if vs.start_time is not None else 0.0
+        decoder = _Decoder(vs, tb, base)
         group = _Group()
         last_packet = 0.0
         try:
             for packet in c.demux(vs):
                 if packet.size == 0:
                     continue
-                t = _time(packet, base)
+                t = _time(packet, tb, base)
                 if t is not None:
-                    last_packet = max(last_packet, t + float((packet.duration or 0) * (packet.time_base or 0)))
+                    last_packet = max(last_packet, t + (packet.duration or 0) * tb)
                 if packet.is_keyframe:  # a new group: what the last one did not send is never needed
                     yield from group.close(decoder, sampler, base)
                     group = _Group(packet, t, sampler)
@@ -237,8 +238,8 @@ class _Decoder:
     sample's due time: nothing needs it, neither a sample nor a later frame. From the due time on,
     every frame is decoded, so samples are the frames they would be if all were decoded."""
 
-    def __init__(self, stream: Any, base: float) -> None:
-        self.stream, self.base = stream, base
+    def __init__(self, stream: Any, tb: float, base: float) -> None:
+        self.stream, self.tb, self.base = stream, tb, base
         self.errors = 0
 
     def drain(self, packets: list[Any], due: float = float("inf")) -> list[Any]:
@@ -255,7 +256,7 @@ class _Decoder:
         codec = self.stream.codec_context
         for packet in packets:
             if packet is not None:
-                t = _time(packet, self.base, shown=True)
+                t = _time(packet, self.tb, self.base, shown=True)
                 codec.skip_frame = "NONREF" if t is not None and t < due - 1e-6 else "DEFAULT"
             try:
                 out += codec.decode(packet)
@@ -279,7 +280,7 @@ class _Sampler:
     """Chooses, among decoded frames, those to keep; holds the last kept one until the next is
     known (its span ends there)."""
 
-    def __init__(self, interval: float, side: int, info: VideoInfo, time_base: Any = None) -> None:
+    def __init__(self, interval: float, side: int, info: VideoInfo, time_base: float = 0.0) -> None:
         self.interval, self.side, self.info, self.time_base = interval, side, info, time_base
         self.due = 0.0  # the next sample time
         self.last_candidate = -float("inf")
@@ -288,21 +289,22 @@ class _Sampler:
         self.seen = -float("inf")  # the last frame's time: a key frame decoded again is not seen twice
         self.count = 0
         self.rotation: int | None = None
+        self._scaler: Any = None  # one libswscale context, reused while frames keep their size
 
     def take(self, frames: list[Any], base: float) -> Iterator[FrameSample]:
         for frame in frames:
             self.count += 1
             # the stream's time base: frames drained from the decoder carry none of their own
             pts = frame.pts if frame.pts is not None else getattr(frame, "dts", None)
-            tb = self.time_base or frame.time_base
-            t = float(pts * tb) - base if pts is not None and tb else None
+            tb = self.time_base or float(frame.time_base or 0)
+            t = pts * tb - base if pts is not None and tb else None
             if t is None or not math.isfinite(t):  # no timestamps at all: count frames at the nominal rate
                 t = (self.count - 1) / 25.0
             t = max(0.0, t)
             if t <= self.seen:
                 continue
             self.seen = t
-            frame_end = t + (float(frame.duration * tb) if frame.duration and tb else 0.0)
+            frame_end = t + (frame.duration * tb if frame.duration and tb else 0.0)
             self.last_frame_end = max(self.last_frame_end, frame_end, t)
             due = t >= self.due - 1e-6
             if not (frame.key_frame or due) or (frame.is_corrupt and self.kept is not None):
@@ -329,9 +331,13 @@ class _Sampler:
         w, h = frame.width, frame.height
         scale = min(1.0, self.side / max(1, min(w, h)))
         size = (max(2, round(w * scale)), max(2, round(h * scale)))
-        # swscale's bilinear widens its kernel with the reduction (no aliasing) at half AREA's cost
-        arr = frame.reformat(width=size[0], height=size[1], format="rgb24",
-                             interpolation="BILINEAR" if scale < 1 else None).to_ndarray()
+        if self._scaler is None:  # a frame's own reformat builds a new context each time: twice the cost
+            from av.video.reformatter import VideoReformatter
+
+            self._scaler = VideoReformatter()
+        # swscale's bilinear widens its kernel with the reduction: no aliasing
+        arr = self._scaler.reformat(frame, width=size[0], height=size[1], format="rgb24",
+                                    interpolation="BILINEAR" if scale < 1 else None).to_ndarray()
         if self.rotation:  # counter-clockwise by the matrix's angle turns the stored picture upright
             arr = np.ascontiguousarray(np.rot90(arr, k=self.rotation // 90))
         return Image.fromarray(arr, "RGB")
@@ -341,13 +347,13 @@ def _signature(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("L").resize((16, 16), Image.Resampling.BOX), dtype=np.float32) / 255.0
 
 
-def _time(packet: Any, base: float, shown: bool = False) -> float | None:
-    """A packet's time on the video's timeline: its pts, else its dts; ``shown``: its pts only
-    (when the frame is shown: a dts is earlier)."""
+def _time(packet: Any, tb: float, base: float, shown: bool = False) -> float | None:
+    """A packet's time on the video's timeline (``tb``: its stream's seconds per tick): its pts,
+    else its dts; ``shown``: its pts only (when the frame is shown: a dts is earlier)."""
     ts = packet.pts if packet.pts is not None or shown else packet.dts
-    if ts is None or not packet.time_base:
+    if ts is None or not tb:
         return None
-    return float(ts * packet.time_base) - base
+    return ts * tb - base
 
 
 def _why(e: BaseException) -> str:

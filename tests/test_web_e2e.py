@@ -527,6 +527,10 @@ def test_thumbnails_show_a_loading_state(desktop: Page) -> None:
     expect(pics).to_have_count(12)
     expect(page.locator("#results .pic.loading")).to_have_count(12)
     assert page.evaluate("getComputedStyle(document.querySelector('#results .pic.loading')).animationName") == "shimmer"
+    for _ in range(100):  # the route handler hears a request only while Playwright is waited on
+        if held:
+            break
+        page.wait_for_timeout(50)
     assert held  # the page asked for them, and waits
     for route in held:
         route.continue_()

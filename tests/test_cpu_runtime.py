@@ -40,15 +40,6 @@ def _both(enc: Any, modality: str, items: list[Any]) -> np.ndarray:
     return enc.encode(modality, [enc.prepare(modality, x) for x in items])
 
 
-def _spins(runner: Any) -> bool:
-    """Whether an ONNX Runtime session's idle intra-op threads spin (its default)."""
-    try:
-        return runner.session.get_session_options().get_session_config_entry(
-            "session.intra_op.allow_spinning") != "0"
-    except RuntimeError:  # not set: the default
-        return True
-
-
 def _min_cos(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.min(np.sum(a * b, axis=1)))
 
@@ -102,10 +93,24 @@ def test_export_matches_torch_and_is_cached(clip_spec: str, tmp_path: Path, expo
     assert export_spy == ["image", "text"]
     assert again.image_side == enc.image_side == ref.image_side == 64  # type: ignore[attr-defined]
 
-    # a text tower's idle threads spin for the next operator (a query answers sooner); the image
-    # tower's sleep, leaving the cores to the decoders an ingest runs beside it
+    # a text tower runs a query on every core; the image tower cuts a batch into one-thread lanes,
+    # one per core, with the same vectors bit for bit
     opened = {m: enc.cache._open(enc.cache.folder(m), {"modality": m}) for m in ("image", "text")}
-    assert {m: _spins(r) for m, r in opened.items()} == {"image": False, "text": True}
+    assert (opened["text"].lanes, opened["image"].lanes) == (1, cpu_runtime.intra_op_threads())
+    names, feeds = enc._towers["image"].input_names, enc._towers["image"].feeds(  # type: ignore[union-attr]
+        [enc.prepare("image", im) for im in images])
+    one = tuple(x[:1] for x in feeds)
+    path = enc.cache.folder("image") / "model.onnx"
+    whole = cpu_runtime.OrtRunner(path, threads=2)(names, feeds)
+    ingest = cpu_runtime.OrtRunner(path, threads=2, lanes=2)
+    np.testing.assert_array_equal(ingest(names, feeds), whole)
+    np.testing.assert_array_equal(ingest(names, one), whole[:1])
+    assert set(ingest._sessions) == {1}  # one session: a lone row after batches takes a lane
+    query = cpu_runtime.OrtRunner(path, threads=2, lanes=2)
+    np.testing.assert_array_equal(query(names, one), whole[:1])
+    assert set(query._sessions) == {2}  # a query runs on every core
+    np.testing.assert_array_equal(query(names, feeds), whole)
+    assert set(query._sessions) == {1, 2}  # queries and an ingest in one process: both sessions
 
 
 def test_a_new_checkpoint_at_the_same_path_is_exported_again(tmp_path: Path, export_spy: list[str]) -> None:

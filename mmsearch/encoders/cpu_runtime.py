@@ -30,6 +30,7 @@ import tempfile
 import threading
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
@@ -223,38 +224,86 @@ def towers(base: Any) -> dict[Modality, Tower]:
 
 
 class OrtRunner:
-    """ONNX Runtime on the CPU: one session, intra-op threads = the cores we may use, every graph
-    optimisation (fusions, layout) on. ``spin``: idle intra-op threads spin for the next operator
-    (a lone query answers sooner); off, they sleep, and the cores go to the decoding threads an
-    ingest runs beside the encoder (spinning took them: 0.70 of the encoder's speed against 0.75,
-    and no faster alone; benchmarks/video.py)."""
+    """ONNX Runtime on the CPU, every graph optimisation (fusions, layout) on.
+
+    ``lanes`` = 1: one session whose operators run on ``threads`` intra-op threads. ``lanes`` > 1
+    (towers that embed batches beside decoders): a batch is cut into ``lanes`` parts, run side by
+    side on a one-thread session. No thread then waits inside an operator for another, so a
+    decoding thread that takes a core for a while slows one part instead of stalling both: on 2
+    cores beside a video's decoder, 2 lanes took 3.1 s where 2 intra-op threads took 3.3 s, and
+    alone 2.55 s against 2.63 s (benchmarks/video.py). A lone row (a query) runs on the
+    multi-threaded session instead (30 ms against 52 ms for ViT-B-32's image on 2 cores), unless
+    only the lanes' session is open: a process opens the second only when it both ingests and
+    answers queries."""
 
     name = "onnxruntime"
 
     def __init__(self, path: Path, threads: int | None = None, optimisation: str = "all",
-                 config: dict[str, str] | None = None, spin: bool = True) -> None:
+                 config: dict[str, str] | None = None, lanes: int = 1) -> None:
+        self.path, self.threads, self.lanes = path, threads or intra_op_threads(), max(1, lanes)
+        self._optimisation, self._config = optimisation, dict(config or {})
+        self._sessions: dict[int, Any] = {}  # intra-op threads -> session
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self.input_names: list[str] = []
+        if self.lanes == 1:
+            self.ready()
+
+    def ready(self) -> None:
+        """Open the session a lone row (a query) runs on now, not on the first query."""
+        self._session(self.threads)
+
+    @property
+    def session(self) -> Any:
+        """The session batches run on."""
+        return self._session(1 if self.lanes > 1 else self.threads)
+
+    def _session(self, threads: int) -> Any:
         import onnxruntime as ort
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or intra_op_threads()
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = {
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[optimisation]
-        opts.log_severity_level = 3
-        if not spin:
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        for key, value in (config or {}).items():
-            opts.add_session_config_entry(key, value)
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        self.input_names = [i.name for i in self.session.get_inputs()]
+        with self._lock:
+            if threads not in self._sessions:
+                opts = ort.SessionOptions()
+                opts.intra_op_num_threads = threads
+                opts.inter_op_num_threads = 1
+                opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+                opts.graph_optimization_level = {
+                    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                }[self._optimisation]
+                opts.log_severity_level = 3
+                for key, value in self._config.items():
+                    opts.add_session_config_entry(key, value)
+                session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+                self.input_names = [i.name for i in session.get_inputs()]
+                self._sessions[threads] = session
+            return self._sessions[threads]
 
     def __call__(self, names: Sequence[str], inputs: Sequence[np.ndarray]) -> np.ndarray:
-        feed = {n: x for n, x in zip(names, inputs) if n in self.input_names}  # the exporter drops unused inputs
-        return np.asarray(self.session.run(None, feed)[0], dtype=np.float32)
+        rows = len(inputs[0]) if len(inputs) else 0
+        lanes = min(self.lanes, rows)
+        if lanes <= 1:  # the multi-threaded session, unless only the lanes' is open
+            lone = 1 if self.lanes > 1 and 1 in self._sessions and self.threads not in self._sessions else self.threads
+            session = self._session(lone)
+            return self._run(session, self._feed(names, inputs))
+        session = self._session(1)
+        feed = self._feed(names, inputs)
+        cuts = [rows * i // lanes for i in range(lanes + 1)]
+        parts = [{n: x[a:b] for n, x in feed.items()} for a, b in zip(cuts, cuts[1:])]
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.lanes - 1, thread_name_prefix="mmsearch-lane")
+        others = [self._pool.submit(self._run, session, part) for part in parts[1:]]
+        first = self._run(session, parts[0])  # this thread runs a part too
+        return np.concatenate([first, *(f.result() for f in others)])
+
+    def _feed(self, names: Sequence[str], inputs: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        return {n: x for n, x in zip(names, inputs) if n in self.input_names}  # the exporter drops unused inputs
+
+    @staticmethod
+    def _run(session: Any, feed: dict[str, np.ndarray]) -> np.ndarray:
+        return np.asarray(session.run(None, feed)[0], dtype=np.float32)
 
 
 class OpenVinoRunner:
@@ -492,12 +541,13 @@ class ExportCache:
         return openvino_available() and meta.get("backend_pick") != BACKEND_PICK and not int8
 
     def _open(self, folder: Path, meta: dict[str, Any]) -> Runner:
-        spin = meta.get("modality") == "text"  # the other towers embed batches beside decoders
+        # a text tower answers queries one at a time; the others embed batches beside decoders
+        lanes = 1 if meta.get("modality") == "text" else intra_op_threads()
         if self.int8 and (folder / "model.int8.onnx").exists():
-            return OrtRunner(folder / "model.int8.onnx", spin=spin)
+            return OrtRunner(folder / "model.int8.onnx", lanes=lanes)
         if openvino_available() and meta.get("backend") == "openvino":
             return OpenVinoRunner(folder / "model.onnx")
-        return OrtRunner(folder / "model.onnx", spin=spin)
+        return OrtRunner(folder / "model.onnx", lanes=lanes)
 
     def _pick_backend(self, tower: Tower, path: Path) -> dict[str, Any]:
         """ONNX Runtime or OpenVINO for an fp32 tower, once OpenVINO has passed the same check
@@ -908,7 +958,7 @@ class OnnxEncoder:
     def load_towers(self) -> None:
         """Every tower's runner now (a server, before its port opens), not on its first query."""
         for modality in self.modalities:
-            self.runner(modality)
+            getattr(self.runner(modality), "ready", lambda: None)()
 
     def runner(self, modality: Modality) -> Runner | None:
         """The modality's runner, None when torch runs it (export refused, reason logged)."""

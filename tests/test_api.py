@@ -132,6 +132,12 @@ def jpeg(path: Path) -> bytes:
 def test_liveness_and_readiness(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
+    for _ in range(600):  # the models load in the background from start-up: 503 until they are in
+        if ready.status_code == 200:
+            break
+        assert ready.status_code == 503 and ready.json()["ready"] is False and ready.headers["retry-after"]
+        time.sleep(0.1)
+        ready = client.get("/readyz")
     assert ready.status_code == 200
     body = ready.json()
     assert body["ready"] is True and body["models"]["clip"].startswith("open_clip:mmtest-tiny@")

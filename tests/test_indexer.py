@@ -462,6 +462,7 @@ def test_an_idle_encoder_takes_a_part_batch(make_settings, tmp_path: Path,  # ty
         return real(*args, **kwargs)
 
     monkeypatch.setattr(pipeline, "read_image", slow)
+    monkeypatch.setattr(pipeline, "IDLE_WAIT", 5.0)  # a loaded machine's slow decode is not a stalled one
     with Engine.open(make_settings(batch_size=16, decode_workers=1, follow_links=True)) as e:
         enc = e.encoders.get("clip")
         sizes: list[int] = []

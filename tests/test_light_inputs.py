@@ -100,3 +100,17 @@ def test_other_transforms_are_not_claimed() -> None:
     squash = open_clip.image_transform(224, is_train=False, resize_mode="squash")
     assert ImagePrep.from_transform(*_split_preprocess(longest)) is None
     assert ImagePrep.from_transform(*_split_preprocess(squash)) is None
+
+
+@pytest.mark.parametrize(("mode", "size", "side"), [("shortest", 224, 224), ("squash", (384, 256), 384)])
+def test_the_side_video_frames_are_decoded_at_needs_no_enlarging(mode: str, size: object, side: int) -> None:
+    """Frames come out of the decoder at this short side: ``prepare`` then only crops them, or for
+    a model that squashes to a fixed size shrinks them, and never enlarges them."""
+    from mmsearch.encoders.clip import OpenClipEncoder
+
+    pre = open_clip.image_transform(size, is_train=False, resize_mode=mode)
+    enc = OpenClipEncoder.__new__(OpenClipEncoder)  # the transform is all image_side reads
+    enc._pil_stage, enc._norm = _split_preprocess(pre)
+    assert enc.image_side == side
+    recipe = ImagePrep.from_transform(enc._pil_stage, enc._norm)
+    assert recipe is None or recipe.side == side

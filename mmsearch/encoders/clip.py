@@ -68,12 +68,13 @@ class OpenClipEncoder:
 
     @property
     def image_side(self) -> int | None:
-        """The short side ``prepare`` resizes an image to (None: a fixed size, or unknown): a
-        video's frames are decoded at it, so they are resized once."""
+        """The short side an image needs for ``prepare`` to resize it without enlarging it (the
+        shortest edge it resizes to, or the longer of a fixed size; None: unknown): a video's
+        frames are decoded at it, so they are resized once, or not at all."""
         steps = list(getattr(self._pil_stage, "transforms", []))
         size = getattr(steps[0], "size", None) if steps else None
-        size = size[0] if isinstance(size, (list, tuple)) and len(size) == 1 else size
-        return size if isinstance(size, int) else None
+        sizes = [size] if isinstance(size, int) else list(size) if isinstance(size, (list, tuple)) else []
+        return max(sizes) if sizes and all(isinstance(v, int) for v in sizes) else None
 
     @property
     def model(self) -> torch.nn.Module:

@@ -52,7 +52,7 @@ EXPORT_VERSION = 1  # bump when the exported graphs change, so old cache entries
 MIN_COS_FP32 = 0.9999  # an fp32 export must match the torch forward this closely on every probe
 MIN_COS_INT8 = 0.99  # an int8 model must match its fp32 export this closely
 OPSET = 18
-BACKEND_PICK = 3  # how _pick_backend decides; a cache entry decided another way is decided again
+BACKEND_PICK = 4  # how _pick_backend decides; a cache entry decided another way is decided again
 # Exports swap sys.stdout and sys.stderr for the process: two at once would restore them wrongly.
 _EXPORT_LOCK = threading.Lock()
 _PROBE_TEXTS = (
@@ -231,10 +231,12 @@ class OrtRunner:
     side on a one-thread session. No thread then waits inside an operator for another, so a
     decoding thread that takes a core for a while slows one part instead of stalling both: on 2
     cores beside a video's decoder, 2 lanes took 3.1 s where 2 intra-op threads took 3.3 s, and
-    alone 2.55 s against 2.63 s (benchmarks/video.py). A lone row (a query) runs on the
-    multi-threaded session instead (30 ms against 52 ms for ViT-B-32's image on 2 cores), unless
-    only the lanes' session is open: a process opens the second only when it both ingests and
-    answers queries."""
+    alone 2.55 s against 2.63 s (benchmarks/video.py). fp32 vectors are the same bit for bit
+    either way (int8's dynamic quantisation scales each run's activations, lane or batch alike).
+
+    A lone row runs on a lane too, unless the runner is ``ready()`` for queries (a server's
+    warm-up): then on a session with every thread (ViT-B-32's image: 27.5 ms against 51.7 ms on 2
+    cores). A server that also ingests holds both sessions; an ingest alone, one."""
 
     name = "onnxruntime"
 
@@ -245,18 +247,16 @@ class OrtRunner:
         self._sessions: dict[int, Any] = {}  # intra-op threads -> session
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        self._queries = self.lanes == 1  # lone rows run on every thread
         self.input_names: list[str] = []
         if self.lanes == 1:
             self.ready()
 
     def ready(self) -> None:
-        """Open the session a lone row (a query) runs on now, not on the first query."""
+        """Answer lone rows (queries) on every thread, from a session opened now, not on the
+        first query."""
         self._session(self.threads)
-
-    @property
-    def session(self) -> Any:
-        """The session batches run on."""
-        return self._session(1 if self.lanes > 1 else self.threads)
+        self._queries = True
 
     def _session(self, threads: int) -> Any:
         import onnxruntime as ort
@@ -283,9 +283,8 @@ class OrtRunner:
     def __call__(self, names: Sequence[str], inputs: Sequence[np.ndarray]) -> np.ndarray:
         rows = len(inputs[0]) if len(inputs) else 0
         lanes = min(self.lanes, rows)
-        if lanes <= 1:  # the multi-threaded session, unless only the lanes' is open
-            lone = 1 if self.lanes > 1 and 1 in self._sessions and self.threads not in self._sessions else self.threads
-            session = self._session(lone)
+        if lanes <= 1:
+            session = self._session(self.threads if self._queries else 1)
             return self._run(session, self._feed(names, inputs))
         session = self._session(1)
         feed = self._feed(names, inputs)
@@ -482,7 +481,10 @@ class ExportCache:
     encoder when something must be exported or checked; a complete entry is opened without it."""
 
     def __init__(self, spec: str, settings: Settings, base: Callable[[], Any], checksum: str | None = None) -> None:
+        from mmsearch import cpus
+
         self.spec = spec
+        self.threads = cpus.intra_op_threads(settings)  # a Ray actor's own count, not the node's
         self._base = base
         self.root = Path(settings.cache_dir).expanduser() / "onnx"
         self.int8 = settings.int8
@@ -540,14 +542,17 @@ class ExportCache:
         int8 = self.int8 and (folder / "model.int8.onnx").exists()
         return openvino_available() and meta.get("backend_pick") != BACKEND_PICK and not int8
 
+    def _lanes(self, modality: str | None) -> int:
+        """A text tower answers queries one at a time; the others embed batches beside decoders."""
+        return 1 if modality == "text" else self.threads
+
     def _open(self, folder: Path, meta: dict[str, Any]) -> Runner:
-        # a text tower answers queries one at a time; the others embed batches beside decoders
-        lanes = 1 if meta.get("modality") == "text" else intra_op_threads()
+        lanes = self._lanes(meta.get("modality"))
         if self.int8 and (folder / "model.int8.onnx").exists():
-            return OrtRunner(folder / "model.int8.onnx", lanes=lanes)
+            return OrtRunner(folder / "model.int8.onnx", threads=self.threads, lanes=lanes)
         if openvino_available() and meta.get("backend") == "openvino":
-            return OpenVinoRunner(folder / "model.onnx")
-        return OrtRunner(folder / "model.onnx", lanes=lanes)
+            return OpenVinoRunner(folder / "model.onnx", threads=self.threads)
+        return OrtRunner(folder / "model.onnx", threads=self.threads, lanes=lanes)
 
     def _pick_backend(self, tower: Tower, path: Path) -> dict[str, Any]:
         """ONNX Runtime or OpenVINO for an fp32 tower, once OpenVINO has passed the same check
@@ -561,7 +566,9 @@ class ExportCache:
         runners: dict[str, Runner] = {}
         one = tower.feeds(tower.probe()[:1])
         try:
-            for name, make in (("onnxruntime", OrtRunner), ("openvino", OpenVinoRunner)):
+            lanes = self._lanes(tower.modality)  # ONNX Runtime as it will run this tower
+            for name, make in (("onnxruntime", lambda p: OrtRunner(p, threads=self.threads, lanes=lanes)),
+                               ("openvino", lambda p: OpenVinoRunner(p, threads=self.threads))):
                 t0 = time.perf_counter()
                 runners[name] = make(path)
                 runners[name](tower.input_names, one)

@@ -71,9 +71,10 @@ class ImagePrep:
                    str(d["mode"]), tuple(d["mean"]), tuple(d["std"]))
 
     @property
-    def side(self) -> int | None:
-        """The short side an image is resized to (None: resized to a fixed size whatever its shape)."""
-        return self.resize[0] if len(self.resize) == 1 else None
+    def side(self) -> int:
+        """The short side an image needs to be resized without enlarging it: the shortest edge it
+        is resized to, or the longer of a fixed size (squashed to it whatever its shape)."""
+        return max(self.resize)
 
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) after the resize, as torchvision computes it."""

@@ -39,8 +39,9 @@ from mmsearch.writer import CatalogWriter
 Progress = Callable[[int, int], None]  # (files done, files to do)
 # causes that say nothing about the file: it is tried again on the next run, never left "failed"
 PASSING_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.EAGAIN})
-DEFAULT_FRAME_SIDE = 224  # video frames' short side for an image encoder that does not say its own
+DEFAULT_FRAME_SIDE = 256  # video frames' short side for an image encoder that does not say its own
 IDLE_SHARE = 0.25  # an idle encoder takes a part batch of at least this share of its batch size
+IDLE_WAIT = 0.05  # seconds without a decoded unit before the encoder takes whatever is waiting
 PASSING_SQL = ("disk is full", "out of memory", "database is locked", "no space left")
 
 
@@ -161,7 +162,8 @@ def index_folders(paths: Sequence[Path], writer: CatalogWriter, encoders: Encode
     if work:
         meter.plan([(p.found.kind, p.found.path, p.found.size) for p in work],
                    lambda modality: [s for s in encoders.spaces_for(modality) if s in (spaces or [])])
-        settings = settings.model_copy(update={"video_frame_side": frame_side(settings, encoders)})
+        if any(p.found.kind == "video" for p in work):  # else the image model's transform is not read
+            settings = settings.model_copy(update={"video_frame_side": frame_side(settings, encoders)})
         ingest = _Ingest
         if settings.ray:  # decode and embed on a Ray cluster; planning and commits stay here
             from mmsearch.indexer.ray_ingest import RayIngest as ingest  # type: ignore[assignment]
@@ -354,12 +356,12 @@ class _Ingest:
                 try:
                     ev = events.get_nowait()
                 except queue.Empty:
-                    if self._flush(partial=IDLE_SHARE):  # the encoder would wait: embed a part batch
+                    if self._flush(IDLE_SHARE):  # the encoder would wait: embed a part batch
                         continue
                     try:
-                        ev = events.get(timeout=0.05)
+                        ev = events.get(timeout=IDLE_WAIT)
                     except queue.Empty:
-                        self._flush(partial=True)  # the decoders are behind: embed what is waiting
+                        self._flush(0)  # the decoders are behind: embed what is waiting
                         continue
                 if ev[0] == "exit":
                     alive -= 1
@@ -368,14 +370,14 @@ class _Ingest:
                     for space, prep in prepared.items():
                         self.buffers.setdefault((space, unit.modality), []).append((idx, unit, prep))
                     work[idx].queued += len(prepared)
-                    self._flush(partial=False)
+                    self._flush()
                 else:
                     _, idx, n, error = ev
                     p = work[idx]
                     p.decoded, p.error = True, error or p.error or (None if n else "nothing to index in this file")
                     self._maybe_ready(idx)
             if not self.stop.is_set():
-                self._flush(partial=True)
+                self._flush(0)
             self._commit()
         finally:
             self.stop.set()
@@ -420,8 +422,9 @@ class _Ingest:
                         # hashed once its units are out: the encoder does not wait on a long video's read
                         self.work[idx].content_hash = content_hash(self.work[idx].found.path)
                     except (MemoryError, OSError) as e:
-                        error = f"{type(e).__name__}: {e}"
-                        self.work[idx].retry = is_passing_failure(e)  # tried again on the next run
+                        if error is None:  # a file that failed to decode keeps that reason
+                            error = f"{type(e).__name__}: {e}"
+                            self.work[idx].retry = is_passing_failure(e)  # tried again on the next run
                     except Exception as e:  # noqa: BLE001 - one bad file must not stop the run
                         error = f"{type(e).__name__}: {e}"
                 if notes.text and error:
@@ -478,21 +481,22 @@ class _Ingest:
                                    (clap.sample_rate, clap.window_seconds) if clap else None, info)  # type: ignore[attr-defined]
             p.facts = replace(p.facts, width=info.width, height=info.height)
 
-    def _flush(self, partial: bool | float) -> bool:
-        """Embed the full batches; ``partial``: also what is left (True), or a part batch of at
-        least that share of a batch (the encoder would otherwise sit idle while the decoders catch
-        up: at the start of a run, or behind one slow file). Whether anything was embedded."""
+    def _flush(self, share: float = 1.0) -> bool:
+        """Embed what is buffered in batches of at least ``share`` of a batch: 1, full batches;
+        less, a part batch too (the encoder would otherwise sit idle while the decoders catch up:
+        at the start of a run, or behind one slow file); 0, everything, the staged batch included.
+        Whether anything was embedded."""
         embedded = False
         for key in list(self.buffers):
             buf = self.buffers[key]
             bs = self.encoders.get(key[0]).batch_size
-            least = bs if partial is False else 1 if partial is True else max(1, int(bs * partial))
-            while len(buf) >= least and buf:
+            least = max(1, min(bs, int(bs * share)))
+            while len(buf) >= least:
                 batch, self.buffers[key] = buf[:bs], buf[bs:]
                 buf = self.buffers[key]
                 self._embed(key, batch)
                 embedded = True
-        if partial is True:
+        if share <= 0:
             self._finish_staged()
         return embedded
 

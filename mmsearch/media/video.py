@@ -200,7 +200,7 @@ class _Group:
         self.live = head is None  # the decoder holds this group's state (a stream may not open on a key)
         waits = start is not None and sampler is not None and start >= sampler.due - 1e-6
         near = (start is not None and sampler is not None
-                and start - sampler.last_candidate < MIN_GAP_FRACTION * sampler.interval)
+                and start - sampler.last_candidate < MIN_GAP_FRACTION * sampler.interval - 1e-6)
         self.decided = head is not None and not waits and not near
         self.waiting = head is not None and waits and not near
         self.held = self.decided  # the key frame was sent and has not come out yet
@@ -209,8 +209,8 @@ class _Group:
         if t is None or self.held:
             return True
         if self.waiting and not self.live:  # the key frame is the due sample: the next is an interval on
-            return t >= (self.start or 0.0) + sampler.interval
-        return t >= sampler.due
+            return t >= (self.start or 0.0) + sampler.interval - 1e-6
+        return t >= sampler.due - 1e-6
 
     def send(self, decoder: _Decoder, sampler: _Sampler) -> list[Any]:
         out = decoder.send(self.pending, sampler.due)

@@ -112,6 +112,12 @@ def test_export_matches_torch_and_is_cached(clip_spec: str, tmp_path: Path, expo
     assert set(server._sessions) == {2}
     np.testing.assert_array_equal(server(names, feeds), whole)
     assert set(server._sessions) == {1, 2}  # queries and an ingest in one process: both sessions
+    # OpenVINO the same way: one stream per lane for batches, the latency model for queries
+    vino = cpu_runtime.OpenVinoRunner(path, threads=2, lanes=2)
+    assert _min_cos(vino(names, feeds), whole) >= cpu_runtime.MIN_COS_FP32
+    assert _min_cos(vino(names, one), whole[:1]) >= cpu_runtime.MIN_COS_FP32 and set(vino._compiled) == {2}
+    vino.ready()
+    assert _min_cos(vino(names, one), whole[:1]) >= cpu_runtime.MIN_COS_FP32 and set(vino._compiled) == {1, 2}
 
 
 def test_a_new_checkpoint_at_the_same_path_is_exported_again(tmp_path: Path, export_spy: list[str]) -> None:

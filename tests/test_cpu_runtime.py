@@ -102,22 +102,31 @@ def test_export_matches_torch_and_is_cached(clip_spec: str, tmp_path: Path, expo
     one = tuple(x[:1] for x in feeds)
     path = enc.cache.folder("image") / "model.onnx"
     whole = cpu_runtime.OrtRunner(path, threads=2)(names, feeds)
+    query = cpu_runtime.OrtRunner(path, threads=2, lanes=2)  # a CLI query: one session, every core
+    np.testing.assert_array_equal(query(names, one), whole[:1])
+    assert set(query._sessions) == {2}
     ingest = cpu_runtime.OrtRunner(path, threads=2, lanes=2)
+    ingest.ingesting = True
     np.testing.assert_array_equal(ingest(names, one), whole[:1])
     np.testing.assert_array_equal(ingest(names, feeds), whole)
     assert set(ingest._sessions) == {1}  # an ingest holds one session: a lone row takes a lane
     server = cpu_runtime.OrtRunner(path, threads=2, lanes=2)
-    server.ready()  # a server's warm-up: queries run on every core
+    server.ready()  # a server's warm-up: its queries run on every core, ingesting or not
+    server.ingesting = True
     np.testing.assert_array_equal(server(names, one), whole[:1])
     assert set(server._sessions) == {2}
     np.testing.assert_array_equal(server(names, feeds), whole)
     assert set(server._sessions) == {1, 2}  # queries and an ingest in one process: both sessions
     # OpenVINO the same way: one stream per lane for batches, the latency model for queries
     vino = cpu_runtime.OpenVinoRunner(path, threads=2, lanes=2)
+    vino.ingesting = True
     assert _min_cos(vino(names, feeds), whole) >= cpu_runtime.MIN_COS_FP32
     assert _min_cos(vino(names, one), whole[:1]) >= cpu_runtime.MIN_COS_FP32 and set(vino._compiled) == {2}
     vino.ready()
     assert _min_cos(vino(names, one), whole[:1]) >= cpu_runtime.MIN_COS_FP32 and set(vino._compiled) == {1, 2}
+    # an ingest tells the encoder, and its runners take lone rows on a lane
+    again.for_ingest()  # type: ignore[attr-defined]
+    assert again.runner("image").ingesting is True  # type: ignore[attr-defined,union-attr]
 
 
 def test_a_new_checkpoint_at_the_same_path_is_exported_again(tmp_path: Path, export_spy: list[str]) -> None:

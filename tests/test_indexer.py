@@ -476,3 +476,14 @@ def test_an_idle_encoder_takes_a_part_batch(make_settings, tmp_path: Path,  # ty
         assert e.index([folder]).added == 40
         assert e.catalog.counts()["items"] == {"image": 40}
     assert 16 // 4 <= sizes[0] < 16 and sum(sizes) == 40 and max(sizes) <= 16, sizes
+
+
+def test_an_ingest_holds_one_session_of_its_image_tower(make_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """One new photo is a batch of one: it takes one of the tower's lanes (one-thread sessions)
+    instead of opening a second session, on every core, beside them."""
+    folder = tmp_path / "one"
+    linked_photos(folder, 1)
+    with Engine.open(make_settings(follow_links=True)) as e:
+        assert e.index([folder]).added == 1
+        runner = e.encoders.get("clip").runner("image")  # type: ignore[attr-defined]
+        assert set(runner._sessions) == {1}

@@ -234,9 +234,10 @@ class OrtRunner:
     alone 2.55 s against 2.63 s (benchmarks/video.py). fp32 vectors are the same bit for bit
     either way (int8's dynamic quantisation scales each run's activations, lane or batch alike).
 
-    A lone row runs on a lane too, unless the runner is ``ready()`` for queries (a server's
-    warm-up): then on a session with every thread (ViT-B-32's image: 27.5 ms against 51.7 ms on 2
-    cores). A server that also ingests holds both sessions; an ingest alone, one."""
+    A lone row (a query) runs on a session with every thread (ViT-B-32's image: 27.5 ms against
+    51.7 ms on one lane of 2 cores), except in a process that ``ingesting`` and not ``ready()`` for
+    queries: there it takes a lane, so that an ingest holds one session. A server that also
+    ingests holds both."""
 
     name = "onnxruntime"
 
@@ -247,7 +248,8 @@ class OrtRunner:
         self._sessions: dict[int, Any] = {}  # intra-op threads -> session
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
-        self._queries = self.lanes == 1  # lone rows run on every thread
+        self._queries = False  # ready(): lone rows run on every thread, ingesting or not
+        self.ingesting = False  # set by an ingest: lone rows take a lane, unless ready()
         self.input_names: list[str] = []
         if self.lanes == 1:
             self.ready()
@@ -284,7 +286,7 @@ class OrtRunner:
         rows = len(inputs[0]) if len(inputs) else 0
         lanes = min(self.lanes, rows)
         if lanes <= 1:
-            session = self._session(self.threads if self._queries else 1)
+            session = self._session(1 if self.ingesting and not self._queries else self.threads)
             return self._run(session, self._feed(names, inputs))
         session = self._session(1)
         feed = self._feed(names, inputs)
@@ -311,7 +313,7 @@ class OpenVinoRunner:
     ``lanes`` as for :class:`OrtRunner`: > 1 compiles the model for throughput with one stream per
     lane, and a batch's parts run on as many infer requests at once (ViT-B-32's image on 2 cores:
     2.35 s alone and 3.1 s beside a video's decoder for 120 frames, against 2.36 s and 3.35 s
-    compiled for latency). Lone rows run on the latency-compiled model once ``ready()``."""
+    compiled for latency). Lone rows run on the latency-compiled model, as OrtRunner's do."""
 
     name = "openvino"
 
@@ -320,7 +322,8 @@ class OpenVinoRunner:
         self._compiled: dict[int, Any] = {}  # streams -> compiled model
         self._idle: dict[int, list[Any]] = {}  # streams -> infer requests not in use
         self._lock = threading.Lock()
-        self._queries = self.lanes == 1
+        self._queries = False
+        self.ingesting = False
         self.input_names: list[str] = []
         if self.lanes == 1:
             self.ready()
@@ -347,7 +350,7 @@ class OpenVinoRunner:
     def __call__(self, names: Sequence[str], inputs: Sequence[np.ndarray]) -> np.ndarray:
         rows = len(inputs[0]) if len(inputs) else 0
         lanes = min(self.lanes, rows)
-        streams = self.lanes if lanes > 1 or not self._queries else 1
+        streams = self.lanes if lanes > 1 or (self.ingesting and not self._queries) else 1
         compiled = self._model(streams)
         feed = {n: x for n, x in zip(names, inputs) if n in self.input_names}
         parts = [{n: x[a:b] for n, x in feed.items()} for a, b in lane_cuts(rows, max(1, lanes))]
@@ -935,6 +938,7 @@ class OnnxEncoder:
         self._towers: dict[Modality, Tower | LightTower] = {}
         self._light: dict[Modality, LightTower | None] = {}
         self._runners: dict[Modality, Runner | None] = {}
+        self._ingesting = False
         self._lock = threading.Lock()
 
     @classmethod
@@ -1009,6 +1013,16 @@ class OnnxEncoder:
         for modality in self.modalities:
             getattr(self.runner(modality), "ready", lambda: None)()
 
+    def for_ingest(self) -> None:
+        """This process embeds batches: a lone row takes one of a batch tower's lanes rather than
+        opening a session on every thread beside the lanes' one (unless towers were loaded for
+        queries: a server keeps answering them on every thread)."""
+        with self._lock:
+            self._ingesting = True
+            for run in self._runners.values():
+                if hasattr(run, "ingesting"):
+                    run.ingesting = True  # type: ignore[union-attr]
+
     def runner(self, modality: Modality) -> Runner | None:
         """The modality's runner, None when torch runs it (export refused, reason logged)."""
         light = self._light_tower(modality)
@@ -1024,6 +1038,8 @@ class OnnxEncoder:
                     self._towers[modality] = tower
                 if light is not None:
                     self._towers[modality] = light  # the items were prepared for its feeds
+                if hasattr(run, "ingesting"):
+                    run.ingesting = self._ingesting  # type: ignore[union-attr]
                 self._runners[modality] = run
             return self._runners[modality]
 

@@ -337,6 +337,8 @@ class _Ingest:
 
     def run(self, work: list[_Pending]) -> None:
         self.work = work
+        for space in self.spaces:  # batches from here on: a lone row need not open a session of its own
+            getattr(self.encoders.get(space), "for_ingest", lambda: None)()
         self.jpegs_on_device = self._device_decode()
         if self.jpegs_on_device:  # one thread stages the next image batch on the device while one encodes
             self.stager = ThreadPoolExecutor(1, thread_name_prefix="mmsearch-stage")

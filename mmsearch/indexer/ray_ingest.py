@@ -191,6 +191,8 @@ class EmbedActor:
         from mmsearch.encoders import load_encoder
 
         self.encoders = {space: load_encoder(spec, settings) for space, spec in specs.items()}
+        for enc in self.encoders.values():  # it only embeds batches
+            getattr(enc, "for_ingest", lambda: None)()
         self.batches = 0
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

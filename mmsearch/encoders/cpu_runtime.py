@@ -228,31 +228,24 @@ def towers(base: Any) -> dict[Modality, Tower]:
 # Runners: an exported model, run by ONNX Runtime (or OpenVINO, for the benchmark's comparison).
 
 
-class OrtRunner:
-    """ONNX Runtime on the CPU, every graph optimisation (fusions, layout) on.
+class _LaneRunner:
+    """What both runtimes' runners share: the lanes, and where a lone row runs.
 
-    ``lanes`` = 1: one session whose operators run on ``threads`` intra-op threads. ``lanes`` > 1
-    (towers that embed batches beside decoders): a batch is cut into ``lanes`` parts, run side by
-    side on a one-thread session. No thread then waits inside an operator for another, so a
+    ``lanes`` = 1: one model whose operators run on ``threads`` threads. ``lanes`` > 1 (towers
+    that embed batches beside decoders): a batch is cut into ``lanes`` parts run side by side,
+    each on one thread. No thread then waits inside an operator for another, so a
     decoding thread that takes a core for a while slows one part instead of stalling both: on 2
     cores beside a video's decoder, 2 lanes took 3.1 s where 2 intra-op threads took 3.3 s, and
     alone 2.55 s against 2.63 s (benchmarks/video.py). fp32 vectors are the same bit for bit
     either way (int8's dynamic quantisation scales each run's activations, lane or batch alike).
 
-    A lone row (a query) runs on a session with every thread (ViT-B-32's image: 27.5 ms against
-    51.7 ms on one lane of 2 cores), except in a process that ``ingesting`` and not ``ready()`` for
-    queries: there it takes a lane, so that an ingest holds one session. A server that also
-    ingests holds both."""
+    A lone row (a query) runs on every thread (ViT-B-32's image: 27.5 ms against 51.7 ms on one
+    lane of 2 cores), except in a process that is ``ingesting`` and not ``ready()`` for queries:
+    there it takes a lane, so that an ingest holds one model. A server that also ingests holds both."""
 
-    name = "onnxruntime"
-
-    def __init__(self, path: Path, threads: int | None = None, optimisation: str = "all",
-                 config: dict[str, str] | None = None, lanes: int = 1) -> None:
+    def __init__(self, path: Path, threads: int | None, lanes: int) -> None:
         self.path, self.threads, self.lanes = path, threads or intra_op_threads(), max(1, lanes)
-        self._optimisation, self._config = optimisation, dict(config or {})
-        self._sessions: dict[int, Any] = {}  # intra-op threads -> session
         self._lock = threading.Lock()
-        self._pool: ThreadPoolExecutor | None = None
         self._queries = False  # ready(): lone rows run on every thread, ingesting or not
         self.ingesting = False  # set by an ingest: lone rows take a lane, unless ready()
         self.input_names: list[str] = []
@@ -260,10 +253,33 @@ class OrtRunner:
             self.ready()
 
     def ready(self) -> None:
-        """Answer lone rows (queries) on every thread, from a session opened now, not on the
-        first query."""
-        self._session(self.threads)
+        """Answer lone rows (queries) on every thread, from a model opened now, not on the first
+        query."""
+        self._open_for_queries()
         self._queries = True
+
+    def _open_for_queries(self) -> None:
+        raise NotImplementedError
+
+    def _lone_on_lane(self) -> bool:
+        return self.lanes > 1 and self.ingesting and not self._queries
+
+
+class OrtRunner(_LaneRunner):
+    """ONNX Runtime on the CPU, every graph optimisation (fusions, layout) on: a session per
+    thread count (lanes run on a one-thread session)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, path: Path, threads: int | None = None, optimisation: str = "all",
+                 config: dict[str, str] | None = None, lanes: int = 1) -> None:
+        self._optimisation, self._config = optimisation, dict(config or {})
+        self._sessions: dict[int, Any] = {}  # intra-op threads -> session
+        self._pool: ThreadPoolExecutor | None = None
+        super().__init__(path, threads, lanes)
+
+    def _open_for_queries(self) -> None:
+        self._session(self.threads)
 
     def _session(self, threads: int) -> Any:
         import onnxruntime as ort
@@ -291,11 +307,10 @@ class OrtRunner:
         rows = len(inputs[0]) if len(inputs) else 0
         lanes = min(self.lanes, rows)
         if lanes <= 1:
-            session = self._session(1 if self.ingesting and not self._queries else self.threads)
+            session = self._session(1 if self._lone_on_lane() else self.threads)
             return self._run(session, self._feed(names, inputs))
         session = self._session(1)
-        feed = self._feed(names, inputs)
-        parts = [{n: x[a:b] for n, x in feed.items()} for a, b in lane_cuts(rows, lanes)]
+        parts = lane_parts(self._feed(names, inputs), rows, lanes)
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.lanes - 1, thread_name_prefix="mmsearch-lane")
@@ -311,32 +326,24 @@ class OrtRunner:
         return np.asarray(session.run(None, feed)[0], dtype=np.float32)
 
 
-class OpenVinoRunner:
+class OpenVinoRunner(_LaneRunner):
     """OpenVINO on the CPU, reading the same ONNX file (fp32 inference precision: on CPUs with
     bf16 it would otherwise compute in bf16 and miss the cosine check).
 
-    ``lanes`` as for :class:`OrtRunner`: > 1 compiles the model for throughput with one stream per
-    lane, and a batch's parts run on as many infer requests at once (ViT-B-32's image on 2 cores:
-    2.35 s alone and 3.1 s beside a video's decoder for 120 frames, against 2.36 s and 3.35 s
-    compiled for latency). Lone rows run on the latency-compiled model, as OrtRunner's do."""
+    Lanes > 1 compile the model for throughput with one stream per lane, and a batch's parts run
+    on as many infer requests at once (ViT-B-32's image on 2 cores: 2.35 s alone and 3.1 s beside
+    a video's decoder for 120 frames, against 2.36 s and 3.35 s compiled for latency); queries run
+    on the latency-compiled model."""
 
     name = "openvino"
 
     def __init__(self, path: Path, threads: int | None = None, lanes: int = 1) -> None:
-        self.path, self.threads, self.lanes = path, threads or intra_op_threads(), max(1, lanes)
         self._compiled: dict[int, Any] = {}  # streams -> compiled model
         self._idle: dict[int, list[Any]] = {}  # streams -> infer requests not in use
-        self._lock = threading.Lock()
-        self._queries = False
-        self.ingesting = False
-        self.input_names: list[str] = []
-        if self.lanes == 1:
-            self.ready()
+        super().__init__(path, threads, lanes)
 
-    def ready(self) -> None:
-        """Answer lone rows on the latency-compiled model, compiled now."""
+    def _open_for_queries(self) -> None:
         self._model(1)
-        self._queries = True
 
     def _model(self, streams: int) -> Any:
         import openvino as ov
@@ -355,10 +362,10 @@ class OpenVinoRunner:
     def __call__(self, names: Sequence[str], inputs: Sequence[np.ndarray]) -> np.ndarray:
         rows = len(inputs[0]) if len(inputs) else 0
         lanes = min(self.lanes, rows)
-        streams = self.lanes if lanes > 1 or (self.ingesting and not self._queries) else 1
+        streams = self.lanes if lanes > 1 or self._lone_on_lane() else 1
         compiled = self._model(streams)
         feed = {n: x for n, x in zip(names, inputs) if n in self.input_names}
-        parts = [{n: x[a:b] for n, x in feed.items()} for a, b in lane_cuts(rows, max(1, lanes))]
+        parts = lane_parts(feed, rows, max(1, lanes))
         with self._lock:  # an infer request serves one call at a time
             requests = [self._idle[streams].pop() if self._idle[streams] else compiled.create_infer_request()
                         for _ in parts]
@@ -375,10 +382,10 @@ class OpenVinoRunner:
         return np.concatenate(out)
 
 
-def lane_cuts(rows: int, lanes: int) -> list[tuple[int, int]]:
-    """A batch's rows as ``lanes`` runs of nearly equal length, in order."""
+def lane_parts(feed: dict[str, np.ndarray], rows: int, lanes: int) -> list[dict[str, np.ndarray]]:
+    """A batch's inputs as ``lanes`` runs of rows of nearly equal length, in order."""
     cuts = [rows * i // lanes for i in range(lanes + 1)]
-    return list(zip(cuts, cuts[1:]))
+    return [{n: x[a:b] for n, x in feed.items()} for a, b in zip(cuts, cuts[1:])]
 
 
 Runner = Callable[[Sequence[str], Sequence[np.ndarray]], np.ndarray]

@@ -181,7 +181,7 @@ def frame_side(settings: Settings, encoders: EncoderSet) -> int:
     resizes to, so that a frame is scaled once (in libswscale), not again by ``prepare``."""
     if settings.video_frame_side:
         return settings.video_frame_side
-    side = getattr(encoders.get("clip"), "image_side", None) if encoders.enabled("clip") else None
+    side = getattr(encoders.get("clip"), "image_side", None)
     return side if isinstance(side, int) and side >= 32 else DEFAULT_FRAME_SIDE
 
 

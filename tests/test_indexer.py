@@ -478,6 +478,42 @@ def test_an_idle_encoder_takes_a_part_batch(make_settings, tmp_path: Path,  # ty
     assert 16 // 4 <= sizes[0] < 16 and sum(sizes) == 40 and max(sizes) <= 16, sizes
 
 
+def test_a_runs_last_rows_are_cut_into_even_batches(make_settings, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """What is left once decoding ends goes in even batches, not full ones and a lone row behind
+    them: a batch of one keeps one lane busy for about a batch's time."""
+    import threading
+
+    from mmsearch.indexer import pipeline
+
+    folder = tmp_path / "photos"
+    linked_photos(folder, 50)  # with their end-of-file events, all fit the queue
+    decoded = threading.Event()
+    worker = pipeline._Ingest._decode_worker
+
+    def decode_all(self, files, events):  # type: ignore[no-untyped-def]
+        try:
+            worker(self, files, events)
+        finally:
+            decoded.set()
+
+    monkeypatch.setattr(pipeline._Ingest, "_decode_worker", decode_all)
+    with Engine.open(make_settings(batch_size=32, decode_workers=1, follow_links=True)) as e:
+        enc = e.encoders.get("clip")
+        sizes: list[int] = []
+        encode = enc.encode
+
+        def counting(modality, prepared):  # type: ignore[no-untyped-def]
+            assert decoded.wait(60)  # every unit is queued before the first batch is embedded
+            sizes.append(len(prepared))
+            return encode(modality, prepared)
+
+        monkeypatch.setattr(enc, "encode", counting)
+        assert e.index([folder]).added == 50
+    rest = sizes[1:]  # after the first (part) batch, whose size depends on the decoder's pace
+    assert sum(sizes) == 50 and max(sizes) <= 32 and max(rest) - min(rest) <= 1, sizes
+
+
 def test_an_ingest_holds_one_session_of_its_image_tower(make_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """One new photo is a batch of one: it takes one of the tower's lanes (one-thread sessions)
     instead of opening a second session, on every core, beside them."""

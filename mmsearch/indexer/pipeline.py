@@ -365,19 +365,14 @@ class _Ingest:
                     except queue.Empty:
                         self._flush(0)  # the decoders are behind: embed what is waiting
                         continue
-                if ev[0] == "exit":
-                    alive -= 1
-                elif ev[0] == "unit":
-                    _, idx, unit, prepared = ev
-                    for space, prep in prepared.items():
-                        self.buffers.setdefault((space, unit.modality), []).append((idx, unit, prep))
-                    work[idx].queued += len(prepared)
+                alive -= self._take(ev)
+                while alive:  # what is queued already, so a batch is cut knowing it: a run's last is even
+                    try:
+                        alive -= self._take(events.get_nowait())
+                    except queue.Empty:
+                        break
+                if alive:
                     self._flush()
-                else:
-                    _, idx, n, error = ev
-                    p = work[idx]
-                    p.decoded, p.error = True, error or p.error or (None if n else "nothing to index in this file")
-                    self._maybe_ready(idx)
             if not self.stop.is_set():
                 self._flush(0)
             self._commit()
@@ -388,6 +383,22 @@ class _Ingest:
             if self.stager is not None:
                 self.stager.shutdown(wait=True, cancel_futures=True)
             self._commit()  # what finished before an interrupt is kept
+
+    def _take(self, ev: tuple) -> int:
+        """Buffer a decoded unit or record a file's end; 1 when ``ev`` says a decoder exited."""
+        if ev[0] == "exit":
+            return 1
+        if ev[0] == "unit":
+            _, idx, unit, prepared = ev
+            for space, prep in prepared.items():
+                self.buffers.setdefault((space, unit.modality), []).append((idx, unit, prep))
+            self.work[idx].queued += len(prepared)
+        else:
+            _, idx, n, error = ev
+            p = self.work[idx]
+            p.decoded, p.error = True, error or p.error or (None if n else "nothing to index in this file")
+            self._maybe_ready(idx)
+        return 0
 
     def _device_decode(self) -> bool:
         """Whether JPEGs go to the encoder's device undecoded (``image_decode``; auto: on CUDA)."""
@@ -492,6 +503,12 @@ class _Ingest:
         for key in list(self.buffers):
             buf = self.buffers[key]
             bs = self.encoders.get(key[0]).batch_size
+            if share <= 0 and buf:  # the rest in even batches: a lone row costs a whole batch's time
+                k = -(-len(buf) // bs)
+                for i in range(k):
+                    self._embed(key, buf[i * len(buf) // k: (i + 1) * len(buf) // k])
+                self.buffers[key], embedded = [], True
+                continue
             least = max(1, min(bs, int(bs * share)))
             while len(buf) >= least:
                 batch, self.buffers[key] = buf[:bs], buf[bs:]

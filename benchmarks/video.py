@@ -5,6 +5,7 @@ seconds, panning, so frames are not identical and every due sample is kept).
 
     python benchmarks/video.py                        # 180 s at 30 fps, a key frame every 2 s
     python benchmarks/video.py --gop 300              # a key frame every 10 s (screen recordings)
+    python benchmarks/video.py --size 1920x1080 --runtime torch --decode-workers 8   # a GPU machine
 
 Ends with one line: video_s_per_s=... frames_per_s=... encoder_frames_per_s=... ratio=...
 decode_ms_per_frame=... decode_cpu_ms_per_frame=... decode_share=... decode_cpu_share=...
@@ -33,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mmsearch import Engine, Settings  # noqa: E402
 from mmsearch.cpus import available_cpus  # noqa: E402
 from mmsearch.indexer.pipeline import frame_side  # noqa: E402
-from mmsearch.media.video import iter_frames  # noqa: E402
+from mmsearch.cpus import decode_workers  # noqa: E402
+from mmsearch.media.video import VideoInfo, iter_frames, iter_parts, part_cuts  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTOS = REPO.parent / "shared" / "data" / "flickr8k-1k" / "images"
@@ -76,6 +78,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnx"])
     ap.add_argument("--runs", type=int, default=3, help="Alternate the measurements; report medians.")
+    ap.add_argument("--size", default="1280x720", help="WIDTHxHEIGHT of the video made (1920x1080: full HD).")
+    ap.add_argument("--decode-workers", type=int, default=None,
+                    help="Settings.decode_workers (default: the pipeline's choice); a lone video takes them all.")
     args = ap.parse_args()
     cores = available_cpus()
 
@@ -85,21 +90,32 @@ def main() -> None:
         media.mkdir()
         video = media / "clip.mp4"
         t0 = time.perf_counter()
-        make_video(video, args.seconds, args.fps, args.gop)
+        width, height = (int(x) for x in args.size.split("x"))
+        make_video(video, args.seconds, args.fps, args.gop, width, height)
         made_s = time.perf_counter() - t0
         size_mb = video.stat().st_size / 2**20
         base = Settings(model=args.model, audio=False, batch_size=args.batch_size, runtime=args.runtime,
-                        video_interval=args.interval, model_config_dirs=[REPO / "tests" / "assets"])
+                        video_interval=args.interval, decode_workers=args.decode_workers,
+                        model_config_dirs=[REPO / "tests" / "assets"])
         with Engine.open(base.model_copy(update={"catalog": Path(tmp) / "warm"})) as engine:
             enc = engine.encoders.get("clip")
             side = frame_side(base, engine.encoders)  # as the pipeline decodes them
-            frames = [f.image for f in iter_frames(video, args.interval, side)]
+            # the decode threads the pipeline gives one video: its own, and the idle ones (parts)
+            workers = decode_workers(base, enc.device.startswith("cuda"))
+            cuts = part_cuts(video, workers) if workers > 1 else []
+
+            def decoded():  # type: ignore[no-untyped-def]
+                if cuts:
+                    return sorted(iter_parts(video, args.interval, side, VideoInfo(), cuts), key=lambda f: f.start)
+                return iter_frames(video, args.interval, side)
+
+            frames = [f.image for f in decoded()]
             prepared = [enc.prepare("image", im) for im in frames]
             enc.encode("image", prepared[: args.batch_size])  # warm-up
             preloaded = {"clip": enc}
         for run in range(args.runs):
             t0, c0 = time.perf_counter(), time.process_time()  # decoding alone: the decode worker's job
-            n = sum(1 for _ in iter_frames(video, args.interval, side))
+            n = sum(1 for _ in decoded())
             decode_s.append(time.perf_counter() - t0)
             decode_cpu_s.append(time.process_time() - c0)  # its CPU time, decoder threads included
             t0, c0 = time.perf_counter(), time.process_time()  # the encoder alone, on the same frames prepared
@@ -114,7 +130,8 @@ def main() -> None:
                 pipeline_s.append(time.perf_counter() - t0)
                 stored = len(engine.vectors(engine.lookup(str(video)))["clip.video"].ids)
     assert report.failed == 0 and stored == n == len(prepared), (report.failures, stored, n)
-    print(f"video={args.seconds}s {args.fps}fps gop={args.gop} 1280x720 made_in={made_s:.1f}s frames={n} "
+    print(f"video={args.seconds}s {args.fps}fps gop={args.gop} {args.size} made_in={made_s:.1f}s frames={n} "
+          f"decode_threads={len(cuts) + 1} device={enc.device} "
           f"interval={args.interval} batch={args.batch_size} model={enc.spec} runtime={getattr(enc, 'runtime', 'torch')} "
           f"decode_s={_fmt(decode_s)} decode_cpu_s={_fmt(decode_cpu_s)} encoder_s={_fmt(encoder_s)} "
           f"encoder_cpu_s={_fmt(encoder_cpu_s)} cores={cores} "

@@ -40,7 +40,8 @@ class Settings(BaseSettings):
     decode_workers: int | None = Field(
         None, ge=1, description="Decode threads; default: up to 8 when the encoder runs on a GPU (decoding "
         "is the bottleneck there), one per 4 available cores on the CPU (more would take cores from the "
-        "encoder). Available cores: CPU affinity capped by the cgroup quota (mmsearch/cpus.py).")
+        "encoder). Available cores: CPU affinity capped by the cgroup quota (mmsearch/cpus.py). Threads with "
+        "no file left to take decode a long video's parts side by side.")
     threads: int | None = Field(
         None, ge=1, description="Intra-op threads of the encoders (torch, ONNX Runtime) and of batched faiss "
         "searches; default: the available cores (CPU affinity capped by the cgroup quota), never the "

@@ -252,6 +252,67 @@ def test_a_damaged_key_frame_leaves_its_sample_to_the_next_frames(tmp_path: Path
     assert all(b - a <= 2.0 + 1 / 12 + 1e-6 for a, b in zip(starts, starts[1:])), starts  # a frame late at most
 
 
+@pytest.mark.parametrize("codec_options", [{}, {"bf": "3", "open_gop": "1"}], ids=["plain", "b-frames"])
+def test_a_long_video_is_decoded_in_parts_side_by_side(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       codec_options: dict[str, str]) -> None:
+    """Parts cut at key frames, each decoded on its own thread: the samples a one-thread decode
+    picks, the same pixels, spans that tile the video; a part that fails fails the whole."""
+    from mmsearch.media import video
+    from mmsearch.media.video import VideoDecodeError, iter_parts, part_cuts
+
+    monkeypatch.setattr(video, "MIN_PART_SECONDS", 10.0)
+    pan = write_video(tmp_path / "pan.mp4", lambda t: np.roll(PHOTOS[int(t // 6) % 10], int(t * 12), axis=1),
+                      [i / 4 for i in range(4 * 48)], gop=8, codec_options=codec_options,
+                      options={"movflags": "faststart"})
+    cuts = part_cuts(pan, 3)
+    assert len(cuts) == 2 and all(abs(c / 2 - round(c / 2)) < 1e-6 for c in cuts)  # key frames, every 2 s
+    assert abs(cuts[0] - 16) <= 2 and abs(cuts[1] - 32) <= 2
+    assert part_cuts(pan, 9) == part_cuts(pan, 4) != []  # parts of 10 s at least: 4 of 12 s
+    whole = list(iter_frames(pan, 2.0, 64))
+    info = VideoInfo()
+    parts = sorted(iter_parts(pan, 2.0, 64, info, cuts), key=lambda f: f.start)
+    assert [(f.start, f.end) for f in parts] == [(f.start, f.end) for f in whole]
+    assert all(a.end == b.start for a, b in zip(parts, parts[1:])) and parts[-1].end == pytest.approx(48.0, abs=0.3)
+    assert all(np.array_equal(np.asarray(a.image), np.asarray(b.image)) for a, b in zip(parts, whole))
+    assert (info.width, info.height) == (96, 64)  # the first part fills in what the file shows
+    cut = tmp_path / "cut.mp4"  # the index says 48 s, the frames stop near 19 s: the last part finds nothing
+    cut.write_bytes(pan.read_bytes()[: pan.stat().st_size * 2 // 5])
+    with pytest.raises(VideoDecodeError, match="truncated"):
+        list(iter_parts(cut, 2.0, 64, VideoInfo(), part_cuts(cut, 3)))
+
+
+def test_an_ingest_lends_its_idle_decoders_to_a_long_video(make_settings, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """One video and two decode workers: the idle one decodes half the video; the item's frames
+    are the ones a one-thread decode gives, and its seconds of media are counted once."""
+    from mmsearch.media import video
+
+    monkeypatch.setattr(video, "MIN_PART_SECONDS", 10.0)
+    folder = tmp_path / "one"
+    folder.mkdir()
+    write_video(folder / "pan.mp4", lambda t: np.roll(PHOTOS[int(t // 6) % 10], int(t * 12), axis=1),
+                [i / 4 for i in range(4 * 40)], gop=8)
+    cuts: list[list[float]] = []
+    real = video.part_cuts
+
+    def spy(source, parts):  # type: ignore[no-untyped-def]
+        cuts.append(real(source, parts))
+        return cuts[-1]
+
+    monkeypatch.setattr(video, "part_cuts", spy)
+    spans = {}
+    for workers in (1, 2):
+        with Engine.open(make_settings(catalog=tmp_path / f"cat{workers}", decode_workers=workers)) as e:
+            seen: list[float] = []
+            report = e.index([folder], status=lambda st: seen.append(st.media_seconds))
+            assert report.added == 1 and report.media_seconds == pytest.approx(40.0, abs=0.3)
+            assert seen == sorted(seen) and seen[-1] == pytest.approx(40.0, abs=0.3)
+            frames = e.vectors(e.lookup(str(folder / "pan.mp4")))["clip.video"]
+            spans[workers] = sorted(zip(frames.start.tolist(), frames.end.tolist()))
+    assert cuts == [[20.0]]  # asked for by the run with a spare decoder only
+    assert spans[1] == spans[2] and len(spans[1]) == 20
+
+
 @pytest.mark.parametrize(("codec", "suffix", "options"), [
     ("libx265", ".mov", {"x265-params": "log-level=none:bframes=4"}),  # phones' HEVC, B-frames in a pyramid
     ("libvpx-vp9", ".webm", {}),  # browsers' recordings
@@ -383,8 +444,8 @@ def test_frames_are_scaled_once_to_the_side_the_image_model_takes(make_settings,
     sizes: list[tuple[int, int]] = []
     real = video.video_units
 
-    def spy(path, interval, side, audio, info):  # type: ignore[no-untyped-def]
-        for unit in real(path, interval, side, audio, info):
+    def spy(path, interval, side, audio, info, decoders=1):  # type: ignore[no-untyped-def]
+        for unit in real(path, interval, side, audio, info, decoders):
             sizes.append(unit.payload.size)
             yield unit
 

@@ -331,6 +331,8 @@ class _Ingest:
         self.jpegs_on_device = False  # JPEGs decoded in batches on the encoder's device (run decides)
         self.stager: ThreadPoolExecutor | None = None
         self.staged: tuple[tuple[str, str], list[tuple[int, Unit, Any]], Future] | None = None
+        self.spare_decoders = 0
+        self.spare_lock = threading.Lock()
 
     def targets(self, modality: str) -> list[str]:
         return [s for s in self.encoders.spaces_for(modality) if s in self.spaces]
@@ -347,7 +349,9 @@ class _Ingest:
             files.put(i)
         events: queue.Queue[tuple] = queue.Queue(maxsize=max(64, 4 * self.settings.batch_size))
         on_gpu = any(self.encoders.get(s).device.startswith("cuda") for s in self.spaces)
-        n_workers = min(cpus.decode_workers(self.settings, on_gpu), len(work))
+        decoders = cpus.decode_workers(self.settings, on_gpu)
+        n_workers = min(decoders, len(work))
+        self.spare_decoders = decoders - n_workers  # lent to a long video's parts (_borrow_decoders)
         workers = [threading.Thread(target=self._decode_worker, args=(files, events), daemon=True)
                    for _ in range(n_workers)]
         for w in workers:
@@ -445,7 +449,19 @@ class _Ingest:
                 self.work[idx].note = notes.text
                 self._put(events, ("done", idx, n, error))
         finally:
+            self._lend_decoders(1)  # no file left for this thread: a long video's parts may use it
             self._put(events, ("exit",))
+
+    def _borrow_decoders(self) -> int:
+        """The decode threads no file holds (none were started for them, or their worker found no
+        file left): a long video takes them all, to decode its parts side by side."""
+        with self.spare_lock:
+            spare, self.spare_decoders = self.spare_decoders, 0
+            return spare
+
+    def _lend_decoders(self, n: int) -> None:
+        with self.spare_lock:
+            self.spare_decoders += n
 
     def _put(self, events: queue.Queue[tuple], ev: tuple) -> None:
         while True:
@@ -490,8 +506,13 @@ class _Ingest:
 
             clap = self.encoders.get("clap") if self.targets("audio") else None
             info = VideoInfo()
-            yield from video_units(f.path, s.video_interval, s.video_frame_side or DEFAULT_FRAME_SIDE,
-                                   (clap.sample_rate, clap.window_seconds) if clap else None, info)  # type: ignore[attr-defined]
+            extra = self._borrow_decoders()
+            try:
+                yield from video_units(f.path, s.video_interval, s.video_frame_side or DEFAULT_FRAME_SIDE,
+                                       (clap.sample_rate, clap.window_seconds) if clap else None,  # type: ignore[attr-defined]
+                                       info, decoders=1 + extra)
+            finally:
+                self._lend_decoders(extra)
             p.facts = replace(p.facts, width=info.width, height=info.height)
 
     def _flush(self, share: float = 1.0) -> bool:
@@ -570,9 +591,14 @@ class _Ingest:
                 item.duration = unit.duration
             elif unit.end is not None:
                 item.duration = max(item.duration or 0.0, unit.end)
-            if unit.end is not None and unit.end > p.covered:
-                self.meter.media(unit.end - p.covered)  # the live count of seconds of media
-                p.covered = unit.end
+            if unit.end is not None:  # the live count of seconds of media
+                # a video's frames count their spans (they tile it, and parts decoded side by side
+                # come in any order); anything else, how far its end passes what is counted
+                frame = unit.item == "video" and unit.modality == "image" and unit.start is not None
+                gain = unit.end - (unit.start if frame else p.covered)  # type: ignore[operator]
+                if gain > 0:
+                    self.meter.media(gain)
+                    p.covered += gain
             p.embedded += 1
             touched.add(idx)
         for idx in touched:

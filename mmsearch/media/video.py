@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import math
 import os
+import queue
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,6 +42,7 @@ SCENE_CUT = 0.12  # ... from here on a key frame starts a new shot
 MIN_GAP_FRACTION = 0.25  # key frames closer than this share of the interval to the last candidate are not decoded
 MAX_DECODE_ERRORS = 5  # damaged packets tolerated (concealed by the decoder) before the file fails
 SHORTFALL = 0.9  # a file whose packets stop before this share of its declared duration is truncated
+MIN_PART_SECONDS = 30.0  # a video is decoded in parts side by side only where each part is this long
 
 
 class VideoDecodeError(Exception):
@@ -129,9 +132,11 @@ def _info(c: Any, vs: Any | None) -> VideoInfo:
 
 
 def iter_frames(source: str | os.PathLike[str] | BinaryIO, interval: float = 2.0, side: int = 256,
-                info: VideoInfo | None = None) -> Iterator[FrameSample]:
+                info: VideoInfo | None = None, start: float = 0.0, until: float | None = None) -> Iterator[FrameSample]:
     """Yield the frames worth embedding (see the module's docstring), lazily, each with its span.
     ``info``, when given, is filled in as decoding finds things out (size as shown, rotation).
+    ``start`` and ``until`` (key frame times, from :func:`part_cuts`) keep to one part of the
+    video: its first sample is the key frame at ``start``, its last span ends at ``until``.
     Damage found while reading raises after the frames decoded so far were yielded: callers
     treat the whole file as failed then."""
     import av
@@ -156,14 +161,22 @@ def iter_frames(source: str | os.PathLike[str] | BinaryIO, interval: float = 2.0
         group = _Group()
         last_packet = 0.0
         try:
+            if start > 0:  # lands on the key frame at ``start``: the cut was read by the same seek
+                sampler.due = start
+                c.seek(round((start + base) / tb), stream=vs, backward=True, any_frame=False)
             for packet in c.demux(vs):
                 if packet.size == 0:
                     continue
                 t = _time(packet, tb, base)
+                if start > 0 and group.head is None and not (packet.is_keyframe and t is not None
+                                                             and t >= start - 1e-6):
+                    continue  # before the part's first key frame: the part before has it
                 if t is not None:
                     last_packet = max(last_packet, t + (packet.duration or 0) * tb)
                 if packet.is_keyframe:  # a new group: what the last one did not send is never needed
                     yield from group.close(decoder, sampler, base)
+                    if until is not None and t is not None and t >= until - 1e-6:
+                        break  # the next part's first key frame
                     group = _Group(packet, t, sampler)
                     if group.decided:  # whether it starts a shot moves the clock: decoded now
                         yield from sampler.take(group.send(decoder, sampler), base)
@@ -175,12 +188,16 @@ def iter_frames(source: str | os.PathLike[str] | BinaryIO, interval: float = 2.0
         except av.error.FFmpegError as e:
             raise VideoDecodeError(f"corrupt or truncated video after {last_packet:.2f} s ({_why(e)})") from None
         if sampler.kept is None:
-            raise VideoDecodeError("no video frame could be decoded (corrupt or truncated video)")
+            raise VideoDecodeError("no video frame could be decoded (corrupt or truncated video)" if start <= 0 else
+                                   f"corrupt or truncated video: no frame could be decoded from {start:.2f} s on")
+        last = sampler.kept
+        if until is not None:
+            yield FrameSample(last.start, until, last.image)
+            return
         end = max(sampler.last_frame_end, last_packet)
         if info.duration and end < SHORTFALL * info.duration - 1.0:
             raise VideoDecodeError(f"truncated video: it declares {info.duration:.2f} s, its frames stop at "
                                    f"{end:.2f} s")
-        last = sampler.kept
         yield FrameSample(last.start, max(last.start, info.duration or end, end), last.image)
 
 
@@ -343,6 +360,82 @@ class _Sampler:
         return Image.fromarray(arr, "RGB")
 
 
+def part_cuts(source: str | os.PathLike[str], parts: int) -> list[float]:
+    """Key frame times that cut a video into up to ``parts`` parts of about equal length (each at
+    least ``MIN_PART_SECONDS``), found by seeking: an index lookup, not a read of the video.
+    Empty where the video is too short, its length unknown, or seeking fails."""
+    import av
+
+    with open_media(source) as c:
+        vs = video_stream(c)
+        duration = _info(c, vs).duration
+        if vs is None or not vs.time_base or not duration:
+            return []
+        parts = min(parts, int(duration // MIN_PART_SECONDS))
+        tb = float(vs.time_base)
+        base = vs.start_time * tb if vs.start_time is not None else 0.0
+        cuts: list[float] = []
+        for k in range(1, parts):
+            try:
+                c.seek(round((k * duration / parts + base) / tb), stream=vs, backward=True, any_frame=False)
+                packet = next((p for p in c.demux(vs) if p.size), None)
+            except (av.error.FFmpegError, ValueError):
+                return []
+            t = _time(packet, tb, base) if packet is not None and packet.is_keyframe else None
+            if t is not None and t > (cuts[-1] if cuts else 0.0) + 1e-6:
+                cuts.append(t)
+        return cuts
+
+
+def iter_parts(source: str | os.PathLike[str], interval: float, side: int, info: VideoInfo,
+               cuts: list[float]) -> Iterator[FrameSample]:
+    """The samples of the parts that ``cuts`` make, decoded side by side (a thread each), as they
+    come: not in time order. One decoder thread reaches about 85x real time on 1080p H.264 at a
+    frame per 2 s (17.8 ms a frame here), under what an encoder on a GPU takes; one long video
+    then keeps every spare core decoding. Spans still tile the video: a part's last one ends where
+    the next part's first begins. The first failure stops every part and is raised."""
+    bounds = list(zip([0.0, *cuts], [*cuts, None]))
+    out: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=4 * len(bounds))
+    stop = threading.Event()
+
+    def put(kind: str, value: Any) -> bool:
+        while not stop.is_set():
+            try:
+                out.put((kind, value), timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def decode(k: int, start: float, until: float | None) -> None:
+        try:
+            for sample in iter_frames(source, interval, side, info if k == 0 else VideoInfo(), start, until):
+                if not put("frame", sample):
+                    return
+            put("done", None)
+        except Exception as e:  # noqa: BLE001 - raised in the caller's thread
+            put("error", e)
+
+    threads = [threading.Thread(target=decode, args=(k, a, b), name=f"mmsearch-video-part-{k}", daemon=True)
+               for k, (a, b) in enumerate(bounds)]
+    for t in threads:
+        t.start()
+    try:
+        left = len(threads)
+        while left:
+            kind, value = out.get()
+            if kind == "frame":
+                yield value
+            elif kind == "done":
+                left -= 1
+            else:
+                raise value
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+
+
 def _signature(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("L").resize((16, 16), Image.Resampling.BOX), dtype=np.float32) / 255.0
 
@@ -370,11 +463,12 @@ def media_seconds(path: Path) -> float | None:
 
 
 def video_units(path: str, interval: float, side: int, audio: tuple[int, float] | None,
-                info: VideoInfo) -> Iterator[Unit]:
+                info: VideoInfo, decoders: int = 1) -> Iterator[Unit]:
     """What a video file gives the encoders: its sampled frames (embedded as images, stored as
     the video's), then its sound track's windows when ``audio`` = (sample rate, window seconds)
     is given, cut exactly as a sound file's (a file without pictures is a sound item). ``info``
-    is filled in (size as shown, duration)."""
+    is filled in (size as shown, duration). ``decoders`` > 1: a long video's frames come from
+    that many parts decoded side by side (:func:`iter_parts`), not in time order."""
     from mmsearch.media.audio import AudioDecodeError, iter_windows
     from mmsearch.media.decode import DecodeError, Unit
 
@@ -385,7 +479,9 @@ def video_units(path: str, interval: float, side: int, audio: tuple[int, float] 
         if not info.has_video and audio is None:
             raise DecodeError("no video stream, and audio indexing is off")
         if info.has_video:
-            for f in iter_frames(path, interval, side, info):
+            cuts = part_cuts(path, decoders) if decoders > 1 else []
+            frames = iter_parts(path, interval, side, info, cuts) if cuts else iter_frames(path, interval, side, info)
+            for f in frames:
                 yield Unit("image", f.image, start=round(f.start, 3), end=round(f.end, 3), duration=info.duration,
                            item="video")
         if info.has_audio and audio is not None:

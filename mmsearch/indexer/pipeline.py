@@ -109,7 +109,9 @@ class _Pending:
     content_hash: str | None = None
     facts: FileFacts | None = None  # read by the decode worker
     note: str | None = None  # what the decoder warned about (media/notes.py)
-    covered: float = 0.0  # seconds of its sound or video embedded so far
+    covered: float = 0.0  # seconds of its sound or video embedded so far: the larger of
+    frames_span: float = 0.0  # ... its video frames' spans added up
+    sound_end: float = 0.0  # ... and the end of its last sound window
     items: dict[tuple[str, int], NewItem] = field(default_factory=dict)
 
 
@@ -591,14 +593,17 @@ class _Ingest:
                 item.duration = unit.duration
             elif unit.end is not None:
                 item.duration = max(item.duration or 0.0, unit.end)
-            if unit.end is not None:  # the live count of seconds of media
-                # a video's frames count their spans (they tile it, and parts decoded side by side
-                # come in any order); anything else, how far its end passes what is counted
-                frame = unit.item == "video" and unit.modality == "image" and unit.start is not None
-                gain = unit.end - (unit.start if frame else p.covered)  # type: ignore[operator]
-                if gain > 0:
-                    self.meter.media(gain)
-                    p.covered += gain
+            if unit.end is not None:  # the live count of seconds of media: a file's time once
+                # a video's frames add their spans (they tile it; parts decoded side by side come in
+                # any order), other units (sound windows, a track's too) reach as far as their end
+                if unit.item == "video" and unit.modality == "image" and unit.start is not None:
+                    p.frames_span += unit.end - unit.start
+                else:
+                    p.sound_end = max(p.sound_end, unit.end)
+                covered = max(p.frames_span, p.sound_end)
+                if covered > p.covered:
+                    self.meter.media(covered - p.covered)
+                    p.covered = covered
             p.embedded += 1
             touched.add(idx)
         for idx in touched:
@@ -681,6 +686,12 @@ class _DecodeOnly:
 
     def targets(self, modality: str) -> list[str]:
         return list(self.spaces_of.get(modality, []))
+
+    def _borrow_decoders(self) -> int:
+        return 0  # a task decodes its file on its own thread: its video is not cut into parts
+
+    def _lend_decoders(self, n: int) -> None:
+        pass
 
 
 def decode_file(p: _Pending, settings: Settings, encoders: Any, area: list[Path] | None,

@@ -383,3 +383,16 @@ def test_inputs_not_reproduced_stay_with_torch(clip_spec: str, tmp_path: Path,
     assert OnnxEncoder.from_cache(clip_spec, settings, lambda: None) is None
     ref = load_encoder(clip_spec, settings.model_copy(update={"runtime": "torch"}))
     assert _min_cos(got, _both(ref, "text", TEXTS)) >= cpu_runtime.MIN_COS_FP32
+
+
+def test_openvino_loads_without_its_telemetry() -> None:
+    """Importing OpenVINO's model converter sends a telemetry event from a forked process; a fork
+    beside OpenBLAS threads (a CLAP decoder's spectrogram) deadlocked ingests. The runtime needs
+    no converter, so it is not imported: no telemetry, nothing written to ~/intel."""
+    import subprocess
+
+    code = ("import sys; from mmsearch.encoders.cpu_runtime import import_openvino; ov = import_openvino(); "
+            "ov.Core(); print(sorted(m for m in sys.modules if 'telemetry' in m or m.startswith('openvino.tools.ovc')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr

@@ -77,6 +77,25 @@ def onnx_available() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx", "onnxscript"))
 
 
+def import_openvino() -> Any:
+    """``openvino``, without its model converter (``openvino.tools.ovc``), which it imports only if
+    it can. ONNX files need no converter, and importing it sends a telemetry event from a forked
+    process: a fork while another thread runs OpenBLAS (a CLAP decoder's spectrogram) deadlocked
+    ingests. A later ``import openvino.tools.ovc`` by the caller still works."""
+    import sys
+
+    if "openvino" in sys.modules:
+        return sys.modules["openvino"]
+    had = "openvino.tools.ovc" in sys.modules
+    sys.modules.setdefault("openvino.tools.ovc", None)  # type: ignore[arg-type]  # None: "cannot import"
+    try:
+        import openvino
+    finally:
+        if not had:
+            sys.modules.pop("openvino.tools.ovc", None)
+    return openvino
+
+
 def openvino_available() -> bool:
     """OpenVINO is optional: where it is installed, it runs an fp32 tower when it measures faster."""
     return importlib.util.find_spec("openvino") is not None
@@ -346,8 +365,7 @@ class OpenVinoRunner(_LaneRunner):
         self._model(1)
 
     def _model(self, streams: int) -> Any:
-        import openvino as ov
-
+        ov = import_openvino()
         with self._lock:
             if streams not in self._compiled:
                 config: dict[str, Any] = {"INFERENCE_NUM_THREADS": self.threads, "INFERENCE_PRECISION_HINT": "f32",

@@ -252,6 +252,53 @@ def test_a_damaged_key_frame_leaves_its_sample_to_the_next_frames(tmp_path: Path
     assert all(b - a <= 2.0 + 1 / 12 + 1e-6 for a, b in zip(starts, starts[1:])), starts  # a frame late at most
 
 
+def test_tracks_that_end_or_start_apart_are_whole(clip_spec: str, tiny_clap_dir: Path, tmp_path: Path,
+                                                  capfd: pytest.CaptureFixture[str]) -> None:
+    """A file's picture and sound need not span the same time: a song with one still picture, a
+    sound that stops or starts while the picture goes on, a picture that stops first. Each is
+    whole (only a cut file stops every track); a late track's windows are at its time. ADTS AAC,
+    and an M4A named .mp3, are sounds, with nothing written onto the terminal."""
+    import av
+
+    from mmsearch.settings import Settings
+
+    folder = tmp_path / "media"
+    folder.mkdir()
+    song = np.tile(np.concatenate([sound(i)[: 4 * RATE] for i in range(3)]), 3)[: 12 * RATE]  # 12 s
+    write_video(folder / "song.mkv", lambda t: PHOTOS[0], [0.0], song)
+    write_video(folder / "short_sound.mkv", lambda t: PHOTOS[1], [i / 2 for i in range(20)], sound(2)[: 2 * RATE])
+    write_video(folder / "short_picture.webm", lambda t: PHOTOS[2], [i / 4 for i in range(8)], song,
+                codec="libvpx-vp9", audio_codec="libopus")
+    write_video(folder / "late.mkv", lambda t: PHOTOS[3], [i / 2 for i in range(20)], sound(1)[: 4 * RATE],
+                track_at=5.0)
+    write_sound(folder / "raw.aac", sound(5), "adts", "aac")
+    write_sound(tmp_path / "m4a", sound(6), "ipod", "aac")
+    (tmp_path / "m4a").rename(folder / "misnamed.mp3")
+    cut = folder / "cut.mkv"  # a cut file stops every track: still truncated
+    write_video(cut, lambda t: PHOTOS[4], [i / 2 for i in range(40)], np.tile(song, 2)[: 20 * RATE])
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    settings = Settings(catalog=tmp_path / "catalog", model=clip_spec, model_config_dirs=[CONFIG_DIR], audio=True,
+                        audio_model=f"clap:{tiny_clap_dir}", device="cpu")
+    capfd.readouterr()
+    with Engine.open(settings) as e:
+        report = e.index([folder])
+        failures = dict(report.failures)
+        assert set(failures) == {str(cut)} and "truncated" in failures[str(cut)], failures
+        assert report.added == 6
+        for name, duration in (("song.mkv", 12.0), ("short_sound.mkv", 10.0), ("short_picture.webm", 12.0)):
+            item = e.item(e.lookup(str(folder / name))[0])
+            assert item.modality == "video" and item.duration == pytest.approx(duration, abs=0.35), name
+            assert set(e.vectors([item.id])) == {"clip.video", "clap.video"}, name
+        late = e.vectors(e.lookup(str(folder / "late.mkv")))["clap.video"]
+        assert late.start[0] == pytest.approx(5.0, abs=0.05) and late.end.max() == pytest.approx(9.0, abs=0.1)
+        for name in ("raw.aac", "misnamed.mp3"):
+            assert e.item(e.lookup(str(folder / name))[0]).modality == "audio", name
+    err = capfd.readouterr().err
+    assert "mpg123" not in err and "getbits" not in err and "Illegal" not in err, err[-2000:]
+    with av.open(str(folder / "raw.aac")) as c:
+        assert c.format.name == "aac"  # really ADTS, which starts like an MP3 frame
+
+
 @pytest.mark.parametrize("codec_options", [{}, {"bf": "3", "open_gop": "1"}], ids=["plain", "b-frames"])
 def test_a_long_video_is_decoded_in_parts_side_by_side(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                        codec_options: dict[str, str]) -> None:

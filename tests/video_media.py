@@ -37,11 +37,12 @@ def sound(i: int, rate: int = RATE) -> np.ndarray:
 def write_video(path: Path, picture_at: Callable[[float], np.ndarray], times: Sequence[float],
                 track: np.ndarray | None = None, *, rotate: int = 0, gop: int = 4,
                 options: dict[str, str] | None = None, codec: str = "libx264", audio_codec: str = "aac",
-                codec_options: dict[str, str] | None = None) -> Path:
+                codec_options: dict[str, str] | None = None, track_at: float = 0.0) -> Path:
     """Frames shown at ``times`` (seconds; irregular times make a variable frame rate), each the
     picture ``picture_at(t)``; an optional mono track at RATE (AAC, or ``audio_codec``). ``rotate``: the frames are
     stored turned clockwise and the display matrix says to turn them back (as phones do).
-    ``codec_options`` override the encoder's (B-frames, scene cut detection)."""
+    ``codec_options`` override the encoder's (B-frames, scene cut detection); ``track_at``: the
+    track starts this many seconds in."""
     c = av.open(str(path), "w", options=options or {})
     v = c.add_stream(codec, rate=4)
     h, w = picture_at(times[0]).shape[:2]  # the pictures' size (photos(): SIZE)
@@ -68,7 +69,7 @@ def write_video(path: Path, picture_at: Callable[[float], np.ndarray], times: Se
     for p in v.encode():
         c.mux(p)
     if a is not None and track is not None:
-        _encode_mono(c, a, track, RATE)
+        _encode_mono(c, a, track, RATE, round(track_at * RATE))
     c.close()
     return path
 
@@ -83,12 +84,13 @@ def write_sound(path: Path, samples: np.ndarray, fmt: str, codec: str, rate: int
     return path
 
 
-def _encode_mono(container: Any, stream: Any, samples: np.ndarray, rate: int) -> None:
-    """Mono float samples through an audio stream into the container, in the codec's frame size."""
+def _encode_mono(container: Any, stream: Any, samples: np.ndarray, rate: int, first: int = 0) -> None:
+    """Mono float samples through an audio stream into the container, in the codec's frame size,
+    the first at sample ``first``."""
     size = stream.codec_context.frame_size or 1024
     for i in range(0, len(samples), size):
         f = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[None, i:i + size]), format="fltp", layout="mono")
-        f.sample_rate, f.pts = rate, i
+        f.sample_rate, f.pts = rate, first + i
         for p in stream.encode(f):
             container.mux(p)
     for p in stream.encode():

@@ -157,6 +157,8 @@ def cut_windows(blocks: Iterator[np.ndarray], in_rate: int, sample_rate: int, wi
 def _readable_by_libsndfile(source: Path | BinaryIO) -> bool:
     """Whether libsndfile knows the format (WAV, FLAC, Ogg, MP3...); the others (AAC in MP4 or
     M4A, Matroska, ...) go through PyAV. Other failures are libsndfile's to word."""
+    if _ffmpeg_only(source):
+        return False
     try:
         with _open(source):
             return True
@@ -237,7 +239,25 @@ def _soundfile(source: str | BinaryIO) -> sf.SoundFile:
 def _looks_like_mp3(path: str) -> bool:
     with open(path, "rb") as fh:
         head = fh.read(3)
-    return head == b"ID3" or (len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0)
+    # an MPEG audio frame's sync and a layer (ADTS AAC has the same sync and layer 0)
+    return head == b"ID3" or (len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0 and head[1] & 0x06 != 0)
+
+
+def _ffmpeg_only(source: Path | BinaryIO) -> bool:
+    """Content libsndfile does not read, whatever the file is named: MP4/M4A/MOV, Matroska/WebM,
+    ADTS AAC. Named ``.mp3`` or ``.wav``, libsndfile would try the name's format on it (mpg123
+    then writes errors onto the terminal) and fail."""
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            with open(source, "rb") as fh:
+                head = fh.read(12)
+        except OSError:
+            return False
+    else:
+        head = source.read(12)
+        source.seek(0)
+    return (head[4:8] == b"ftyp" or head[:4] == b"\x1a\x45\xdf\xa3"
+            or (len(head) >= 2 and head[0] == 0xFF and head[1] & 0xF6 == 0xF0))
 
 
 def _open_reason(e: sf.LibsndfileError) -> str:

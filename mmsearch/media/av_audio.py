@@ -14,7 +14,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from mmsearch.media.audio import SHORTFALL_MIN_SECONDS, SHORTFALL_TOLERANCE, AudioDecodeError
-from mmsearch.media.video import MAX_DECODE_ERRORS, UnreadableMedia, VideoDecodeError, open_media
+from mmsearch.media.video import MAX_DECODE_ERRORS, UnreadableMedia, VideoDecodeError, open_media, video_stream
 
 Source = str | os.PathLike[str] | BinaryIO
 
@@ -26,8 +26,13 @@ def _stream(container: Any) -> Any:
 
 
 def _duration(container: Any, stream: Any) -> float | None:
+    """The stream's own length, else the file's when the sound is all it holds: beside a picture
+    the file's length is the longer track's (Matroska gives no stream its own), and a sound track
+    may well end first."""
     if stream.duration and stream.time_base:
         return float(stream.duration * stream.time_base)
+    if video_stream(container) is not None:
+        return None
     return container.duration / 1_000_000 if container.duration else None
 
 

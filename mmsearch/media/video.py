@@ -70,6 +70,7 @@ class VideoInfo:
     has_video: bool = False
     has_audio: bool = False
     rotation: int = 0  # degrees, counter-clockwise, as PyAV reads the display matrix
+    audio_delay: float = 0.0  # seconds from the picture's start to the sound's (a track that starts late)
 
 
 def quiet_libav() -> None:
@@ -128,6 +129,10 @@ def _info(c: Any, vs: Any | None) -> VideoInfo:
     info = VideoInfo(duration=duration, has_video=vs is not None, has_audio=bool(c.streams.audio))
     if vs is not None:
         info.width, info.height = vs.codec_context.width or None, vs.codec_context.height or None
+        a = c.streams.audio[0] if c.streams.audio else None
+        if a is not None and a.start_time is not None and a.time_base and vs.start_time is not None and vs.time_base:
+            delay = float(a.start_time * a.time_base - vs.start_time * vs.time_base)
+            info.audio_delay = delay if delay > 0.05 else 0.0  # not an encoder's priming offset
     return info
 
 
@@ -195,6 +200,8 @@ def iter_frames(source: str | os.PathLike[str] | BinaryIO, interval: float = 2.0
             yield FrameSample(last.start, until, last.image)
             return
         end = max(sampler.last_frame_end, last_packet)
+        if info.duration and end < SHORTFALL * info.duration - 1.0:  # a short picture track, or a cut file?
+            end = max(end, _other_streams_end(c, vs, base, end))
         if info.duration and end < SHORTFALL * info.duration - 1.0:
             raise VideoDecodeError(f"truncated video: it declares {info.duration:.2f} s, its frames stop at "
                                    f"{end:.2f} s")
@@ -360,6 +367,25 @@ class _Sampler:
         return Image.fromarray(arr, "RGB")
 
 
+def _other_streams_end(c: Any, vs: Any, base: float, since: float) -> float:
+    """Where the file's other streams end, read from ``since`` on: a song with one still picture
+    or a clip whose picture stops before its sound is whole; a cut file stops every stream."""
+    import av
+
+    others = [s for s in c.streams if s is not vs and s.type in ("audio", "video")]
+    end = 0.0
+    if not others:
+        return end
+    try:
+        c.seek(max(0, int((since + base) * 1_000_000)), backward=True, any_frame=False)
+        for packet in c.demux(*others):
+            if packet.pts is not None and packet.time_base:
+                end = max(end, float((packet.pts + (packet.duration or 0)) * packet.time_base) - base)
+    except av.error.FFmpegError:
+        pass  # damage there: what was read counts
+    return end
+
+
 def part_cuts(source: str | os.PathLike[str], parts: int) -> list[float]:
     """Key frame times that cut a video into up to ``parts`` parts of about equal length (each at
     least ``MIN_PART_SECONDS``), found by seeking: an index lookup, not a read of the video.
@@ -487,9 +513,10 @@ def video_units(path: str, interval: float, side: int, audio: tuple[int, float] 
         if info.has_audio and audio is not None:
             rate, window = audio
             item = "video" if info.has_video else None  # a video file with sound only is a sound
+            delay = info.audio_delay if item else 0.0  # windows are timed on the picture's clock
             for w in iter_windows(Path(path), rate, window):
-                yield Unit("audio", w.samples, start=w.start, end=w.end, duration=info.duration if item else None,
-                           item=item)
+                yield Unit("audio", w.samples, start=round(w.start + delay, 3), end=round(w.end + delay, 3),
+                           duration=info.duration if item else None, item=item)
     except (VideoDecodeError, AudioDecodeError) as e:
         raise DecodeError(str(e)) from e
 

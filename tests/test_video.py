@@ -299,6 +299,34 @@ def test_tracks_that_end_or_start_apart_are_whole(clip_spec: str, tiny_clap_dir:
         assert c.format.name == "aac"  # really ADTS, which starts like an MP3 frame
 
 
+def test_a_sound_finds_videos_in_a_catalog_of_videos_only(clip_spec: str, tiny_clap_dir: Path,
+                                                           tmp_path: Path) -> None:
+    """`search --audio` looks in sounds and sound tracks: a catalog of videos alone answers it.
+    Asked for sound files (`--to audio`) it has none; a silent video's `similar --to audio` says why."""
+    from mmsearch.errors import BadInput
+    from mmsearch.settings import Settings
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    write_video(folder / "story.mp4", lambda t: PHOTOS[int(t // 8)], [i / 2 for i in range(80)], _track())
+    write_video(folder / "silent.mkv", lambda t: PHOTOS[7], [i / 2 for i in range(6)])
+    settings = Settings(catalog=tmp_path / "catalog", model=clip_spec, model_config_dirs=[CONFIG_DIR], audio=True,
+                        audio_model=f"clap:{tiny_clap_dir}", device="cpu")
+    clip = io.BytesIO()
+    sf.write(clip, sound(3)[: 2 * RATE], RATE, format="WAV")
+    with Engine.open(settings) as e:
+        assert e.index([folder]).added == 2
+        hit = e.search(Query(audio=clip.getvalue(), k=3)).results[0]
+        assert hit.path == str(folder / "story.mp4") and hit.collection == "clap.video"
+        with pytest.raises(BadInput, match="no sounds are indexed"):
+            e.search(Query(audio=clip.getvalue(), to="audio"))
+        write_sound(folder / "bark.m4a", sound(5), "ipod", "aac")
+        assert e.index([folder]).added == 1
+        assert e.search(Query(audio=clip.getvalue(), to="audio")).results[0].path == str(folder / "bark.m4a")
+        with pytest.raises(BadInput, match="no sound track"):
+            e.similar([_item(e, folder / "silent.mkv")], to="audio")
+
+
 @pytest.mark.parametrize("codec_options", [{}, {"bf": "3", "open_gop": "1"}], ids=["plain", "b-frames"])
 def test_a_long_video_is_decoded_in_parts_side_by_side(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                        codec_options: dict[str, str]) -> None:

@@ -124,6 +124,10 @@ class QueryRunner(QueryEmbedder):
         if not out and to != "all":
             if not any(f.endswith("." + to) for f in existing):
                 return []
+            if q.item_ids and not (q.has_text or q.has_image or q.has_audio):
+                raise BadInput(f"these items cannot find {to}: they have no vectors in the space {to} is "
+                               "embedded in (a silent video has no sound track, a photo or a caption only "
+                               "CLIP's vectors, a sound only CLAP's)")
             raise BadInput(f"this query cannot search {to}: its media and {to} live in different "
                            "embedding spaces (images: CLIP, sounds: CLAP); add a text query")
         return out
@@ -469,8 +473,9 @@ def dedup(cands: list[_Candidate], store: VectorStore, threshold: float, need: i
 def _refuse_absent_sounds(q: Query, existing: set[str]) -> None:
     """A sound query, or sounds asked for, in a catalog without sounds: refused before the audio
     model loads (or is fetched), with what to do instead of an empty list."""
+    sounds = {"clap.audio"} if q.to == "audio" else {"clap.audio", "clap.video"}  # unasked, tracks too
     if (q.has_audio and not any(c.startswith("clap.") for c in existing)) or \
-            (default_target(q) == "audio" and "clap.audio" not in existing):
+            (default_target(q) == "audio" and not sounds & existing):
         raise BadInput("no sounds are indexed in this catalog (indexed without audio, or no sound files): "
                        "index a folder with sounds, with audio on (leave out --no-audio; over HTTP the "
                        "server's audio setting), then search them")

@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -212,6 +213,19 @@ def cosines(page: Any) -> list[float]:
     return [float(s.split("cos")[-1]) for s in page.locator("#results .score").all_inner_texts()]
 
 
+def fixed(x: float, digits: int) -> str:
+    """JavaScript's x.toFixed(digits): the double's exact value, a tie rounded away from zero."""
+    return str(Decimal(x).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP))
+
+
+def score_text(hit: dict[str, Any]) -> str:
+    """A result's score as a card shows it: the calibrated score and the cosine beside it where
+    lists were merged, else the cosine."""
+    if hit["calibrated"] is not None:
+        return f"{fixed(hit['calibrated'], 2)} cos {fixed(hit['cosine'], 2)}"
+    return fixed(hit["cosine"], 3)
+
+
 def test_search_scores_reasons_and_infinite_scroll(desktop: Page) -> None:
     from playwright.sync_api import expect
 
@@ -221,7 +235,9 @@ def test_search_scores_reasons_and_infinite_scroll(desktop: Page) -> None:
     page.keyboard.press("/")  # `/` goes to the search box
     assert page.evaluate("document.activeElement.id") == "q"
     page.keyboard.type("a dog running on the beach")
-    page.keyboard.press("Enter")
+    with page.expect_response(lambda r: "/search?" in r.url) as answer:
+        page.keyboard.press("Enter")
+    hits = answer.value.json()["results"]
     cards = page.locator("#results .card")
     expect(cards).to_have_count(24)
     expect(page.locator("#status")).to_contain_text(f"24 of {ITEMS} results · scroll for more")  # the total
@@ -230,6 +246,15 @@ def test_search_scores_reasons_and_infinite_scroll(desktop: Page) -> None:
     shown = [float(s.split()[0]) for s in page.locator("#results .score").all_inner_texts()]
     assert shown == sorted(shown, reverse=True)
     assert all("cos" in s for s in page.locator("#results .score").all_inner_texts())
+    # ... and that cosine is the API's `cosine`, not its `score` (the calibrated one) again; the tooltip says which is which
+    assert [int(i) for i in cards.evaluate_all("cs => cs.map(c => c.dataset.id)")] == [h["id"] for h in hits]
+    assert all(h["calibrated"] is not None and h["score"] == h["calibrated"] for h in hits)
+    assert any(fixed(h["calibrated"], 2) != fixed(h["cosine"], 2) for h in hits)  # so a mix-up would show
+    assert [" ".join(s.split()) for s in page.locator("#results .score").all_inner_texts()] == [score_text(h) for h in hits]
+    titles = page.locator("#results .score").evaluate_all("ss => ss.map(s => s.title)")
+    for title, h in zip(titles, hits):
+        assert title.startswith(f"Calibrated score {fixed(h['calibrated'], 2)}, the list is ranked by it") \
+            and title.endswith(f"Cosine similarity {fixed(h['cosine'], 3)}"), (title, h)
     # a caption hit shows its photo and why it matched
     caption = page.locator("#results .card[data-modality=text]").filter(has_text="matched caption:").first
     expect(caption.locator(".open .pic")).to_have_count(1)
@@ -592,6 +617,16 @@ def test_video_results_show_a_poster_and_play_from_the_match(desktop: Page) -> N
                    "why": "matched: 1:12.5–1:17.5 of 5:00", "path": "clips/harbour.mp4",
                    "video": f"/items/{image_id}/media#t=72.50,77.50",
                    "frame": f"/items/{image_id}/thumbnail?size=1024&t=72.50"}
+    # a span's two ends at one precision, whole seconds or not (was "0:00–0:02.0" beside "0:03–0:06"), rounded first
+    spans = page.evaluate("""() => [[0, 2.04], [3, 6], [4, 4.5], [59.97, 61.2]].map(([start, end]) =>
+        window.mmsearch.whyOf({modality: "video", score: 0.3, start, end, duration: 90})[1])""")
+    assert spans == ["0:00.0–0:02.0 of 1:30", "0:03.0–0:06.0 of 1:30", "0:04.0–0:04.5 of 1:30", "1:00.0–1:01.2 of 1:30"]
+    # a calibrated hit (the trial's numbers): the cosine is `cosine`; an answer without it falls back on `score`
+    scores = page.evaluate("""() => [{score: 2.3809, cosine: 0.269, calibrated: 2.3809}, {score: 0.31}]
+        .map(h => { const s = window.mmsearch.scoreOf(h); return [s.text, s.sub, s.title]; })""")
+    assert scores[0][:2] == ["2.38", "cos 0.27"] and scores[1][:2] == ["0.310", ""]
+    assert scores[0][2].startswith("Calibrated score 2.38") and scores[0][2].endswith("Cosine similarity 0.269")
+    assert scores[1][2].startswith("Cosine similarity 0.310")
     expect(page.locator("#results .card").first.locator(".pic img")).to_be_visible()
 
 
@@ -600,16 +635,22 @@ def test_a_video_found_at_its_moment_plays_from_there(desktop: Page) -> None:
 
     page, site = desktop.page, desktop.site
     page.goto(site["base"] + "/?to=video")
-    page.set_input_files("#file", str(sorted((FLICKR / "images").glob("*.jpg"))[1]))  # what it shows from 4 s
+    with page.expect_response(lambda r: r.url.endswith("/search") and r.request.method == "POST") as answer:
+        page.set_input_files("#file", str(sorted((FLICKR / "images").glob("*.jpg"))[1]))  # what it shows from 4 s
+    [hit] = answer.value.json()["results"]
     card = page.locator("#results .card")
     expect(card).to_have_count(1)
-    expect(card.locator(".stamp")).to_have_text(re.compile(r"^0:0[4-7](\.\d)?–0:0\d(\.\d)?$"))
+    expect(card.locator(".stamp")).to_have_text(re.compile(r"^0:0[4-7]\.\d–0:0\d\.\d$"))  # both ends in tenths
+    expect(card.locator(".score")).to_have_text(score_text(hit))
     start = float(page.evaluate("() => new URL(document.querySelector('#results .pic img').src).searchParams.get('t')"))
     assert start >= 4
     expect(card.locator(".why")).to_have_text(re.compile(r"^matched: .* of 0:0[78](\.\d)?$"))  # about 8 s long
     wait_for_pictures(page, 1)  # the frame at the matched moment, from /items/{id}/thumbnail?t=
     assert card.locator(".pic img").evaluate("i => i.naturalWidth") > 0
     card.locator(".open").click()
+    shown = (f"Calibrated score {fixed(hit['calibrated'], 2)} (cos {fixed(hit['cosine'], 2)})"
+             if hit["calibrated"] is not None else f"Cosine {fixed(hit['cosine'], 3)}")  # says which it is
+    expect(page.locator("#detail-why")).to_have_text(f"{shown} · {card.locator('.why').text_content()}")
     video = page.locator("#detail-media video")
     expect(video).to_have_attribute("src", re.compile(rf"/media#t={start:.2f},\d+\.\d\d$"))
     played = video.evaluate("""v => new Promise(done => {

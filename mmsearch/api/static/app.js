@@ -40,10 +40,16 @@ const isPicture = (path) => !!path && kindOf({ type: "", name: path }) === "imag
 
 function seconds(s) { return `${s.toFixed(1)} s`; }
 
-function clock(s) {
-  const m = Math.floor(s / 60), r = s - m * 60;
-  return `${m}:${r < 10 ? "0" : ""}${r.toFixed(r % 1 ? 1 : 0)}`;
+// m:ss, or m:ss.s where tenths are asked for (by default: where the time has them). Rounded first,
+// so 59.97 s reads 1:00.0, not 0:60.0.
+function clock(s, tenths = Math.round(s * 10) % 10 !== 0) {
+  const t = tenths ? Math.round(s * 10) : Math.round(s) * 10;  // in tenths of a second
+  const m = Math.floor(t / 600), r = (t - m * 600) / 10;
+  return `${m}:${r < 10 ? "0" : ""}${r.toFixed(tenths ? 1 : 0)}`;
 }
+
+// a matched span, start and end alike and always in tenths (as a sound's are): "0:00.0–0:02.0"
+function clockSpan(start, end) { return `${clock(start, true)}–${clock(end, true)}`; }
 
 function bytes(n) {
   if (n == null) return null;
@@ -352,14 +358,20 @@ function counted(n, [one, many]) { return `${n.toLocaleString()} ${n === 1 ? one
 
 // -- cards ----------------------------------------------------------------------------------------
 
+// The figure a list is ranked by, and the cosine: `score` is the calibrated score where lists were
+// merged (then `calibrated` is set too), `cosine` always the cosine (older answers lack it: `score`).
 function scoreOf(hit) {
   if (hit.score == null) return null;
+  const cosine = hit.cosine ?? hit.score;
   if (hit.calibrated != null) {
-    return { text: hit.calibrated.toFixed(2), sub: `cos ${hit.score.toFixed(2)}`,
-             title: `Ranked by the calibrated score ${hit.calibrated.toFixed(2)}: how far this match stands above ` +
-                    `the usual matches of its kind (cosine ${hit.score.toFixed(3)})` };
+    const cal = hit.calibrated.toFixed(2);
+    return { name: "Calibrated score", text: cal, sub: `cos ${cosine.toFixed(2)}`,
+             label: `calibrated score ${cal}, cosine ${cosine.toFixed(3)}`,
+             title: `Calibrated score ${cal}, the list is ranked by it: how far this match stands above ` +
+                    `the usual matches of its kind. Cosine similarity ${cosine.toFixed(3)}` };
   }
-  return { text: hit.score.toFixed(3), sub: "", title: `Cosine similarity ${hit.score.toFixed(3)}: the list is ranked by it` };
+  return { name: "Cosine", text: cosine.toFixed(3), sub: "", label: `cosine ${cosine.toFixed(3)}`,
+           title: `Cosine similarity ${cosine.toFixed(3)}: the list is ranked by it` };
 }
 
 function whyOf(hit) {  // why it matched, or what it is when browsing: [label, text]
@@ -376,7 +388,7 @@ function whyOf(hit) {  // why it matched, or what it is when browsing: [label, t
   }
   if (hit.modality === "video") {
     if (hit.start != null) {
-      return ["matched", `${clock(hit.start)}–${clock(hit.end)}` + (hit.duration ? ` of ${clock(hit.duration)}` : "")];
+      return ["matched", clockSpan(hit.start, hit.end) + (hit.duration ? ` of ${clock(hit.duration)}` : "")];
     }
     return ["video", hit.duration ? clock(hit.duration) : ""];
   }
@@ -426,7 +438,7 @@ function visual(hit, size) {
     const span = document.createElement("span");
     span.className = "stamp";
     span.innerHTML = '<svg viewBox="0 0 24 24" aria-hidden="true"><path d="M8 5v14l11-7z" fill="currentColor"/></svg>';
-    span.append(hit.start != null ? `${clock(hit.start)}–${clock(hit.end)}` : hit.duration ? clock(hit.duration) : "video");
+    span.append(hit.start != null ? clockSpan(hit.start, hit.end) : hit.duration ? clock(hit.duration) : "video");
     wrap.append(span);
   } else if (hit.modality === "audio") {
     wrap.innerHTML = '<svg class="wave" viewBox="0 0 48 24" aria-hidden="true"><path d="M2 12h2M7 8v8M12 4v16M17 9v6M22 6v12M27 2v20M32 7v10M37 10v4M42 5v14M46 11v2" ' +
@@ -466,7 +478,7 @@ function card(hit, index) {
   if (score) {
     scoreEl.textContent = score.text;
     scoreEl.title = score.title;
-    scoreEl.setAttribute("aria-label", `score ${score.text}`);
+    scoreEl.setAttribute("aria-label", score.label);
     if (score.sub) {
       const sub = document.createElement("small");
       sub.textContent = score.sub;
@@ -579,7 +591,7 @@ function detailMedia(it) {
     video.preload = "metadata";
     video.poster = thumbUrl(it, 1024);
     video.src = `/items/${it.id}/media${span}`;
-    video.setAttribute("aria-label", `Video ${nameOf(it)}` + (it.start != null ? `, from ${clock(it.start)}` : ""));
+    video.setAttribute("aria-label", `Video ${nameOf(it)}` + (it.start != null ? `, from ${clock(it.start, true)}` : ""));
     box.append(video);
   } else if (it.modality === "audio") {
     box.append(visual(it, 0));
@@ -615,7 +627,7 @@ function renderDetail(it, hit) {
     const [label, text] = whyOf(hit);
     const s = scoreOf(hit);
     const reason = hit.modality === "text" ? label : hit.modality !== "image" && text ? `${label}: ${text}` : "";
-    why.textContent = `Score ${s.text}${s.sub ? ` (${s.sub})` : ""}` + (reason ? ` · ${reason}` : "");
+    why.textContent = `${s.name} ${s.text}${s.sub ? ` (${s.sub})` : ""}` + (reason ? ` · ${reason}` : "");
     why.title = s.title;
   }
   const dl = $("detail-facts");

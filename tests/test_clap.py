@@ -234,3 +234,15 @@ def test_populated_hf_cache_loads_offline(tiny_dir: Path, tmp_path: Path) -> Non
                        cwd=root)
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"SPEC clap:mmsearch-tests/tiny-clap {DIM} (1, {DIM})" in r.stdout
+
+
+def test_loading_draws_no_progress_bar(tiny_dir: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """transformers' "Loading weights" bar reached `index --json` and piped runs; a load from disk
+    draws none now, and leaves transformers' own setting as it was."""
+    from transformers.utils import logging as hf_logging
+
+    capfd.readouterr()
+    load_encoder("clap:" + str(tiny_dir), Settings(device="cpu", runtime="torch"))
+    err = capfd.readouterr().err
+    assert "Loading weights" not in err and "%|" not in err, err
+    assert hf_logging.is_progress_bar_enabled()

@@ -166,10 +166,20 @@ def _load(name: str, local: bool) -> tuple[torch.nn.Module, Any]:
 
 
 def _from_pretrained(source: str, local_files_only: bool) -> tuple[torch.nn.Module, Any]:
+    """transformers draws a "Loading weights" bar on stderr for a second's read from disk: off
+    then (a download's bars stay), so ``--json`` and piped runs print only what mmsearch prints."""
     from transformers import ClapModel, ClapProcessor
+    from transformers.utils import logging as hf_logging
 
-    model = ClapModel.from_pretrained(source, local_files_only=local_files_only)
-    processor = ClapProcessor.from_pretrained(source, local_files_only=local_files_only)
+    quiet = local_files_only and hf_logging.is_progress_bar_enabled()
+    if quiet:
+        hf_logging.disable_progress_bar()
+    try:
+        model = ClapModel.from_pretrained(source, local_files_only=local_files_only)
+        processor = ClapProcessor.from_pretrained(source, local_files_only=local_files_only)
+    finally:
+        if quiet:
+            hf_logging.enable_progress_bar()
     return model, processor
 
 

@@ -485,8 +485,8 @@ def test_a_moment_of_a_video_is_the_query(engine: Engine, media: Path) -> None:
     assert np.allclose(moment, at_20 / np.linalg.norm(at_20), atol=1e-6)  # the frame shown at 20 s, alone
     whole = engine.runner.item_vectors([story], "clip")[story]
     assert not np.allclose(moment, whole, atol=1e-3)
-    after = engine.runner.item_vectors([story], "clip", at=99.0)[story]  # past the end: the last frame
-    assert np.allclose(after, frames.vectors[-1] / np.linalg.norm(frames.vectors[-1]), atol=1e-6)
+    at_end = engine.runner.item_vectors([story], "clip", at=40.2)[story]  # at the end (spans are rounded): the last frame
+    assert np.allclose(at_end, frames.vectors[-1] / np.linalg.norm(frames.vectors[-1]), atol=1e-6)
     rows = [(1, 7, "clip.video", 0.0, 8.0), (2, 7, "clip.video", 8.0, 16.0), (3, 9, "clip.image", None, None)]
     assert at_moment(rows, 8.0) == [(2, 7, "clip.video", 8.0, 16.0), (3, 9, "clip.image", None, None)]
 
@@ -504,6 +504,21 @@ def test_a_moment_of_a_video_is_the_query(engine: Engine, media: Path) -> None:
         got = client.post("/similar", json={"item_ids": [story], "at": 20.0, "to": "image", "k": 5}).json()
         assert [h["id"] for h in got["results"]] == [h.id for h in by_moment]
         assert client.post("/similar", json={"item_ids": [story], "at": -1}).status_code == 422
+        # past the end, not a number, or lengths that cannot meet: a reason, on every face
+        past = client.post("/similar", json={"item_ids": [story], "at": 999})
+        assert past.status_code == 400 and "past its end" in past.text and "40.0 s" in past.text
+        nan = client.post("/similar", content=b'{"item_ids": [%d], "at": NaN}' % story,
+                          headers={"content-type": "application/json"})
+        assert nan.status_code == 422 and "finite" in nan.text, nan.text
+        both = client.get("/search", params={"text": "a story", "min_duration": 10, "max_duration": 5})
+        assert both.status_code in (400, 422) and "more than max_duration" in both.text, both.text
+    with pytest.raises(BadInput, match="past its end"):
+        engine.similar([story], at=999)
+    with pytest.raises(BadInput, match="finite"):
+        engine.similar([story], at=float("inf"))
+    with pytest.raises(ValueError, match="more than max_duration"):  # a Query is checked as it is made
+        Query(text="a story", min_duration=10, max_duration=5)
+    assert engine.similar([story], at=40.2).results  # the end itself, spans being rounded
 
 
 @pytest.mark.parametrize("setting", [None, 80])

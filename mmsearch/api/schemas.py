@@ -26,6 +26,7 @@ from mmsearch.search.request import (
     PathPattern,
     Profile,
     Query,
+    Seconds,
     SearchResponse,
     Size,
     Target,
@@ -62,8 +63,8 @@ class Where(BaseModel):
     camera: Annotated[CleanStr, Field(min_length=1, max_length=130)] | None = Field(None, description=_desc("camera"))
     near: Near | None = Field(None, description=_desc("near"))
     min_size: Size | None = Field(None, description=_desc("min_size"))
-    min_duration: float | None = Field(None, ge=0, description=_desc("min_duration"))
-    max_duration: float | None = Field(None, ge=0, description=_desc("max_duration"))
+    min_duration: Seconds | None = Field(None, description=_desc("min_duration"))
+    max_duration: Seconds | None = Field(None, description=_desc("max_duration"))
     ext: Extensions = Field(default_factory=list, max_length=32, description=_desc("ext"))
     tags: list[Annotated[CleanStr, Field(min_length=1, max_length=330)]] = Field(
         default_factory=list, max_length=32, description=_desc("tags"))
@@ -143,7 +144,7 @@ class SimilarRequest(Filters):
     """Items like these: their vectors are averaged into one query."""
 
     item_ids: list[ItemId] = Field(min_length=1, max_length=MAX_QUERY_IDS)
-    at: float | None = Field(None, ge=0, le=1e7, description=Profile.model_fields["at"].description)
+    at: Seconds | None = Field(None, le=1e7, description=Profile.model_fields["at"].description)
 
 
 class SimilarBatchRequest(Filters):
@@ -171,7 +172,7 @@ class RecommendRequest(Filters):
     text_weight: Weight = 1.0
     dislike_weight: Weight = Field(DISLIKE_WEIGHT, description=_pdesc("dislike_weight"))
     scoring: Scoring = Field("rocchio", description=_pdesc("scoring"))
-    at: float | None = Field(None, ge=0, le=1e7, description=_pdesc("at"))
+    at: Seconds | None = Field(None, le=1e7, description=_pdesc("at"))
 
     def profile(self) -> dict[str, Any]:
         return self.model_dump()

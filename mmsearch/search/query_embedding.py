@@ -28,6 +28,7 @@ from mmsearch.settings import Settings
 from mmsearch.storage.catalog import Catalog
 
 MAX_QUERY_AUDIO_S = 600  # seconds of a query clip that are read
+AT_SLACK = 0.5  # seconds past an item's last segment that still point at its end (rounded spans)
 CHECK_WINDOW_S = 30.0  # window of the decode check (any length works: only the decode matters)
 
 
@@ -208,6 +209,10 @@ class QueryEmbedder:
             spans = [r for r in rows if r[3] is not None]
             if rows and not spans:
                 raise BadInput(f"at: item {rows[0][1]} has no moments (a photo or a text): leave out at")
+            for item in {r[1] for r in spans}:
+                end = max((r[4] or r[3] or 0.0) for r in spans if r[1] == item)
+                if at > end + AT_SLACK:
+                    raise BadInput(f"at: item {item} ends at {end:.1f} s, so {at:g} s is past its end")
             rows = at_moment(rows, at)
         if not rows:
             return {}

@@ -50,6 +50,7 @@ def _finite(value: float) -> float:
 
 
 Weight = Annotated[float, AfterValidator(_finite)]
+Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]  # a time or a length: NaN is "not finite", not "< 0"
 
 
 def _date_bound(value: Any) -> Any:
@@ -153,13 +154,20 @@ class Where(BaseModel):
     near: Near | None = Field(None, description="`lat,lon,km`: only photos taken within km of this place "
                               "(EXIF GPS).")
     min_size: Size | None = Field(None, description="Only files of at least this size: bytes, or '500k', '2MB'.")
-    min_duration: float | None = Field(None, ge=0, description="Only sounds and videos at least this long (seconds).")
-    max_duration: float | None = Field(None, ge=0, description="Only sounds and videos at most this long (seconds).")
+    min_duration: Seconds | None = Field(None, description="Only sounds and videos at least this long (seconds).")
+    max_duration: Seconds | None = Field(None, description="Only sounds and videos at most this long (seconds).")
     ext: Extensions = Field(default_factory=list, max_length=32,
                             description="Only files with one of these extensions ('jpg', 'png').")
     tags: list[Annotated[CleanText, Field(min_length=1, max_length=330)]] = Field(
         default_factory=list, max_length=32, description="Only items with all of these tags: `tag` (any "
         "value), or `key=value`.")
+
+    @model_validator(mode="after")
+    def _lengths_meet(self) -> Where:
+        if self.min_duration is not None and self.max_duration is not None and self.min_duration > self.max_duration:
+            raise ValueError(f"min_duration ({self.min_duration:g} s) is more than max_duration "
+                             f"({self.max_duration:g} s): nothing could match")
+        return self
 
     def filter(self) -> Filter:
         """The SQL side of the query's filters (storage/filters.py)."""
@@ -230,7 +238,7 @@ class Query(Filters):
     negative_weight: Weight = Field(0.5, description="Strength of negative texts and disliked items.")
     scoring: Scoring = Field("rocchio", description="rocchio: one blended vector; best: each candidate "
                              "scored by its best liked item less its closest disliked one.")
-    at: float | None = Field(None, ge=0, description=AT_DESC)
+    at: Seconds | None = Field(None, description=AT_DESC)
 
     @property
     def has_text(self) -> bool:
@@ -272,7 +280,7 @@ class Profile(Filters):
     dislike_weight: Weight = Field(DISLIKE_WEIGHT, description="Strength of the disliked items (Rocchio's "
                                     "gamma over beta; see docs/search.md).")
     scoring: Scoring = Field("rocchio", description=Query.model_fields["scoring"].description)
-    at: float | None = Field(None, ge=0, description=AT_DESC)
+    at: Seconds | None = Field(None, description=AT_DESC)
 
     @model_validator(mode="after")
     def _something_liked(self) -> "Profile":

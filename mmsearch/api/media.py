@@ -1,5 +1,8 @@
 """Serving indexed files and their thumbnails, and nothing else.
 
+Files go out as HTTP wants them: as the type the catalog read from their content, in the byte
+ranges a player asks for (RFC 9110 §14), and not at all when the client's copy is current (§13).
+
 A path is served only when (1) it is spelled normally (absolute, no ``..``, no NUL), (2) the
 catalog has items for it, i.e. it was indexed, and (3) after symlinks it still lies under one of
 the catalog's roots. The item-id routes are the main door; the check matters for what the
@@ -9,13 +12,18 @@ symlink inside a root that points out of it.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
+import re
 import threading
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
+from starlette.responses import FileResponse
+from starlette.types import Receive, Scope, Send
 
 from mmsearch.errors import MMSearchError, NotFound
 from mmsearch.media.decode import to_rgb
@@ -25,6 +33,11 @@ from mmsearch.media.notes import FileNotes
 from mmsearch.storage.catalog import Catalog, ItemRow
 
 THUMB_SIZES = (64, 128, 256, 384, 512, 768, 1024)  # requested sizes round up to one of these
+# Types the catalog records (Pillow's names) that browsers know by another: an MPO (a 3D or
+# phone camera's JPEG with more pictures after the first) shows as the JPEG it starts with.
+BROWSER_TYPES = {"image/mpo": "image/jpeg"}
+_RANGE_SPEC = re.compile(r"([0-9]*)-([0-9]*)")  # RFC 9110 §14.1.1: int-range or suffix-range
+_ETAG = re.compile(r'(?:W/)?("[^"]*")')
 
 
 class Forbidden(MMSearchError):
@@ -89,7 +102,7 @@ class Thumbnails:
             raise NotFound(f"{path.name} is gone since it was indexed") from None
         size = self.bucket(size)
         key = (str(path), st.st_mtime_ns, st.st_size, size) + (() if at is None else (round(at * 1000),))
-        etag = f'"t{abs(hash(key)):x}"'
+        etag = f'"t{hashlib.blake2b(repr(key).encode(), digest_size=8).hexdigest()}"'  # the same after a restart
         with self._lock:
             data = self._cache.get(key)
             if data is not None:
@@ -153,6 +166,61 @@ class Thumbnails:
         return _jpeg(img, size)
 
 
+def served_type(path: str, recorded: str | None) -> str:
+    """The Content-Type of an indexed file: the type the catalog recorded from its content (a PNG
+    named .jpg is image/png; with nosniff, a wrong type breaks the file in a browser), else its
+    name's. The name's type is kept when the two agree: it carries a text's charset."""
+    named = media_type(path)
+    if not recorded or named.split(";")[0] == recorded:
+        return named
+    return BROWSER_TYPES.get(recorded, recorded)
+
+
+def byte_ranges(header: str, size: int) -> list[tuple[int, int]] | None:
+    """The byte ranges (start, stop) a Range header asks of a file of ``size`` bytes, those in it
+    (stop clipped to its end); [] when none is (a 416). None for a header that is not a valid
+    bytes range: RFC 9110 §14.2 lets a server ignore it and send the whole file."""
+    unit, _, specs = header.partition("=")
+    parts = [p.strip() for p in specs.split(",") if p.strip()]
+    if unit.strip().lower() != "bytes" or not parts:
+        return None
+    ranges: list[tuple[int, int]] = []
+    try:
+        for part in parts:
+            m = _RANGE_SPEC.fullmatch(part)
+            if m is None or not (m[1] or m[2]) or (m[1] and m[2] and int(m[2]) < int(m[1])):
+                return None
+            start = int(m[1]) if m[1] else max(size - int(m[2]), 0)
+            stop = min(int(m[2]) + 1, size) if m[1] and m[2] else size
+            if start < stop:
+                ranges.append((start, stop))
+    except ValueError:  # a number over Python's 4300-digit limit: taken as invalid
+        return None
+    return ranges
+
+
+def etag_matches(header: str, etag: str) -> bool:
+    """If-None-Match: ``*``, or a listed tag equal to ``etag`` in weak comparison (RFC 9110
+    §13.1.2: W/ ignored on either side)."""
+    return header.strip() == "*" or etag.removeprefix("W/") in _ETAG.findall(header)
+
+
+class FileParts(FileResponse):
+    """A file, sent whole or in the byte ranges the route chose. The request's Range and If-Range
+    go unread here: Starlette's own reading answers a Range it cannot parse with a text/plain 400,
+    where RFC 9110 lets a server ignore it, and the route has weighed both already."""
+
+    def __init__(self, path: Path, ranges: list[tuple[int, int]] | None, **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        self.ranges = ranges
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(k, v) for k, v in scope["headers"] if k not in (b"range", b"if-range")]
+        if self.ranges:
+            headers.append((b"range", ("bytes=" + ",".join(f"{a}-{b - 1}" for a, b in self.ranges)).encode()))
+        await super().__call__({**scope, "headers": headers}, receive, send)
+
+
 def _jpeg(img: Image.Image, size: int) -> bytes:
     """The thumbnail every picture source ends in: at most ``size`` px a side, as a JPEG."""
     img.thumbnail((size, size), Image.Resampling.LANCZOS)
@@ -161,4 +229,5 @@ def _jpeg(img: Image.Image, size: int) -> bytes:
     return out.getvalue()
 
 
-__all__ = ["Forbidden", "MediaError", "MediaGuard", "Thumbnails", "media_type"]
+__all__ = ["FileParts", "Forbidden", "MediaError", "MediaGuard", "Thumbnails", "byte_ranges", "etag_matches",
+           "media_type", "served_type"]

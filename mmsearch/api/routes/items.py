@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import math
+from email.utils import formatdate
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi import Query as QueryParam
 from fastapi.responses import FileResponse
 
 from mmsearch.api.deps import ItemIdPath, ServiceDep
 from mmsearch.api.errors import ERRORS, WRITE_ERRORS
-from mmsearch.api.media import media_type
+from mmsearch.api.media import FileParts, byte_ranges, etag_matches, media_type, served_type
 from mmsearch.api.routes.search import similar_page, timed
 from mmsearch.api.schemas import (
     BrowsePage,
@@ -35,10 +36,12 @@ router = APIRouter(tags=["items"])
 MEDIA_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "The file, with its media type.",
           "content": {"image/*": {}, "audio/*": {}, "video/*": {}, "text/plain": {}, "application/octet-stream": {}}},
-    206: {"description": "Part of the file (Range request, e.g. audio and video seeking)."},
+    206: {"description": "Part of the file (Range request, e.g. audio and video seeking); a Range that is "
+                         "not a valid bytes range is ignored (RFC 9110 §14.2): the whole file."},
+    304: {"description": "Not modified (If-None-Match)."},
     403: {"model": ErrorOut, "description": "The file is outside the catalog's roots."},
     404: ERRORS[404],
-    416: {"description": "Range not satisfiable."},
+    416: {"model": ErrorOut, "description": "No part of the range is in the file; `Content-Range: bytes */SIZE`."},
 }
 
 
@@ -73,6 +76,7 @@ def item_out(row: ItemRow) -> ItemOut:
         thumbnail_url=f"/items/{row.id}/thumbnail" if pictured else None)
 
 
+@router.head("/items/{item_id}", response_model=ItemOut, include_in_schema=False)
 @router.get("/items/{item_id}", response_model=ItemOut, responses={404: ERRORS[404]}, summary="Item metadata")
 def item(item_id: ItemIdPath, service: ServiceDep) -> ItemOut:
     return item_out(service.base.item(item_id))
@@ -121,34 +125,51 @@ def item_vector(item_id: ItemIdPath, service: ServiceDep) -> ItemVectorsOut:
 
 @router.head("/items/{item_id}/media", response_class=FileResponse, responses=MEDIA_RESPONSES,
              summary="The item's file: headers only")
-def item_media_head(item_id: ItemIdPath, service: ServiceDep) -> FileResponse:
+def item_media_head(item_id: ItemIdPath, request: Request, service: ServiceDep) -> Response:
     """What GET would send, without the body: type, length, `Accept-Ranges` (players probe with it)."""
-    return item_media(item_id, service)
+    return item_media(item_id, request, service)
 
 
 @router.get("/items/{item_id}/media", response_class=FileResponse, responses=MEDIA_RESPONSES,
             summary="The item's file")
-def item_media(item_id: ItemIdPath, service: ServiceDep) -> FileResponse:
-    """The indexed file itself, with HTTP range requests (so audio and video players can seek)."""
+def item_media(item_id: ItemIdPath, request: Request, service: ServiceDep) -> Response:
+    """The indexed file itself, as the type the catalog read from its content, with HTTP range
+    requests (so audio and video players can seek) and If-None-Match (so a browser's copy is reused)."""
     row = service.base.item(item_id)
     real = service.guard.check(row.path)
-    mime = media_type(row.path)
-    if mime == "application/octet-stream" and row.facts.mime:  # an image under a name that says nothing
-        mime = row.facts.mime
-    return FileResponse(real, media_type=mime, content_disposition_type="inline",
-                        filename=real.name,
-                        headers={"Cache-Control": "private, max-age=3600",
-                                 "Content-Security-Policy": "sandbox; default-src 'none'"})
+    st = real.stat()
+    etag, modified = f'"{st.st_mtime_ns:x}-{st.st_size:x}"', formatdate(st.st_mtime, usegmt=True)
+    headers = {"ETag": etag, "Last-Modified": modified, "Cache-Control": "private, max-age=3600",
+               "Content-Security-Policy": "sandbox; default-src 'none'"}
+    if not_modified(request, etag):
+        return Response(status_code=304, headers=headers)
+    asked, if_range = request.headers.get("range"), request.headers.get("if-range")
+    ranges = byte_ranges(asked, st.st_size) if asked is not None and if_range in (None, etag, modified) else None
+    if ranges == []:
+        raise HTTPException(416, f"no part of the range asked for is in the file, which has {st.st_size} bytes",
+                            headers={"Content-Range": f"bytes */{st.st_size}"})
+    return FileParts(real, ranges, stat_result=st, media_type=served_type(row.path, row.facts.mime),
+                     content_disposition_type="inline", filename=real.name, headers=headers)
 
 
+def not_modified(request: Request, etag: str) -> bool:
+    """The client's copy is current: If-None-Match names ``etag`` (a 304 for GET and HEAD)."""
+    header = ", ".join(request.headers.getlist("if-none-match"))
+    return bool(header) and etag_matches(header, etag)
+
+
+@router.head("/items/{item_id}/thumbnail", response_class=Response, include_in_schema=False)
 @router.get("/items/{item_id}/thumbnail", response_class=Response, summary="Thumbnail",
             responses={200: {"content": {"image/jpeg": {}}, "description": "A JPEG thumbnail."},
                        304: {"description": "Not modified (If-None-Match)."},
                        403: MEDIA_RESPONSES[403], 404: ERRORS[404],
-                       422: {"model": ErrorOut, "description": "The image or video cannot be read any more."}})
+                       422: {"model": ErrorOut, "description": "A bad `size` or `t`, or the image or video "
+                                                               "cannot be read any more."}})
 def item_thumbnail(item_id: ItemIdPath, request: Request, service: ServiceDep,
                    size: Annotated[int, QueryParam(ge=16, le=1024, description="Longest side, px.")] = 256,
-                   t: Annotated[float | None, QueryParam(ge=0, le=1e7, description="Videos: the frame shown at this "
+                   # allow_inf_nan: NaN is refused as not finite (it fails the bounds with a misleading reason)
+                   t: Annotated[float | None, QueryParam(ge=0, le=1e7, allow_inf_nan=False,
+                                                         description="Videos: the frame shown at this "
                                                          "many seconds (a result's `start`); default: the "
                                                          "video's most representative frame.")] = None
                    ) -> Response:
@@ -160,7 +181,7 @@ def item_thumbnail(item_id: ItemIdPath, request: Request, service: ServiceDep,
         at = t if t is not None else representative_time(service.base, item_id)
     data, etag = service.thumbnails.get(picture, size, at)
     headers = {"ETag": etag, "Cache-Control": "private, max-age=86400"}
-    if request.headers.get("if-none-match") == etag:
+    if not_modified(request, etag):
         return Response(status_code=304, headers=headers)
     return Response(data, media_type="image/jpeg", headers=headers)
 

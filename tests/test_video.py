@@ -257,7 +257,8 @@ def test_tracks_that_end_or_start_apart_are_whole(clip_spec: str, tiny_clap_dir:
     """A file's picture and sound need not span the same time: a song with one still picture, a
     sound that stops or starts while the picture goes on, a picture that stops first. Each is
     whole (only a cut file stops every track); a late track's windows are at its time. ADTS AAC,
-    and an M4A named .mp3, are sounds, with nothing written onto the terminal."""
+    and an M4A named .mp3, are sounds, with nothing written onto the terminal; a JPEG named .mp4
+    is a photo."""
     import av
 
     from mmsearch.settings import Settings
@@ -272,6 +273,7 @@ def test_tracks_that_end_or_start_apart_are_whole(clip_spec: str, tiny_clap_dir:
     write_video(folder / "late.mkv", lambda t: PHOTOS[3], [i / 2 for i in range(20)], sound(1)[: 4 * RATE],
                 track_at=5.0)
     write_sound(folder / "raw.aac", sound(5), "adts", "aac")
+    Image.fromarray(PHOTOS[6]).save(folder / "photo_really.mp4", "JPEG")  # FFmpeg reads it as a 1-frame video
     write_sound(tmp_path / "m4a", sound(6), "ipod", "aac")
     (tmp_path / "m4a").rename(folder / "misnamed.mp3")
     cut = folder / "cut.mkv"  # a cut file stops every track: still truncated
@@ -284,7 +286,8 @@ def test_tracks_that_end_or_start_apart_are_whole(clip_spec: str, tiny_clap_dir:
         report = e.index([folder])
         failures = dict(report.failures)
         assert set(failures) == {str(cut)} and "truncated" in failures[str(cut)], failures
-        assert report.added == 6
+        assert report.added == 7
+        assert e.item(e.lookup(str(folder / "photo_really.mp4"))[0]).modality == "image"
         for name, duration in (("song.mkv", 12.0), ("short_sound.mkv", 10.0), ("short_picture.webm", 12.0)):
             item = e.item(e.lookup(str(folder / name))[0])
             assert item.modality == "video" and item.duration == pytest.approx(duration, abs=0.35), name

@@ -480,7 +480,7 @@ class _Ingest:
         p.facts = FileFacts(mime=mime_of(f.path))
         if f.size == 0:
             raise DecodeError("empty file (0 bytes)")
-        if f.kind == "image":
+        if f.kind == "image" or (f.kind == "video" and sniff_image(f.path)):  # a picture named .mp4 is a photo
             jpeg = probe_jpeg(f.path, s.max_image_pixels) if self.jpegs_on_device and \
                 f.path.lower().endswith(JPEG_SUFFIXES) else None
             if jpeg is not None:  # decoded with its batch on the encoder's device

@@ -438,9 +438,10 @@ def iter_parts(source: str | os.PathLike[str], interval: float, side: int, info:
             for sample in iter_frames(source, interval, side, info if k == 0 else VideoInfo(), start, until):
                 if not put("frame", sample):
                     return
-            put("done", None)
         except Exception as e:  # noqa: BLE001 - raised in the caller's thread
             put("error", e)
+        finally:
+            put("done", None)  # whatever ended the part: the caller never waits on a thread that is gone
 
     threads = [threading.Thread(target=decode, args=(k, a, b), name=f"mmsearch-video-part-{k}", daemon=True)
                for k, (a, b) in enumerate(bounds)]

@@ -10,7 +10,9 @@ import sqlite3
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -75,6 +77,25 @@ def make_settings(tmp_path: Path, clip_spec: str):  # type: ignore[no-untyped-de
         return Settings(**values)
 
     return make
+
+
+@contextmanager
+def served(settings: Any, folder: Path, **app: Any) -> Iterator[tuple[Any, Any]]:
+    """An engine that indexed ``folder`` with no failure, and a test client of its HTTP app
+    (``app``: create_app's options); closed after."""
+    from fastapi.testclient import TestClient
+
+    from mmsearch.api.app import create_app
+    from mmsearch.engine import Engine
+
+    engine = Engine.open(settings)
+    try:
+        report = engine.index([folder])
+        assert report.failed == 0, report.failures
+        with TestClient(create_app(engine, **app)) as client:
+            yield engine, client
+    finally:
+        engine.close()
 
 
 def flickr_images(n: int) -> list[Path]:

@@ -14,8 +14,8 @@ import re
 import shutil
 import threading
 import time
-from datetime import datetime, timezone
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from mmsearch.api.security import check_bind, is_loopback
 from mmsearch.engine import Engine
 from mmsearch.errors import MMSearchError
 from mmsearch.settings import Settings
+from tests.conftest import served
 
 TESTS = Path(__file__).resolve().parent
 DATA = TESTS.parents[1] / "shared" / "data"
@@ -82,13 +83,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, clip_spec: str) -> Iterator[
     # so what keeps them from being served is the server's own guard.
     settings = settings_for(tmp, clip_spec, api_key=KEY, max_upload_bytes=UPLOAD_LIMIT, index_roots=[media],
                             follow_links=True)
-    engine = Engine.open(settings)
-    report = engine.index([media])
-    assert report.failed == 0, report.failures
-    app = create_app(engine)
-    with TestClient(app) as client:
-        yield {"client": client, "engine": engine, "media": media, "tmp": tmp, "app": app}
-    engine.close()
+    with served(settings, media) as (engine, client):
+        yield {"client": client, "engine": engine, "media": media, "tmp": tmp, "app": client.app}
 
 
 @pytest.fixture(scope="module")

@@ -11,18 +11,16 @@ from __future__ import annotations
 import io
 import os
 import shutil
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from mmsearch.api.app import create_app
-from mmsearch.engine import Engine
 from mmsearch.settings import Settings
-from tests.conftest import CONFIG_DIR, flickr_images
+from tests.conftest import CONFIG_DIR, flickr_images, served
 from tests.video_media import photos, write_video
 
 PROBLEM = "application/problem+json"
@@ -48,13 +46,9 @@ def world(tmp_path_factory: pytest.TempPathFactory, clip_spec: str) -> Iterator[
     write_video(media / "clip.mp4", lambda t: pics[0] if t < 2 else pics[1], [i / 2 for i in range(12)])  # 6 s
     settings = Settings(catalog=tmp / "catalog", model=clip_spec, model_config_dirs=[CONFIG_DIR], audio=False,
                         batch_size=16, decode_workers=2, device="cpu")
-    engine = Engine.open(settings)
-    report = engine.index([media])
-    assert report.failed == 0, report.failures
-    ids = {p.name: engine.lookup(str(p))[0] for p in media.rglob("*") if p.is_file()}
-    with TestClient(create_app(engine, read_only=True)) as client:
+    with served(settings, media, read_only=True) as (engine, client):
+        ids = {p.name: engine.lookup(str(p))[0] for p in media.rglob("*") if p.is_file()}
         yield {"client": client, "media": media, "ids": ids}
-    engine.close()
 
 
 @pytest.fixture(scope="module")

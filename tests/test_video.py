@@ -258,7 +258,7 @@ def test_tracks_that_end_or_start_apart_are_whole(clip_spec: str, tiny_clap_dir:
     sound that stops or starts while the picture goes on, a picture that stops first. Each is
     whole (only a cut file stops every track); a late track's windows are at its time. ADTS AAC,
     and an M4A named .mp3, are sounds, with nothing written onto the terminal; a JPEG named .mp4
-    is a photo."""
+    is a photo, an MP4 named .jpg a video."""
     import av
 
     from mmsearch.settings import Settings
@@ -274,6 +274,8 @@ def test_tracks_that_end_or_start_apart_are_whole(clip_spec: str, tiny_clap_dir:
                 track_at=5.0)
     write_sound(folder / "raw.aac", sound(5), "adts", "aac")
     Image.fromarray(PHOTOS[6]).save(folder / "photo_really.mp4", "JPEG")  # FFmpeg reads it as a 1-frame video
+    write_video(tmp_path / "clip.mp4", lambda t: PHOTOS[7], [i / 2 for i in range(8)])
+    (tmp_path / "clip.mp4").rename(folder / "clip_really.jpg")  # Pillow cannot read it
     write_sound(tmp_path / "m4a", sound(6), "ipod", "aac")
     (tmp_path / "m4a").rename(folder / "misnamed.mp3")
     cut = folder / "cut.mkv"  # a cut file stops every track: still truncated
@@ -286,8 +288,9 @@ def test_tracks_that_end_or_start_apart_are_whole(clip_spec: str, tiny_clap_dir:
         report = e.index([folder])
         failures = dict(report.failures)
         assert set(failures) == {str(cut)} and "truncated" in failures[str(cut)], failures
-        assert report.added == 7
+        assert report.added == 8
         assert e.item(e.lookup(str(folder / "photo_really.mp4"))[0]).modality == "image"
+        assert e.item(e.lookup(str(folder / "clip_really.jpg"))[0]).modality == "video"
         for name, duration in (("song.mkv", 12.0), ("short_sound.mkv", 10.0), ("short_picture.webm", 12.0)):
             item = e.item(e.lookup(str(folder / name))[0])
             assert item.modality == "video" and item.duration == pytest.approx(duration, abs=0.35), name

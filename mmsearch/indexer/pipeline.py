@@ -29,7 +29,7 @@ from mmsearch.errors import BadInput, MMSearchError
 from mmsearch.indexer.progress import IngestMeter, IngestStatus
 from mmsearch.indexer.scan import OTHER, FoundFile, content_hash, dedupe_roots, kind_of, scan, scan_file
 from mmsearch.media.decode import JPEG_SUFFIXES, DecodeError, Unit, probe_jpeg, read_captions, read_image, read_text
-from mmsearch.media.formats import sniff_image
+from mmsearch.media.formats import content_kind, sniff_image
 from mmsearch.media.metadata import FileFacts, extension, mime_of
 from mmsearch.media.notes import FileNotes
 from mmsearch.settings import Settings
@@ -480,7 +480,8 @@ class _Ingest:
         p.facts = FileFacts(mime=mime_of(f.path))
         if f.size == 0:
             raise DecodeError("empty file (0 bytes)")
-        if f.kind == "image" or (f.kind == "video" and sniff_image(f.path)):  # a picture named .mp4 is a photo
+        kind = content_kind(f.path, f.kind)  # a picture named .mp4 is a photo, a video named .jpg a video
+        if kind == "image":
             jpeg = probe_jpeg(f.path, s.max_image_pixels) if self.jpegs_on_device and \
                 f.path.lower().endswith(JPEG_SUFFIXES) else None
             if jpeg is not None:  # decoded with its batch on the encoder's device
@@ -489,12 +490,12 @@ class _Ingest:
             else:
                 image, p.facts = read_image(f.path, s.max_image_pixels)
                 yield Unit("image", image)
-        elif f.kind == "text":
+        elif kind == "text":
             text = read_text(f.path, s.max_text_bytes)
             yield Unit("text", text, text=text)
-        elif f.kind == "captions":
+        elif kind == "captions":
             yield from read_captions(f.path, s.max_text_bytes, self.area)
-        elif f.kind == "audio":
+        elif kind == "audio":
             from mmsearch.media.audio import AudioDecodeError, iter_windows
 
             clap = self.encoders.get("clap")
@@ -503,7 +504,7 @@ class _Ingest:
                     yield Unit("audio", w.samples, start=w.start, end=w.end)
             except AudioDecodeError as e:
                 raise DecodeError(str(e)) from e
-        elif f.kind == "video":
+        elif kind == "video":
             from mmsearch.media.video import VideoInfo, video_units
 
             clap = self.encoders.get("clap") if self.targets("audio") else None

@@ -65,6 +65,27 @@ def heif_signature(head: bytes) -> bool:
     return head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS
 
 
+def video_signature(head: bytes) -> bool:
+    """A video container FFmpeg reads: MP4/MOV (an ISO box that is no still picture's: HEIF,
+    AVIF, CR3), Matroska/WebM, AVI."""
+    still = head[8:12] in (*_HEIF_BRANDS, b"avif", b"avis", b"crx ")
+    return ((head[4:8] == b"ftyp" and not still) or head[:4] == b"\x1a\x45\xdf\xa3"
+            or (head[:4] == b"RIFF" and head[8:12] == b"AVI "))
+
+
+def content_kind(path: str, named: str) -> str:
+    """What a picture or a video is by its content where its name says the other (a JPEG named
+    .mp4 is a photo, an MP4 named .jpg a video); ``named`` otherwise, and for unreadable files."""
+    if named == "video" and sniff_image(path):
+        return "image"
+    if named == "image":
+        try:
+            return "video" if video_signature(read_head(path)) else named
+        except OSError:
+            return named
+    return named
+
+
 def is_raw(path: str, head: bytes | None = None) -> bool:
     """Decoded by rawpy: a RAW extension, or a RAW signature under another name."""
     if ext_of(path) in RAW_EXTS:

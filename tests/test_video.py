@@ -491,7 +491,7 @@ def test_a_moment_of_a_video_is_the_query(engine: Engine, media: Path) -> None:
     assert np.allclose(moment, at_20 / np.linalg.norm(at_20), atol=1e-6)  # the frame shown at 20 s, alone
     whole = engine.runner.item_vectors([story], "clip")[story]
     assert not np.allclose(moment, whole, atol=1e-3)
-    at_end = engine.runner.item_vectors([story], "clip", at=40.2)[story]  # at the end (spans are rounded): the last frame
+    at_end = engine.runner.item_vectors([story], "clip", at=40.2)[story]  # the end (spans are rounded): the last frame
     assert np.allclose(at_end, frames.vectors[-1] / np.linalg.norm(frames.vectors[-1]), atol=1e-6)
     rows = [(1, 7, "clip.video", 0.0, 8.0), (2, 7, "clip.video", 8.0, 16.0), (3, 9, "clip.image", None, None)]
     assert at_moment(rows, 8.0) == [(2, 7, "clip.video", 8.0, 16.0), (3, 9, "clip.image", None, None)]

@@ -514,6 +514,41 @@ def test_a_runs_last_rows_are_cut_into_even_batches(make_settings, tmp_path: Pat
     assert sum(sizes) == 50 and max(sizes) <= 32 and max(rest) - min(rest) <= 1, sizes
 
 
+def test_a_stopped_ingest_leaves_no_decode_thread_behind(make_settings, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopped after its first batch while a decoder waits on a full events queue: every decode
+    thread ends (one used to wait forever to say it had exited, to a loop that no longer read)."""
+    import threading
+    import time
+
+    from mmsearch.indexer import pipeline
+
+    folder = tmp_path / "photos"
+    linked_photos(folder, 150)  # more events than the queue holds (64 at batch 16)
+    stop, blocked = threading.Event(), threading.Event()
+    real_put, real_store = pipeline._Ingest._put, pipeline._Ingest._store
+
+    def put(self, events, ev):  # type: ignore[no-untyped-def]
+        if events.full():
+            blocked.set()
+        real_put(self, events, ev)
+
+    def store_then_stop(self, key, batch, vectors):  # type: ignore[no-untyped-def]
+        real_store(self, key, batch, vectors)
+        assert blocked.wait(60)  # the decoder is held by the full queue
+        stop.set()
+
+    monkeypatch.setattr(pipeline._Ingest, "_put", put)
+    monkeypatch.setattr(pipeline._Ingest, "_store", store_then_stop)
+    with Engine.open(make_settings(batch_size=16, decode_workers=1, follow_links=True)) as e:
+        e.index([folder], stop=stop)
+        deadline = time.monotonic() + 30
+        while any(t.is_alive() for t in threading.enumerate() if "_decode_worker" in t.name) \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [t.name for t in threading.enumerate() if "_decode_worker" in t.name]
+
+
 def test_an_ingest_holds_one_session_of_its_image_tower(make_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """One new photo is a batch of one: it takes one of the tower's lanes (one-thread sessions)
     instead of opening a second session, on every core, beside them."""

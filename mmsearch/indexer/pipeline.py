@@ -471,7 +471,7 @@ class _Ingest:
                 events.put(ev, timeout=0.1)
                 return
             except queue.Full:
-                if self.stop.is_set() and ev[0] != "exit":
+                if self.stop.is_set():  # nobody reads on (run counts no exit once stopped)
                     return
 
     def _decode(self, p: _Pending) -> Iterator[Unit]:

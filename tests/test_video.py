@@ -273,6 +273,8 @@ def test_tracks_that_end_or_start_apart_are_whole(clip_spec: str, tiny_clap_dir:
     write_video(folder / "late.mkv", lambda t: PHOTOS[3], [i / 2 for i in range(20)], sound(1)[: 4 * RATE],
                 track_at=5.0)
     write_sound(folder / "raw.aac", sound(5), "adts", "aac")
+    tag = b"ID3\x04\x00\x00\x00\x00\x00\x0a" + bytes(10)  # an ID3v2.4 tag of 10 padding bytes, as rips carry
+    (folder / "tagged.mp3").write_bytes(tag + (folder / "raw.aac").read_bytes())
     Image.fromarray(PHOTOS[6]).save(folder / "photo_really.mp4", "JPEG")  # FFmpeg reads it as a 1-frame video
     write_video(tmp_path / "clip.mp4", lambda t: PHOTOS[7], [i / 2 for i in range(8)])
     (tmp_path / "clip.mp4").rename(folder / "clip_really.jpg")  # Pillow cannot read it
@@ -288,7 +290,7 @@ def test_tracks_that_end_or_start_apart_are_whole(clip_spec: str, tiny_clap_dir:
         report = e.index([folder])
         failures = dict(report.failures)
         assert set(failures) == {str(cut)} and "truncated" in failures[str(cut)], failures
-        assert report.added == 8
+        assert report.added == 9
         assert e.item(e.lookup(str(folder / "photo_really.mp4"))[0]).modality == "image"
         assert e.item(e.lookup(str(folder / "clip_really.jpg"))[0]).modality == "video"
         for name, duration in (("song.mkv", 12.0), ("short_sound.mkv", 10.0), ("short_picture.webm", 12.0)):
@@ -297,7 +299,7 @@ def test_tracks_that_end_or_start_apart_are_whole(clip_spec: str, tiny_clap_dir:
             assert set(e.vectors([item.id])) == {"clip.video", "clap.video"}, name
         late = e.vectors(e.lookup(str(folder / "late.mkv")))["clap.video"]
         assert late.start[0] == pytest.approx(5.0, abs=0.05) and late.end.max() == pytest.approx(9.0, abs=0.1)
-        for name in ("raw.aac", "misnamed.mp3"):
+        for name in ("raw.aac", "misnamed.mp3", "tagged.mp3"):
             assert e.item(e.lookup(str(folder / name))[0]).modality == "audio", name
     err = capfd.readouterr().err
     assert "mpg123" not in err and "getbits" not in err and "Illegal" not in err, err[-2000:]

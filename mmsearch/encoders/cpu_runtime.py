@@ -77,6 +77,9 @@ def onnx_available() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx", "onnxscript"))
 
 
+_OPENVINO_IMPORT = threading.Lock()
+
+
 def import_openvino() -> Any:
     """``openvino``, without its model converter (``openvino.tools.ovc``), which it imports only if
     it can. ONNX files need no converter, and importing it sends a telemetry event from a forked
@@ -84,16 +87,17 @@ def import_openvino() -> Any:
     ingests. A later ``import openvino.tools.ovc`` by the caller still works."""
     import sys
 
-    if "openvino" in sys.modules:
-        return sys.modules["openvino"]
-    had = "openvino.tools.ovc" in sys.modules
-    sys.modules.setdefault("openvino.tools.ovc", None)  # type: ignore[arg-type]  # None: "cannot import"
-    try:
-        import openvino
-    finally:
-        if not had:
-            sys.modules.pop("openvino.tools.ovc", None)
-    return openvino
+    with _OPENVINO_IMPORT:  # a second thread waits for the whole module, not a half-run __init__
+        if "openvino" in sys.modules:
+            return sys.modules["openvino"]
+        had = "openvino.tools.ovc" in sys.modules
+        sys.modules.setdefault("openvino.tools.ovc", None)  # type: ignore[arg-type]  # None: "cannot import"
+        try:
+            import openvino
+        finally:
+            if not had:
+                sys.modules.pop("openvino.tools.ovc", None)
+        return openvino
 
 
 def openvino_available() -> bool:

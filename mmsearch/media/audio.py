@@ -29,6 +29,7 @@ RESAMPLE_QUALITY = "HQ"
 # decodes shorter than this lost data.
 SHORTFALL_TOLERANCE = 0.05
 SHORTFALL_MIN_SECONDS = 0.25
+ID3_PEEK = 64 * 1024  # bytes read to see past an ID3v2 tag at a file's start (cover art makes tags larger)
 # Chunk sizes that mean "unknown length" (streamed recordings), not truncation.
 _UNKNOWN_SIZES = {0, 0xFFFFFFFF, 0x7FFFFFFF, 0xFFFFFFFFFFFFFFFF}
 _CHUNK_MISMATCH = re.compile(r"^\s*(data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
@@ -237,10 +238,23 @@ def _soundfile(source: str | BinaryIO) -> sf.SoundFile:
 
 
 def _looks_like_mp3(path: str) -> bool:
+    """An MPEG audio frame's sync and a layer (ADTS AAC has the same sync and layer 0), or an ID3
+    tag followed by anything but what FFmpeg alone reads (a damaged first frame is worth a try)."""
     with open(path, "rb") as fh:
-        head = fh.read(3)
-    # an MPEG audio frame's sync and a layer (ADTS AAC has the same sync and layer 0)
-    return head == b"ID3" or (len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0 and head[1] & 0x06 != 0)
+        head = fh.read(ID3_PEEK)
+    if head[:3] == b"ID3":
+        return not _ffmpeg_head(_past_id3(head))
+    return len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0 and head[1] & 0x06 != 0
+
+
+def _past_id3(head: bytes) -> bytes:
+    """What follows an ID3v2 tag at the start of ``head`` (MP3s and AAC rips carry one): b"" when
+    the tag is longer than ``head``; ``head`` itself when there is none."""
+    if head[:3] != b"ID3" or len(head) < 10:
+        return head
+    size = 10 + ((head[6] & 0x7F) << 21 | (head[7] & 0x7F) << 14 | (head[8] & 0x7F) << 7 | head[9] & 0x7F)
+    size += 10 if head[5] & 0x10 else 0  # a footer
+    return head[size:size + 12]
 
 
 def _ffmpeg_only(source: Path | BinaryIO) -> bool:
@@ -250,12 +264,17 @@ def _ffmpeg_only(source: Path | BinaryIO) -> bool:
     if isinstance(source, (str, os.PathLike)):
         try:
             with open(source, "rb") as fh:
-                head = fh.read(12)
+                head = fh.read(ID3_PEEK)
         except OSError:
             return False
     else:
-        head = source.read(12)
+        head = source.read(ID3_PEEK)
         source.seek(0)
+    return _ffmpeg_head(_past_id3(head))
+
+
+def _ffmpeg_head(head: bytes) -> bool:
+    """MP4/M4A/MOV (an ISO ``ftyp`` box), Matroska/WebM (EBML), ADTS AAC (sync, layer 0)."""
     return (head[4:8] == b"ftyp" or head[:4] == b"\x1a\x45\xdf\xa3"
             or (len(head) >= 2 and head[0] == 0xFF and head[1] & 0xF6 == 0xF0))
 

@@ -285,3 +285,23 @@ def test_notes_take_what_decoders_say_in_their_thread_only(caplog: pytest.LogCap
     with pytest.warns(UserWarning, match="Corrupt EXIF"):  # outside any file's notes: as before
         decoder_speaks()
     assert "odd tag 700" in caplog.text
+
+
+@pytest.mark.parametrize(("head", "kind"), [
+    (b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00", "video/mp4"),
+    (b"\x00\x00\x00\x1cftypmp42\x00\x00\x00\x00", "video/mp4"),
+    (b"\x00\x00\x00\x14ftypqt  \x00\x00\x02\x00", "video/quicktime"),
+    (b"\x00\x00\x00\x20ftyp3gp5\x00\x00\x00\x00", "video/mp4"),
+    (b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81\x01", "video/x-matroska"),
+    (b"RIFF\x00\x10\x00\x00AVI LIST", "video/x-msvideo"),
+    (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00", None),  # HEIF pictures share the ISO box
+    (b"\x00\x00\x00\x18ftypmif2\x00\x00\x00\x00", None),
+    (b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00", None),
+    (b"\x00\x00\x00\x18ftypcrx \x00\x00\x00\x01", None),  # a Canon CR3
+    (b"RIFF\x24\x00\x00\x00WAVEfmt ", None),
+    (b"\xff\xd8\xff\xe0\x00\x10JFIF", None),
+])
+def test_video_containers_are_told_from_pictures_by_their_first_bytes(head: bytes, kind: str | None) -> None:
+    from mmsearch.media.formats import video_type
+
+    assert video_type(head) == kind

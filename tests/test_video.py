@@ -292,7 +292,8 @@ def test_tracks_that_end_or_start_apart_are_whole(clip_spec: str, tiny_clap_dir:
         assert set(failures) == {str(cut)} and "truncated" in failures[str(cut)], failures
         assert report.added == 9
         assert e.item(e.lookup(str(folder / "photo_really.mp4"))[0]).modality == "image"
-        assert e.item(e.lookup(str(folder / "clip_really.jpg"))[0]).modality == "video"
+        clip = e.item(e.lookup(str(folder / "clip_really.jpg"))[0])
+        assert clip.modality == "video" and clip.facts.mime == "video/mp4"  # recorded (and served) as what it is
         for name, duration in (("song.mkv", 12.0), ("short_sound.mkv", 10.0), ("short_picture.webm", 12.0)):
             item = e.item(e.lookup(str(folder / name))[0])
             assert item.modality == "video" and item.duration == pytest.approx(duration, abs=0.35), name

@@ -29,7 +29,7 @@ from mmsearch.errors import BadInput, MMSearchError
 from mmsearch.indexer.progress import IngestMeter, IngestStatus
 from mmsearch.indexer.scan import OTHER, FoundFile, content_hash, dedupe_roots, kind_of, scan, scan_file
 from mmsearch.media.decode import JPEG_SUFFIXES, DecodeError, Unit, probe_jpeg, read_captions, read_image, read_text
-from mmsearch.media.formats import content_kind, sniff_image
+from mmsearch.media.formats import content_kind, read_head, sniff_image, video_type
 from mmsearch.media.metadata import FileFacts, extension, mime_of
 from mmsearch.media.notes import FileNotes
 from mmsearch.settings import Settings
@@ -481,6 +481,10 @@ class _Ingest:
         if f.size == 0:
             raise DecodeError("empty file (0 bytes)")
         kind = content_kind(f.path, f.kind)  # a picture named .mp4 is a photo, a video named .jpg a video
+        if kind != f.kind:  # recorded as what it is: counted, re-embedded and served as that
+            p.found = f = replace(f, kind=kind)
+            if kind == "video":
+                p.facts = FileFacts(mime=video_type(read_head(f.path)))
         if kind == "image":
             jpeg = probe_jpeg(f.path, s.max_image_pixels) if self.jpegs_on_device and \
                 f.path.lower().endswith(JPEG_SUFFIXES) else None

@@ -39,6 +39,8 @@ STILL_IMAGE_EXTS = PILLOW_EXTS | HEIF_EXTS | RAW_EXTS
 HEAD_BYTES = 32  # enough for every signature below
 _TIFF = (b"II*\x00", b"MM\x00*")
 _HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")
+_VIDEO_BRANDS = (b"mp41", b"mp42", b"M4V ", b"M4VH", b"M4VP", b"M4A ", b"M4B ", b"avc1", b"dash", b"mmp4",
+                 b"f4v ", b"XAVC", b"MSNV", b"NDAS", b"MiHB")  # ISO brands of videos (and M4A sounds)
 
 
 def ext_of(path: str) -> str:
@@ -65,12 +67,19 @@ def heif_signature(head: bytes) -> bool:
     return head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS
 
 
-def video_signature(head: bytes) -> bool:
-    """A video container FFmpeg reads: MP4/MOV (an ISO box that is no still picture's: HEIF,
-    AVIF, CR3), Matroska/WebM, AVI."""
-    still = head[8:12] in (*_HEIF_BRANDS, b"avif", b"avis", b"crx ")
-    return ((head[4:8] == b"ftyp" and not still) or head[:4] == b"\x1a\x45\xdf\xa3"
-            or (head[:4] == b"RIFF" and head[8:12] == b"AVI "))
+def video_type(head: bytes) -> str | None:
+    """The media type of a video container FFmpeg reads, from its first bytes: MP4/M4V/3GP and
+    QuickTime (by their ISO brands: HEIF and AVIF pictures share the box), Matroska/WebM, AVI."""
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand == b"qt  ":
+            return "video/quicktime"
+        if brand in _VIDEO_BRANDS or brand[:3] in (b"iso", b"3gp", b"3g2"):
+            return "video/mp4"
+        return None
+    if head[:4] == b"\x1a\x45\xdf\xa3":
+        return "video/x-matroska"
+    return "video/x-msvideo" if head[:4] == b"RIFF" and head[8:12] == b"AVI " else None
 
 
 def content_kind(path: str, named: str) -> str:
@@ -80,7 +89,7 @@ def content_kind(path: str, named: str) -> str:
         return "image"
     if named == "image":
         try:
-            return "video" if video_signature(read_head(path)) else named
+            return "video" if video_type(read_head(path)) else named
         except OSError:
             return named
     return named

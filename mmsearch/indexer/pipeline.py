@@ -509,11 +509,11 @@ class _Ingest:
             except AudioDecodeError as e:
                 raise DecodeError(str(e)) from e
         elif kind == "video":
-            from mmsearch.media.video import VideoInfo, video_units
+            from mmsearch.media.video import VideoInfo, splittable, video_units
 
             clap = self.encoders.get("clap") if self.targets("audio") else None
             info = VideoInfo()
-            extra = self._borrow_decoders()
+            extra = self._borrow_decoders() if self.spare_decoders and splittable(f.path) else 0
             try:
                 yield from video_units(f.path, s.video_interval, s.video_frame_side or DEFAULT_FRAME_SIDE,
                                        (clap.sample_rate, clap.window_seconds) if clap else None,  # type: ignore[attr-defined]

@@ -386,6 +386,11 @@ def _other_streams_end(c: Any, vs: Any, base: float, since: float) -> float:
     return end
 
 
+def splittable(path: str) -> bool:
+    """Long enough for two parts: whether a video is worth the decode threads it would hold."""
+    return (media_seconds(Path(path)) or 0.0) >= 2 * MIN_PART_SECONDS
+
+
 def part_cuts(source: str | os.PathLike[str], parts: int) -> list[float]:
     """Key frame times that cut a video into up to ``parts`` parts of about equal length (each at
     least ``MIN_PART_SECONDS``), found by seeking: an index lookup, not a read of the video.
@@ -419,7 +424,9 @@ def iter_parts(source: str | os.PathLike[str], interval: float, side: int, info:
     come: not in time order. One decoder thread reaches about 85x real time on 1080p H.264 at a
     frame per 2 s (17.8 ms a frame here), under what an encoder on a GPU takes; one long video
     then keeps every spare core decoding. Spans still tile the video: a part's last one ends where
-    the next part's first begins. The first failure stops every part and is raised."""
+    the next part's first begins. Each part starts with a sample at its key frame, so where cuts
+    do not fall on a one-thread decode's samples, the samples near a cut differ from its (a
+    still shot crossing a cut is two frames). The first failure stops every part and is raised."""
     bounds = list(zip([0.0, *cuts], [*cuts, None]))
     out: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=4 * len(bounds))
     stop = threading.Event()

@@ -454,9 +454,13 @@ class _Ingest:
             self._lend_decoders(1)  # no file left for this thread: a long video's parts may use it
             self._put(events, ("exit",))
 
-    def _borrow_decoders(self) -> int:
+    def _borrow_decoders(self, video: str) -> int:
         """The decode threads no file holds (none were started for them, or their worker found no
-        file left): a long video takes them all, to decode its parts side by side."""
+        file left): a video long enough for parts takes them all, to decode them side by side."""
+        from mmsearch.media.video import splittable
+
+        if not self.spare_decoders or not splittable(video):
+            return 0
         with self.spare_lock:
             spare, self.spare_decoders = self.spare_decoders, 0
             return spare
@@ -509,11 +513,11 @@ class _Ingest:
             except AudioDecodeError as e:
                 raise DecodeError(str(e)) from e
         elif kind == "video":
-            from mmsearch.media.video import VideoInfo, splittable, video_units
+            from mmsearch.media.video import VideoInfo, video_units
 
             clap = self.encoders.get("clap") if self.targets("audio") else None
             info = VideoInfo()
-            extra = self._borrow_decoders() if self.spare_decoders and splittable(f.path) else 0
+            extra = self._borrow_decoders(f.path)
             try:
                 yield from video_units(f.path, s.video_interval, s.video_frame_side or DEFAULT_FRAME_SIDE,
                                        (clap.sample_rate, clap.window_seconds) if clap else None,  # type: ignore[attr-defined]
@@ -692,7 +696,7 @@ class _DecodeOnly:
     def targets(self, modality: str) -> list[str]:
         return list(self.spaces_of.get(modality, []))
 
-    def _borrow_decoders(self) -> int:
+    def _borrow_decoders(self, video: str) -> int:
         return 0  # a task decodes its file on its own thread: its video is not cut into parts
 
     def _lend_decoders(self, n: int) -> None:

@@ -3,7 +3,9 @@ Paint sounds), with PyAV: H.264 frames of 96x64 pixels at a few frames per secon
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -43,35 +45,36 @@ def write_video(path: Path, picture_at: Callable[[float], np.ndarray], times: Se
     stored turned clockwise and the display matrix says to turn them back (as phones do).
     ``codec_options`` override the encoder's (B-frames, scene cut detection); ``track_at``: the
     track starts this many seconds in."""
-    c = av.open(str(path), "w", options=options or {})
-    v = c.add_stream(codec, rate=4)
-    h, w = picture_at(times[0]).shape[:2]  # the pictures' size (photos(): SIZE)
-    w, h = (w, h) if rotate in (0, 180) else (h, w)
-    v.width, v.height, v.pix_fmt = w, h, "yuvj420p" if codec == "mjpeg" else "yuv420p"
-    v.options = {"g": str(gop), "bf": "0"} if codec == "libx264" else {"g": str(gop)} if codec != "mjpeg" else {}
-    v.options = {**v.options, **(codec_options or {})}
-    if rotate:
-        v.set_display_rotation(rotate)
-    v.codec_context.time_base = MS  # frame times in milliseconds: any frame rate, variable too
-    a = None
-    if track is not None:
-        a = c.add_stream(audio_codec, rate=RATE)
-        a.layout = "mono"
-    for t in times:
-        arr = picture_at(t)
+    with _scheduling_kept():  # SVT-AV1 turns its caller real-time
+        c = av.open(str(path), "w", options=options or {})
+        v = c.add_stream(codec, rate=4)
+        h, w = picture_at(times[0]).shape[:2]  # the pictures' size (photos(): SIZE)
+        w, h = (w, h) if rotate in (0, 180) else (h, w)
+        v.width, v.height, v.pix_fmt = w, h, "yuvj420p" if codec == "mjpeg" else "yuv420p"
+        v.options = {"g": str(gop), "bf": "0"} if codec == "libx264" else {"g": str(gop)} if codec != "mjpeg" else {}
+        v.options = {**v.options, **(codec_options or {})}
         if rotate:
-            arr = np.ascontiguousarray(np.rot90(arr, k=-rotate // 90))
-        frame = av.VideoFrame.from_ndarray(arr, format="rgb24")
-        frame.pts = round(t * 1000)
-        frame.time_base = MS
-        for p in v.encode(frame):
+            v.set_display_rotation(rotate)
+        v.codec_context.time_base = MS  # frame times in milliseconds: any frame rate, variable too
+        a = None
+        if track is not None:
+            a = c.add_stream(audio_codec, rate=RATE)
+            a.layout = "mono"
+        for t in times:
+            arr = picture_at(t)
+            if rotate:
+                arr = np.ascontiguousarray(np.rot90(arr, k=-rotate // 90))
+            frame = av.VideoFrame.from_ndarray(arr, format="rgb24")
+            frame.pts = round(t * 1000)
+            frame.time_base = MS
+            for p in v.encode(frame):
+                c.mux(p)
+        for p in v.encode():
             c.mux(p)
-    for p in v.encode():
-        c.mux(p)
-    if a is not None and track is not None:
-        _encode_mono(c, a, track, RATE, round(track_at * RATE))
-    c.close()
-    return path
+        if a is not None and track is not None:
+            _encode_mono(c, a, track, RATE, round(track_at * RATE))
+        c.close()
+        return path
 
 
 def write_sound(path: Path, samples: np.ndarray, fmt: str, codec: str, rate: int = RATE) -> Path:
@@ -95,3 +98,15 @@ def _encode_mono(container: Any, stream: Any, samples: np.ndarray, rate: int, fi
             container.mux(p)
     for p in stream.encode():
         container.mux(p)
+
+
+@contextmanager
+def _scheduling_kept() -> Iterator[None]:
+    """The calling thread's scheduling as it was: SVT-AV1 turns its caller SCHED_FIFO 99, and a
+    later spin-wait in that thread (OpenVINO compiling a model) then starves the test run."""
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        yield
+    finally:
+        if os.sched_getscheduler(0) != policy:
+            os.sched_setscheduler(0, policy, param)

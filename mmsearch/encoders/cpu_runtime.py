@@ -287,6 +287,14 @@ class _LaneRunner:
     def _lone_on_lane(self) -> bool:
         return self.lanes > 1 and self.ingesting and not self._queries
 
+    def _rows_and_lanes(self, inputs: Sequence[np.ndarray]) -> tuple[int, int]:
+        """A batch's rows, and the lanes it runs on (no more than its rows)."""
+        rows = len(inputs[0]) if len(inputs) else 0
+        return rows, min(self.lanes, rows)
+
+    def _feed(self, names: Sequence[str], inputs: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        return {n: x for n, x in zip(names, inputs) if n in self.input_names}  # the exporter drops unused inputs
+
 
 class OrtRunner(_LaneRunner):
     """ONNX Runtime on the CPU, every graph optimisation (fusions, layout) on: a session per
@@ -327,8 +335,7 @@ class OrtRunner(_LaneRunner):
             return self._sessions[threads]
 
     def __call__(self, names: Sequence[str], inputs: Sequence[np.ndarray]) -> np.ndarray:
-        rows = len(inputs[0]) if len(inputs) else 0
-        lanes = min(self.lanes, rows)
+        rows, lanes = self._rows_and_lanes(inputs)
         if lanes <= 1:
             session = self._session(1 if self._lone_on_lane() else self.threads)
             return self._run(session, self._feed(names, inputs))
@@ -340,9 +347,6 @@ class OrtRunner(_LaneRunner):
         others = [self._pool.submit(self._run, session, part) for part in parts[1:]]
         first = self._run(session, parts[0])  # this thread runs a part too
         return np.concatenate([first, *(f.result() for f in others)])
-
-    def _feed(self, names: Sequence[str], inputs: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-        return {n: x for n, x in zip(names, inputs) if n in self.input_names}  # the exporter drops unused inputs
 
     @staticmethod
     def _run(session: Any, feed: dict[str, np.ndarray]) -> np.ndarray:
@@ -382,12 +386,10 @@ class OpenVinoRunner(_LaneRunner):
             return self._compiled[streams]
 
     def __call__(self, names: Sequence[str], inputs: Sequence[np.ndarray]) -> np.ndarray:
-        rows = len(inputs[0]) if len(inputs) else 0
-        lanes = min(self.lanes, rows)
+        rows, lanes = self._rows_and_lanes(inputs)
         streams = self.lanes if lanes > 1 or self._lone_on_lane() else 1
         compiled = self._model(streams)
-        feed = {n: x for n, x in zip(names, inputs) if n in self.input_names}
-        parts = lane_parts(feed, rows, max(1, lanes))
+        parts = lane_parts(self._feed(names, inputs), rows, max(1, lanes))
         with self._lock:  # an infer request serves one call at a time
             requests = [self._idle[streams].pop() if self._idle[streams] else compiled.create_infer_request()
                         for _ in parts]

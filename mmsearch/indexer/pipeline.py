@@ -109,10 +109,14 @@ class _Pending:
     content_hash: str | None = None
     facts: FileFacts | None = None  # read by the decode worker
     note: str | None = None  # what the decoder warned about (media/notes.py)
-    covered: float = 0.0  # seconds of its sound or video embedded so far: the larger of
-    frames_span: float = 0.0  # ... its video frames' spans added up
-    sound_end: float = 0.0  # ... and the end of its last sound window
+    frames_span: float = 0.0  # its video frames' spans added up (they tile the video)
+    sound_end: float = 0.0  # the end of its last sound window
     items: dict[tuple[str, int], NewItem] = field(default_factory=dict)
+
+    @property
+    def covered(self) -> float:
+        """Seconds of its sound or video embedded so far: a file's time once, whichever embeds it."""
+        return max(self.frames_span, self.sound_end)
 
 
 def index_folders(paths: Sequence[Path], writer: CatalogWriter, encoders: EncoderSet, settings: Settings,
@@ -602,17 +606,16 @@ class _Ingest:
                 item.duration = unit.duration
             elif unit.end is not None:
                 item.duration = max(item.duration or 0.0, unit.end)
-            if unit.end is not None:  # the live count of seconds of media: a file's time once
-                # a video's frames add their spans (they tile it; parts decoded side by side come in
-                # any order), other units (sound windows, a track's too) reach as far as their end
+            if unit.end is not None:  # the live count of seconds of media
+                # a video's frames add their spans (parts decoded side by side come in any order),
+                # other units (sound windows, a track's too) reach as far as their end
+                before = p.covered
                 if unit.item == "video" and unit.modality == "image" and unit.start is not None:
                     p.frames_span += unit.end - unit.start
                 else:
                     p.sound_end = max(p.sound_end, unit.end)
-                covered = max(p.frames_span, p.sound_end)
-                if covered > p.covered:
-                    self.meter.media(covered - p.covered)
-                    p.covered = covered
+                if p.covered > before:
+                    self.meter.media(p.covered - before)
             p.embedded += 1
             touched.add(idx)
         for idx in touched:

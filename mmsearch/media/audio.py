@@ -23,6 +23,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from mmsearch.media.formats import EBML_MAGIC
+
 BLOCK_FRAMES = 65_536  # source frames per read: ~1.4 s at 48 kHz, ~1.5 MB for 6 channels
 RESAMPLE_QUALITY = "HQ"
 # An MP3 header's length is an estimate (real files decode up to ~2% short); a file that
@@ -275,7 +277,7 @@ def _ffmpeg_only(source: Path | BinaryIO) -> bool:
 
 def _ffmpeg_head(head: bytes) -> bool:
     """MP4/M4A/MOV (an ISO ``ftyp`` box), Matroska/WebM (EBML), ADTS AAC (sync, layer 0)."""
-    return (head[4:8] == b"ftyp" or head[:4] == b"\x1a\x45\xdf\xa3"
+    return (head[4:8] == b"ftyp" or head[:4] == EBML_MAGIC
             or (len(head) >= 2 and head[0] == 0xFF and head[1] & 0xF6 == 0xF0))
 
 

@@ -38,6 +38,7 @@ STILL_IMAGE_EXTS = PILLOW_EXTS | HEIF_EXTS | RAW_EXTS
 
 HEAD_BYTES = 32  # enough for every signature below
 _TIFF = (b"II*\x00", b"MM\x00*")
+EBML_MAGIC = b"\x1a\x45\xdf\xa3"  # Matroska and WebM start with it
 _HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")
 _VIDEO_BRANDS = (b"mp41", b"mp42", b"M4V ", b"M4VH", b"M4VP", b"M4A ", b"M4B ", b"avc1", b"dash", b"mmp4",
                  b"f4v ", b"XAVC", b"MSNV", b"NDAS", b"MiHB")  # ISO brands of videos (and M4A sounds)
@@ -77,7 +78,7 @@ def video_type(head: bytes) -> str | None:
         if brand in _VIDEO_BRANDS or brand[:3] in (b"iso", b"3gp", b"3g2"):
             return "video/mp4"
         return None
-    if head[:4] == b"\x1a\x45\xdf\xa3":
+    if head[:4] == EBML_MAGIC:
         return "video/x-matroska"
     return "video/x-msvideo" if head[:4] == b"RIFF" and head[8:12] == b"AVI " else None
 

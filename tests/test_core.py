@@ -307,8 +307,11 @@ def test_a_delete_in_progress_never_blocks_queries(indexed, photo_dir: Path, mon
         assert victim not in [h.id for h in e.search(Query(image=img.read_bytes(), to="image", k=24)).results]
 
 
-def test_a_passing_failure_is_retried_on_the_next_run(indexed, photo_dir: Path,
+@pytest.mark.parametrize("beside", [False, True], ids=["after-decoding", "beside-decoding"])
+def test_a_passing_failure_is_retried_on_the_next_run(indexed, photo_dir: Path, beside: bool,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    # large files are hashed on a thread of their own: its failure reaches the record the same way
+    monkeypatch.setattr(pipeline, "HASH_BESIDE_BYTES", 0 if beside else 1 << 62)
     note = photo_dir / "notes" / "later.txt"
     note.write_text("written when the disk was full")
     real = pipeline.content_hash
@@ -327,6 +330,30 @@ def test_a_passing_failure_is_retried_on_the_next_run(indexed, photo_dir: Path,
         report = e.index([photo_dir])
         assert (report.failed, report.updated) == (0, 1)
         assert e.lookup(note)
+
+
+def test_large_files_are_hashed_while_they_decode(make_settings, photo_dir: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """A long video's hash is read beside its decoding, not after its last frame; small files keep
+    theirs after their units (no thread each). Either way the catalog holds the file's real hash."""
+    threads: dict[str, str] = {}
+    real = pipeline.content_hash
+
+    def recorded(path: str) -> str:
+        threads[path] = threading.current_thread().name
+        return real(path)
+
+    monkeypatch.setattr(pipeline, "content_hash", recorded)
+    big = sorted(photo_dir.rglob("*.jpg"))[0]
+    monkeypatch.setattr(pipeline, "HASH_BESIDE_BYTES", big.stat().st_size)
+    with Engine.open(make_settings()) as e:
+        assert e.index([photo_dir]).failed == 0
+        with e.catalog.sessions() as s:
+            stored = dict(s.execute(select(File.path, File.content_hash)).all())
+    small = [p for p in stored if Path(p).stat().st_size < big.stat().st_size]
+    assert threads[str(big)] == "mmsearch-hash" and small
+    assert all(threads[p] != "mmsearch-hash" for p in small)
+    assert all(h == hashlib.blake2b(Path(p).read_bytes(), digest_size=16).hexdigest() for p, h in stored.items())
 
 
 def test_a_full_disk_mid_ingest_loses_and_duplicates_nothing(make_settings, photo_dir: Path, tmpfs,

@@ -42,6 +42,7 @@ PASSING_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.ENOMEM, errno.EMFI
 DEFAULT_FRAME_SIDE = 256  # video frames' short side for an image encoder that does not say its own
 IDLE_SHARE = 0.25  # an idle encoder takes a part batch of at least this share of its batch size
 IDLE_WAIT = 0.05  # seconds without a decoded unit before the encoder takes whatever is waiting
+HASH_BESIDE_BYTES = 32 << 20  # a file this large is hashed on a thread of its own while it decodes
 PASSING_SQL = ("disk is full", "out of memory", "database is locked", "no space left")
 
 
@@ -278,6 +279,21 @@ def _fill_facts(unread: list[tuple[int, FoundFile]], writer: CatalogWriter, batc
                            if (facts := header_facts(f.path)) is not None])
 
 
+def _hashed_beside(path: str) -> Future[str]:
+    """The file's content hash, read on a thread of its own: a long video's read (a second for a
+    1 GB film) overlaps its decoding instead of delaying its commit after the last frame."""
+    digest: Future[str] = Future()
+
+    def read() -> None:
+        try:
+            digest.set_result(content_hash(path))
+        except BaseException as e:  # noqa: BLE001 - raised where the hash is asked for
+            digest.set_exception(e)
+
+    threading.Thread(target=read, name="mmsearch-hash", daemon=True).start()
+    return digest
+
+
 def _moved(p: _Pending, writer: CatalogWriter, gone: set[str], report: IndexReport) -> bool:
     """A new file with the content of a known file that is no longer where it was (gone in this
     scan, or outside the folders scanned: a renamed folder) takes over that file's row, items
@@ -429,6 +445,8 @@ class _Ingest:
                     return
                 n, error = 0, None
                 with FileNotes() as notes:  # what the decoder says about this file goes on its record
+                    found = self.work[idx].found
+                    digest = _hashed_beside(found.path) if found.size >= HASH_BESIDE_BYTES else None
                     try:
                         try:
                             for unit in self._decode(self.work[idx]):
@@ -442,8 +460,8 @@ class _Ingest:
                                     return
                         except DecodeError as e:
                             error = str(e)
-                        # hashed once its units are out: the encoder does not wait on a long video's read
-                        self.work[idx].content_hash = content_hash(self.work[idx].found.path)
+                        # a small file is hashed once its units are out: the encoder does not wait on its read
+                        self.work[idx].content_hash = digest.result() if digest else content_hash(found.path)
                     except (MemoryError, OSError) as e:
                         if error is None:  # a file that failed to decode keeps that reason
                             error = f"{type(e).__name__}: {e}"

@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROC_CGROUP = Path("/proc/self/cgroup")
-GPU_DECODE_WORKERS = 8  # header checks and non-JPEG decodes feeding a GPU encoder
+# decode threads feeding a GPU encoder (header checks, non-JPEG images, a long video's parts): on
+# a 16-core H100 machine, 1080p H.264 indexed at 253x real time with 16 against 216x with 8
+GPU_DECODE_WORKERS = 16
 _configured: int | None = None  # ``threads`` of the last settings applied (faiss reads it per call)
 
 
@@ -122,7 +124,7 @@ def intra_op_threads(settings: Settings | None = None) -> int:
 
 
 def decode_workers(settings: Settings, on_gpu: bool) -> int:
-    """Decode threads for ingest: the ``decode_workers`` setting, else up to 8 when the encoder
+    """Decode threads for ingest: the ``decode_workers`` setting, else up to 16 when the encoder
     runs on a GPU (decoding is the bound there), one per 4 cores on the CPU (decoding takes a
     fraction of the encoder's time; more threads would take cores from it)."""
     if settings.decode_workers:

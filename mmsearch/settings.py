@@ -38,7 +38,7 @@ class Settings(BaseSettings):
                             "weights checksum, so a model is exported once.")
     batch_size: int = Field(32, ge=1, le=4096)
     decode_workers: int | None = Field(
-        None, ge=1, description="Decode threads; default: up to 8 when the encoder runs on a GPU (decoding "
+        None, ge=1, description="Decode threads; default: up to 16 when the encoder runs on a GPU (decoding "
         "is the bottleneck there), one per 4 available cores on the CPU (more would take cores from the "
         "encoder). Available cores: CPU affinity capped by the cgroup quota (mmsearch/cpus.py). Threads with "
         "no file left to take decode a long video's parts side by side.")

@@ -88,6 +88,10 @@ def test_thread_counts_follow_settings_then_cores(fake: Fake) -> None:
     assert cpus.decode_workers(Settings(), on_gpu=False) == 1
     assert cpus.decode_workers(Settings(), on_gpu=True) == 4
     assert cpus.decode_workers(Settings(decode_workers=3), on_gpu=False) == 3
+    fake(affinity=32, files={"cpu.max": "max 100000"})
+    assert cpus.decode_workers(Settings(), on_gpu=True) == 16  # feeding a GPU: up to 16
+    assert cpus.decode_workers(Settings(), on_gpu=False) == 8
+    fake(affinity=16, files={"cpu.max": "400000 100000"})
     assert Settings().resolved_build_threads() == 3
     assert Settings(threads=2).resolved_build_threads() == 1
     assert Settings(build_threads=7).resolved_build_threads() == 7

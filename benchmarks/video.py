@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -41,12 +42,13 @@ REPO = Path(__file__).resolve().parents[1]
 PHOTOS = REPO.parent / "shared" / "data" / "flickr8k-1k" / "images"
 
 
-def make_video(path: Path, seconds: int, fps: int, gop: int, width: int = 1280, height: int = 720) -> None:
+def make_video(path: Path, seconds: int, fps: int, gop: int, width: int = 1280, height: int = 720,
+               source: Path = PHOTOS) -> None:
     """Each photo is shown for 3 s, panning slowly across it (a camera move)."""
     import av
     from PIL import Image
 
-    photos = sorted(PHOTOS.glob("*.jpg"))
+    photos = sorted(source.glob("*.jpg"))
     c = av.open(str(path), "w")
     s = c.add_stream("libx264", rate=fps)
     s.width, s.height, s.pix_fmt = width, height, "yuv420p"
@@ -81,17 +83,30 @@ def main() -> None:
     ap.add_argument("--size", default="1280x720", help="WIDTHxHEIGHT of the video made (1920x1080: full HD).")
     ap.add_argument("--decode-workers", type=int, default=None,
                     help="Settings.decode_workers (default: the pipeline's choice); a lone video takes them all.")
+    ap.add_argument("--photos", type=Path, default=PHOTOS, help="Folder of JPEGs the video is made of.")
+    ap.add_argument("--video", type=Path, default=None,
+                    help="Make the video at this path once and reuse it on later runs with the same options.")
     args = ap.parse_args()
     cores = available_cpus()
 
     decode_s, decode_cpu_s, encoder_s, encoder_cpu_s, pipeline_s = [], [], [], [], []
+    timelines: list[str] = []  # where each pipeline run spent its time, as its progress reports say
     with tempfile.TemporaryDirectory() as tmp:
         media = Path(tmp) / "media"
         media.mkdir()
         video = media / "clip.mp4"
         t0 = time.perf_counter()
         width, height = (int(x) for x in args.size.split("x"))
-        make_video(video, args.seconds, args.fps, args.gop, width, height)
+        if args.video is None:
+            make_video(video, args.seconds, args.fps, args.gop, width, height, args.photos)
+        else:
+            if not args.video.exists():
+                args.video.parent.mkdir(parents=True, exist_ok=True)
+                make_video(args.video, args.seconds, args.fps, args.gop, width, height, args.photos)
+            try:  # a link would lead outside the indexed folder, which ingest does not follow
+                os.link(args.video, video)
+            except OSError:
+                shutil.copyfile(args.video, video)
         made_s = time.perf_counter() - t0
         size_mb = video.stat().st_size / 2**20
         base = Settings(model=args.model, audio=False, batch_size=args.batch_size, runtime=args.runtime,
@@ -125,17 +140,23 @@ def main() -> None:
             encoder_cpu_s.append(time.process_time() - c0)
             with Engine.open(base.model_copy(update={"catalog": Path(tmp) / f"run{run}"}),
                              encoders=preloaded) as engine:
+                heard: list[tuple[float, str, int]] = []
                 t0 = time.perf_counter()
-                report = engine.index([media])
+                report = engine.index([media], status=lambda st: heard.append(
+                    (time.perf_counter() - t0, st.phase, st.items_done)))
                 pipeline_s.append(time.perf_counter() - t0)
-                stored = len(engine.vectors(engine.lookup(str(video)))["clip.video"].ids)
+                timelines.append(_timeline(heard, pipeline_s[-1]))
+                kept = engine.vectors(engine.lookup(str(video)))["clip.video"]
+                stored = len(kept.ids)
+        agreement = _agreement(enc, base, prepared[: args.batch_size], kept)
     assert report.failed == 0 and stored == n == len(prepared), (report.failures, stored, n)
     print(f"video={args.seconds}s {args.fps}fps gop={args.gop} {args.size} made_in={made_s:.1f}s frames={n} "
           f"decode_threads={len(cuts) + 1} device={enc.device} "
           f"interval={args.interval} batch={args.batch_size} model={enc.spec} runtime={getattr(enc, 'runtime', 'torch')} "
           f"decode_s={_fmt(decode_s)} decode_cpu_s={_fmt(decode_cpu_s)} encoder_s={_fmt(encoder_s)} "
           f"encoder_cpu_s={_fmt(encoder_cpu_s)} cores={cores} "
-          f"pipeline_s={_fmt(pipeline_s)} mb={size_mb:.1f} load={os.getloadavg()[0]:.1f}",
+          f"pipeline_s={_fmt(pipeline_s)} mb={size_mb:.1f} load={os.getloadavg()[0]:.1f}{agreement} "
+          f"timeline={timelines[len(timelines) // 2]}",
           file=sys.stderr)
     pipe, alone, dec = (statistics.median(x) for x in (pipeline_s, encoder_s, decode_s))
     dec_cpu, enc_cpu = statistics.median(decode_cpu_s), statistics.median(encoder_cpu_s)
@@ -146,6 +167,33 @@ def main() -> None:
           f"ratio={alone / pipe:.3f} decode_ms_per_frame={1000 * dec / n:.1f} "
           f"decode_cpu_ms_per_frame={1000 * dec_cpu / n:.1f} decode_share={dec / pipe:.3f} "
           f"decode_cpu_share={dec_cpu / (dec_cpu + enc_cpu):.3f} ratio_bound={bound:.3f}")
+
+
+def _agreement(enc, base: Settings, prepared: list, kept) -> str:  # type: ignore[no-untyped-def]
+    """On a GPU: the lowest cosine between the CPU encoder's vectors of the first frames and the
+    closest vectors the pipeline stored (float16 autocast against float32), so a fast run is
+    also a right one."""
+    if enc.device == "cpu":
+        return ""
+    from mmsearch.encoders import load_encoder
+
+    cpu = load_encoder(enc.spec, base.model_copy(update={"device": "cpu", "runtime": "torch"}))
+    reference = cpu.encode("image", prepared)
+    return f" gpu_cpu_min_cosine={float((reference @ kept.vectors.T).max(axis=1).min()):.5f}"
+
+
+def _timeline(heard: list[tuple[float, str, int]], total: float) -> str:
+    """When each phase began, the first and the last vectors were stored, and the run ended, in s
+    (progress reports come at most every ``IngestMeter.every``, so times are late by up to that)."""
+    marks, phase = [], None
+    for t, ph, _ in heard:
+        if ph != phase:
+            marks.append(f"{ph}@{t:.2f}")
+            phase = ph
+    stored = [t for t, _, n in heard if n > 0]
+    first = stored[0] if stored else float("nan")
+    last = next((t for t, _, n in heard if stored and n == heard[-1][2]), first)  # the final count
+    return ",".join([*marks, f"first_vectors@{first:.2f}", f"all_vectors@{last:.2f}", f"end@{total:.2f}"])
 
 
 def _fmt(xs: list[float]) -> str:

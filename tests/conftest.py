@@ -23,6 +23,9 @@ FLICKR = DATA / "flickr8k-1k"
 TUXPAINT = DATA / "tuxpaint"
 ANIMALS = DATA / "animals-cc0"
 CONFIG_DIR = Path(__file__).parent / "assets"
+# the device the shared fixtures' encoders run on: the CPU in CI; MMSEARCH_TEST_DEVICE=cuda runs the
+# same tests on a GPU machine (fp16 autocast, device-side image staging), as docs/benchmarks.md does
+DEVICE = os.environ.get("MMSEARCH_TEST_DEVICE", "cpu")
 TINY_ARCH = "mmtest-tiny"
 
 
@@ -72,7 +75,7 @@ def make_settings(tmp_path: Path, clip_spec: str):  # type: ignore[no-untyped-de
 
     def make(**overrides):  # type: ignore[no-untyped-def]
         values = dict(catalog=tmp_path / "catalog", model=clip_spec, model_config_dirs=[CONFIG_DIR],
-                      audio=False, batch_size=16, decode_workers=2, device="cpu")
+                      audio=False, batch_size=16, decode_workers=2, device=DEVICE)
         values.update(overrides)
         return Settings(**values)
 

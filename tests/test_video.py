@@ -13,7 +13,7 @@ from PIL import Image
 
 from mmsearch import Engine, Query
 from mmsearch.media.video import VideoInfo, iter_frames
-from tests.conftest import CONFIG_DIR
+from tests.conftest import CONFIG_DIR, DEVICE
 from tests.video_media import RATE, photos, sound, write_sound, write_video
 
 PHOTOS = photos(10)
@@ -77,7 +77,7 @@ def engine(media: Path, clip_spec: str, tiny_clap_dir: Path, tmp_path_factory: p
 
     settings = Settings(catalog=tmp_path_factory.mktemp("catalog"), model=clip_spec, model_config_dirs=[CONFIG_DIR],
                         audio=True, audio_model=f"clap:{tiny_clap_dir}", batch_size=16, decode_workers=2,
-                        device="cpu")
+                        device=DEVICE)
     with Engine.open(settings) as eng:
         seen: list[float] = []
         eng.report = eng.index([media], status=lambda st: seen.append(st.media_seconds))  # type: ignore[attr-defined]
@@ -284,7 +284,7 @@ def test_tracks_that_end_or_start_apart_are_whole(clip_spec: str, tiny_clap_dir:
     write_video(cut, lambda t: PHOTOS[4], [i / 2 for i in range(40)], np.tile(song, 2)[: 20 * RATE])
     cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
     settings = Settings(catalog=tmp_path / "catalog", model=clip_spec, model_config_dirs=[CONFIG_DIR], audio=True,
-                        audio_model=f"clap:{tiny_clap_dir}", device="cpu")
+                        audio_model=f"clap:{tiny_clap_dir}", device=DEVICE)
     capfd.readouterr()
     with Engine.open(settings) as e:
         report = e.index([folder])
@@ -320,7 +320,7 @@ def test_a_sound_finds_videos_in_a_catalog_of_videos_only(clip_spec: str, tiny_c
     write_video(folder / "story.mp4", lambda t: PHOTOS[int(t // 8)], [i / 2 for i in range(80)], _track())
     write_video(folder / "silent.mkv", lambda t: PHOTOS[7], [i / 2 for i in range(6)])
     settings = Settings(catalog=tmp_path / "catalog", model=clip_spec, model_config_dirs=[CONFIG_DIR], audio=True,
-                        audio_model=f"clap:{tiny_clap_dir}", device="cpu")
+                        audio_model=f"clap:{tiny_clap_dir}", device=DEVICE)
     clip = io.BytesIO()
     sf.write(clip, sound(3)[: 2 * RATE], RATE, format="WAV")
     with Engine.open(settings) as e:

@@ -4,6 +4,7 @@ or another item, with the moment's span; phone and browser files; damaged files 
 from __future__ import annotations
 
 import io
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import soundfile as sf
 from PIL import Image
 
 from mmsearch import Engine, Query
-from mmsearch.media.video import VideoInfo, iter_frames
+from mmsearch.media.video import VideoInfo, iter_frames, probe
 from tests.conftest import CONFIG_DIR, DEVICE
 from tests.video_media import RATE, photos, sound, write_sound, write_video
 
@@ -336,65 +337,164 @@ def test_a_sound_finds_videos_in_a_catalog_of_videos_only(clip_spec: str, tiny_c
             e.similar([_item(e, folder / "silent.mkv")], to="audio")
 
 
-@pytest.mark.parametrize("codec_options", [{}, {"bf": "3", "open_gop": "1"}], ids=["plain", "b-frames"])
-def test_a_long_video_is_decoded_in_parts_side_by_side(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                       codec_options: dict[str, str]) -> None:
-    """Parts cut at key frames, each decoded on its own thread: the samples a one-thread decode
-    picks, the same pixels, spans that tile the video; a part that fails fails the whole."""
-    from mmsearch.media import video
-    from mmsearch.media.video import VideoDecodeError, iter_parts, part_cuts
+def _pan(path: Path, seconds: int, codec_options: dict[str, str] | None = None) -> Path:
+    """A panning shot that changes photo every 6 s, a key frame every 2 s (on the samples)."""
+    return write_video(path, lambda t: np.roll(PHOTOS[int(t // 6) % 10], int(t * 12), axis=1),
+                       [i / 4 for i in range(4 * seconds)], gop=8, codec_options=codec_options,
+                       options={"movflags": "faststart"})
 
-    monkeypatch.setattr(video, "MIN_PART_SECONDS", 10.0)
-    pan = write_video(tmp_path / "pan.mp4", lambda t: np.roll(PHOTOS[int(t // 6) % 10], int(t * 12), axis=1),
-                      [i / 4 for i in range(4 * 48)], gop=8, codec_options=codec_options,
-                      options={"movflags": "faststart"})
-    cuts = part_cuts(pan, 3)
-    assert len(cuts) == 2 and all(abs(c / 2 - round(c / 2)) < 1e-6 for c in cuts)  # key frames, every 2 s
-    assert abs(cuts[0] - 16) <= 2 and abs(cuts[1] - 32) <= 2
-    assert part_cuts(pan, 9) == part_cuts(pan, 4) != []  # parts of 10 s at least: 4 of 12 s
+
+@pytest.mark.parametrize("codec_options", [{}, {"bf": "3", "open_gop": "1"}], ids=["plain", "b-frames"])
+def test_a_long_video_is_cut_into_parts_as_threads_join(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        codec_options: dict[str, str]) -> None:
+    """Each thread that joins cuts the part with the most left at the key frame before its middle;
+    never behind where a thread got, never under the shortest part. Decoded part by part, the
+    samples are a one-thread decode's (cuts on its samples), the same pixels, spans that tile."""
+    from mmsearch.media import video_parts
+    from mmsearch.media.video_parts import VideoParts
+
+    monkeypatch.setattr(video_parts, "MIN_PART_SECONDS", 10.0)
+    pan = _pan(tmp_path / "pan.mp4", 48, codec_options)
+    info = probe(pan)  # as video_units starts: the length is known, the size as shown not yet
+    info.width = info.height = None
+    parts = VideoParts(pan, 2.0, 64, info)
+    first = parts.take()
+    assert first is not None and (first.start, first.until) == (0.0, None)
+    taken = [first] + [parts.take() for _ in range(3)]
+    assert all(p is not None for p in taken) and parts.take() is None  # 12 s each: no part of 10 s in them
+    assert [(p.start, p.end()) for p in taken] == [(0.0, 12.0), (24.0, 36.0), (12.0, 24.0), (36.0, None)]
+    samples = sorted((s for p in taken for s in parts.frames(p)), key=lambda f: f.start)  # type: ignore[union-attr]
+    parts.wait()
     whole = list(iter_frames(pan, 2.0, 64))
-    info = VideoInfo()
-    parts = sorted(iter_parts(pan, 2.0, 64, info, cuts), key=lambda f: f.start)
-    assert [(f.start, f.end) for f in parts] == [(f.start, f.end) for f in whole]
-    assert all(a.end == b.start for a, b in zip(parts, parts[1:])) and parts[-1].end == pytest.approx(48.0, abs=0.3)
-    assert all(np.array_equal(np.asarray(a.image), np.asarray(b.image)) for a, b in zip(parts, whole))
+    assert [(f.start, f.end) for f in samples] == [(f.start, f.end) for f in whole]
+    assert all(a.end == b.start for a, b in zip(samples, samples[1:])) and samples[-1].end == pytest.approx(48, abs=0.3)
+    assert all(np.array_equal(np.asarray(a.image), np.asarray(b.image)) for a, b in zip(samples, whole))
     assert (info.width, info.height) == (96, 64)  # the first part fills in what the file shows
-    cut = tmp_path / "cut.mp4"  # the index says 48 s, the frames stop near 19 s: the last part finds nothing
+
+    late = VideoParts(pan, 2.0, 64, info)
+    head = late.take()
+    assert head is not None and not head.passes(30.0)  # its thread reached 30 s: 18 s are left
+    assert late.take() is None  # too little behind it for two parts, and nothing is cut before it
+
+
+def _first_part_waits(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """The first part stops after its first sample until another thread takes a part (10 s at
+    most), so a test sees threads join a video under way however fast it decodes. Set once one has."""
+    from mmsearch.media import video_parts
+
+    joined = threading.Event()
+    real_take, real_iter = video_parts.VideoParts.take, video_parts.iter_frames
+
+    def take(self):  # type: ignore[no-untyped-def]
+        part = real_take(self)
+        if part is not None and part.start > 0:
+            joined.set()
+        return part
+
+    def iter_frames_slowly(source, interval, side, info, start, until):  # type: ignore[no-untyped-def]
+        for k, sample in enumerate(real_iter(source, interval, side, info, start, until)):
+            if start == 0 and k == 1:
+                joined.wait(10)
+            yield sample
+
+    monkeypatch.setattr(video_parts.VideoParts, "take", take)
+    monkeypatch.setattr(video_parts, "iter_frames", iter_frames_slowly)
+    return joined
+
+
+def test_parts_decoded_side_by_side_fail_together(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mmsearch.media import video_parts
+    from mmsearch.media.video import VideoDecodeError
+    from mmsearch.media.video_parts import iter_parts
+
+    monkeypatch.setattr(video_parts, "MIN_PART_SECONDS", 10.0)
+    pan = _pan(tmp_path / "pan.mp4", 48)
+    joined, seen = _first_part_waits(monkeypatch), _parts_seen(monkeypatch)
+    samples = sorted(iter_parts(pan, 2.0, 64, VideoInfo(), threads=3), key=lambda f: f.start)  # its length unknown
+    assert joined.is_set() and len({name for name, _ in seen}) >= 2
+    assert [(f.start, f.end) for f in samples] == [(f.start, f.end) for f in iter_frames(pan, 2.0, 64)]
+    cut = tmp_path / "cut.mp4"  # the index says 48 s, the frames stop near 19 s: a later part finds nothing
     cut.write_bytes(pan.read_bytes()[: pan.stat().st_size * 2 // 5])
     with pytest.raises(VideoDecodeError, match="truncated"):
-        list(iter_parts(cut, 2.0, 64, VideoInfo(), part_cuts(cut, 3)))
+        list(iter_parts(cut, 2.0, 64, VideoInfo(), threads=3))
+
+
+def _parts_seen(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, float]]:
+    """(thread name, part start) of every part an ingest decodes."""
+    from mmsearch.media.video_parts import VideoParts
+
+    seen: list[tuple[str, float]] = []
+    real = VideoParts.frames
+
+    def frames(self, part):  # type: ignore[no-untyped-def]
+        seen.append((threading.current_thread().name, part.start))
+        return real(self, part)
+
+    monkeypatch.setattr(VideoParts, "frames", frames)
+    return seen
 
 
 def test_an_ingest_lends_its_idle_decoders_to_a_long_video(make_settings, tmp_path: Path,  # type: ignore[no-untyped-def]
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """One video and two decode workers: the idle one decodes half the video; the item's frames
     are the ones a one-thread decode gives, and its seconds of media are counted once."""
-    from mmsearch.media import video
+    from mmsearch.media import video_parts
 
-    monkeypatch.setattr(video, "MIN_PART_SECONDS", 10.0)
+    monkeypatch.setattr(video_parts, "MIN_PART_SECONDS", 10.0)
     folder = tmp_path / "one"
     folder.mkdir()
-    write_video(folder / "pan.mp4", lambda t: np.roll(PHOTOS[int(t // 6) % 10], int(t * 12), axis=1),
-                [i / 4 for i in range(4 * 40)], gop=8)
-    cuts: list[list[float]] = []
-    real = video.part_cuts
-
-    def spy(source, parts):  # type: ignore[no-untyped-def]
-        cuts.append(real(source, parts))
-        return cuts[-1]
-
-    monkeypatch.setattr(video, "part_cuts", spy)
-    spans = {}
+    _pan(folder / "pan.mp4", 40)
+    seen = _parts_seen(monkeypatch)
+    spans, threads = {}, {}
     for workers in (1, 2):
+        seen.clear()
         with Engine.open(make_settings(catalog=tmp_path / f"cat{workers}", decode_workers=workers)) as e:
-            seen: list[float] = []
-            report = e.index([folder], status=lambda st: seen.append(st.media_seconds))
+            heard: list[float] = []
+            report = e.index([folder], status=lambda st: heard.append(st.media_seconds))
             assert report.added == 1 and report.media_seconds == pytest.approx(40.0, abs=0.3)
-            assert seen == sorted(seen) and seen[-1] == pytest.approx(40.0, abs=0.3)
+            assert heard == sorted(heard) and heard[-1] == pytest.approx(40.0, abs=0.3)
             frames = e.vectors(e.lookup(str(folder / "pan.mp4")))["clip.video"]
             spans[workers] = sorted(zip(frames.start.tolist(), frames.end.tolist()))
-    assert cuts == [[20.0]]  # asked for by the run with a spare decoder only
+        threads[workers] = {name for name, _ in seen}
+        assert sorted(start for _, start in seen)[0] == 0.0
+    assert len(threads[1]) == 1 and len(threads[2]) == 2  # the idle thread took a part
     assert spans[1] == spans[2] and len(spans[1]) == 20
+
+
+def test_a_thread_that_finishes_its_file_joins_a_long_video_under_way(make_settings, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A film that starts while every thread holds a file is shared out as they finish theirs: the
+    other thread is busy when the video starts, then takes the back of it."""
+    from mmsearch.indexer import pipeline
+    from mmsearch.media import video_parts
+
+    monkeypatch.setattr(video_parts, "MIN_PART_SECONDS", 10.0)
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    _pan(folder / "pan.mp4", 40)
+    (folder / "memo.txt").write_text("a memo read while the video starts")
+    shared, joined = threading.Event(), _first_part_waits(monkeypatch)
+    real_share, real_read = pipeline._Ingest._share, pipeline.read_text
+
+    def share(self, idx, parts):  # type: ignore[no-untyped-def]
+        real_share(self, idx, parts)
+        shared.set()
+
+    def read_text(path, limit):  # type: ignore[no-untyped-def]
+        assert shared.wait(10)  # the memo's thread is busy until the video has started
+        return real_read(path, limit)
+
+    monkeypatch.setattr(pipeline._Ingest, "_share", share)
+    monkeypatch.setattr(pipeline, "read_text", read_text)
+    seen = _parts_seen(monkeypatch)
+    with Engine.open(make_settings(decode_workers=2)) as e:
+        report = e.index([folder])
+        assert report.added == 2 and report.failed == 0
+        frames = e.vectors(e.lookup(str(folder / "pan.mp4")))["clip.video"]
+        spans = sorted(zip(frames.start.tolist(), frames.end.tolist()))
+    assert joined.is_set() and len({name for name, _ in seen}) == 2
+    assert [start for _, start in seen][0] == 0.0 and max(start for _, start in seen) >= 10.0
+    assert spans == [(f.start, f.end) for f in iter_frames(folder / "pan.mp4", 2.0, 64)]
 
 
 @pytest.mark.parametrize(("codec", "suffix", "options"), [
@@ -543,8 +643,8 @@ def test_frames_are_scaled_once_to_the_side_the_image_model_takes(make_settings,
     sizes: list[tuple[int, int]] = []
     real = video.video_units
 
-    def spy(path, interval, side, audio, info, decoders=1):  # type: ignore[no-untyped-def]
-        for unit in real(path, interval, side, audio, info, decoders):
+    def spy(path, interval, side, audio, info, share=None):  # type: ignore[no-untyped-def]
+        for unit in real(path, interval, side, audio, info, share):
             sizes.append(unit.payload.size)
             yield unit
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ from mmsearch.media.decode import JPEG_SUFFIXES, DecodeError, Unit, probe_jpeg, 
 from mmsearch.media.formats import content_kind, read_head, sniff_image, video_type
 from mmsearch.media.metadata import FileFacts, extension, mime_of
 from mmsearch.media.notes import FileNotes
+from mmsearch.media.video import frame_unit
+from mmsearch.media.video_parts import VideoParts
 from mmsearch.settings import Settings
 from mmsearch.storage.catalog import FileRecord, NewItem
 from mmsearch.writer import CatalogWriter
@@ -353,8 +356,9 @@ class _Ingest:
         self.jpegs_on_device = False  # JPEGs decoded in batches on the encoder's device (run decides)
         self.stager: ThreadPoolExecutor | None = None
         self.staged: tuple[tuple[str, str], list[tuple[int, Unit, Any]], Future] | None = None
-        self.spare_decoders = 0
-        self.spare_lock = threading.Lock()
+        self.helping = threading.Condition()  # guards in_hand and shared
+        self.in_hand = 0  # files a decode thread holds
+        self.shared: dict[int, VideoParts] = {}  # long videos whose parts idle threads may take
 
     def targets(self, modality: str) -> list[str]:
         return [s for s in self.encoders.spaces_for(modality) if s in self.spaces]
@@ -372,8 +376,8 @@ class _Ingest:
         events: queue.Queue[tuple] = queue.Queue(maxsize=max(64, 4 * self.settings.batch_size))
         on_gpu = any(self.encoders.get(s).device.startswith("cuda") for s in self.spaces)
         decoders = cpus.decode_workers(self.settings, on_gpu)
-        n_workers = min(decoders, len(work))
-        self.spare_decoders = decoders - n_workers  # lent to a long video's parts (_borrow_decoders)
+        # every decode thread where a video may need them: those with no file decode its parts
+        n_workers = decoders if any(p.found.kind == "video" for p in work) else min(decoders, len(work))
         workers = [threading.Thread(target=self._decode_worker, args=(files, events), daemon=True)
                    for _ in range(n_workers)]
         for w in workers:
@@ -439,57 +443,91 @@ class _Ingest:
     def _decode_worker(self, files: queue.Queue[int], events: queue.Queue[tuple]) -> None:
         try:
             while not self.stop.is_set():
-                try:
-                    idx = files.get_nowait()
-                except queue.Empty:
-                    return
-                n, error = 0, None
-                with FileNotes() as notes:  # what the decoder says about this file goes on its record
-                    found = self.work[idx].found
-                    digest = _hashed_beside(found.path) if found.size >= HASH_BESIDE_BYTES else None
+                with self.helping:  # taken and counted at once: a helper never sees a file in between
                     try:
-                        try:
-                            for unit in self._decode(self.work[idx]):
-                                prepared = {s: self.encoders.get(s).prepare(unit.modality, unit.payload)
-                                            for s in self.targets(unit.modality)}
-                                unit.payload = None
-                                if prepared:
-                                    self._put(events, ("unit", idx, unit, prepared))
-                                    n += 1
-                                if self.stop.is_set():
-                                    return
-                        except DecodeError as e:
-                            error = str(e)
-                        # a small file is hashed once its units are out: the encoder does not wait on its read
-                        self.work[idx].content_hash = digest.result() if digest else content_hash(found.path)
-                    except (MemoryError, OSError) as e:
-                        if error is None:  # a file that failed to decode keeps that reason
-                            error = f"{type(e).__name__}: {e}"
-                            self.work[idx].retry = is_passing_failure(e)  # tried again on the next run
-                    except Exception as e:  # noqa: BLE001 - one bad file must not stop the run
-                        error = f"{type(e).__name__}: {e}"
-                if notes.text and error:
-                    error = f"{error} ({notes.text})"
-                self.work[idx].note = notes.text
-                self._put(events, ("done", idx, n, error))
+                        idx = files.get_nowait()
+                    except queue.Empty:
+                        break
+                    self.in_hand += 1
+                try:
+                    self._decode_file(idx, events)
+                finally:
+                    with self.helping:
+                        self.in_hand -= 1
+                        self.shared.pop(idx, None)
+                        self.helping.notify_all()
+            self._help(events)  # no file left to take: a long video's parts may use this thread
         finally:
-            self._lend_decoders(1)  # no file left for this thread: a long video's parts may use it
             self._put(events, ("exit",))
 
-    def _borrow_decoders(self, video: str) -> int:
-        """The decode threads no file holds (none were started for them, or their worker found no
-        file left): a video long enough for parts takes them all, to decode them side by side."""
-        from mmsearch.media.video import splittable
+    def _decode_file(self, idx: int, events: queue.Queue[tuple]) -> None:
+        n, error = 0, None
+        with FileNotes() as notes:  # what the decoder says about this file goes on its record
+            found = self.work[idx].found
+            digest = _hashed_beside(found.path) if found.size >= HASH_BESIDE_BYTES else None
+            try:
+                try:
+                    for unit in self._decode(self.work[idx], partial(self._share, idx)):
+                        if self._queue_unit(idx, unit, events):
+                            n += 1
+                        if self.stop.is_set():
+                            return
+                except DecodeError as e:
+                    error = str(e)
+                # a small file is hashed once its units are out: the encoder does not wait on its read
+                self.work[idx].content_hash = digest.result() if digest else content_hash(found.path)
+            except (MemoryError, OSError) as e:
+                if error is None:  # a file that failed to decode keeps that reason
+                    error = f"{type(e).__name__}: {e}"
+                    self.work[idx].retry = is_passing_failure(e)  # tried again on the next run
+            except Exception as e:  # noqa: BLE001 - one bad file must not stop the run
+                error = f"{type(e).__name__}: {e}"
+        if notes.text and error:
+            error = f"{error} ({notes.text})"
+        self.work[idx].note = notes.text
+        self._put(events, ("done", idx, n, error))
 
-        if not self.spare_decoders or not splittable(video):
-            return 0
-        with self.spare_lock:
-            spare, self.spare_decoders = self.spare_decoders, 0
-            return spare
+    def _queue_unit(self, idx: int, unit: Unit, events: queue.Queue[tuple]) -> bool:
+        """Prepare a unit for the spaces that embed it and hand it to the encoder; False when no
+        space takes it."""
+        prepared = {s: self.encoders.get(s).prepare(unit.modality, unit.payload) for s in self.targets(unit.modality)}
+        unit.payload = None
+        if prepared:
+            self._put(events, ("unit", idx, unit, prepared))
+        return bool(prepared)
 
-    def _lend_decoders(self, n: int) -> None:
-        with self.spare_lock:
-            self.spare_decoders += n
+    def _share(self, idx: int, parts: VideoParts) -> None:
+        """Offer a long video's parts to the threads that run out of files (``_help``)."""
+        with self.helping:
+            self.shared[idx] = parts
+            self.helping.notify_all()
+
+    def _help(self, events: queue.Queue[tuple]) -> None:
+        """Decode parts of the long videos other threads hold, until no file is in hand. A video
+        that gives no part now never will (parts only shrink): it is offered no more. The frames
+        go to the encoder as the file's own; a failure is the file's (its thread raises it)."""
+        while not self.stop.is_set():
+            with self.helping:
+                while not self.shared and self.in_hand and not self.stop.is_set():
+                    self.helping.wait(0.5)
+                offered = list(self.shared.items())
+            if not offered:
+                return
+            for idx, parts in offered:
+                part = parts.take()
+                if part is None:
+                    with self.helping:
+                        if self.shared.get(idx) is parts:
+                            del self.shared[idx]
+                    continue
+                try:
+                    for sample in parts.frames(part):
+                        self._queue_unit(idx, frame_unit(sample, parts.info), events)
+                        if self.stop.is_set():
+                            return
+                except Exception:  # noqa: BLE001, S110 - kept by ``parts``: the file's thread fails it
+                    pass
+                break
 
     def _put(self, events: queue.Queue[tuple], ev: tuple) -> None:
         while True:
@@ -500,8 +538,9 @@ class _Ingest:
                 if self.stop.is_set():  # nobody reads on (run counts no exit once stopped)
                     return
 
-    def _decode(self, p: _Pending) -> Iterator[Unit]:
-        """The units to embed; an image's facts (EXIF date, camera, place) are kept on ``p``."""
+    def _decode(self, p: _Pending, share: Callable[[VideoParts], None] | None = None) -> Iterator[Unit]:
+        """The units to embed; an image's facts (EXIF date, camera, place) are kept on ``p``.
+        ``share``: where a long video's parts are offered to idle threads."""
         s, f = self.settings, p.found
         p.facts = FileFacts(mime=mime_of(f.path))
         if f.size == 0:
@@ -539,13 +578,9 @@ class _Ingest:
 
             clap = self.encoders.get("clap") if self.targets("audio") else None
             info = VideoInfo()
-            extra = self._borrow_decoders(f.path)
-            try:
-                yield from video_units(f.path, s.video_interval, s.video_frame_side or DEFAULT_FRAME_SIDE,
-                                       (clap.sample_rate, clap.window_seconds) if clap else None,  # type: ignore[attr-defined]
-                                       info, decoders=1 + extra)
-            finally:
-                self._lend_decoders(extra)
+            yield from video_units(f.path, s.video_interval, s.video_frame_side or DEFAULT_FRAME_SIDE,
+                                   (clap.sample_rate, clap.window_seconds) if clap else None,  # type: ignore[attr-defined]
+                                   info, share)
             p.facts = replace(p.facts, width=info.width, height=info.height)
 
     def _flush(self, share: float = 1.0) -> bool:
@@ -716,12 +751,6 @@ class _DecodeOnly:
 
     def targets(self, modality: str) -> list[str]:
         return list(self.spaces_of.get(modality, []))
-
-    def _borrow_decoders(self, video: str) -> int:
-        return 0  # a task decodes its file on its own thread: its video is not cut into parts
-
-    def _lend_decoders(self, n: int) -> None:
-        pass
 
 
 def decode_file(p: _Pending, settings: Settings, encoders: Any, area: list[Path] | None,

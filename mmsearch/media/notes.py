@@ -60,7 +60,8 @@ class FileNotes:
         return (joined[:MAX_NOTE - 1] + "…" if len(joined) > MAX_NOTE else joined) or None
 
 
-def _current() -> FileNotes | None:
+def current_notes() -> FileNotes | None:
+    """The notes open in this thread, if any (a thread helping with a file adds to its notes)."""
     return getattr(_local, "notes", None)
 
 
@@ -80,7 +81,7 @@ def _install() -> None:
 
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                   file: Any = None, line: str | None = None) -> None:
-    notes = _current()
+    notes = current_notes()
     if notes is not None:
         notes.add(f"{category.__name__}: {message}")
         return
@@ -97,7 +98,7 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
 
 class _DecoderLogFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        notes = _current()
+        notes = current_notes()
         if notes is None or record.levelno < logging.WARNING:
             return True
         notes.add(record.getMessage())
@@ -147,7 +148,7 @@ def _hook_libtiff() -> Any:
             libc.vsnprintf(buf, len(buf), fmt, args)
         text = ((module or b"").decode("utf-8", "replace") + ": " if module else "") + \
             buf.value.decode("utf-8", "replace")
-        notes = _current()
+        notes = current_notes()
         if notes is not None:
             notes.add(text)
         else:

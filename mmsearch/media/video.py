@@ -23,26 +23,24 @@ from __future__ import annotations
 
 import math
 import os
-import queue
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 import numpy as np
 from PIL import Image
 
 if TYPE_CHECKING:
     from mmsearch.media.decode import Unit
+    from mmsearch.media.video_parts import VideoParts
 
 NEAR_IDENTICAL = 0.02  # mean absolute difference (0-1) of 16x16 grey thumbnails: collapsed
 SCENE_CUT = 0.12  # ... from here on a key frame starts a new shot
 MIN_GAP_FRACTION = 0.25  # key frames closer than this share of the interval to the last candidate are not decoded
 MAX_DECODE_ERRORS = 5  # damaged packets tolerated (concealed by the decoder) before the file fails
 SHORTFALL = 0.9  # a file whose packets stop before this share of its declared duration is truncated
-MIN_PART_SECONDS = 30.0  # a video is decoded in parts side by side only where each part is this long
 
 
 class VideoDecodeError(Exception):
@@ -136,18 +134,40 @@ def _info(c: Any, vs: Any | None) -> VideoInfo:
     return info
 
 
+class PartEnd(Protocol):
+    """Where a part of a video ends, asked as decoding goes (video_parts.Part: it can move)."""
+
+    def passes(self, t: float) -> bool: ...  # at each key frame, in order: the part ends before it
+
+    def end(self) -> float | None: ...  # once decoding stopped: where its last span ends (None: the end)
+
+
+@dataclass
+class _FixedEnd:
+    until: float | None
+
+    def passes(self, t: float) -> bool:
+        return self.until is not None and t >= self.until - 1e-6
+
+    def end(self) -> float | None:
+        return self.until
+
+
 def iter_frames(source: str | os.PathLike[str] | BinaryIO, interval: float = 2.0, side: int = 256,
-                info: VideoInfo | None = None, start: float = 0.0, until: float | None = None) -> Iterator[FrameSample]:
+                info: VideoInfo | None = None, start: float = 0.0,
+                until: float | PartEnd | None = None) -> Iterator[FrameSample]:
     """Yield the frames worth embedding (see the module's docstring), lazily, each with its span.
     ``info``, when given, is filled in as decoding finds things out (size as shown, rotation).
-    ``start`` and ``until`` (key frame times, from :func:`part_cuts`) keep to one part of the
-    video: its first sample is the key frame at ``start``, its last span ends at ``until``.
+    ``start`` and ``until`` (key frame times; ``until`` may move earlier while decoding, see
+    video_parts.py) keep to one part of the video: its first sample is the key frame at
+    ``start``, its last span ends at ``until``.
     Damage found while reading raises after the frames decoded so far were yielded: callers
     treat the whole file as failed then."""
     import av
 
     if interval <= 0 or side < 16:
         raise ValueError("interval must be positive and side at least 16 pixels")
+    bound: PartEnd = _FixedEnd(until) if until is None or isinstance(until, (int, float)) else until
     with open_media(source) as c:
         vs = video_stream(c)
         found = _info(c, vs)
@@ -180,7 +200,7 @@ def iter_frames(source: str | os.PathLike[str] | BinaryIO, interval: float = 2.0
                     last_packet = max(last_packet, t + (packet.duration or 0) * tb)
                 if packet.is_keyframe:  # a new group: what the last one did not send is never needed
                     yield from group.close(decoder, sampler, base)
-                    if until is not None and t is not None and t >= until - 1e-6:
+                    if t is not None and bound.passes(t):
                         break  # the next part's first key frame
                     group = _Group(packet, t, sampler)
                     if group.decided:  # whether it starts a shot moves the clock: decoded now
@@ -196,8 +216,9 @@ def iter_frames(source: str | os.PathLike[str] | BinaryIO, interval: float = 2.0
             raise VideoDecodeError("no video frame could be decoded (corrupt or truncated video)" if start <= 0 else
                                    f"corrupt or truncated video: no frame could be decoded from {start:.2f} s on")
         last = sampler.kept
-        if until is not None:
-            yield FrameSample(last.start, until, last.image)
+        final = bound.end()
+        if final is not None:
+            yield FrameSample(last.start, final, last.image)
             return
         end = max(sampler.last_frame_end, last_packet)
         if info.duration and end < SHORTFALL * info.duration - 1.0:  # a short picture track, or a cut file?
@@ -386,90 +407,6 @@ def _other_streams_end(c: Any, vs: Any, base: float, since: float) -> float:
     return end
 
 
-def splittable(path: str) -> bool:
-    """Long enough for two parts: whether a video is worth the decode threads it would hold."""
-    return (media_seconds(Path(path)) or 0.0) >= 2 * MIN_PART_SECONDS
-
-
-def part_cuts(source: str | os.PathLike[str], parts: int) -> list[float]:
-    """Key frame times that cut a video into up to ``parts`` parts of about equal length (each at
-    least ``MIN_PART_SECONDS``), found by seeking: an index lookup, not a read of the video.
-    Empty where the video is too short, its length unknown, or seeking fails."""
-    import av
-
-    with open_media(source) as c:
-        vs = video_stream(c)
-        duration = _info(c, vs).duration
-        if vs is None or not vs.time_base or not duration:
-            return []
-        parts = min(parts, int(duration // MIN_PART_SECONDS))
-        tb = float(vs.time_base)
-        base = vs.start_time * tb if vs.start_time is not None else 0.0
-        cuts: list[float] = []
-        for k in range(1, parts):
-            try:
-                c.seek(round((k * duration / parts + base) / tb), stream=vs, backward=True, any_frame=False)
-                packet = next((p for p in c.demux(vs) if p.size), None)
-            except (av.error.FFmpegError, ValueError):
-                return []
-            t = _time(packet, tb, base) if packet is not None and packet.is_keyframe else None
-            if t is not None and t > (cuts[-1] if cuts else 0.0) + 1e-6:
-                cuts.append(t)
-        return cuts
-
-
-def iter_parts(source: str | os.PathLike[str], interval: float, side: int, info: VideoInfo,
-               cuts: list[float]) -> Iterator[FrameSample]:
-    """The samples of the parts that ``cuts`` make, decoded side by side (a thread each), as they
-    come: not in time order. One decoder thread reaches about 85x real time on 1080p H.264 at a
-    frame per 2 s (17.8 ms a frame here), under what an encoder on a GPU takes; one long video
-    then keeps every spare core decoding. Spans still tile the video: a part's last one ends where
-    the next part's first begins. Each part starts with a sample at its key frame, so where cuts
-    do not fall on a one-thread decode's samples, the samples near a cut differ from its (a
-    still shot crossing a cut is two frames). The first failure stops every part and is raised."""
-    bounds = list(zip([0.0, *cuts], [*cuts, None]))
-    out: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=4 * len(bounds))
-    stop = threading.Event()
-
-    def put(kind: str, value: Any) -> bool:
-        while not stop.is_set():
-            try:
-                out.put((kind, value), timeout=0.1)
-                return True
-            except queue.Full:
-                pass
-        return False
-
-    def decode(k: int, start: float, until: float | None) -> None:
-        try:
-            for sample in iter_frames(source, interval, side, info if k == 0 else VideoInfo(), start, until):
-                if not put("frame", sample):
-                    return
-        except Exception as e:  # noqa: BLE001 - raised in the caller's thread
-            put("error", e)
-        finally:
-            put("done", None)  # whatever ended the part: the caller never waits on a thread that is gone
-
-    threads = [threading.Thread(target=decode, args=(k, a, b), name=f"mmsearch-video-part-{k}", daemon=True)
-               for k, (a, b) in enumerate(bounds)]
-    for t in threads:
-        t.start()
-    try:
-        left = len(threads)
-        while left:
-            kind, value = out.get()
-            if kind == "frame":
-                yield value
-            elif kind == "done":
-                left -= 1
-            else:
-                raise value
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
-
-
 def _signature(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("L").resize((16, 16), Image.Resampling.BOX), dtype=np.float32) / 255.0
 
@@ -496,16 +433,27 @@ def media_seconds(path: Path) -> float | None:
         return None
 
 
+def frame_unit(sample: FrameSample, info: VideoInfo) -> Unit:
+    """A sampled frame as the unit the image encoder embeds, stored as the video's."""
+    from mmsearch.media.decode import Unit
+
+    return Unit("image", sample.image, start=round(sample.start, 3), end=round(sample.end, 3),
+                duration=info.duration, item="video")
+
+
 def video_units(path: str, interval: float, side: int, audio: tuple[int, float] | None,
-                info: VideoInfo, decoders: int = 1) -> Iterator[Unit]:
+                info: VideoInfo, share: Callable[[VideoParts], None] | None = None) -> Iterator[Unit]:
     """What a video file gives the encoders: its sampled frames (embedded as images, stored as
     the video's), then its sound track's windows when ``audio`` = (sample rate, window seconds)
     is given, cut exactly as a sound file's (a file without pictures is a sound item). ``info``
-    is filled in (size as shown, duration). ``decoders`` > 1: a long video's frames come from
-    that many parts decoded side by side (:func:`iter_parts`), not in time order."""
+    is filled in (size as shown, duration). ``share``: a long video's parts are offered to it,
+    for idle threads to decode (video_parts.py); their frames are theirs to hand on, and this
+    returns once they are all decoded, raising the first failure."""
     from mmsearch.media.audio import AudioDecodeError, iter_windows
     from mmsearch.media.decode import DecodeError, Unit
+    from mmsearch.media.video_parts import VideoParts, own_frames
 
+    parts = None
     try:
         info.__dict__.update(probe(path).__dict__)
         if not info.has_video and not info.has_audio:
@@ -513,11 +461,11 @@ def video_units(path: str, interval: float, side: int, audio: tuple[int, float] 
         if not info.has_video and audio is None:
             raise DecodeError("no video stream, and audio indexing is off")
         if info.has_video:
-            cuts = part_cuts(path, decoders) if decoders > 1 else []
-            frames = iter_parts(path, interval, side, info, cuts) if cuts else iter_frames(path, interval, side, info)
-            for f in frames:
-                yield Unit("image", f.image, start=round(f.start, 3), end=round(f.end, 3), duration=info.duration,
-                           item="video")
+            parts = VideoParts(path, interval, side, info)
+            if share is not None and parts.splittable:
+                share(parts)
+            for f in own_frames(parts):
+                yield frame_unit(f, info)
         if info.has_audio and audio is not None:
             rate, window = audio
             item = "video" if info.has_video else None  # a video file with sound only is a sound
@@ -525,8 +473,15 @@ def video_units(path: str, interval: float, side: int, audio: tuple[int, float] 
             for w in iter_windows(Path(path), rate, window):
                 yield Unit("audio", w.samples, start=round(w.start + delay, 3), end=round(w.end + delay, 3),
                            duration=info.duration if item else None, item=item)
-    except (VideoDecodeError, AudioDecodeError) as e:
-        raise DecodeError(str(e)) from e
+        if parts is not None:
+            parts.wait()  # the parts other threads took: the file is done when they are
+    except BaseException as e:
+        if parts is not None:  # this thread failed or was stopped: the others stop too
+            parts.stop()
+            parts.settle()
+        if isinstance(e, (VideoDecodeError, AudioDecodeError)):
+            raise DecodeError(str(e)) from e
+        raise
 
 
 def frame_at(source: str | os.PathLike[str], t: float, side: int) -> Image.Image:

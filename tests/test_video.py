@@ -257,7 +257,8 @@ def test_tracks_that_end_or_start_apart_are_whole(clip_spec: str, tiny_clap_dir:
                                                   capfd: pytest.CaptureFixture[str]) -> None:
     """A file's picture and sound need not span the same time: a song with one still picture, a
     sound that stops or starts while the picture goes on, a picture that stops first. Each is
-    whole (only a cut file stops every track); a late track's windows are at its time. ADTS AAC,
+    whole (only a cut file stops every track); a late track's windows are at its time, and an early
+    track starts the file's timeline (the picture's samples come after it, as a player shows them). ADTS AAC,
     and an M4A named .mp3, are sounds, with nothing written onto the terminal; a JPEG named .mp4
     is a photo, an MP4 named .jpg a video."""
     import av
@@ -273,6 +274,7 @@ def test_tracks_that_end_or_start_apart_are_whole(clip_spec: str, tiny_clap_dir:
                 codec="libvpx-vp9", audio_codec="libopus")
     write_video(folder / "late.mkv", lambda t: PHOTOS[3], [i / 2 for i in range(20)], sound(1)[: 4 * RATE],
                 track_at=5.0)
+    write_video(folder / "early.mkv", lambda t: PHOTOS[5], [2 + i / 2 for i in range(20)], sound(1)[: 4 * RATE])
     write_sound(folder / "raw.aac", sound(5), "adts", "aac")
     tag = b"ID3\x04\x00\x00\x00\x00\x00\x0a" + bytes(10)  # an ID3v2.4 tag of 10 padding bytes, as rips carry
     (folder / "tagged.mp3").write_bytes(tag + (folder / "raw.aac").read_bytes())
@@ -291,7 +293,7 @@ def test_tracks_that_end_or_start_apart_are_whole(clip_spec: str, tiny_clap_dir:
         report = e.index([folder])
         failures = dict(report.failures)
         assert set(failures) == {str(cut)} and "truncated" in failures[str(cut)], failures
-        assert report.added == 9
+        assert report.added == 10
         assert e.item(e.lookup(str(folder / "photo_really.mp4"))[0]).modality == "image"
         clip = e.item(e.lookup(str(folder / "clip_really.jpg"))[0])
         assert clip.modality == "video" and clip.facts.mime == "video/mp4"  # recorded (and served) as what it is
@@ -301,6 +303,11 @@ def test_tracks_that_end_or_start_apart_are_whole(clip_spec: str, tiny_clap_dir:
             assert set(e.vectors([item.id])) == {"clip.video", "clap.video"}, name
         late = e.vectors(e.lookup(str(folder / "late.mkv")))["clap.video"]
         assert late.start[0] == pytest.approx(5.0, abs=0.05) and late.end.max() == pytest.approx(9.0, abs=0.1)
+        # the sound starts 2 s before the picture: a player's timeline starts with the sound
+        early = e.vectors(e.lookup(str(folder / "early.mkv")))
+        assert early["clap.video"].start[0] == 0.0 and early["clap.video"].end.max() == pytest.approx(4.0, abs=0.1)
+        assert early["clip.video"].start[0] == pytest.approx(2.0, abs=0.01)
+        assert e.item(e.lookup(str(folder / "early.mkv"))[0]).duration == pytest.approx(11.75, abs=0.3)  # 2 s + 19 frames
         for name in ("raw.aac", "misnamed.mp3", "tagged.mp3"):
             assert e.item(e.lookup(str(folder / name))[0]).modality == "audio", name
     err = capfd.readouterr().err

@@ -41,6 +41,7 @@ SCENE_CUT = 0.12  # ... from here on a key frame starts a new shot
 MIN_GAP_FRACTION = 0.25  # key frames closer than this share of the interval to the last candidate are not decoded
 MAX_DECODE_ERRORS = 5  # damaged packets tolerated (concealed by the decoder) before the file fails
 SHORTFALL = 0.9  # a file whose packets stop before this share of its declared duration is truncated
+PRIMING = 0.05  # seconds a sound track may start before or after the picture as encoders make it
 
 
 class VideoDecodeError(Exception):
@@ -68,7 +69,7 @@ class VideoInfo:
     has_video: bool = False
     has_audio: bool = False
     rotation: int = 0  # degrees, counter-clockwise, as PyAV reads the display matrix
-    audio_delay: float = 0.0  # seconds from the picture's start to the sound's (a track that starts late)
+    audio_delay: float = 0.0  # seconds from the file's start to its sound's (a track that starts late)
 
 
 def quiet_libav() -> None:
@@ -120,6 +121,19 @@ def probe(source: str | os.PathLike[str] | BinaryIO) -> VideoInfo:
         return _info(c, video_stream(c))
 
 
+def clock_start(c: Any, vs: Any) -> float:
+    """Where a video's timeline starts, in seconds of its video stream: its first picture, or its
+    sound's start where the sound starts earlier by more than an encoder's priming. A player
+    shows the file from there, so the times of samples and windows are the times it seeks to."""
+    v = float(vs.start_time * vs.time_base) if vs.start_time is not None and vs.time_base else 0.0
+    a = c.streams.audio[0] if c.streams.audio else None
+    if a is not None and a.start_time is not None and a.time_base:
+        sound = float(a.start_time * a.time_base)
+        if v - sound > PRIMING:
+            return sound
+    return v
+
+
 def _info(c: Any, vs: Any | None) -> VideoInfo:
     duration = c.duration / 1_000_000 if c.duration else None
     if vs is not None and vs.duration and vs.time_base:
@@ -128,9 +142,9 @@ def _info(c: Any, vs: Any | None) -> VideoInfo:
     if vs is not None:
         info.width, info.height = vs.codec_context.width or None, vs.codec_context.height or None
         a = c.streams.audio[0] if c.streams.audio else None
-        if a is not None and a.start_time is not None and a.time_base and vs.start_time is not None and vs.time_base:
-            delay = float(a.start_time * a.time_base - vs.start_time * vs.time_base)
-            info.audio_delay = delay if delay > 0.05 else 0.0  # not an encoder's priming offset
+        if a is not None and a.start_time is not None and a.time_base:
+            delay = float(a.start_time * a.time_base) - clock_start(c, vs)
+            info.audio_delay = delay if delay > PRIMING else 0.0
     return info
 
 
@@ -181,7 +195,7 @@ def iter_frames(source: str | os.PathLike[str] | BinaryIO, interval: float = 2.0
         vs.codec_context.thread_count = 1
         tb = float(vs.time_base or 0)  # seconds per tick, as a float: Fractions per packet cost a frame's scaling
         sampler = _Sampler(interval, side, info, tb)
-        base = vs.start_time * tb if vs.start_time is not None else 0.0
+        base = clock_start(c, vs)
         decoder = _Decoder(vs, tb, base)
         group = _Group()
         last_packet = 0.0
@@ -469,7 +483,7 @@ def video_units(path: str, interval: float, side: int, audio: tuple[int, float] 
         if info.has_audio and audio is not None:
             rate, window = audio
             item = "video" if info.has_video else None  # a video file with sound only is a sound
-            delay = info.audio_delay if item else 0.0  # windows are timed on the picture's clock
+            delay = info.audio_delay if item else 0.0  # windows are timed on the file's clock (clock_start)
             for w in iter_windows(Path(path), rate, window):
                 yield Unit("audio", w.samples, start=round(w.start + delay, 3), end=round(w.end + delay, 3),
                            duration=info.duration if item else None, item=item)
@@ -495,7 +509,7 @@ def frame_at(source: str | os.PathLike[str], t: float, side: int) -> Image.Image
         if vs is None:
             raise VideoDecodeError("no video stream in the file")
         vs.thread_type = "AUTO"
-        base = float(vs.start_time * vs.time_base) if vs.start_time is not None and vs.time_base else 0.0
+        base = clock_start(c, vs)
         duration = _info(c, vs).duration
         t = max(0.0, min(t, duration - 1e-3 if duration else t))
         sampler = _Sampler(1.0, side, VideoInfo())

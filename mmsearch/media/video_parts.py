@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from mmsearch.media.notes import FileNotes, current_notes
-from mmsearch.media.video import FrameSample, VideoInfo, _time, iter_frames, probe, video_stream
+from mmsearch.media.video import FrameSample, VideoInfo, _time, clock_start, iter_frames, probe, video_stream
 
 MIN_PART_SECONDS = 30.0  # no part is cut shorter than this: a cut costs a seek and a restarted clock
 SPLIT_TRIES = 3  # a part may pass the cut while it is being found: find another
@@ -169,7 +169,7 @@ class VideoParts:
                 if vs is None or not vs.time_base:
                     return None
                 tb = float(vs.time_base)
-                base = vs.start_time * tb if vs.start_time is not None else 0.0
+                base = clock_start(c, vs)
                 c.seek(round((t + base) / tb), stream=vs, backward=True, any_frame=False)
                 packet = next((p for p in c.demux(vs) if p.size), None)
             except (av.error.FFmpegError, ValueError, StopIteration):

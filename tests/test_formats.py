@@ -115,10 +115,10 @@ def test_every_pillow_format_and_mislabelled_images_are_indexed(engine: Engine, 
     assert capfd.readouterr().err == ""
 
     # unchanged: nothing is read again, the skipped files are still counted
-    def no_reading(path: str) -> bool:
+    def no_reading(path: str) -> str | None:
         raise AssertionError(f"sniffed an unchanged file: {path}")
 
-    monkeypatch.setattr("mmsearch.indexer.pipeline.sniff_image", no_reading)
+    monkeypatch.setattr("mmsearch.indexer.pipeline.sniff_kind", no_reading)
     again = engine.index([folder])
     assert (again.added, again.updated, again.unchanged, again.removed) == (0, 0, len(images) + 1, 0)
     assert again.skipped == report.skipped

@@ -4,6 +4,7 @@ or another item, with the moment's span; phone and browser files; damaged files 
 from __future__ import annotations
 
 import io
+import shutil
 import threading
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from PIL import Image
 
 from mmsearch import Engine, Query
 from mmsearch.media.video import VideoInfo, iter_frames, probe
-from tests.conftest import CONFIG_DIR, DEVICE
+from tests.conftest import CONFIG_DIR, DEVICE, TUXPAINT
 from tests.video_media import RATE, photos, sound, write_sound, write_video
 
 PHOTOS = photos(10)
@@ -666,3 +667,29 @@ def test_frames_are_scaled_once_to_the_side_the_image_model_takes(make_settings,
         assert np.array_equal(np.asarray(enc.prepare("image", frame)), np.asarray(frame)[:, 16:80].transpose(2, 0, 1))
     want = (setting * 3 // 2, setting) if setting else (96, 64)
     assert sizes and set(sizes) == {want}
+
+
+@pytest.mark.parametrize("audio", [True, False], ids=["audio-on", "audio-off"])
+def test_files_without_an_extension_are_known_by_their_content(clip_spec: str, tiny_clap_dir: Path,
+                                                                tmp_path: Path, audio: bool) -> None:
+    """Downloads saved without their extension: an MP4 is a video, Ogg and FLAC are sounds (with
+    audio on; skipped with it off), other bytes are skipped, counted under "(none)"."""
+    from mmsearch.settings import Settings
+
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    write_video(tmp_path / "clip.mp4", lambda t: PHOTOS[2], [i / 2 for i in range(8)]).rename(folder / "clip")
+    shutil.copy(sorted((TUXPAINT / "audio").glob("*.ogg"))[4], folder / "song")  # Ogg Vorbis
+    sf.write(folder / "take", sound(5), RATE, format="FLAC")
+    (folder / "blob").write_bytes(np.random.default_rng(1).integers(0, 256, 4096, np.uint8).tobytes())
+    settings = Settings(catalog=tmp_path / "catalog", model=clip_spec, model_config_dirs=[CONFIG_DIR], audio=audio,
+                        audio_model=f"clap:{tiny_clap_dir}", device=DEVICE)
+    with Engine.open(settings) as e:
+        report = e.index([folder])
+        assert report.failures == [] and report.added == (3 if audio else 1)
+        assert report.skipped == {"(none)": 1 if audio else 3}
+        assert e.item(_item(e, folder / "clip")).modality == "video"
+        if audio:
+            assert [e.item(_item(e, folder / n)).modality for n in ("song", "take")] == ["audio", "audio"]
+            [hit] = e.search(Query(audio=(folder / "take").read_bytes(), to="audio", k=1)).results
+            assert hit.path == str(folder / "take")

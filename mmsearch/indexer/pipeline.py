@@ -30,7 +30,7 @@ from mmsearch.errors import BadInput, MMSearchError
 from mmsearch.indexer.progress import IngestMeter, IngestStatus
 from mmsearch.indexer.scan import OTHER, FoundFile, content_hash, dedupe_roots, kind_of, scan, scan_file
 from mmsearch.media.decode import JPEG_SUFFIXES, DecodeError, Unit, probe_jpeg, read_captions, read_image, read_text
-from mmsearch.media.formats import content_kind, read_head, sniff_image, video_type
+from mmsearch.media.formats import content_kind, read_head, sniff_kind, video_type
 from mmsearch.media.metadata import FileFacts, extension, mime_of
 from mmsearch.media.notes import FileNotes
 from mmsearch.media.video import frame_unit
@@ -220,6 +220,8 @@ def _plan(roots: list[Path], writer: CatalogWriter, encoders: EncoderSet, spaces
     gone: set[str] = set()
     quiet: set[str] = set()  # gone, but never indexed (skipped): not counted as removed
     unread: list[tuple[int, FoundFile]] = []  # unchanged images whose facts were never read
+    audio_on = encoders.enabled("clap") and (spaces is None or "clap" in spaces)
+    wanted = {"image", "video", *(("audio",) if audio_on else ())}  # what an unnamed file may be taken as
     for root in roots:
         root_id = writer.ensure_root(root)
         known = catalog.file_states(root)
@@ -236,7 +238,7 @@ def _plan(roots: list[Path], writer: CatalogWriter, encoders: EncoderSet, spaces
         skips: list[FileRecord] = []
         for path, f in found.items():
             old = known.get(path)
-            if f.kind == "audio" and (not encoders.enabled("clap") or (spaces is not None and "clap" not in spaces)):
+            if f.kind == "audio" and not audio_on:
                 report.unchanged += old is not None
             elif old is not None and old.size == f.size and old.mtime_ns == f.mtime_ns and old.status != "retry" \
                     and not (retry_failed and old.status in ("failed", "skipped")) \
@@ -248,12 +250,12 @@ def _plan(roots: list[Path], writer: CatalogWriter, encoders: EncoderSet, spaces
                     report.still_failed += old.status == "failed"
                     if old.facts_missing:
                         unread.append((old.id, f))
-            elif f.kind == OTHER and not _sniffed_image(path):
+            elif f.kind == OTHER and (sniffed := _sniffed_kind(path)) not in wanted:
                 report.skip(path)
                 skips.append(FileRecord(path=path, root_id=root_id, kind=OTHER, size=f.size, mtime_ns=f.mtime_ns,
                                         skipped=True))
             else:
-                f = replace(f, kind="image") if f.kind == OTHER else f
+                f = replace(f, kind=sniffed) if f.kind == OTHER else f
                 work.append(_Pending(f, root_id, is_update=old is not None))
         writer.commit_files(skips)
     _fill_facts(unread, writer)
@@ -262,11 +264,12 @@ def _plan(roots: list[Path], writer: CatalogWriter, encoders: EncoderSet, spaces
     return work
 
 
-def _sniffed_image(path: str) -> bool:
-    """Whether a new or changed file whose extension names no kind holds an image: its header is
-    read here (the scan only stats), and what the decoder says about it is left to decoding."""
+def _sniffed_kind(path: str) -> str | None:
+    """What a new or changed file whose extension names no kind holds (an image, a video, a
+    sound): its header is read here (the scan only stats), and what the decoder says about it is
+    left to decoding."""
     with FileNotes():
-        return sniff_image(path)
+        return sniff_kind(path)
 
 
 def _fill_facts(unread: list[tuple[int, FoundFile]], writer: CatalogWriter, batch: int = 500) -> None:

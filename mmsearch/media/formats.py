@@ -83,6 +83,29 @@ def video_type(head: bytes) -> str | None:
     return "video/x-msvideo" if head[:4] == b"RIFF" and head[8:12] == b"AVI " else None
 
 
+def audio_signature(head: bytes) -> bool:
+    """A sound container by its first bytes: Ogg, FLAC, WAV, AIFF, or an ID3-tagged MP3 (strong
+    signatures only: a bare MPEG sync word is too common in other binary files)."""
+    return (head[:4] in (b"OggS", b"fLaC") or (head[:4] == b"RIFF" and head[8:12] == b"WAVE")
+            or (head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"))
+            or (head[:3] == b"ID3" and head[3:4] < b"\x05"))
+
+
+def sniff_kind(path: str) -> str | None:
+    """What a file whose extension names no kind holds: "image" (:func:`sniff_image`), "video"
+    (a container :func:`video_type` knows; one with sound only becomes a sound item when decoded),
+    "audio" (:func:`audio_signature`), or None. Reads a few bytes to a few KiB; never raises."""
+    if sniff_image(path):
+        return "image"
+    try:
+        head = read_head(path)
+    except OSError:
+        return None
+    if video_type(head):
+        return "video"
+    return "audio" if audio_signature(head) else None
+
+
 def content_kind(path: str, named: str) -> str:
     """What a picture or a video is by its content where its name says the other (a JPEG named
     .mp4 is a photo, an MP4 named .jpg a video); ``named`` otherwise, and for unreadable files."""

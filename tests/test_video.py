@@ -410,6 +410,26 @@ def _first_part_waits(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
     return joined
 
 
+def test_a_failed_part_stops_the_others_and_keeps_its_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once a part fails, the others stop where they are without a verdict of their own (a part
+    stopped early is not a truncated file), no part is cut any more, and the first reason stays."""
+    from mmsearch.media import video_parts
+    from mmsearch.media.video import VideoDecodeError
+    from mmsearch.media.video_parts import VideoParts
+
+    monkeypatch.setattr(video_parts, "MIN_PART_SECONDS", 10.0)
+    pan = _pan(tmp_path / "pan.mp4", 48)
+    parts = VideoParts(pan, 2.0, 64, probe(pan))
+    head, tail = parts.take(), parts.take()
+    assert head is not None and tail is not None and (tail.start, tail.until) == (24.0, None)
+    parts.stop(VideoDecodeError("corrupt video: 6 damaged packets"))
+    assert parts.take() is None  # nothing is cut from a stopped video
+    # each stops at its first key frame, without a last span or a "truncated" of its own
+    assert list(parts.frames(tail)) == [] and list(parts.frames(head)) == []
+    with pytest.raises(VideoDecodeError, match="6 damaged packets"):
+        parts.wait()
+
+
 def test_parts_decoded_side_by_side_fail_together(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from mmsearch.media import video_parts
     from mmsearch.media.video import VideoDecodeError
@@ -467,6 +487,32 @@ def test_an_ingest_lends_its_idle_decoders_to_a_long_video(make_settings, tmp_pa
         assert sorted(start for _, start in seen)[0] == 0.0
     assert len(threads[1]) == 1 and len(threads[2]) == 2  # the idle thread took a part
     assert spans[1] == spans[2] and len(spans[1]) == 20
+
+
+def test_a_helper_that_fails_outside_decoding_fails_the_file(make_settings, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A frame of another thread's part that cannot be handed on (memory ran out preparing it)
+    fails the video as it would on the file's own thread: not a video committed with a hole."""
+    from mmsearch.indexer import pipeline
+    from mmsearch.media import video_parts
+
+    monkeypatch.setattr(video_parts, "MIN_PART_SECONDS", 10.0)
+    folder = tmp_path / "one"
+    folder.mkdir()
+    _pan(folder / "pan.mp4", 40)
+    joined, seen = _first_part_waits(monkeypatch), _parts_seen(monkeypatch)
+    real = pipeline._Ingest._queue_unit
+
+    def queue_unit(self, idx, unit, events):  # type: ignore[no-untyped-def]
+        if unit.start == 24.0:  # inside the part the other thread took (cut at 20 s)
+            raise MemoryError("simulated")
+        return real(self, idx, unit, events)
+
+    monkeypatch.setattr(pipeline._Ingest, "_queue_unit", queue_unit)
+    with Engine.open(make_settings(decode_workers=2)) as e:
+        report = e.index([folder])
+        assert joined.is_set() and len({name for name, _ in seen}) == 2
+        assert report.added == 0 and report.failed == 1 and "MemoryError: simulated" in report.failures[0][1]
 
 
 def test_a_thread_that_finishes_its_file_joins_a_long_video_under_way(make_settings, tmp_path: Path,  # type: ignore[no-untyped-def]

@@ -485,6 +485,8 @@ class _Ingest:
                     self.work[idx].retry = is_passing_failure(e)  # tried again on the next run
             except Exception as e:  # noqa: BLE001 - one bad file must not stop the run
                 error = f"{type(e).__name__}: {e}"
+        if self.stop.is_set():  # a part may be missing (a helper stopped): done next run, not now
+            return
         if notes.text and error:
             error = f"{error} ({notes.text})"
         self.work[idx].note = notes.text
@@ -507,8 +509,9 @@ class _Ingest:
 
     def _help(self, events: queue.Queue[tuple]) -> None:
         """Decode parts of the long videos other threads hold, until no file is in hand. A video
-        that gives no part now never will (parts only shrink): it is offered no more. The frames
-        go to the encoder as the file's own; a failure is the file's (its thread raises it)."""
+        that gives no part is offered no more (its parts only shrink; one that might have given
+        one after a failed seek or a race loses at most a cut). The frames go to the encoder as
+        the file's own; a failure is the file's (its thread raises it)."""
         while not self.stop.is_set():
             with self.helping:
                 while not self.shared and self.in_hand and not self.stop.is_set():
@@ -526,10 +529,10 @@ class _Ingest:
                 try:
                     for sample in parts.frames(part):
                         self._queue_unit(idx, frame_unit(sample, parts.info), events)
-                        if self.stop.is_set():
+                        if self.stop.is_set():  # the file is not finished: its thread puts no "done"
                             return
-                except Exception:  # noqa: BLE001, S110 - kept by ``parts``: the file's thread fails it
-                    pass
+                except Exception as e:  # noqa: BLE001 - the file's: its own thread fails it (``parts.wait``)
+                    parts.stop(e)
                 break
 
     def _put(self, events: queue.Queue[tuple], ev: tuple) -> None:

@@ -155,10 +155,14 @@ class PartEnd(Protocol):
 
     def end(self) -> float | None: ...  # once decoding stopped: where its last span ends (None: the end)
 
+    @property
+    def stopped(self) -> bool: ...  # called off (another part failed): no last span, no verdict on the end
+
 
 @dataclass
 class _FixedEnd:
     until: float | None
+    stopped: bool = False
 
     def passes(self, t: float) -> bool:
         return self.until is not None and t >= self.until - 1e-6
@@ -226,6 +230,8 @@ def iter_frames(source: str | os.PathLike[str] | BinaryIO, interval: float = 2.0
             yield from group.close(decoder, sampler, base)
         except av.error.FFmpegError as e:
             raise VideoDecodeError(f"corrupt or truncated video after {last_packet:.2f} s ({_why(e)})") from None
+        if bound.stopped:  # the file has failed elsewhere: where this part stopped says nothing
+            return
         if sampler.kept is None:
             raise VideoDecodeError("no video frame could be decoded (corrupt or truncated video)" if start <= 0 else
                                    f"corrupt or truncated video: no frame could be decoded from {start:.2f} s on")
@@ -462,7 +468,7 @@ def video_units(path: str, interval: float, side: int, audio: tuple[int, float] 
     is given, cut exactly as a sound file's (a file without pictures is a sound item). ``info``
     is filled in (size as shown, duration). ``share``: a long video's parts are offered to it,
     for idle threads to decode (video_parts.py); their frames are theirs to hand on, and this
-    returns once they are all decoded, raising the first failure."""
+    returns once they are all decoded. The first part to fail fails the file with its reason."""
     from mmsearch.media.audio import AudioDecodeError, iter_windows
     from mmsearch.media.decode import DecodeError, Unit
     from mmsearch.media.video_parts import VideoParts, own_frames
@@ -476,10 +482,12 @@ def video_units(path: str, interval: float, side: int, audio: tuple[int, float] 
             raise DecodeError("no video stream, and audio indexing is off")
         if info.has_video:
             parts = VideoParts(path, interval, side, info)
+            first = parts.take()  # this thread's, before any other can take a part
             if share is not None and parts.splittable:
                 share(parts)
-            for f in own_frames(parts):
+            for f in own_frames(parts, first):
                 yield frame_unit(f, info)
+            parts.check()  # another thread's part failed: the file has, and its sound need not be read
         if info.has_audio and audio is not None:
             rate, window = audio
             item = "video" if info.has_video else None  # a video file with sound only is a sound
@@ -490,11 +498,17 @@ def video_units(path: str, interval: float, side: int, audio: tuple[int, float] 
         if parts is not None:
             parts.wait()  # the parts other threads took: the file is done when they are
     except BaseException as e:
+        first_failure = None
         if parts is not None:  # this thread failed or was stopped: the others stop too
             parts.stop()
-            parts.settle()
-        if isinstance(e, (VideoDecodeError, AudioDecodeError)):
-            raise DecodeError(str(e)) from e
+            first_failure = parts.settle()
+        if not isinstance(e, Exception):  # the caller stopped reading
+            raise
+        cause = first_failure or e  # the first part to fail says why, not one stopped after it
+        if isinstance(cause, (VideoDecodeError, AudioDecodeError)):
+            raise DecodeError(str(cause)) from cause
+        if cause is not e:
+            raise cause from None
         raise
 
 

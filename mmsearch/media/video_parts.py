@@ -64,15 +64,17 @@ class VideoParts:
         self._parts: list[Part] = []
         self._running = 0
         self._error: Exception | None = None
+        self._stopped = False
         self._seeker: Any = None  # one container kept open to find cuts
         self._seek_lock = threading.Lock()
         self._notes = current_notes()  # the file's record, where other threads' decoder messages go too
 
     def take(self) -> Part | None:
-        """The whole video for the first thread; then the back half of the part with the most left
-        (at least two parts' worth), or None when there is none or a part failed."""
+        """The whole video for the first caller; then the back half of the part with the most left
+        (at least two parts' worth), or None: none is long enough, seeking for a cut failed, the
+        parts went on past three cuts in a row, or the video was stopped."""
         with self._lock:
-            if self._error is not None:
+            if self._stopped:
                 return None
             if not self._parts:
                 return self._add(Part(0.0, None, self._lock))
@@ -80,7 +82,7 @@ class VideoParts:
             with self._lock:
                 left, part = max(((self._left(p), p) for p in self._parts if not p.finished),
                                  key=lambda x: x[0], default=(0.0, None))
-                if part is None or left < 2 * MIN_PART_SECONDS or self._error is not None:
+                if part is None or left < 2 * MIN_PART_SECONDS or self._stopped:
                     return None
                 aim = part.reached + left / 2
             cut = self._key_frame_before(aim)
@@ -88,7 +90,7 @@ class VideoParts:
                 return None
             with self._lock:
                 end = part.until if part.until is not None else self.info.duration or 0.0
-                if not part.finished and cut - part.reached >= MIN_PART_SECONDS - 1e-6 \
+                if not part.finished and not self._stopped and cut - part.reached >= MIN_PART_SECONDS - 1e-6 \
                         and end - cut >= MIN_PART_SECONDS - 1e-6:
                     back = Part(cut, part.until, self._lock)
                     part.until = cut
@@ -96,7 +98,8 @@ class VideoParts:
         return None
 
     def frames(self, part: Part) -> Iterator[FrameSample]:
-        """The part's samples. A failure stops every part and is raised here and by ``wait``."""
+        """The part's samples. A failure stops every part and is raised here; ``wait`` raises the
+        first part's."""
         with contextlib.ExitStack() as stack:  # another thread's decoder messages go on the file's record too
             own = stack.enter_context(FileNotes()) if current_notes() is None else None
             try:
@@ -115,11 +118,20 @@ class VideoParts:
                     self._settled.notify_all()
 
     def stop(self, error: Exception | None = None) -> None:
-        """Every part stops at its next key frame; ``error``, the first, fails the video."""
+        """Every part stops at its next key frame and no part is cut any more; ``error``, the
+        first one given, fails the video."""
         with self._lock:
+            self._stopped = True
             self._error = self._error or error
             for p in self._parts:
                 p.stopped = True
+
+    def check(self) -> None:
+        """Raise the first part's failure, if a part has failed."""
+        with self._lock:
+            error = self._error
+        if error is not None:
+            raise error
 
     def settle(self) -> Exception | None:
         """Until every part taken is decoded; the first part's failure, if any."""
@@ -177,10 +189,9 @@ class VideoParts:
             return _time(packet, tb, base) if packet is not None and packet.is_keyframe else None
 
 
-def own_frames(parts: VideoParts) -> Iterator[FrameSample]:
-    """The samples of the thread that opened the video: its first part, then any other part it
-    can take once that is done (``wait`` then waits for the other threads' parts)."""
-    part = parts.take()
+def own_frames(parts: VideoParts, part: Part | None) -> Iterator[FrameSample]:
+    """The samples of the thread that opened the video: its first ``part``, then any other part
+    it can take once that is done (``wait`` then waits for the other threads' parts)."""
     while part is not None:
         yield from parts.frames(part)
         part = parts.take()
@@ -219,6 +230,7 @@ def iter_parts(source: str | os.PathLike[str], interval: float, side: int, info:
     workers = [threading.Thread(target=work, name=f"mmsearch-video-part-{k}", daemon=True) for k in range(threads)]
     for w in workers:
         w.start()
+    error: Exception | None = None
     try:
         left = len(workers)
         while left:
@@ -228,10 +240,13 @@ def iter_parts(source: str | os.PathLike[str], interval: float, side: int, info:
             elif kind == "done":
                 left -= 1
             else:
-                raise value
+                error = value
+                break
     finally:
         stop.set()
         parts.stop()
         for w in workers:
             w.join()
-        parts.close()
+        first = parts.settle()
+    if error is not None:
+        raise first or error  # the first part to fail says why, not one stopped after it

@@ -225,6 +225,21 @@ def test_head_answers_what_get_would_without_the_body(client: TestClient, world:
     assert int(head.headers["content-length"]) == len(get.content)
 
 
+@pytest.mark.parametrize("url", ["/healthz", "/stats", "/catalog", "/jobs", "/search?text=a+dog&k=3", "/openapi.json", "/"])
+def test_head_on_every_other_get_route_is_its_get_without_the_body(client: TestClient, url: str) -> None:
+    get, head = client.get(url), client.head(url)
+    assert get.status_code == head.status_code == 200 and get.content and head.content == b""
+    timed = url.startswith("/search")  # its timings_ms differ from one answer to the next
+    for name in ("content-type", "x-content-type-options", *(() if timed else ("content-length",))):
+        assert head.headers.get(name) == get.headers.get(name), name
+    assert int(head.headers["content-length"]) > 0
+
+
+def test_head_where_there_is_no_get_is_405(client: TestClient) -> None:
+    r = client.head("/embed")
+    assert r.status_code == 405 and r.content == b""
+
+
 @pytest.mark.parametrize("path", ["/items/999999", "/items/999999/media", "/items/999999/thumbnail"])
 def test_head_of_a_missing_item_is_404(client: TestClient, path: str) -> None:
     r = client.head(path)

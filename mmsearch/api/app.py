@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from mmsearch import __version__
 from mmsearch.api.docs import add_docs
 from mmsearch.api.errors import PROBLEM_JSON, engine_error, http_error, internal_error, validation_error
+from mmsearch.api.head import HeadAsGet
 from mmsearch.api.routes import ROUTERS
 from mmsearch.api.schemas import EmbedForm, EmbedRequest, ErrorOut, SearchForm, SearchRequest
 from mmsearch.api.security import FORM_OVERHEAD, BodyLimit, SecurityHeaders
@@ -60,6 +61,7 @@ def create_app(source: Engine | Settings, *, read_only: bool = False, batching: 
     app.state.service = service  # what deps.get_service hands every route
     app.add_middleware(BodyLimit, limit=service.settings.max_upload_bytes + FORM_OVERHEAD)
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(HeadAsGet)
     app.add_exception_handler(MMSearchError, engine_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)

@@ -352,6 +352,35 @@ def _pan(path: Path, seconds: int, codec_options: dict[str, str] | None = None) 
                        options={"movflags": "faststart"})
 
 
+def test_the_earliest_sound_track_starts_the_timeline(tmp_path: Path) -> None:
+    """A dubbed file: the picture and the first sound track start at 3 s, a second track at 0 s.
+    A player starts at 0, and the file's length counts from there: the picture's samples are at
+    3 s on, the first track's windows too, and the file is whole (not "truncated")."""
+    import av
+
+    from tests.video_media import MS, _encode_mono
+
+    path = tmp_path / "dub.mkv"
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("libx264", rate=4)
+        v.width, v.height, v.pix_fmt, v.options = 96, 64, "yuv420p", {"g": "4", "bf": "0"}
+        v.codec_context.time_base = MS
+        first, second = c.add_stream("aac", rate=RATE), c.add_stream("aac", rate=RATE)
+        first.layout = second.layout = "mono"
+        for i in range(40):
+            frame = av.VideoFrame.from_ndarray(PHOTOS[i // 20], format="rgb24")
+            frame.pts, frame.time_base = 3000 + i * 250, MS
+            for p in v.encode(frame):
+                c.mux(p)
+        for p in v.encode():
+            c.mux(p)
+        _encode_mono(c, first, sound(1)[: 4 * RATE], RATE, 3 * RATE)
+        _encode_mono(c, second, sound(2)[: 4 * RATE], RATE, 0)
+    frames = list(iter_frames(path, 2.0, 64))
+    assert frames[0].start == pytest.approx(3.0, abs=0.01) and frames[-1].end == pytest.approx(13.0, abs=0.3)
+    assert probe(path).audio_delay == pytest.approx(3.0, abs=0.05)
+
+
 @pytest.mark.parametrize("codec_options", [{}, {"bf": "3", "open_gop": "1"}], ids=["plain", "b-frames"])
 def test_a_long_video_is_cut_into_parts_as_threads_join(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                         codec_options: dict[str, str]) -> None:
@@ -715,11 +744,11 @@ def test_frames_are_scaled_once_to_the_side_the_image_model_takes(make_settings,
     assert sizes and set(sizes) == {want}
 
 
-@pytest.mark.parametrize("audio", [True, False], ids=["audio-on", "audio-off"])
 def test_files_without_an_extension_are_known_by_their_content(clip_spec: str, tiny_clap_dir: Path,
-                                                                tmp_path: Path, audio: bool) -> None:
-    """Downloads saved without their extension: an MP4 is a video, Ogg and FLAC are sounds (with
-    audio on; skipped with it off), other bytes are skipped, counted under "(none)"."""
+                                                                tmp_path: Path) -> None:
+    """Downloads saved without their extension: an MP4 is a video; Ogg, FLAC and M4A are sounds,
+    skipped while audio is off and indexed once it is on; other bytes are skipped under "(none)"."""
+    from mmsearch.media import formats
     from mmsearch.settings import Settings
 
     folder = tmp_path / "downloads"
@@ -727,15 +756,19 @@ def test_files_without_an_extension_are_known_by_their_content(clip_spec: str, t
     write_video(tmp_path / "clip.mp4", lambda t: PHOTOS[2], [i / 2 for i in range(8)]).rename(folder / "clip")
     shutil.copy(sorted((TUXPAINT / "audio").glob("*.ogg"))[4], folder / "song")  # Ogg Vorbis
     sf.write(folder / "take", sound(5), RATE, format="FLAC")
+    write_sound(tmp_path / "book.m4a", sound(6), "ipod", "aac").rename(folder / "book")  # an MP4 box, brand M4A
     (folder / "blob").write_bytes(np.random.default_rng(1).integers(0, 256, 4096, np.uint8).tobytes())
-    settings = Settings(catalog=tmp_path / "catalog", model=clip_spec, model_config_dirs=[CONFIG_DIR], audio=audio,
-                        audio_model=f"clap:{tiny_clap_dir}", device=DEVICE)
+    for audio, added, skipped in ((False, 1, 4), (True, 3, 1)):  # the same catalog: the sounds wait for audio
+        settings = Settings(catalog=tmp_path / "catalog", model=clip_spec, model_config_dirs=[CONFIG_DIR],
+                            audio=audio, audio_model=f"clap:{tiny_clap_dir}", device=DEVICE)
+        with Engine.open(settings) as e:
+            report = e.index([folder])
+            assert report.failures == [] and report.added == added and report.skipped == {"(none)": skipped}
+            assert e.item(_item(e, folder / "clip")).modality == "video"
     with Engine.open(settings) as e:
-        report = e.index([folder])
-        assert report.failures == [] and report.added == (3 if audio else 1)
-        assert report.skipped == {"(none)": 1 if audio else 3}
-        assert e.item(_item(e, folder / "clip")).modality == "video"
-        if audio:
-            assert [e.item(_item(e, folder / n)).modality for n in ("song", "take")] == ["audio", "audio"]
-            [hit] = e.search(Query(audio=(folder / "take").read_bytes(), to="audio", k=1)).results
-            assert hit.path == str(folder / "take")
+        assert [e.item(_item(e, folder / n)).modality for n in ("song", "take", "book")] == ["audio"] * 3
+        [hit] = e.search(Query(audio=(folder / "take").read_bytes(), to="audio", k=1)).results
+        assert hit.path == str(folder / "take")
+    theora = tmp_path / "film"  # an Ogg page whose first packet is a Theora header: a video, not a sound
+    theora.write_bytes(b"OggS\x00\x02" + bytes(20) + b"\x01\x2a" + b"\x80theora" + bytes(64))
+    assert formats.sniff_kind(str(theora)) == "video"

@@ -252,8 +252,9 @@ def _plan(roots: list[Path], writer: CatalogWriter, encoders: EncoderSet, spaces
                         unread.append((old.id, f))
             elif f.kind == OTHER and (sniffed := _sniffed_kind(path)) not in wanted:
                 report.skip(path)
-                skips.append(FileRecord(path=path, root_id=root_id, kind=OTHER, size=f.size, mtime_ns=f.mtime_ns,
-                                        skipped=True))
+                if sniffed != "audio":  # a sound with audio off is left unrecorded, as one named .flac is
+                    skips.append(FileRecord(path=path, root_id=root_id, kind=OTHER, size=f.size,
+                                            mtime_ns=f.mtime_ns, skipped=True))
             else:
                 f = replace(f, kind=sniffed) if f.kind == OTHER else f
                 work.append(_Pending(f, root_id, is_update=old is not None))

@@ -36,7 +36,7 @@ RAW_EXTS = frozenset({
 })
 STILL_IMAGE_EXTS = PILLOW_EXTS | HEIF_EXTS | RAW_EXTS
 
-HEAD_BYTES = 32  # enough for every signature below
+HEAD_BYTES = 64  # enough for every signature below (Theora's sits at byte 28 of an Ogg file)
 _TIFF = (b"II*\x00", b"MM\x00*")
 EBML_MAGIC = b"\x1a\x45\xdf\xa3"  # Matroska and WebM start with it
 _HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")
@@ -83,27 +83,35 @@ def video_type(head: bytes) -> str | None:
     return "video/x-msvideo" if head[:4] == b"RIFF" and head[8:12] == b"AVI " else None
 
 
+_SOUND_BRANDS = (b"M4A ", b"M4B ", b"M4P ")  # iTunes sounds, audiobooks, protected sounds
+
+
 def audio_signature(head: bytes) -> bool:
-    """A sound container by its first bytes: Ogg, FLAC, WAV, AIFF, or an ID3-tagged MP3 (strong
-    signatures only: a bare MPEG sync word is too common in other binary files)."""
-    return (head[:4] in (b"OggS", b"fLaC") or (head[:4] == b"RIFF" and head[8:12] == b"WAVE")
+    """A sound container by its first bytes: Ogg (not Theora video), FLAC, WAV, AIFF, an M4A, or
+    an ID3-tagged MP3 (strong signatures only: a bare MPEG sync word is too common elsewhere)."""
+    if head[:4] == b"OggS":
+        return b"\x80theora" not in head
+    if head[4:8] == b"ftyp":
+        return head[8:12] in _SOUND_BRANDS
+    return (head[:4] == b"fLaC" or (head[:4] == b"RIFF" and head[8:12] == b"WAVE")
             or (head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"))
             or (head[:3] == b"ID3" and head[3:4] < b"\x05"))
 
 
 def sniff_kind(path: str) -> str | None:
-    """What a file whose extension names no kind holds: "image" (:func:`sniff_image`), "video"
-    (a container :func:`video_type` knows; one with sound only becomes a sound item when decoded),
-    "audio" (:func:`audio_signature`), or None. Reads a few bytes to a few KiB; never raises."""
+    """What a file whose extension names no kind holds: "image" (:func:`sniff_image`), "audio"
+    (:func:`audio_signature`), "video" (a container :func:`video_type` knows, or Ogg Theora; one
+    with sound only becomes a sound item when decoded), or None. Reads a few bytes to a few KiB;
+    never raises."""
     if sniff_image(path):
         return "image"
     try:
         head = read_head(path)
     except OSError:
         return None
-    if video_type(head):
-        return "video"
-    return "audio" if audio_signature(head) else None
+    if audio_signature(head):
+        return "audio"
+    return "video" if video_type(head) or (head[:4] == b"OggS" and b"\x80theora" in head) else None
 
 
 def content_kind(path: str, named: str) -> str:

@@ -122,16 +122,13 @@ def probe(source: str | os.PathLike[str] | BinaryIO) -> VideoInfo:
 
 
 def clock_start(c: Any, vs: Any) -> float:
-    """Where a video's timeline starts, in seconds of its video stream: its first picture, or its
-    sound's start where the sound starts earlier by more than an encoder's priming. A player
+    """Where a video's timeline starts, in seconds of its video stream: its first picture, or the
+    earliest sound track's start where that is earlier by more than an encoder's priming. A player
     shows the file from there, so the times of samples and windows are the times it seeks to."""
     v = float(vs.start_time * vs.time_base) if vs.start_time is not None and vs.time_base else 0.0
-    a = c.streams.audio[0] if c.streams.audio else None
-    if a is not None and a.start_time is not None and a.time_base:
-        sound = float(a.start_time * a.time_base)
-        if v - sound > PRIMING:
-            return sound
-    return v
+    sound = min((float(a.start_time * a.time_base) for a in c.streams.audio
+                 if a.start_time is not None and a.time_base), default=v)  # any track: the file's length counts all
+    return sound if v - sound > PRIMING else v
 
 
 def _info(c: Any, vs: Any | None) -> VideoInfo:

@@ -352,6 +352,19 @@ def _pan(path: Path, seconds: int, codec_options: dict[str, str] | None = None) 
                        options={"movflags": "faststart"})
 
 
+@pytest.mark.parametrize("suffix", [".mkv", ".webm", ".mp4"])
+def test_a_file_whose_streams_all_start_late_is_whole(tmp_path: Path, suffix: str) -> None:
+    """Cut from a longer recording, every stream starts at 5 s. Matroska counts its length from 0,
+    MP4 from the first timestamp: on the file's own timeline both are 20 s, and its frames too."""
+    codecs = {"codec": "libvpx", "audio_codec": "libopus"} if suffix == ".webm" else {}
+    track = np.zeros(20 * RATE, np.float32)
+    path = write_video(tmp_path / f"cut{suffix}", lambda t: PHOTOS[int(t // 5) % 3], [5 + i / 2 for i in range(30)],
+                       track, track_at=5.0, **codecs)
+    frames = list(iter_frames(path, 2.0, 64))  # raised "truncated: it declares 25.02 s" for Matroska
+    assert frames[0].start == 0.0 and probe(path).duration == pytest.approx(20.0, abs=0.05)
+    assert frames[-1].end == pytest.approx(20.0, abs=0.05)
+
+
 def test_the_earliest_sound_track_starts_the_timeline(tmp_path: Path) -> None:
     """A dubbed file: the picture and the first sound track start at 3 s, a second track at 0 s.
     A player starts at 0, and the file's length counts from there: the picture's samples are at

@@ -131,10 +131,25 @@ def clock_start(c: Any, vs: Any) -> float:
     return sound if v - sound > PRIMING else v
 
 
+def _length(c: Any, vs: Any) -> float | None:
+    """The file's length on its timeline (``clock_start``). MP4 and most containers count their
+    duration from the file's first timestamp, Matroska and WebM from 0: a file whose streams all
+    start at 5 s would otherwise look 5 s longer than its frames, and truncated."""
+    clock = clock_start(c, vs)
+    end = c.duration / 1_000_000 if c.duration else None
+    if end is not None and "matroska" not in (c.format.name or ""):
+        end += (c.start_time or 0) / 1_000_000
+    if vs.duration and vs.time_base:  # the picture's own end
+        start = float(vs.start_time * vs.time_base) if vs.start_time is not None else clock
+        end = max(end or 0.0, start + float(vs.duration * vs.time_base))
+    return max(0.0, end - clock) if end is not None else None
+
+
 def _info(c: Any, vs: Any | None) -> VideoInfo:
-    duration = c.duration / 1_000_000 if c.duration else None
-    if vs is not None and vs.duration and vs.time_base:
-        duration = max(duration or 0.0, float(vs.duration * vs.time_base))
+    if vs is None:
+        duration = c.duration / 1_000_000 if c.duration else None
+    else:
+        duration = _length(c, vs)
     info = VideoInfo(duration=duration, has_video=vs is not None, has_audio=bool(c.streams.audio))
     if vs is not None:
         info.width, info.height = vs.codec_context.width or None, vs.codec_context.height or None

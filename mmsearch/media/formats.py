@@ -86,11 +86,16 @@ def video_type(head: bytes) -> str | None:
 _SOUND_BRANDS = (b"M4A ", b"M4B ", b"M4P ")  # iTunes sounds, audiobooks, protected sounds
 
 
+def _theora(head: bytes) -> bool:
+    """An Ogg file whose first packet is a Theora header: a video, where other Ogg files are sounds."""
+    return head[:4] == b"OggS" and b"\x80theora" in head
+
+
 def audio_signature(head: bytes) -> bool:
     """A sound container by its first bytes: Ogg (not Theora video), FLAC, WAV, AIFF, an M4A, or
     an ID3-tagged MP3 (strong signatures only: a bare MPEG sync word is too common elsewhere)."""
     if head[:4] == b"OggS":
-        return b"\x80theora" not in head
+        return not _theora(head)
     if head[4:8] == b"ftyp":
         return head[8:12] in _SOUND_BRANDS
     return (head[:4] == b"fLaC" or (head[:4] == b"RIFF" and head[8:12] == b"WAVE")
@@ -103,15 +108,15 @@ def sniff_kind(path: str) -> str | None:
     (:func:`audio_signature`), "video" (a container :func:`video_type` knows, or Ogg Theora; one
     with sound only becomes a sound item when decoded), or None. Reads a few bytes to a few KiB;
     never raises."""
-    if sniff_image(path):
-        return "image"
     try:
         head = read_head(path)
     except OSError:
         return None
+    if sniff_image(path, head):
+        return "image"
     if audio_signature(head):
         return "audio"
-    return "video" if video_type(head) or (head[:4] == b"OggS" and b"\x80theora" in head) else None
+    return "video" if video_type(head) or _theora(head) else None
 
 
 def content_kind(path: str, named: str) -> str:
@@ -158,16 +163,18 @@ def sniff_formats() -> tuple[str, ...]:
     return tuple(f for f in decode_formats() if Image.OPEN[f][1] is not None or f in _SIGNATURE_CHECKED_IN_OPEN)
 
 
-def sniff_image(path: str) -> bool:
+def sniff_image(path: str, head: bytes | None = None) -> bool:
     """Whether a file with an extension that says nothing holds a still image: its first bytes
-    (RAW, TIFF, HEIF signatures), else Pillow identifying it from its header without decoding
-    the pixels. Reads a few bytes to a few KiB; never raises for an unreadable file."""
+    (RAW, TIFF, HEIF signatures; ``head`` where the caller read them), else Pillow identifying it
+    from its header without decoding the pixels. Reads a few bytes to a few KiB; never raises for
+    an unreadable file."""
     from PIL import Image
 
-    try:
-        head = read_head(path)
-    except OSError:
-        return False
+    if head is None:
+        try:
+            head = read_head(path)
+        except OSError:
+            return False
     if raw_signature(head) or tiff_signature(head) or heif_signature(head):
         return True
     try:

@@ -131,11 +131,10 @@ def clock_start(c: Any, vs: Any) -> float:
     return sound if v - sound > PRIMING else v
 
 
-def _length(c: Any, vs: Any) -> float | None:
-    """The file's length on its timeline (``clock_start``). MP4 and most containers count their
-    duration from the file's first timestamp, Matroska and WebM from 0: a file whose streams all
-    start at 5 s would otherwise look 5 s longer than its frames, and truncated."""
-    clock = clock_start(c, vs)
+def _length(c: Any, vs: Any, clock: float) -> float | None:
+    """The file's length on its timeline (``clock``: its ``clock_start``). MP4 and most containers
+    count their duration from the file's first timestamp, Matroska and WebM from 0: a file whose
+    streams all start at 5 s would otherwise look 5 s longer than its frames, and truncated."""
     end = c.duration / 1_000_000 if c.duration else None
     if end is not None and "matroska" not in (c.format.name or ""):
         end += (c.start_time or 0) / 1_000_000
@@ -146,16 +145,17 @@ def _length(c: Any, vs: Any) -> float | None:
 
 
 def _info(c: Any, vs: Any | None) -> VideoInfo:
+    clock = clock_start(c, vs) if vs is not None else 0.0
     if vs is None:
         duration = c.duration / 1_000_000 if c.duration else None
     else:
-        duration = _length(c, vs)
+        duration = _length(c, vs, clock)
     info = VideoInfo(duration=duration, has_video=vs is not None, has_audio=bool(c.streams.audio))
     if vs is not None:
         info.width, info.height = vs.codec_context.width or None, vs.codec_context.height or None
         a = c.streams.audio[0] if c.streams.audio else None
         if a is not None and a.start_time is not None and a.time_base:
-            delay = float(a.start_time * a.time_base) - clock_start(c, vs)
+            delay = float(a.start_time * a.time_base) - clock
             info.audio_delay = delay if delay > PRIMING else 0.0
     return info
 

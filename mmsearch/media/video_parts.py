@@ -89,9 +89,8 @@ class VideoParts:
             if cut is None:
                 return None
             with self._lock:
-                end = part.until if part.until is not None else self.info.duration or 0.0
                 if not part.finished and not self._stopped and cut - part.reached >= MIN_PART_SECONDS - 1e-6 \
-                        and end - cut >= MIN_PART_SECONDS - 1e-6:
+                        and self._end(part) - cut >= MIN_PART_SECONDS - 1e-6:
                     back = Part(cut, part.until, self._lock)
                     part.until = cut
                     return self._add(back)
@@ -164,9 +163,11 @@ class VideoParts:
         self._running += 1
         return part
 
+    def _end(self, part: Part) -> float:
+        return part.until if part.until is not None else self.info.duration or 0.0
+
     def _left(self, part: Part) -> float:
-        end = part.until if part.until is not None else self.info.duration or 0.0
-        return end - part.reached
+        return self._end(part) - part.reached
 
     def _key_frame_before(self, t: float) -> float | None:
         """The time of the key frame at or before ``t``; None where seeking fails."""

@@ -27,6 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from mmsearch import cpus
 from mmsearch.encoders.encoder_set import EncoderSet
 from mmsearch.errors import BadInput, MMSearchError
+from mmsearch.handoff import offer
 from mmsearch.indexer.progress import IngestMeter, IngestStatus
 from mmsearch.indexer.scan import OTHER, FoundFile, content_hash, dedupe_roots, kind_of, scan, scan_file
 from mmsearch.media.decode import JPEG_SUFFIXES, DecodeError, Unit, probe_jpeg, read_captions, read_image, read_text
@@ -537,13 +538,7 @@ class _Ingest:
                 break
 
     def _put(self, events: queue.Queue[tuple], ev: tuple) -> None:
-        while True:
-            try:
-                events.put(ev, timeout=0.1)
-                return
-            except queue.Full:
-                if self.stop.is_set():  # nobody reads on (run counts no exit once stopped)
-                    return
+        offer(events, ev, self.stop)  # once stopped nobody reads on (run counts no exit then)
 
     def _decode(self, p: _Pending, share: Callable[[VideoParts], None] | None = None) -> Iterator[Unit]:
         """The units to embed; an image's facts (EXIF date, camera, place) are kept on ``p``.

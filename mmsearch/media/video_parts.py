@@ -23,6 +23,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from mmsearch.handoff import offer
 from mmsearch.media.notes import FileNotes, current_notes
 from mmsearch.media.video import FrameSample, VideoInfo, _time, clock_start, iter_frames, probe, video_stream
 
@@ -209,13 +210,7 @@ def iter_parts(source: str | os.PathLike[str], interval: float, side: int, info:
     stop = threading.Event()
 
     def put(kind: str, value: Any) -> bool:
-        while not stop.is_set():
-            try:
-                out.put((kind, value), timeout=0.1)
-                return True
-            except queue.Full:
-                pass
-        return False
+        return offer(out, (kind, value), stop)
 
     def work() -> None:
         try:

@@ -208,13 +208,22 @@ def test_frames_are_sampled_upright_at_their_own_times(media: Path, tmp_path: Pa
 
 def test_a_long_group_of_pictures_is_sampled_on_time_without_its_b_frames(tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    from mmsearch.media import video
-
     # one key frame for 30 s, three B-frames between references, no key frame at a cut
     moving = write_video(tmp_path / "long.mp4", lambda t: np.roll(PHOTOS[3], int(t * 8), axis=1),
                          [i / 12 for i in range(360)], gop=400,
                          codec_options={"bf": "3", "b_strategy": "0", "b-pyramid": "none", "sc_threshold": "0"})
-    decoded = []
+    decoded = _decoded_frames(monkeypatch)
+    spans = [(f.start, f.end) for f in iter_frames(moving, 2.0, 64)]
+    assert [s for s, _ in spans] == [2.0 * k for k in range(15)]  # the frames all-frame decoding would pick
+    assert spans[-1][1] == pytest.approx(30.0, abs=0.25)  # the end of the last frame
+    # B-frames shown before a due time are skipped, not decoded; frames after the last sample are not needed
+    assert len(decoded) < 360 // 2 and all(not f.is_corrupt for f in decoded)
+
+
+def _decoded_frames(monkeypatch: pytest.MonkeyPatch) -> list:
+    from mmsearch.media import video
+
+    decoded: list = []
     take = video._Sampler.take
 
     def counting(self: video._Sampler, frames: list, base: float):  # type: ignore[no-untyped-def]
@@ -222,11 +231,37 @@ def test_a_long_group_of_pictures_is_sampled_on_time_without_its_b_frames(tmp_pa
         return take(self, frames, base)
 
     monkeypatch.setattr(video._Sampler, "take", counting)
-    spans = [(f.start, f.end) for f in iter_frames(moving, 2.0, 64)]
-    assert [s for s, _ in spans] == [2.0 * k for k in range(15)]  # the frames all-frame decoding would pick
-    assert spans[-1][1] == pytest.approx(30.0, abs=0.25)  # the end of the last frame
-    # B-frames shown before a due time are skipped, not decoded; frames after the last sample are not needed
-    assert len(decoded) < 360 // 2 and all(not f.is_corrupt for f in decoded)
+    return decoded
+
+
+def test_a_key_frame_checked_for_a_cut_costs_no_other_frame(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Phones put a key frame every second. One between samples is decoded to see whether it
+    starts a shot; with B-frames the decoder holds it back, and pushing it out with the next
+    frames cost their decoding (a fifth of the decoding on such a video): it is decoded alone."""
+    video = write_video(tmp_path / "phone.mp4", lambda t: np.roll(PHOTOS[int(t // 5)], int(t * 4), axis=1),
+                        [i / 12 for i in range(12 * 20)], gop=12, codec_options={"bf": "2", "sc_threshold": "0"})
+    decoded = _decoded_frames(monkeypatch)
+    spans = [(f.start, f.end) for f in iter_frames(video, 2.0, 64)]
+    assert [s for s, _ in spans] == [0, 2, 4, 5, 7, 9, 10, 12, 14, 15, 17, 19]  # every 2 s, and at each new photo
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    assert len(decoded) == 20 and all(f.key_frame for f in decoded)  # the 20 key frames, each once
+
+
+def test_a_group_longer_than_the_last_is_decoded_again_from_its_key_frame(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cuts at 3 s and 4 s, then no key frame to the end: the group at 4 s looked a second long,
+    like the one before, so its key frame was decoded alone; the samples due inside it are decoded
+    from the key frame again, on time."""
+    def picture(t: float) -> np.ndarray:
+        return np.roll(PHOTOS[0 if t < 3 else 1 if t < 4 else 2], int(t * 12), axis=1)
+
+    video = write_video(tmp_path / "cuts.mp4", picture, [i / 12 for i in range(12 * 12)], gop=400,
+                        codec_options={"bf": "2", "keyint_min": "1"})
+    decoded = _decoded_frames(monkeypatch)
+    spans = [(f.start, f.end) for f in iter_frames(video, 2.0, 64)]
+    assert [s for s, _ in spans] == [0, 2, 3, 4, 6, 8, 10]
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:])) and spans[-1][1] == pytest.approx(12, abs=0.2)
+    assert sum(f.key_frame for f in decoded) == 4  # the one at 4 s twice
 
 
 def test_a_damaged_key_frame_leaves_its_sample_to_the_next_frames(tmp_path: Path) -> None:

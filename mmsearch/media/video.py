@@ -215,6 +215,7 @@ def iter_frames(source: str | os.PathLike[str] | BinaryIO, interval: float = 2.0
         decoder = _Decoder(vs, tb, base)
         group = _Group()
         last_packet = 0.0
+        last_key: float | None = None  # the last key frame's time: groups' lengths repeat
         try:
             if start > 0:  # lands on the key frame at ``start``: the cut was read by the same seek
                 sampler.due = start
@@ -232,7 +233,9 @@ def iter_frames(source: str | os.PathLike[str] | BinaryIO, interval: float = 2.0
                     yield from group.close(decoder, sampler, base)
                     if t is not None and bound.passes(t):
                         break  # the next part's first key frame
-                    group = _Group(packet, t, sampler)
+                    gap = t - last_key if t is not None and last_key is not None else None
+                    last_key = t if t is not None else last_key
+                    group = _Group(packet, t, sampler, gap)
                     if group.decided:  # whether it starts a shot moves the clock: decoded now
                         yield from sampler.take(group.send(decoder, sampler), base)
                     continue
@@ -267,11 +270,16 @@ class _Group:
 
     A key frame before the due time is decoded at once (``decided``): whether it starts a shot
     decides when the next sample is due, so the packets after it are sent too until it comes out
-    of the decoder (which holds a frame or two back to reorder them). One at or past the due time
-    is the due sample whatever it shows, so it waits: decoded with its group if another sample
-    falls due inside it, else alone when the group ends. Either way it is decoded once."""
+    of the decoder (which holds a frame or two back to reorder them). Where the group looks to
+    end before the due time (``gap``: the last group's length; phones put a key frame every
+    second), no sample is due inside it, and the key frame is decoded alone instead, costing no
+    frames after it; should a sample fall due inside after all, the group is sent again from
+    its key frame. One at or past the due time is the due sample whatever it shows, so it waits:
+    decoded with its group if another sample falls due inside it, else alone when the group
+    ends. Either way it is decoded once."""
 
-    def __init__(self, head: Any = None, start: float | None = None, sampler: _Sampler | None = None) -> None:
+    def __init__(self, head: Any = None, start: float | None = None, sampler: _Sampler | None = None,
+                 gap: float | None = None) -> None:
         self.head, self.start = head, start
         self.pending: list[Any] = [] if head is None else [head]
         self.live = head is None  # the decoder holds this group's state (a stream may not open on a key)
@@ -280,7 +288,9 @@ class _Group:
                 and start - sampler.last_candidate < MIN_GAP_FRACTION * sampler.interval - 1e-6)
         self.decided = head is not None and not waits and not near
         self.waiting = head is not None and waits and not near
-        self.held = self.decided  # the key frame was sent and has not come out yet
+        self.alone = (self.decided and gap is not None and start is not None and sampler is not None
+                      and start + gap <= sampler.due + 1e-6)
+        self.held = self.decided and not self.alone  # the key frame was sent and has not come out yet
 
     def due(self, t: float | None, sampler: _Sampler) -> bool:
         if t is None or self.held:
@@ -290,6 +300,9 @@ class _Group:
         return t >= sampler.due - 1e-6
 
     def send(self, decoder: _Decoder, sampler: _Sampler) -> list[Any]:
+        if self.alone:  # out now; ``pending`` keeps the key frame, should a sample fall due inside
+            self.alone = False
+            return decoder.drain([self.head], sampler.due)
         out = decoder.send(self.pending, sampler.due)
         self.pending, self.live = [], True
         self.held = self.held and not out

@@ -162,19 +162,23 @@ def test_not_a_folder(engine: Engine, tmp_path: Path) -> None:
         engine.index([tmp_path / "missing"])
 
 
-def test_stop_event_keeps_what_was_committed(make_settings, photo_dir: Path) -> None:  # type: ignore[no-untyped-def]
+def test_stop_event_keeps_what_was_committed(make_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Stopped after 8 files, a run ends after what was already decoded (at most a queue's worth:
+    64 events, however the threads were scheduled), keeps it, and the next run does the rest."""
+    folder = tmp_path / "photos"
+    linked_photos(folder, 120)
     stop = threading.Event()
-    with Engine.open(make_settings(commit_every=4, batch_size=4, decode_workers=1)) as e:
+    with Engine.open(make_settings(commit_every=4, batch_size=4, decode_workers=1, follow_links=True)) as e:
         def progress(done: int, total: int) -> None:
             if done >= 8:
                 stop.set()
-        first = e.index([photo_dir], progress=progress, stop=stop)
-        assert 0 < first.added < 27
-        rest = e.index([photo_dir])
-        assert first.added + rest.added == 27 and rest.unchanged == first.added
+        first = e.index([folder], progress=progress, stop=stop)
+        assert 8 <= first.added < 120
+        rest = e.index([folder])
+        assert first.added + rest.added == 120 and rest.unchanged == first.added
         counts = e.catalog.counts()
-        assert counts["items"] == {"image": 24, "text": 26}
-        assert sum(counts["embeddings"].values()) == 50  # no duplicates
+        assert counts["items"] == {"image": 120}
+        assert sum(counts["embeddings"].values()) == 120  # no duplicates
 
 
 def test_ivfpq_path_agrees_with_exact_search(make_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -476,8 +476,8 @@ def _first_part_waits(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
             joined.set()
         return part
 
-    def iter_frames_slowly(source, interval, side, info, start, until):  # type: ignore[no-untyped-def]
-        for k, sample in enumerate(real_iter(source, interval, side, info, start, until)):
+    def iter_frames_slowly(source, interval, side, info, start, until, damage):  # type: ignore[no-untyped-def]
+        for k, sample in enumerate(real_iter(source, interval, side, info, start, until, damage)):
             if start == 0 and k == 1:
                 joined.wait(10)
             yield sample
@@ -505,6 +505,66 @@ def test_a_failed_part_stops_the_others_and_keeps_its_reason(tmp_path: Path, mon
     assert list(parts.frames(tail)) == [] and list(parts.frames(head)) == []
     with pytest.raises(VideoDecodeError, match="6 damaged packets"):
         parts.wait()
+
+
+def _damaged(clean: Path, path: Path, times: set[float]) -> Path:
+    """``clean`` with the packets at ``times`` overwritten by noise after their first bytes."""
+    import av
+
+    rng = np.random.default_rng(1)
+    with av.open(str(clean)) as src, av.open(str(path), "w") as dst:
+        vin = src.streams.video[0]
+        vout = dst.add_stream_from_template(vin)
+        for packet in src.demux(vin):
+            if packet.size == 0:
+                continue
+            if any(abs(float(packet.pts * packet.time_base) - t) < 1e-3 for t in times):
+                noise = av.Packet(bytes(packet)[:6] + rng.integers(0, 256, packet.size - 6, np.uint8).tobytes())
+                noise.pts, noise.dts, noise.time_base, noise.is_keyframe = (packet.pts, packet.dts,
+                                                                            packet.time_base, True)
+                packet = noise
+            packet.stream = vout
+            dst.mux(packet)
+    return path
+
+
+def test_damaged_packets_are_counted_over_the_whole_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seven key frames damaged in each half: one thread fails the file past 5, and so do two
+    threads decoding its halves (each half had fewer than 6, and was counted alone)."""
+    from mmsearch.media import video_parts
+    from mmsearch.media.video import VideoDecodeError
+    from mmsearch.media.video_parts import VideoParts
+
+    monkeypatch.setattr(video_parts, "MIN_PART_SECONDS", 10.0)
+    clean = write_video(tmp_path / "clean.mkv", lambda t: np.roll(PHOTOS[int(t // 6) % 10], int(t * 12), axis=1),
+                        [i / 4 for i in range(4 * 48)], gop=8, codec_options={"sc_threshold": "0"})
+    damaged = _damaged(clean, tmp_path / "damaged.mkv", {2.0 * k for k in (*range(1, 8), *range(13, 20))})
+    with pytest.raises(VideoDecodeError, match="6 damaged packets"):
+        list(iter_frames(damaged, 2.0, 32))
+    parts = VideoParts(damaged, 2.0, 32, probe(damaged))
+    head, tail = parts.take(), parts.take()
+    assert head is not None and tail is not None and (tail.start, tail.until) == (24.0, None)
+    with pytest.raises(VideoDecodeError, match="6 damaged packets"):
+        for part in (head, tail):
+            list(parts.frames(part))
+    assert isinstance(parts.settle(), VideoDecodeError)
+
+
+def test_a_finished_video_opens_no_container_to_cut_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thread that chose a part to cut while the video finished finds no cut, and leaves no
+    container open that nothing would close."""
+    from mmsearch.media import video_parts
+    from mmsearch.media.video_parts import VideoParts
+
+    monkeypatch.setattr(video_parts, "MIN_PART_SECONDS", 10.0)
+    pan = _pan(tmp_path / "pan.mp4", 48)
+    parts = VideoParts(pan, 2.0, 64, probe(pan))
+    head = parts.take()
+    assert head is not None and parts._key_frame_before(30.0) == 30.0  # the container is open to cut
+    list(parts.frames(head))
+    parts.wait()
+    assert parts._seeker is None
+    assert parts._key_frame_before(30.0) is None and parts._seeker is None
 
 
 def test_parts_decoded_side_by_side_fail_together(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -642,6 +702,23 @@ def test_other_codecs_are_sampled_at_their_times(tmp_path: Path, codec: str, suf
     assert [f.start for f in frames] == [0.0, 2.0, 4.0, 6.0, 8.0]
     first = np.asarray(frames[0].image, dtype=np.float32)
     assert float(np.abs(first - PHOTOS[2]).mean()) < 16  # lossy, but the picture shown
+
+
+def test_a_thumbnail_is_the_frame_shown_at_its_time_in_an_avi_with_b_frames(tmp_path: Path) -> None:
+    """AVI seeks by decoding time: the key frame it lands on can be shown after the time asked,
+    and the thumbnail was that later frame (Xvid and DivX files). It seeks further back."""
+    import av
+
+    from mmsearch.media.video import frame_at
+
+    avi = write_video(tmp_path / "xvid.avi", lambda t: np.roll(PHOTOS[int(t // 6) % 10], int(t * 12), axis=1),
+                      [i / 4 for i in range(4 * 20)], codec="mpeg4", gop=8, codec_options={"bf": "2"})
+    with av.open(str(avi)) as c:
+        shown = [(float(f.time), f.to_ndarray(format="rgb24").astype(np.float32)) for f in c.decode(video=0)]
+    for t in (1.9, 5.8, 11.9, 19.9):
+        picture = np.asarray(frame_at(avi, t, 64), dtype=np.float32)
+        closest = min(shown, key=lambda f: float(np.abs(f[1] - picture).mean()))[0]
+        assert closest == max(time for time, _ in shown if time <= t + 1e-3), t
 
 
 def test_http_streams_videos_and_shows_their_frames(engine: Engine, media: Path) -> None:

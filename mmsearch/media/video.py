@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ SCENE_CUT = 0.12  # ... from here on a key frame starts a new shot
 MIN_GAP_FRACTION = 0.25  # key frames closer than this share of the interval to the last candidate are not decoded
 MAX_DECODE_ERRORS = 5  # damaged packets tolerated (concealed by the decoder) before the file fails
 SHORTFALL = 0.9  # a file whose packets stop before this share of its declared duration is truncated
+FRAME_AT_SEEKS = 4  # a thumbnail's seeks back (a demuxer that seeks by decoding time) before one from the start
 PRIMING = 0.05  # seconds a sound track may start before or after the picture as encoders make it
 
 
@@ -160,6 +162,20 @@ def _info(c: Any, vs: Any | None) -> VideoInfo:
     return info
 
 
+class Damage:
+    """Damaged packets counted over a whole file: decoded in parts by several threads, it fails
+    past MAX_DECODE_ERRORS as it would decoded by one."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def add(self) -> int:
+        with self._lock:
+            self._count += 1
+            return self._count
+
+
 class PartEnd(Protocol):
     """Where a part of a video ends, asked as decoding goes (video_parts.Part: it can move)."""
 
@@ -185,12 +201,12 @@ class _FixedEnd:
 
 def iter_frames(source: str | os.PathLike[str] | BinaryIO, interval: float = 2.0, side: int = 256,
                 info: VideoInfo | None = None, start: float = 0.0,
-                until: float | PartEnd | None = None) -> Iterator[FrameSample]:
+                until: float | PartEnd | None = None, damage: Damage | None = None) -> Iterator[FrameSample]:
     """Yield the frames worth embedding (see the module's docstring), lazily, each with its span.
     ``info``, when given, is filled in as decoding finds things out (size as shown, rotation).
     ``start`` and ``until`` (key frame times; ``until`` may move earlier while decoding, see
     video_parts.py) keep to one part of the video: its first sample is the key frame at
-    ``start``, its last span ends at ``until``.
+    ``start``, its last span ends at ``until``; ``damage`` counts the damaged packets of all parts.
     Damage found while reading raises after the frames decoded so far were yielded: callers
     treat the whole file as failed then."""
     import av
@@ -212,7 +228,7 @@ def iter_frames(source: str | os.PathLike[str] | BinaryIO, interval: float = 2.0
         tb = float(vs.time_base or 0)  # seconds per tick, as a float: Fractions per packet cost a frame's scaling
         sampler = _Sampler(interval, side, info, tb)
         base = clock_start(c, vs)
-        decoder = _Decoder(vs, tb, base)
+        decoder = _Decoder(vs, tb, base, damage or Damage())
         group = _Group()
         last_packet = 0.0
         last_key: float | None = None  # the last key frame's time: groups' lengths repeat
@@ -328,9 +344,8 @@ class _Decoder:
     sample's due time: nothing needs it, neither a sample nor a later frame. From the due time on,
     every frame is decoded, so samples are the frames they would be if all were decoded."""
 
-    def __init__(self, stream: Any, tb: float, base: float) -> None:
-        self.stream, self.tb, self.base = stream, tb, base
-        self.errors = 0
+    def __init__(self, stream: Any, tb: float, base: float, damage: Damage) -> None:
+        self.stream, self.tb, self.base, self.damage = stream, tb, base, damage
 
     def drain(self, packets: list[Any], due: float = float("inf")) -> list[Any]:
         """Send the packets, then take every frame still inside the decoder and reset it: a key
@@ -353,9 +368,9 @@ class _Decoder:
             except av.error.EOFError:
                 pass
             except (av.error.InvalidDataError, ValueError) as e:  # ArgumentError is a ValueError
-                self.errors += 1
-                if self.errors > MAX_DECODE_ERRORS:
-                    raise VideoDecodeError(f"corrupt video: {self.errors} damaged packets ({_why(e)})") from None
+                errors = self.damage.add()
+                if errors > MAX_DECODE_ERRORS:
+                    raise VideoDecodeError(f"corrupt video: {errors} damaged packets ({_why(e)})") from None
         return out
 
 
@@ -541,8 +556,6 @@ def frame_at(source: str | os.PathLike[str], t: float, side: int) -> Image.Image
     """The frame shown at ``t`` seconds (clamped to the video), upright, short side at most
     ``side``: a thumbnail of the moment a result points at. Seeks to the key frame before ``t``
     and decodes from there, so it costs one group of pictures, not the video up to ``t``."""
-    import av
-
     with open_media(source) as c:
         vs = video_stream(c)
         if vs is None:
@@ -551,18 +564,36 @@ def frame_at(source: str | os.PathLike[str], t: float, side: int) -> Image.Image
         base = clock_start(c, vs)
         duration = _info(c, vs).duration
         t = max(0.0, min(t, duration - 1e-3 if duration else t))
-        sampler = _Sampler(1.0, side, VideoInfo())
         chosen = None
-        try:
-            if t > 0 and vs.time_base:
-                c.seek(int((t + base) / vs.time_base), stream=vs, backward=True, any_frame=False)
-            for frame in c.decode(vs):
-                if chosen is not None and frame.time is not None and frame.time - base > t + 1e-3:
-                    break
-                chosen = frame
-        except av.error.FFmpegError as e:
-            if chosen is None:
-                raise VideoDecodeError(f"cannot decode the frame at {t:.2f} s ({_why(e)})") from None
+        aim = t
+        for attempt in range(FRAME_AT_SEEKS):
+            chosen, first = _shown_at(c, vs, base, t, aim, rewind=attempt > 0)
+            if first is None or first <= t + 1e-3 or aim <= 0:
+                break
+            # the demuxer sought by decoding time (AVI): the key frame found is shown after ``t``
+            aim = max(0.0, aim - max(first - t, 1.0)) if attempt < FRAME_AT_SEEKS - 2 else 0.0
         if chosen is None:
             raise VideoDecodeError(f"no frame at {t:.2f} s")
-        return sampler._picture(chosen)
+        return _Sampler(1.0, side, VideoInfo())._picture(chosen)
+
+
+def _shown_at(c: Any, vs: Any, base: float, t: float, aim: float, rewind: bool) -> tuple[Any, float | None]:
+    """The last frame shown at or before ``t`` when decoding from the key frame found by seeking
+    to ``aim`` (at 0, from the start: no seek unless ``rewind``), and the time of the first frame
+    decoded (after ``t``: the seek went too far)."""
+    import av
+
+    chosen, first = None, None
+    try:
+        if (aim > 0 or rewind) and vs.time_base:
+            c.seek(round((aim + base) / vs.time_base) if aim > 0 else 0, stream=vs, backward=True, any_frame=False)
+        for frame in c.decode(vs):
+            shown = frame.time - base if frame.time is not None else None
+            first = shown if first is None else first
+            if chosen is not None and shown is not None and shown > t + 1e-3:
+                break
+            chosen = frame
+    except av.error.FFmpegError as e:
+        if chosen is None:
+            raise VideoDecodeError(f"cannot decode the frame at {t:.2f} s ({_why(e)})") from None
+    return chosen, first

@@ -25,7 +25,7 @@ from typing import Any
 
 from mmsearch.handoff import offer
 from mmsearch.media.notes import FileNotes, current_notes
-from mmsearch.media.video import FrameSample, VideoInfo, _time, clock_start, iter_frames, probe, video_stream
+from mmsearch.media.video import Damage, FrameSample, VideoInfo, _time, clock_start, iter_frames, probe, video_stream
 
 MIN_PART_SECONDS = 30.0  # no part is cut shorter than this: a cut costs a seek and a restarted clock
 SPLIT_TRIES = 3  # a part may pass the cut while it is being found: find another
@@ -68,6 +68,8 @@ class VideoParts:
         self._stopped = False
         self._seeker: Any = None  # one container kept open to find cuts
         self._seek_lock = threading.Lock()
+        self._closed = False  # settled: no container is opened again
+        self._damage = Damage()  # the file's damaged packets, over all its parts
         self._notes = current_notes()  # the file's record, where other threads' decoder messages go too
 
     def take(self) -> Part | None:
@@ -104,7 +106,8 @@ class VideoParts:
             own = stack.enter_context(FileNotes()) if current_notes() is None else None
             try:
                 yield from iter_frames(self.source, self.interval, self.side,
-                                       self.info if part.start == 0 else VideoInfo(), part.start, part)
+                                       self.info if part.start == 0 else VideoInfo(), part.start, part,
+                                       self._damage)
             except Exception as e:
                 self.stop(e)
                 raise
@@ -150,6 +153,7 @@ class VideoParts:
 
     def close(self) -> None:
         with self._seek_lock:
+            self._closed = True
             if self._seeker is not None:
                 self._seeker.close()
                 self._seeker = None
@@ -175,6 +179,8 @@ class VideoParts:
         import av
 
         with self._seek_lock:
+            if self._closed:  # a thread that found the video finished while it took a part
+                return None
             try:
                 if self._seeker is None:
                     self._seeker = av.open(self.source, "r")

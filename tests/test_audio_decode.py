@@ -292,3 +292,18 @@ def test_non_finite_samples(tmp_path: Path) -> None:
     p = tmp_path / "nan.wav"
     sf.write(str(p), x, 8000, subtype="FLOAT")
     assert "non-finite" in _decode_error(p)
+
+
+def test_a_few_damaged_packets_in_an_m4a_are_concealed_and_many_fail_it(tmp_path: Path) -> None:
+    """Decoded by FFmpeg (libsndfile cannot read AAC), a damaged packet is skipped up to a few per
+    file, as in videos; past that the file fails with a reason. (An unknown name in the except
+    clause turned the first damaged packet into an AttributeError, and an HTTP query into a 500.)"""
+    from tests.video_media import RATE, sound, write_sound
+
+    clean = write_sound(tmp_path / "clean.m4a", np.concatenate([sound(1), sound(2)]), "mp4", "aac").read_bytes()
+    for n, damaged in ((60, tmp_path / "scratched.m4a"), (3000, tmp_path / "torn.m4a")):
+        data = bytearray(clean)
+        data[len(data) // 2: len(data) // 2 + n] = b"\xff" * n
+        damaged.write_bytes(bytes(data))
+    assert sum(len(w.samples) for w in iter_windows(tmp_path / "scratched.m4a", RATE, 10.0)) > 0
+    assert "corrupt" in _decode_error(tmp_path / "torn.m4a")

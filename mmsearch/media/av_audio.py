@@ -14,7 +14,8 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from mmsearch.media.audio import SHORTFALL_MIN_SECONDS, SHORTFALL_TOLERANCE, AudioDecodeError
-from mmsearch.media.video import MAX_DECODE_ERRORS, UnreadableMedia, VideoDecodeError, open_media, video_stream
+from mmsearch.media.video import (MAX_DECODE_ERRORS, UnreadableMedia, VideoDecodeError, libav_reason, open_media,
+                                  video_stream)
 
 Source = str | os.PathLike[str] | BinaryIO
 
@@ -84,10 +85,11 @@ def _blocks(c: Any, s: Any, rate: int, max_seconds: float | None, av: Any) -> It
         for packet in c.demux(s):
             try:
                 frames = s.codec_context.decode(packet if packet.size else None)
-            except (av.error.InvalidDataError, av.error.ValueError) as e:
+            except (av.error.InvalidDataError, ValueError) as e:  # ArgumentError is a ValueError
                 errors += 1
                 if errors > MAX_DECODE_ERRORS:
-                    raise AudioDecodeError(f"corrupt audio data after {read / rate:.2f} s: {e}") from None
+                    raise AudioDecodeError(f"corrupt audio data after {read / rate:.2f} s: {errors} damaged packets "
+                                          f"({libav_reason(e)})") from None
                 continue
             for frame in frames:
                 frame.pts = None  # the resampler follows its own clock; times come from the sample count
@@ -104,7 +106,7 @@ def _blocks(c: Any, s: Any, rate: int, max_seconds: float | None, av: Any) -> It
                     if limit is not None and read >= limit:
                         return
     except av.error.FFmpegError as e:
-        raise AudioDecodeError(f"corrupt or truncated audio after {read / rate:.2f} s: {e}") from None
+        raise AudioDecodeError(f"corrupt or truncated audio after {read / rate:.2f} s ({libav_reason(e)})") from None
     declared = _duration(c, s)
     if declared and limit is None:
         missing = declared - read / rate

@@ -98,7 +98,7 @@ def open_media(source: str | os.PathLike[str] | BinaryIO) -> Iterator[Any]:
     try:
         container = av.open(source, "r")
     except av.error.FFmpegError as e:
-        raise UnreadableMedia(f"corrupt, truncated or unknown media file ({_why(e)})") from None
+        raise UnreadableMedia(f"corrupt, truncated or unknown media file ({libav_reason(e)})") from None
     except Exception as e:  # noqa: BLE001 - PyAV raises several types for a bad file
         raise VideoDecodeError(f"cannot open as media: {type(e).__name__}: {e}") from None
     try:
@@ -260,7 +260,8 @@ def iter_frames(source: str | os.PathLike[str] | BinaryIO, interval: float = 2.0
                     yield from sampler.take(group.send(decoder, sampler), base)
             yield from group.close(decoder, sampler, base)
         except av.error.FFmpegError as e:
-            raise VideoDecodeError(f"corrupt or truncated video after {last_packet:.2f} s ({_why(e)})") from None
+            raise VideoDecodeError(f"corrupt or truncated video after {last_packet:.2f} s "
+                                   f"({libav_reason(e)})") from None
         if bound.stopped:  # the file has failed elsewhere: where this part stopped says nothing
             return
         if sampler.kept is None:
@@ -370,7 +371,7 @@ class _Decoder:
             except (av.error.InvalidDataError, ValueError) as e:  # ArgumentError is a ValueError
                 errors = self.damage.add()
                 if errors > MAX_DECODE_ERRORS:
-                    raise VideoDecodeError(f"corrupt video: {errors} damaged packets ({_why(e)})") from None
+                    raise VideoDecodeError(f"corrupt video: {errors} damaged packets ({libav_reason(e)})") from None
         return out
 
 
@@ -480,7 +481,7 @@ def _time(packet: Any, tb: float, base: float, shown: bool = False) -> float | N
     return ts * tb - base
 
 
-def _why(e: BaseException) -> str:
+def libav_reason(e: BaseException) -> str:
     text = getattr(e, "strerror", None) or str(e)
     return str(text).strip().rstrip(".")[:160]
 
@@ -595,5 +596,5 @@ def _shown_at(c: Any, vs: Any, base: float, t: float, aim: float, rewind: bool) 
             chosen = frame
     except av.error.FFmpegError as e:
         if chosen is None:
-            raise VideoDecodeError(f"cannot decode the frame at {t:.2f} s ({_why(e)})") from None
+            raise VideoDecodeError(f"cannot decode the frame at {t:.2f} s ({libav_reason(e)})") from None
     return chosen, first

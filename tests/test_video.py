@@ -756,6 +756,16 @@ def test_http_streams_videos_and_shows_their_frames(engine: Engine, media: Path)
             assert int(np.argmin(errors)) == int(t // 8), errors
         assert shown(None).shape == (64, 96, 3)  # a representative frame
         assert client.get(f"/items/{hit['id']}/thumbnail", params={"t": -1}).status_code == 422
+        # a moment as "more like this", and the video collections, as the CLI and POST /similar take them
+        moment = client.get(f"/items/{hit['id']}/similar", params={"at": 20, "to": "video", "k": 3})
+        same = client.post("/similar", json={"item_ids": [hit["id"]], "at": 20, "to": "video", "k": 3})
+        assert moment.status_code == same.status_code == 200, moment.text
+        assert [(r["id"], r["start"]) for r in moment.json()["results"]] == \
+            [(r["id"], r["start"]) for r in same.json()["results"]]
+        assert client.get(f"/items/{hit['id']}/similar", params={"at": -1}).status_code == 422
+        for collection in ("clip.video", "clap.video"):
+            assert client.get("/duplicates", params={"collection": collection}).status_code == 200
+            assert client.get("/atlas.json", params={"collection": collection}).status_code == 200
 
 
 def test_cli_finds_moments(engine: Engine, media: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -26,8 +26,8 @@ from mmsearch.search.request import (
     PathPattern,
     Profile,
     Query,
-    Seconds,
     SearchResponse,
+    Seconds,
     Size,
     Target,
 )
@@ -140,11 +140,16 @@ class SearchPage(SearchResponse):
     next_offset: int | None = None
 
 
-class SimilarRequest(Filters):
+class SimilarFilters(Filters):
+    """The filters of "more like this", and the moment of a sound or video it starts from."""
+
+    at: Seconds | None = Field(None, le=1e7, description=Profile.model_fields["at"].description)
+
+
+class SimilarRequest(SimilarFilters):
     """Items like these: their vectors are averaged into one query."""
 
     item_ids: list[ItemId] = Field(min_length=1, max_length=MAX_QUERY_IDS)
-    at: Seconds | None = Field(None, le=1e7, description=Profile.model_fields["at"].description)
 
 
 class SimilarBatchRequest(Filters):

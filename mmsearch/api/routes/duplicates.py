@@ -13,8 +13,9 @@ from mmsearch.api.schemas import DuplicatesResponse
 
 router = APIRouter(tags=["duplicates"])
 
-Collection = Annotated[str, QueryParam(pattern=r"^(clip|clap)\.(image|text|audio)$",
-                                       description="Which vectors: clip.image, clip.text, clap.audio, clap.text.")]
+Collection = Annotated[str, QueryParam(pattern=r"^(clip|clap)\.(image|text|audio|video)$",
+                                       description="Which vectors: clip.image, clip.text, clip.video (video "
+                                                   "frames), clap.audio, clap.text, clap.video (sound tracks).")]
 
 
 @router.get("/duplicates", response_model=DuplicatesResponse, responses={404: ERRORS[404], 422: ERRORS[422]},

@@ -18,18 +18,18 @@ from mmsearch.api.schemas import (
     BrowsePage,
     BrowseRequest,
     ErrorOut,
-    Filters,
     ItemOut,
     ItemVectorsOut,
     LookupOut,
     SearchPage,
     SegmentVector,
+    SimilarFilters,
     TagsOut,
     TagsRequest,
 )
+from mmsearch.api.security import require_writer
 from mmsearch.search.request import Metadata
 from mmsearch.storage.catalog import ItemRow
-from mmsearch.api.security import require_writer
 
 router = APIRouter(tags=["items"])
 
@@ -102,9 +102,9 @@ def delete_item(item_id: ItemIdPath, service: ServiceDep) -> Response:
 
 
 @router.get("/items/{item_id}/similar", response_model=SearchPage, responses=ERRORS, summary="More like this")
-def item_similar(item_id: ItemIdPath, f: Annotated[Filters, QueryParam()], response: Response,
+def item_similar(item_id: ItemIdPath, f: Annotated[SimilarFilters, QueryParam()], response: Response,
                  service: ServiceDep) -> SearchPage:
-    """Items like this one: the page's "more like this"."""
+    """Items like this one: the page's "more like this"; `at` starts from a moment of a sound or video."""
     page = similar_page(service, [item_id], f)
     timed(response, page)
     return page

@@ -299,6 +299,7 @@ def test_tracks_that_end_or_start_apart_are_whole(clip_spec: str, tiny_clap_dir:
     is a photo, an MP4 named .jpg a video."""
     import av
 
+    from mmsearch.errors import BadInput
     from mmsearch.settings import Settings
 
     folder = tmp_path / "media"
@@ -346,6 +347,14 @@ def test_tracks_that_end_or_start_apart_are_whole(clip_spec: str, tiny_clap_dir:
         assert e.item(e.lookup(str(folder / "early.mkv"))[0]).duration == pytest.approx(11.75, abs=0.3)  # 2 s + 19 frames
         for name in ("raw.aac", "misnamed.mp3", "tagged.mp3"):
             assert e.item(e.lookup(str(folder / name))[0]).modality == "audio", name
+        # a moment after the sound stops (2 s of 10): the frame shown then; the track has none there
+        short = e.lookup(str(folder / "short_sound.mkv"))[0]
+        assert short in e.runner.item_vectors([short], "clip", at=8.0)
+        assert e.runner.item_vectors([short], "clap", at=8.0) == {}
+        assert short in e.runner.item_vectors([short], "clap", at=1.0)
+        assert e.similar([short], at=8.0, to="video").results  # was refused: "item ends at 2.0 s"
+        with pytest.raises(BadInput, match="no moment at 8 s"):  # sounds are found by sounds: none then
+            e.similar([short], at=8.0, to="audio")
     err = capfd.readouterr().err
     assert "mpg123" not in err and "getbits" not in err and "Illegal" not in err, err[-2000:]
     with av.open(str(folder / "raw.aac")) as c:

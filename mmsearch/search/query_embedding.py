@@ -204,9 +204,10 @@ class QueryEmbedder:
         (video frames, sound windows), only the one at that moment (see ``at_moment``)."""
         if self.catalog is None or self.indexes is None:
             raise BadInput("item ids need a catalog")
-        rows = [r for r in self.catalog.embeddings_of(item_ids) if r[2].startswith(space + ".")]
+        every = self.catalog.embeddings_of(item_ids)
+        rows = [r for r in every if r[2].startswith(space + ".")]
         if at is not None:
-            spans = [r for r in rows if r[3] is not None]
+            spans = [r for r in every if r[3] is not None]  # in every space: a video's picture and track
             if rows and not spans:
                 raise BadInput(f"at: item {rows[0][1]} has no moments (a photo or a text): leave out at")
             for item in {r[1] for r in spans}:
@@ -239,8 +240,9 @@ class QueryEmbedder:
 def at_moment(rows: list[tuple[int, int, str, float | None, float | None]], at: float
               ) -> list[tuple[int, int, str, float | None, float | None]]:
     """Of each item's and collection's segments (embedding id, item, collection, start, end), the
-    one whose span holds ``at`` (else the one that starts nearest it); vectors without a span
-    (a photo, a text) are kept as they are."""
+    one whose span holds ``at`` (else the nearest, up to AT_SLACK away: a video's sound track that
+    ends or starts apart from its picture has no moment there); vectors without a span (a photo,
+    a text) are kept as they are."""
     best: dict[tuple[int, str], tuple[float, tuple[int, int, str, float | None, float | None]]] = {}
     whole = []
     for r in rows:
@@ -248,8 +250,9 @@ def at_moment(rows: list[tuple[int, int, str, float | None, float | None]], at: 
         if start is None:
             whole.append(r)
             continue
-        miss = 0.0 if start <= at < (end or start) or at == start else abs(start - at)
+        end = start if end is None else end
+        miss = -1.0 if start <= at < end or at == start else max(start - at, at - end)  # holds it: first
         key = (r[1], r[2])
         if key not in best or miss < best[key][0]:
             best[key] = (miss, r)
-    return sorted(whole + [r for _, r in best.values()])
+    return sorted(whole + [r for miss, r in best.values() if miss <= AT_SLACK])

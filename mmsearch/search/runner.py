@@ -125,6 +125,9 @@ class QueryRunner(QueryEmbedder):
             if not any(f.endswith("." + to) for f in existing):
                 return []
             if q.item_ids and not (q.has_text or q.has_image or q.has_audio):
+                if q.at is not None:
+                    raise BadInput(f"at: these items have no moment at {q.at:g} s in the space {to} is embedded "
+                                   "in (a video's sound track may stop before its picture, or start after it)")
                 raise BadInput(f"these items cannot find {to}: they have no vectors in the space {to} is "
                                "embedded in (a silent video has no sound track, a photo or a caption only "
                                "CLIP's vectors, a sound only CLAP's)")

@@ -122,6 +122,7 @@ def test_videos_are_items_and_damaged_files_fail_alone(engine: Engine, media: Pa
         assert row.duration and row.duration > 0.5
         assert row.modality == ("video" if name in ("vfr.mp4", "silent.mkv") else "audio")
         durations.append(row.duration)
+    assert engine.item(_item(engine, media / "memo.mp4")).facts.mime == "audio/mp4"  # a sound, served as one
     # progress in seconds of sound and video (the meter's status): each video's time once, though
     # frames and track both cover it
     seen = engine.media_seen  # type: ignore[attr-defined]
@@ -911,6 +912,9 @@ def test_files_without_an_extension_are_known_by_their_content(clip_spec: str, t
             assert e.item(_item(e, folder / "clip")).modality == "video"
     with Engine.open(settings) as e:
         assert [e.item(_item(e, folder / n)).modality for n in ("song", "take", "book")] == ["audio"] * 3
+        # served as what they hold, not application/octet-stream
+        assert [e.item(_item(e, folder / n)).facts.mime for n in ("clip", "song", "take", "book")] == \
+            ["video/mp4", "audio/ogg", "audio/flac", "audio/mp4"]
         [hit] = e.search(Query(audio=(folder / "take").read_bytes(), to="audio", k=1)).results
         assert hit.path == str(folder / "take")
     theora = tmp_path / "film"  # an Ogg page whose first packet is a Theora header: a video, not a sound

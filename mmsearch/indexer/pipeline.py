@@ -31,7 +31,7 @@ from mmsearch.handoff import offer
 from mmsearch.indexer.progress import IngestMeter, IngestStatus
 from mmsearch.indexer.scan import OTHER, FoundFile, content_hash, dedupe_roots, kind_of, scan, scan_file
 from mmsearch.media.decode import JPEG_SUFFIXES, DecodeError, Unit, probe_jpeg, read_captions, read_image, read_text
-from mmsearch.media.formats import content_kind, read_head, sniff_kind, video_type
+from mmsearch.media.formats import SOUND_IN_VIDEO, content_kind, read_head, sniff_kind, timed_media_type
 from mmsearch.media.metadata import FileFacts, extension, mime_of
 from mmsearch.media.notes import FileNotes
 from mmsearch.media.video import frame_unit
@@ -544,14 +544,16 @@ class _Ingest:
         """The units to embed; an image's facts (EXIF date, camera, place) are kept on ``p``.
         ``share``: where a long video's parts are offered to idle threads."""
         s, f = self.settings, p.found
+        named = kind_of(f.path)
         p.facts = FileFacts(mime=mime_of(f.path))
         if f.size == 0:
             raise DecodeError("empty file (0 bytes)")
         kind = content_kind(f.path, f.kind)  # a picture named .mp4 is a photo, a video named .jpg a video
         if kind != f.kind:  # recorded as what it is: counted, re-embedded and served as that
             p.found = f = replace(f, kind=kind)
-            if kind == "video":
-                p.facts = FileFacts(mime=video_type(read_head(f.path)))
+        if kind in ("audio", "video") and (kind != named or not p.facts.mime.startswith(("audio/", "video/"))):
+            # known by its content (no extension, or a wrong one): served as what it is
+            p.facts = FileFacts(mime=timed_media_type(read_head(f.path)) or p.facts.mime)
         if kind == "image":
             jpeg = probe_jpeg(f.path, s.max_image_pixels) if self.jpegs_on_device and \
                 f.path.lower().endswith(JPEG_SUFFIXES) else None
@@ -583,7 +585,10 @@ class _Ingest:
             yield from video_units(f.path, s.video_interval, s.video_frame_side or DEFAULT_FRAME_SIDE,
                                    (clap.sample_rate, clap.window_seconds) if clap else None,  # type: ignore[attr-defined]
                                    info, share)
-            p.facts = replace(p.facts, width=info.width, height=info.height)
+            mime = p.facts.mime
+            if not info.has_video and mime in SOUND_IN_VIDEO:  # a sound item: served as a sound
+                mime = SOUND_IN_VIDEO[mime]
+            p.facts = replace(p.facts, width=info.width, height=info.height, mime=mime)
 
     def _flush(self, share: float = 1.0) -> bool:
         """Embed what is buffered in batches of at least ``share`` of a batch: 1, full batches;

@@ -91,16 +91,30 @@ def _theora(head: bytes) -> bool:
     return head[:4] == b"OggS" and b"\x80theora" in head
 
 
-def audio_signature(head: bytes) -> bool:
-    """A sound container by its first bytes: Ogg (not Theora video), FLAC, WAV, AIFF, an M4A, or
-    an ID3-tagged MP3 (strong signatures only: a bare MPEG sync word is too common elsewhere)."""
+def audio_type(head: bytes) -> str | None:
+    """The media type of a sound container by its first bytes: Ogg (not Theora video), FLAC, WAV,
+    AIFF, an M4A, or an ID3-tagged MP3 (strong signatures only: a bare MPEG sync word is too
+    common elsewhere)."""
     if head[:4] == b"OggS":
-        return not _theora(head)
+        return None if _theora(head) else "audio/ogg"
     if head[4:8] == b"ftyp":
-        return head[8:12] in _SOUND_BRANDS
-    return (head[:4] == b"fLaC" or (head[:4] == b"RIFF" and head[8:12] == b"WAVE")
-            or (head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"))
-            or (head[:3] == b"ID3" and head[3:4] < b"\x05"))
+        return "audio/mp4" if head[8:12] in _SOUND_BRANDS else None
+    if head[:4] == b"fLaC":
+        return "audio/flac"
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        return "audio/wav"
+    if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+        return "audio/aiff"
+    return "audio/mpeg" if head[:3] == b"ID3" and head[3:4] < b"\x05" else None
+
+
+def audio_signature(head: bytes) -> bool:
+    return audio_type(head) is not None
+
+
+def timed_media_type(head: bytes) -> str | None:
+    """The media type of a sound or a video by its first bytes; None where they do not say."""
+    return audio_type(head) or video_type(head) or ("video/ogg" if _theora(head) else None)
 
 
 def sniff_kind(path: str) -> str | None:
@@ -184,3 +198,8 @@ def sniff_image(path: str, head: bytes | None = None) -> bool:
         return True  # an image all the same: decoding records why it is refused
     except Exception:  # noqa: BLE001 - not an image Pillow knows: skipped, with its extension counted
         return False
+
+
+# a video container's type for the same container holding a sound alone (a sound item)
+SOUND_IN_VIDEO = {"video/mp4": "audio/mp4", "video/webm": "audio/webm", "video/x-matroska": "audio/x-matroska",
+                  "video/ogg": "audio/ogg"}

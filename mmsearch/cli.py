@@ -79,6 +79,8 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=_print_ver
 
 def _settings(catalog: Path, db: str | None, model: str | None = None, audio_model: str | None = None,
               **extra: Any) -> Settings:
+    from pydantic import ValidationError
+
     from mmsearch.settings import Settings
 
     values: dict[str, Any] = {"catalog": catalog, **{k: v for k, v in extra.items() if v is not None}}
@@ -88,7 +90,14 @@ def _settings(catalog: Path, db: str | None, model: str | None = None, audio_mod
         values["model"] = model
     if audio_model:
         values["audio_model"] = audio_model
-    return Settings(**values)
+    try:
+        return Settings(**values)
+    except ValidationError as e:  # a bad flag or environment variable: named, in one line
+        err = e.errors()[0]
+        name = str(err["loc"][0]) if err["loc"] else ""
+        where = "--" + name.replace("_", "-") if name in values else f"MMSEARCH_{name.upper()}"
+        typer.echo(f"error: {where}: {err['msg'].removeprefix('Value error, ')}", err=True)
+        raise typer.Exit(2) from None
 
 
 @contextmanager
@@ -573,14 +582,24 @@ def lookup(
 ) -> None:
     """Item ids of indexed files (a captions file has one per row)."""
     out: dict[str, list[int]] = {}
+    missing: list[str] = []
     with _engine(_settings(catalog, db), create=False) as engine:
         for path in paths:
-            out[str(path)] = engine.lookup(path)
+            try:
+                out[str(path)] = engine.lookup(path)
+            except NotFound as e:  # the others are still looked up
+                out[str(path)] = []
+                missing.append(str(e))
     if as_json:
         _print_json(out)
-        return
-    for path, ids in out.items():
-        typer.echo(f"{path}\t{' '.join(map(str, ids))}")
+    else:
+        for path, ids in out.items():
+            if ids:
+                typer.echo(f"{path}\t{' '.join(map(str, ids))}")
+    for reason in missing:
+        typer.echo(f"error: {reason}", err=True)
+    if missing:
+        raise typer.Exit(3)
 
 
 BrowseKOpt = Annotated[int, typer.Option("-k", "--k", min=1, max=BROWSE_MAX_LIMIT, help="Items on the page.")]

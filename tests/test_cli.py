@@ -176,6 +176,17 @@ def test_read_commands_do_not_write_the_catalog(cli, photo_dir: Path, tmp_path: 
     assert r.exit_code == 2 and "cannot use" in r.output
 
 
+def test_a_bad_setting_is_one_line_naming_it(cli, photo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("MMSEARCH_VIDEO_INTERVAL", "0")
+    r = cli("index", str(photo_dir), "--model", cli.spec, ok=False)
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert r.stderr.strip().splitlines() == ["error: MMSEARCH_VIDEO_INTERVAL: Input should be greater than 0"]
+    monkeypatch.setenv("MMSEARCH_VIDEO_INTERVAL", "2")
+    monkeypatch.setenv("MMSEARCH_BATCH_SIZE", "abc")
+    r = cli("stats", ok=False)
+    assert r.exit_code == 2 and "MMSEARCH_BATCH_SIZE" in r.stderr and "Traceback" not in r.output
+
+
 def test_lookup_and_delete_by_path(cli, photo_dir: Path) -> None:  # type: ignore[no-untyped-def]
     cli("index", str(photo_dir), "--model", cli.spec)
     note = photo_dir / "notes" / "dogs.txt"
@@ -183,6 +194,9 @@ def test_lookup_and_delete_by_path(cli, photo_dir: Path) -> None:  # type: ignor
     ids = json.loads(r.stdout)[str(note)]
     assert len(ids) == 1
     assert cli("lookup", str(photo_dir / "nope.txt"), ok=False).exit_code == 3
+    both = cli("lookup", str(photo_dir / "nope.txt"), str(note), "--json", ok=False)  # one missing: the rest still
+    assert both.exit_code == 3 and json.loads(both.stdout) == {str(photo_dir / "nope.txt"): [], str(note): ids}
+    assert "nope.txt is not in the catalog" in both.stderr
     r = cli("browse", "--path", str(photo_dir / "notes"), "--json")
     page = json.loads(r.stdout)
     assert (page["total"], page["offset"], page["next_offset"]) == (2, 0, None)

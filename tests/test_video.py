@@ -893,6 +893,7 @@ def test_files_without_an_extension_are_known_by_their_content(clip_spec: str, t
                                                                 tmp_path: Path) -> None:
     """Downloads saved without their extension: an MP4 is a video; Ogg, FLAC and M4A are sounds,
     skipped while audio is off and indexed once it is on; other bytes are skipped under "(none)"."""
+    from mmsearch.errors import BadInput
     from mmsearch.media import formats
     from mmsearch.settings import Settings
 
@@ -917,6 +918,10 @@ def test_files_without_an_extension_are_known_by_their_content(clip_spec: str, t
             ["video/mp4", "audio/ogg", "audio/flac", "audio/mp4"]
         [hit] = e.search(Query(audio=(folder / "take").read_bytes(), to="audio", k=1)).results
         assert hit.path == str(folder / "take")
+    with Engine.open(settings.model_copy(update={"catalog": tmp_path / "one"})) as e:  # named alone
+        assert e.index([folder / "clip"]).added == 1 and e.item(_item(e, folder / "clip")).modality == "video"
+        with pytest.raises(BadInput, match="not a kind of file mmsearch indexes.*videos"):
+            e.index([folder / "blob"])
     theora = tmp_path / "film"  # an Ogg page whose first packet is a Theora header: a video, not a sound
     theora.write_bytes(b"OggS\x00\x02" + bytes(20) + b"\x01\x2a" + b"\x80theora" + bytes(64))
     assert formats.sniff_kind(str(theora)) == "video"

@@ -147,8 +147,8 @@ def index_folders(paths: Sequence[Path], writer: CatalogWriter, encoders: Encode
     meter.set_phase("scan")
     roots = dedupe_roots([Path(p).expanduser().resolve() for p in paths])
     for r in roots:
-        if r.is_file() and kind_of(r.name) is None:
-            raise BadInput(f"not a kind of file mmsearch indexes: {r} (images, sounds, .txt/.md notes, "
+        if r.is_file() and kind_of(r.name) is None and _sniffed_kind(str(r)) is None:
+            raise BadInput(f"not a kind of file mmsearch indexes: {r} (images, videos, sounds, .txt/.md notes, "
                            "captions .csv/.jsonl)")
         if not r.is_dir() and not r.is_file():
             raise BadInput(f"no such folder or file: {r}")

@@ -121,8 +121,8 @@ def scan(root: Path, *, audio: bool = True, exclude: Path | None = None,
 def scan_file(path: Path) -> Iterator[FoundFile]:
     """One file given by name (``mmsearch index photo.jpg``): itself, when it is a kind mmsearch
     indexes. The path is already resolved, so a link given by name was followed on purpose."""
-    kind = kind_of(path.name)
-    if kind is None or (kind == "captions" and not is_captions_file(str(path))):
+    kind = kind_of(path.name) or OTHER  # known by its content, or not, where it is decoded
+    if kind == "captions" and not is_captions_file(str(path)):
         return
     try:
         info = path.stat()

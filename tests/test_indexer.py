@@ -157,6 +157,19 @@ def test_model_mismatch_is_refused_then_reembed(make_settings, photo_dir: Path) 
         assert e.search(Query(image=img.read_bytes(), to="image", k=1)).results[0].path == str(img)
 
 
+def test_reembed_with_the_same_model_embeds_every_file_again(make_settings, photo_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    with Engine.open(make_settings()) as e:
+        first = e.index([photo_dir])
+        before = e.vectors(e.lookup(sorted(photo_dir.rglob("*.jpg"))[0]))["clip.image"]
+    with Engine.open(make_settings(), reembed=True) as e:  # e.g. after changing video_interval
+        again = e.index([photo_dir])
+        assert (again.updated, again.unchanged, again.added) == (first.added, 0, 0)
+        after = e.vectors(e.lookup(sorted(photo_dir.rglob("*.jpg"))[0]))["clip.image"]
+        assert after.ids[0] > before.ids[0] and np.allclose(after.vectors, before.vectors, atol=1e-3)
+    with Engine.open(make_settings()) as e:
+        assert e.index([photo_dir]).unchanged == first.added  # once only
+
+
 def test_not_a_folder(engine: Engine, tmp_path: Path) -> None:
     with pytest.raises(BadInput, match="no such folder or file"):
         engine.index([tmp_path / "missing"])

@@ -194,7 +194,8 @@ class Catalog:
 
     def ensure_space(self, name: str, spec: str, dim: int, kinds: Sequence[str], *, reembed: bool = False) -> bool:
         """Record the model of a space; refuse another model unless re-embedding. True if files of
-        ``kinds`` must be embedded again (a new space over an existing catalog, or a re-embed)."""
+        ``kinds`` must be embedded again (a new space over an existing catalog, or a re-embed, with
+        this model or another)."""
         self._require_writable()
         with self.sessions.begin() as s:
             space = s.get(Space, name)
@@ -203,7 +204,12 @@ class Catalog:
                 n = s.execute(update(File).where(File.kind.in_(list(kinds))).values(mtime_ns=-1)).rowcount
                 return bool(n)
             if space.spec == spec and space.dim == dim:
-                return False
+                if not reembed:
+                    return False
+                # the same model again (new settings, such as a video's interval, or vectors from an
+                # older version): every file is embedded again, its old vectors serving until then
+                s.execute(update(File).where(File.kind.in_(list(kinds))).values(mtime_ns=-1))
+                return True
             if not reembed:
                 flag = "--model" if name == "clip" else "--audio-model"
                 raise ModelMismatch(

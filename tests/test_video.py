@@ -925,3 +925,30 @@ def test_files_without_an_extension_are_known_by_their_content(clip_spec: str, t
     theora = tmp_path / "film"  # an Ogg page whose first packet is a Theora header: a video, not a sound
     theora.write_bytes(b"OggS\x00\x02" + bytes(20) + b"\x01\x2a" + b"\x80theora" + bytes(64))
     assert formats.sniff_kind(str(theora)) == "video"
+
+
+def test_videos_that_share_a_moment_are_not_duplicates(clip_spec: str, tmp_path: Path) -> None:
+    """Three films that open on the same 2 s of black are not duplicates of each other; a copy
+    of one encoded again (another quality, another container) is."""
+    from mmsearch.settings import Settings
+
+    folder = tmp_path / "films"
+    folder.mkdir()
+    black = np.zeros_like(PHOTOS[0])
+    for k in range(3):
+        write_video(folder / f"film{k}.mp4", lambda t, k=k: black if t < 2 else np.roll(PHOTOS[2 + k], int(t * 6), 1),
+                    [i / 4 for i in range(56)])
+    write_video(folder / "film0_copy.mkv", lambda t: black if t < 2 else np.roll(PHOTOS[2], int(t * 6), 1),
+                [i / 4 for i in range(56)], codec_options={"crf": "30"})
+    settings = Settings(catalog=tmp_path / "catalog", model=clip_spec, model_config_dirs=[CONFIG_DIR], audio=False,
+                        device=DEVICE)
+    with Engine.open(settings) as e:
+        assert e.index([folder]).added == 4
+        frames = e.vectors([_item(e, folder / "film1.mp4"), _item(e, folder / "film2.mp4")])["clip.video"]
+        first = frames.vectors[frames.start == 0.0]
+        assert len(first) == 2 and float(first[0] @ first[1]) / float(np.linalg.norm(first[0]) *
+                                                                       np.linalg.norm(first[1])) > 0.99
+        # the tiny random model puts any two photos within 0.95-0.99: 0.99 tells copies apart
+        groups = e.duplicates(collection="clip.video", threshold=0.99).groups
+        assert [sorted(m.path for m in g.items) for g in groups] == [[str(folder / "film0.mp4"),
+                                                                      str(folder / "film0_copy.mkv")]]

@@ -11,6 +11,9 @@ collection's vectors in float32.
 
 Groups are connected components: each member is within the threshold of at least one other
 member (single linkage), as duplicate finders group "this photo, its crop, the crop's resize".
+An item with several vectors (a video's frames, a sound's windows) is within the threshold of
+another when at least half of each one's vectors are: two films that open on the same black
+frame are not duplicates, a re-encoded copy is.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ BLOCK = 2048  # query vectors per batched search
 DEGRADED_BLOCK = 128  # without an index, each block is scored against 65,536 rows at a time
 FIRST_K = 8  # neighbours asked for first; 4x more for a vector whose k-th neighbour still passes
 MAX_K = 4096
+COVERAGE = 0.5  # items with several vectors (videos, sounds): the share of each one's that must match the other's
 
 
 class DuplicateItem(BaseModel):
@@ -90,6 +94,15 @@ def _confirm(pairs: dict[tuple[int, int], float], queries: np.ndarray, vectors: 
     return passes
 
 
+def _segments(catalog: Catalog, collection: str, items: set[int]) -> dict[int, int]:
+    """How many vectors each item has in the collection: a video's frames, a sound's windows."""
+    counts: dict[int, int] = {}
+    for row in catalog.embeddings_of(sorted(items)) if items else []:
+        if row[2] == collection:
+            counts[row[1]] = counts.get(row[1], 0) + 1
+    return counts
+
+
 def find_duplicates(catalog: Catalog, index: LiveIndex, store: VectorStore, collection: str, threshold: float,
                     limit: int | None = None) -> DuplicatesResponse:
     """Groups of near-duplicate items: pairs of vectors become pairs of items (a sound's windows
@@ -108,12 +121,21 @@ def find_duplicates(catalog: Catalog, index: LiveIndex, store: VectorStore, coll
         return x
 
     best: dict[tuple[int, int], float] = {}
+    matched: dict[tuple[int, int], tuple[set[int], set[int]]] = {}  # each one's segments with a match in the other
     for (a, b), cos in pairs.items():
         if a not in owners or b not in owners or owners[a][0] == owners[b][0]:
             continue
-        x, y = sorted((owners[a][0], owners[b][0]))
+        (x, ex), (y, ey) = sorted(((owners[a][0], a), (owners[b][0], b)))
         best[(x, y)] = max(best.get((x, y), -1.0), cos)
-        parent[root(x)] = root(y)
+        mx, my = matched.setdefault((x, y), (set(), set()))
+        mx.add(ex)
+        my.add(ey)
+    segments = _segments(catalog, collection, {i for pair in matched for i in pair})
+    for (x, y), (mx, my) in matched.items():
+        if len(mx) >= COVERAGE * segments.get(x, 1) and len(my) >= COVERAGE * segments.get(y, 1):
+            parent[root(x)] = root(y)
+        else:  # a shared moment (a title card, a fade to black) does not make two videos the same
+            best.pop((x, y))
     members: dict[int, list[int]] = {}
     for item in parent:
         members.setdefault(root(item), []).append(item)

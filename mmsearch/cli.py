@@ -188,6 +188,8 @@ def index(
                + (f", skipped links {report.skipped_links}" if report.skipped_links else "")
                + (f", skipped {sum(report.skipped.values())} (not media or text)" if report.skipped else "")
                + (f", {len(report.warnings)} with decoder warnings" if report.warnings else "")
+               + (f", {report.waiting_for_audio} with sound left for a run with audio on"
+                  if report.waiting_for_audio else "")
                + f" ({report.items} items, {report.seconds:.1f} s)")
     for path, reason in report.failures[:20]:
         typer.echo(f"  failed: {path}: {reason}", err=True)

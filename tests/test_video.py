@@ -871,8 +871,8 @@ def test_frames_are_scaled_once_to_the_side_the_image_model_takes(make_settings,
     sizes: list[tuple[int, int]] = []
     real = video.video_units
 
-    def spy(path, interval, side, audio, info, share=None):  # type: ignore[no-untyped-def]
-        for unit in real(path, interval, side, audio, info, share):
+    def spy(path, interval, side, audio, info, share=None, sound_waits=False):  # type: ignore[no-untyped-def]
+        for unit in real(path, interval, side, audio, info, share, sound_waits):
             sizes.append(unit.payload.size)
             yield unit
 
@@ -904,12 +904,13 @@ def test_files_without_an_extension_are_known_by_their_content(clip_spec: str, t
     sf.write(folder / "take", sound(5), RATE, format="FLAC")
     write_sound(tmp_path / "book.m4a", sound(6), "ipod", "aac").rename(folder / "book")  # an MP4 box, brand M4A
     (folder / "blob").write_bytes(np.random.default_rng(1).integers(0, 256, 4096, np.uint8).tobytes())
-    for audio, added, skipped in ((False, 1, 4), (True, 3, 1)):  # the same catalog: the sounds wait for audio
+    for audio, added, waiting in ((False, 1, 3), (True, 3, 0)):  # the same catalog: the sounds wait for audio
         settings = Settings(catalog=tmp_path / "catalog", model=clip_spec, model_config_dirs=[CONFIG_DIR],
                             audio=audio, audio_model=f"clap:{tiny_clap_dir}", device=DEVICE)
         with Engine.open(settings) as e:
             report = e.index([folder])
-            assert report.failures == [] and report.added == added and report.skipped == {"(none)": skipped}
+            assert report.failures == [] and report.added == added and report.skipped == {"(none)": 1}
+            assert report.waiting_for_audio == waiting
             assert e.item(_item(e, folder / "clip")).modality == "video"
     with Engine.open(settings) as e:
         assert [e.item(_item(e, folder / n)).modality for n in ("song", "take", "book")] == ["audio"] * 3
@@ -952,3 +953,37 @@ def test_videos_that_share_a_moment_are_not_duplicates(clip_spec: str, tmp_path:
         groups = e.duplicates(collection="clip.video", threshold=0.99).groups
         assert [sorted(m.path for m in g.items) for g in groups] == [[str(folder / "film0.mp4"),
                                                                       str(folder / "film0_copy.mkv")]]
+
+
+def test_files_with_sound_wait_while_audio_is_off(clip_spec: str, tiny_clap_dir: Path, tmp_path: Path) -> None:
+    """A run with audio off over a catalog that holds sound tracks leaves files with sound as they
+    are: a changed video keeps its track's vectors (re-embedded without it, it lost them, and the
+    next run with audio saw it unchanged), a new sound-only MP4 is not a failure; the next run with
+    audio on takes them all."""
+    import os
+
+    from mmsearch.settings import Settings
+
+    folder = tmp_path / "media"
+    folder.mkdir()
+    film = write_video(folder / "film.mp4", lambda t: PHOTOS[1], [i / 2 for i in range(12)], sound(1)[: 6 * RATE])
+    write_video(folder / "silent.mp4", lambda t: PHOTOS[2], [i / 2 for i in range(8)])
+    with_audio = Settings(catalog=tmp_path / "catalog", model=clip_spec, model_config_dirs=[CONFIG_DIR], audio=True,
+                          audio_model=f"clap:{tiny_clap_dir}", device=DEVICE)
+    without = with_audio.model_copy(update={"audio": False})
+    with Engine.open(with_audio) as e:
+        assert e.index([folder]).added == 2
+        track = e.vectors([_item(e, film)])["clap.video"]
+    os.utime(film, ns=(film.stat().st_atime_ns, film.stat().st_mtime_ns + 10**9))  # changed, it seems
+    os.utime(folder / "silent.mp4", ns=(film.stat().st_atime_ns, film.stat().st_mtime_ns + 10**9))
+    write_sound(folder / "memo.mp4", sound(3), "mp4", "aac")
+    with Engine.open(without) as e:
+        report = e.index([folder])
+        assert (report.updated, report.added, report.failed, report.waiting_for_audio) == (1, 0, 0, 2), report
+        assert np.array_equal(e.vectors([_item(e, film)])["clap.video"].ids, track.ids)  # the track is kept
+        assert e.index([folder]).waiting_for_audio == 2  # still waiting, not unchanged
+    with Engine.open(with_audio) as e:
+        report = e.index([folder])
+        assert (report.updated, report.added, report.waiting_for_audio, report.unchanged) == (1, 1, 0, 1), report
+        assert set(e.vectors([_item(e, film)])) == {"clip.video", "clap.video"}
+        assert e.item(_item(e, folder / "memo.mp4")).modality == "audio"

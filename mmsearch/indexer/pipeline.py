@@ -30,14 +30,15 @@ from mmsearch.errors import BadInput, MMSearchError
 from mmsearch.handoff import offer
 from mmsearch.indexer.progress import IngestMeter, IngestStatus
 from mmsearch.indexer.scan import OTHER, FoundFile, content_hash, dedupe_roots, kind_of, scan, scan_file
-from mmsearch.media.decode import JPEG_SUFFIXES, DecodeError, Unit, probe_jpeg, read_captions, read_image, read_text
+from mmsearch.media.decode import (JPEG_SUFFIXES, DecodeError, SoundWaits, Unit, probe_jpeg, read_captions, read_image,
+                                   read_text)
 from mmsearch.media.formats import SOUND_IN_VIDEO, content_kind, read_head, sniff_kind, timed_media_type
 from mmsearch.media.metadata import FileFacts, extension, mime_of
 from mmsearch.media.notes import FileNotes
 from mmsearch.media.video import frame_unit
 from mmsearch.media.video_parts import VideoParts
 from mmsearch.settings import Settings
-from mmsearch.storage.catalog import FileRecord, NewItem
+from mmsearch.storage.catalog import FileRecord, FileState, NewItem
 from mmsearch.writer import CatalogWriter
 
 Progress = Callable[[int, int], None]  # (files done, files to do)
@@ -78,6 +79,7 @@ class IndexReport:
     moved: int = 0  # recognised by content at a new path: items and vectors kept
     failures: list[tuple[str, str]] = field(default_factory=list)
     skipped_audio: str | None = None  # why audio was left out, when it was
+    waiting_for_audio: int = 0  # new or changed files with sound, left as they are while audio is off
     skipped_links: int = 0  # symlinks not followed: their targets lie outside the allowed folders
     skipped: dict[str, int] = field(default_factory=dict)  # neither media nor text, by extension
     warnings: list[tuple[str, str]] = field(default_factory=list)  # indexed, with what the decoder said
@@ -97,6 +99,7 @@ class IndexReport:
                 "failures": [{"path": p, "reason": r} for p, r in self.failures],
                 "skipped": dict(sorted(self.skipped.items(), key=lambda kv: (-kv[1], kv[0]))),
                 "warnings": [{"path": p, "note": n} for p, n in self.warnings],
+                "waiting_for_audio": self.waiting_for_audio,
                 **({"skipped_audio": self.skipped_audio} if self.skipped_audio else {})}
 
 
@@ -114,6 +117,7 @@ class _Pending:
     content_hash: str | None = None
     facts: FileFacts | None = None  # read by the decode worker
     note: str | None = None  # what the decoder warned about (media/notes.py)
+    waiting: bool = False  # it holds sound and audio is off: left as it is (SoundWaits)
     frames_span: float = 0.0  # its video frames' spans added up (they tile the video)
     sound_end: float = 0.0  # the end of its last sound window
     items: dict[tuple[str, int], NewItem] = field(default_factory=dict)
@@ -240,7 +244,7 @@ def _plan(roots: list[Path], writer: CatalogWriter, encoders: EncoderSet, spaces
         for path, f in found.items():
             old = known.get(path)
             if f.kind == "audio" and not audio_on:
-                report.unchanged += old is not None
+                _left_for_audio(report, old, f)
             elif old is not None and old.size == f.size and old.mtime_ns == f.mtime_ns and old.status != "retry" \
                     and not (retry_failed and old.status in ("failed", "skipped")) \
                     and not (old.status == "skipped" and f.kind != OTHER):  # a kind this version knows
@@ -252,8 +256,10 @@ def _plan(roots: list[Path], writer: CatalogWriter, encoders: EncoderSet, spaces
                     if old.facts_missing:
                         unread.append((old.id, f))
             elif f.kind == OTHER and (sniffed := _sniffed_kind(path)) not in wanted:
-                report.skip(path)
-                if sniffed != "audio":  # a sound with audio off is left unrecorded, as one named .flac is
+                if sniffed == "audio":  # a sound with audio off is left unrecorded, as one named .flac is
+                    _left_for_audio(report, old, f)
+                else:
+                    report.skip(path)
                     skips.append(FileRecord(path=path, root_id=root_id, kind=OTHER, size=f.size,
                                             mtime_ns=f.mtime_ns, skipped=True))
             else:
@@ -264,6 +270,14 @@ def _plan(roots: list[Path], writer: CatalogWriter, encoders: EncoderSet, spaces
     work = [p for p in work if p.is_update or not _moved(p, writer, gone, report)]
     report.removed += writer.delete_files(sorted(gone)) and len(gone - quiet)
     return work
+
+
+def _left_for_audio(report: IndexReport, old: FileState | None, f: FoundFile) -> None:
+    """A sound file while audio is off: left as it is, counted as waiting where it is new or changed."""
+    if old is not None and old.size == f.size and old.mtime_ns == f.mtime_ns:
+        report.unchanged += 1
+    else:
+        report.waiting_for_audio += 1
 
 
 def _sniffed_kind(path: str) -> str | None:
@@ -364,6 +378,8 @@ class _Ingest:
         self.helping = threading.Condition()  # guards in_hand and shared
         self.in_hand = 0  # files a decode thread holds
         self.shared: dict[int, VideoParts] = {}  # long videos whose parts idle threads may take
+        # audio is off, but the catalog holds sound tracks: a video with sound waits for audio
+        self.sound_waits = "clap" not in spaces and "clap" in writer.catalog.spaces()
 
     def targets(self, modality: str) -> list[str]:
         return [s for s in self.encoders.spaces_for(modality) if s in self.spaces]
@@ -477,10 +493,13 @@ class _Ingest:
                             n += 1
                         if self.stop.is_set():
                             return
+                except SoundWaits:
+                    self.work[idx].waiting = True
                 except DecodeError as e:
                     error = str(e)
                 # a small file is hashed once its units are out: the encoder does not wait on its read
-                self.work[idx].content_hash = digest.result() if digest else content_hash(found.path)
+                if not self.work[idx].waiting:
+                    self.work[idx].content_hash = digest.result() if digest else content_hash(found.path)
             except (MemoryError, OSError) as e:
                 if error is None:  # a file that failed to decode keeps that reason
                     error = f"{type(e).__name__}: {e}"
@@ -584,7 +603,7 @@ class _Ingest:
             info = VideoInfo()
             yield from video_units(f.path, s.video_interval, s.video_frame_side or DEFAULT_FRAME_SIDE,
                                    (clap.sample_rate, clap.window_seconds) if clap else None,  # type: ignore[attr-defined]
-                                   info, share)
+                                   info, share, self.sound_waits)
             mime = p.facts.mime
             if not info.has_video and mime in SOUND_IN_VIDEO:  # a sound item: served as a sound
                 mime = SOUND_IN_VIDEO[mime]
@@ -702,6 +721,8 @@ class _Ingest:
         for idx in self.ready:
             p = self.work[idx]
             f = p.found
+            if p.waiting:  # nothing written: an old record stays as it was, and the file changed since
+                continue
             records.append(FileRecord(path=f.path, root_id=p.root_id, kind=f.kind, size=f.size,
                                       mtime_ns=f.mtime_ns, items=[] if p.error else list(p.items.values()),
                                       error=p.error, retry=p.retry, content_hash=p.content_hash,
@@ -726,7 +747,9 @@ class _Ingest:
                                                          mtime_ns=r.mtime_ns, error=reason)])
         for idx in self.ready:
             p = self.work[idx]
-            if p.error:
+            if p.waiting:
+                self.report.waiting_for_audio += 1
+            elif p.error:
                 self.report.failed += 1
                 self.report.failures.append((p.found.path, p.error))
             else:
@@ -755,6 +778,7 @@ class _DecodeOnly:
     area: list[Path] | None
     spaces_of: Mapping[str, list[str]] = field(default_factory=dict)  # modality -> spaces it goes to
     jpegs_on_device: bool = False
+    sound_waits: bool = False  # Ray's ingest embeds a catalog's every space
 
     def targets(self, modality: str) -> list[str]:
         return list(self.spaces_of.get(modality, []))

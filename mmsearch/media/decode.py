@@ -37,6 +37,12 @@ class DecodeError(Exception):
     """A file that cannot be indexed; the message is recorded as the reason."""
 
 
+class SoundWaits(DecodeError):
+    """A file that holds sound while this run embeds none (audio is off): left as it is, for a run
+    with audio on. Indexed without it, a video would lose its sound track's vectors, and an
+    unchanged file is not read again."""
+
+
 @dataclass
 class Unit:
     """One thing to embed, with what the catalog stores about it."""

@@ -503,15 +503,18 @@ def frame_unit(sample: FrameSample, info: VideoInfo) -> Unit:
 
 
 def video_units(path: str, interval: float, side: int, audio: tuple[int, float] | None,
-                info: VideoInfo, share: Callable[[VideoParts], None] | None = None) -> Iterator[Unit]:
+                info: VideoInfo, share: Callable[[VideoParts], None] | None = None,
+                sound_waits: bool = False) -> Iterator[Unit]:
     """What a video file gives the encoders: its sampled frames (embedded as images, stored as
     the video's), then its sound track's windows when ``audio`` = (sample rate, window seconds)
     is given, cut exactly as a sound file's (a file without pictures is a sound item). ``info``
     is filled in (size as shown, duration). ``share``: a long video's parts are offered to it,
     for idle threads to decode (video_parts.py); their frames are theirs to hand on, and this
-    returns once they are all decoded. The first part to fail fails the file with its reason."""
+    returns once they are all decoded. The first part to fail fails the file with its reason.
+    Without ``audio``, a sound-only file, and with ``sound_waits`` (the catalog holds sound tracks)
+    a video with sound, raise SoundWaits before any frame is decoded."""
     from mmsearch.media.audio import AudioDecodeError, iter_windows
-    from mmsearch.media.decode import DecodeError, Unit
+    from mmsearch.media.decode import DecodeError, SoundWaits, Unit
     from mmsearch.media.video_parts import VideoParts, own_frames
 
     parts = None
@@ -519,8 +522,9 @@ def video_units(path: str, interval: float, side: int, audio: tuple[int, float] 
         info.__dict__.update(probe(path).__dict__)
         if not info.has_video and not info.has_audio:
             raise DecodeError("no video or sound stream in the file")
-        if not info.has_video and audio is None:
-            raise DecodeError("no video stream, and audio indexing is off")
+        if audio is None and (not info.has_video or (sound_waits and info.has_audio)):
+            raise SoundWaits("it holds sound, and audio indexing is off" if info.has_video else
+                             "a sound (no video stream), and audio indexing is off")
         if info.has_video:
             parts = VideoParts(path, interval, side, info)
             first = parts.take()  # this thread's, before any other can take a part

@@ -376,8 +376,8 @@ def similar(
     at: Annotated[Optional[float], typer.Option("--at", min=0.0, help="Seconds into the video or sound: its "
                                                 "frame or window at that moment is the query (one item id).")] = None,
 ) -> None:
-    """Items like the given ones (by default in their own modality); with --at, like one moment of a
-    video (its frame and sound) or of a sound."""
+    """Items like the given ones (by default in their own modality; all media if they are of
+    several); with --at, like one moment of a video (its frame and sound) or of a sound."""
     filters = _filters(k=k, offset=offset, path=path, min_score=min_score, diversity=diversity, exclude=exclude,
                        date_from=date_from, date_to=date_to, camera=camera, near=near, min_size=min_size,
                        min_duration=min_duration, max_duration=max_duration, ext=ext, tag=tag, dedup=dedup)

@@ -191,7 +191,8 @@ class Engine:
         return self.runner.run(query)
 
     def similar(self, item_ids: Sequence[int], *, to: str | None = None, k: int = 10, **filters: Any) -> SearchResponse:
-        """More like these items (their mean); by default in their own modality. ``filters``:
+        """More like these items (their mean); by default in their own modality (all media where
+        they are of several). ``filters``:
         those of ``Query`` (path, min_score, exclude_ids, ...); an unknown one is refused."""
         if not item_ids:
             raise BadInput("give at least one item id")

@@ -91,8 +91,8 @@ async def search_post(request: Request, response: Response, service: ServiceDep)
 
 @router.post("/similar", response_model=SearchPage, responses=ERRORS, summary="More like these")
 def similar(req: SimilarRequest, response: Response, service: ServiceDep) -> SearchPage:
-    """Items like one or many items (their vectors averaged), in their own modality unless
-    `to` says otherwise."""
+    """Items like one or many items (their vectors averaged), in their own modality (all media where
+    they are of several) unless `to` says otherwise."""
     page = similar_page(service, req.item_ids, req)
     timed(response, page)
     return page

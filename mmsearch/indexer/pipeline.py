@@ -168,11 +168,12 @@ def index_folders(paths: Sequence[Path], writer: CatalogWriter, encoders: Encode
         spaces = _load_spaces(encoders, writer, report)
         if encoders.redo:  # a space was added: its files must all be embedded again
             report.unchanged = report.failed = report.skipped_links = report.still_failed = 0  # recounted; removals stay
+            report.waiting_for_audio = 0
             report.failures = []
             report.skipped = {}
             work = _plan(roots, writer, encoders, spaces, report, retry_failed, area)
         elif "clap" not in spaces:  # audio is unavailable after all: sounds stay as they are
-            report.unchanged += sum(p.is_update for p in work if p.found.kind == "audio")
+            report.waiting_for_audio += sum(p.found.kind == "audio" for p in work)
             work = [p for p in work if p.found.kind != "audio"]
     if work:
         meter.plan([(p.found.kind, p.found.path, p.found.size) for p in work],

@@ -120,6 +120,16 @@ def test_ray_ingest_matches_a_local_one(ray_cluster: str, local_tux: Any, tux_se
         assert engine.index(media).unchanged == report.added + report.failed  # incremental, as locally
     assert assert_same_catalog(local, settings) == {"clip.image", "clip.text", "clap.audio", "clap.text",
                                                     "clip.video", "clap.video"}
+    clip = media[1] / "clip.mp4"
+    was = clip.stat()
+    os.utime(clip, ns=(was.st_atime_ns, was.st_mtime_ns + 10**9))  # changed, it seems
+    try:  # with audio off, as locally: it waits for a run with audio, its sound track kept
+        with Engine.open(settings.model_copy(update={"audio": False})) as engine:
+            again = engine.index(media)
+            assert (again.waiting_for_audio, again.updated, again.failed) == (1, 0, 0), again
+    finally:
+        os.utime(clip, ns=(was.st_atime_ns, was.st_mtime_ns))
+    assert assert_same_catalog(local, settings)
 
 
 class DiesOnce(EmbedActor):

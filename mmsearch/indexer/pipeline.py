@@ -779,15 +779,16 @@ class _DecodeOnly:
     area: list[Path] | None
     spaces_of: Mapping[str, list[str]] = field(default_factory=dict)  # modality -> spaces it goes to
     jpegs_on_device: bool = False
-    sound_waits: bool = False  # Ray's ingest embeds a catalog's every space
+    sound_waits: bool = False  # see _Ingest
 
     def targets(self, modality: str) -> list[str]:
         return list(self.spaces_of.get(modality, []))
 
 
 def decode_file(p: _Pending, settings: Settings, encoders: Any, area: list[Path] | None,
-                targets: Mapping[str, list[str]] | None = None) -> Iterator[Unit]:
+                targets: Mapping[str, list[str]] | None = None, sound_waits: bool = False) -> Iterator[Unit]:
     """One file's units exactly as an ingest decodes them (its facts are kept on ``p``): the one
     per-file decoder, shared by Ray's decode tasks (mmsearch/indexer/ray_ingest.py). ``targets``:
     the spaces each modality is embedded in (a video's sound track is decoded only if audio is)."""
-    return _Ingest._decode(_DecodeOnly(settings, encoders, area, targets or {}), p)  # type: ignore[arg-type]
+    return _Ingest._decode(_DecodeOnly(settings, encoders, area, targets or {}, False, sound_waits),  # type: ignore[arg-type]
+                           p)

@@ -32,7 +32,7 @@ from mmsearch.encoders.base import preparer_of
 from mmsearch.errors import BadInput, MMSearchError
 from mmsearch.indexer.pipeline import _Ingest, _Pending, decode_file, is_passing_failure
 from mmsearch.indexer.scan import content_hash
-from mmsearch.media.decode import DecodeError, Unit
+from mmsearch.media.decode import DecodeError, SoundWaits, Unit
 from mmsearch.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -126,6 +126,7 @@ class DecodePlan:
     targets: dict[str, list[str]]  # modality -> spaces
     encoder_facts: dict[str, dict[str, Any]]
     preparers: dict[tuple[str, str], Callable[[Any], Any]] = field(default_factory=dict)  # (space, modality)
+    sound_waits: bool = False  # audio is off over a catalog with sound: files with sound wait (SoundWaits)
 
     def get(self, space: str) -> SimpleNamespace:  # EncoderSet.get, as far as decoding goes
         return SimpleNamespace(**self.encoder_facts[space])
@@ -155,15 +156,15 @@ def preparers(encoders: Any, spaces: list[str]) -> dict[tuple[str, str], Callabl
 def decode_batch(batch: dict[str, np.ndarray], plan: DecodePlan) -> dict[str, np.ndarray]:
     """A Ray task: decode and prepare each file of the batch into rows ("unit", idx, seq, unit,
     spaces, prepared per space) and one ("done", idx, units, vectors asked for, error, retry,
-    facts, hash) per file. Failures are classified as the local decode workers classify them."""
+    facts, hash, waiting) per file. Failures are classified as the local decode workers classify them."""
     out: list[bytes] = []
     for blob in batch["file"]:
         idx, found = pickle.loads(blob)
         p = _Pending(found, 0, False)
-        n, queued, error, retry = 0, 0, None, False
+        n, queued, error, retry, waiting = 0, 0, None, False, False
         try:
             p.content_hash = content_hash(found.path)
-            for unit in decode_file(p, plan.settings, plan, plan.area, plan.targets):
+            for unit in decode_file(p, plan.settings, plan, plan.area, plan.targets, plan.sound_waits):
                 spaces = plan.targets.get(unit.modality, [])
                 if spaces:
                     prepared = {s: plan.preparers[(s, unit.modality)](unit.payload)
@@ -172,13 +173,15 @@ def decode_batch(batch: dict[str, np.ndarray], plan: DecodePlan) -> dict[str, np
                         unit.payload = None  # the actor needs only the prepared inputs
                     out.append(pickle.dumps(("unit", idx, n, unit, spaces, prepared), protocol=5))
                     n, queued = n + 1, queued + len(spaces)
+        except SoundWaits:
+            waiting = True
         except DecodeError as e:
             error = str(e)
         except (MemoryError, OSError) as e:
             error, retry = f"{type(e).__name__}: {e}", is_passing_failure(e)
         except Exception as e:  # noqa: BLE001 - one bad file must not stop the run
             error = f"{type(e).__name__}: {e}"
-        out.append(pickle.dumps(("done", idx, n, queued, error, retry, p.facts, p.content_hash), protocol=5))
+        out.append(pickle.dumps(("done", idx, n, queued, error, retry, p.facts, p.content_hash, waiting), protocol=5))
     return {"row": np.array(out, dtype=object)}
 
 
@@ -284,12 +287,13 @@ class RayIngest(_Ingest):
             work[idx].error = work[idx].error or reason
             self._maybe_ready(idx)
         elif kind == "done":
-            _, idx, n, queued, error, retry, facts, digest = row
+            _, idx, n, queued, error, retry, facts, digest, waiting = row
             p = work[idx]
             if p.decoded:  # a retried decode task sent it again
                 return
             p.queued, p.decoded, p.retry, p.facts, p.content_hash = queued, True, retry, facts, digest
-            p.error = error or p.error or (None if n else "nothing to index in this file")
+            p.waiting = waiting
+            p.error = error or p.error or (None if n or waiting else "nothing to index in this file")
             self._maybe_ready(idx)
 
     def _maybe_ready(self, idx: int) -> None:
@@ -306,7 +310,7 @@ class RayIngest(_Ingest):
         plan = DecodePlan(s.model_copy(), self.area,
                           {m: self.targets(m) for m in ("image", "text", "audio")},
                           {space: encoder_facts(self.encoders.get(space)) for space in self.spaces},
-                          preparers(self.encoders, self.spaces))
+                          preparers(self.encoders, self.spaces), self.sound_waits)
         specs = {space: self.encoders.get(space).spec for space in self.spaces}
         gpus, cpus, actors = pool_size(ray.cluster_resources(), s)
         actor_settings = s.model_copy(update={"threads": s.threads or max(1, int(s.ray_actor_cpus)),

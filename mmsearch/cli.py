@@ -95,7 +95,8 @@ def _settings(catalog: Path, db: str | None, model: str | None = None, audio_mod
     except ValidationError as e:  # a bad flag or environment variable: named, in one line
         err = e.errors()[0]
         name = str(err["loc"][0]) if err["loc"] else ""
-        where = "--" + name.replace("_", "-") if name in values else f"MMSEARCH_{name.upper()}"
+        flag = {"db_url": "db"}.get(name, name).replace("_", "-")
+        where = f"--{flag}" if name in values else f"MMSEARCH_{name.upper()}"
         typer.echo(f"error: {where}: {err['msg'].removeprefix('Value error, ')}", err=True)
         raise typer.Exit(2) from None
 

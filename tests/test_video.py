@@ -987,3 +987,38 @@ def test_files_with_sound_wait_while_audio_is_off(clip_spec: str, tiny_clap_dir:
         assert (report.updated, report.added, report.waiting_for_audio, report.unchanged) == (1, 1, 0, 1), report
         assert set(e.vectors([_item(e, film)])) == {"clip.video", "clap.video"}
         assert e.item(_item(e, folder / "memo.mp4")).modality == "audio"
+
+
+def test_a_file_the_database_refuses_is_failed_beside_one_waiting_for_audio(clip_spec: str, tiny_clap_dir: Path,
+                                                                           tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Committed file by file after a refused batch, each reason goes to its own file: a waiting
+    file (not written) once shifted the reason onto itself, and the refused file counted as added."""
+    import os
+
+    from sqlalchemy.exc import StatementError
+
+    from mmsearch.settings import Settings
+    from mmsearch.storage.catalog import Catalog
+
+    folder = tmp_path / "media"
+    folder.mkdir()
+    film = write_video(folder / "film.mp4", lambda t: PHOTOS[1], [i / 2 for i in range(12)], sound(1)[: 6 * RATE])
+    with_audio = Settings(catalog=tmp_path / "catalog", model=clip_spec, model_config_dirs=[CONFIG_DIR], audio=True,
+                          audio_model=f"clap:{tiny_clap_dir}", device=DEVICE, decode_workers=1)
+    with Engine.open(with_audio) as e:
+        assert e.index([folder]).added == 1
+    os.utime(film, ns=(film.stat().st_atime_ns, film.stat().st_mtime_ns + 10**9))  # waits for audio
+    (folder / "zz.txt").write_text("a note the database refuses")
+    real = Catalog.commit_files
+
+    def picky(self, records):  # type: ignore[no-untyped-def]
+        if any(r.path.endswith("zz.txt") and not r.error for r in records):
+            raise StatementError("refused by the database", "INSERT", {}, ValueError("refused"))
+        return real(self, records)
+
+    monkeypatch.setattr(Catalog, "commit_files", picky)
+    with Engine.open(with_audio.model_copy(update={"audio": False})) as e:
+        report = e.index([folder])
+    assert (report.waiting_for_audio, report.added, report.failed) == (1, 0, 1), report
+    assert "could not be stored" in dict(report.failures)[str(folder / "zz.txt")]

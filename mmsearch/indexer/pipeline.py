@@ -486,10 +486,12 @@ class _Ingest:
         n, error = 0, None
         with FileNotes() as notes:  # what the decoder says about this file goes on its record
             found = self.work[idx].found
-            digest = _hashed_beside(found.path) if found.size >= HASH_BESIDE_BYTES else None
+            digest: Future[str] | None = None
             try:
                 try:
                     for unit in self._decode(self.work[idx], partial(self._share, idx)):
+                        if digest is None and found.size >= HASH_BESIDE_BYTES:  # once it is read at all
+                            digest = _hashed_beside(found.path)
                         if self._queue_unit(idx, unit, events):
                             n += 1
                         if self.stop.is_set():
@@ -718,12 +720,13 @@ class _Ingest:
     def _commit(self) -> None:
         if not self.ready:
             return
-        records = []
+        records, owners = [], []  # a record, and its file's place in the work
         for idx in self.ready:
             p = self.work[idx]
             f = p.found
             if p.waiting:  # nothing written: an old record stays as it was, and the file changed since
                 continue
+            owners.append(idx)
             records.append(FileRecord(path=f.path, root_id=p.root_id, kind=f.kind, size=f.size,
                                       mtime_ns=f.mtime_ns, items=[] if p.error else list(p.items.values()),
                                       error=p.error, retry=p.retry, content_hash=p.content_hash,
@@ -743,7 +746,7 @@ class _Ingest:
                         raise MMSearchError(f"the catalog could not be written ({_reason(e)}): run the same "
                                             "command again once that is fixed") from e
                     reason = f"could not be stored: {_reason(e)}"
-                    self.work[self.ready[i]].error = reason
+                    self.work[owners[i]].error = reason
                     self.writer.commit_files([FileRecord(path=r.path, root_id=r.root_id, kind=r.kind, size=r.size,
                                                          mtime_ns=r.mtime_ns, error=reason)])
         for idx in self.ready:

@@ -127,7 +127,7 @@ def _engine(settings: Settings, reembed: bool = False, create: bool = True) -> I
 
 # The engine names the fields of a request (as HTTP and Python callers give them); on the command
 # line an error names the flag that fixes it.
-_FLAGS = (("query image: ", "--image: "), ("query audio: ", "--audio: "), ("like: ", "--like: "),
+_FLAGS = (("query image: ", "--image: "), ("query audio: ", "--audio: "), ("query video: ", "--video: "), ("like: ", "--like: "),
           ("dislike: ", "--dislike: "), ("at: ", "--at: "), ("offset: ", "--offset: "), ("limit: ", "-k: "))
 
 
@@ -336,6 +336,8 @@ def search(
                                                  "query.")] = None,
     audio_file: Annotated[Optional[str], typer.Option("--audio", help="Audio file, or an http(s) URL, as the "
                                                       "query.")] = None,
+    video: Annotated[Optional[str], typer.Option("--video", help="Video file, or an http(s) URL, as the query: "
+                                                 "its frames and its sound track, each averaged.")] = None,
     negative: Annotated[Optional[list[str]], typer.Option("--not", help="Steer away from this text.")] = None,
     add: Annotated[Optional[list[str]], typer.Option(
         "--add", help="Add to the query, with an optional weight: [W:]TEXT, [W:]FILE or URL (a picture or a "
@@ -351,14 +353,15 @@ def search(
     audio_model: AudioModelOpt = None, runtime: RuntimeOpt = None, as_json: JsonOpt = False,
     paths_only: PathsOnlyOpt = False, preview: PreviewOpt = False,
 ) -> None:
-    """Search by text, an image, a sound, or a mix of them."""
+    """Search by text, an image, a sound, a video, or a mix of them."""
     filters = _filters(k=k, offset=offset, path=path, min_score=min_score, diversity=diversity, exclude=exclude,
                        date_from=date_from, date_to=date_to, camera=camera, near=near, min_size=min_size,
                        min_duration=min_duration, max_duration=max_duration, ext=ext, tag=tag, dedup=dedup)
     settings = _settings(catalog, db, model, audio_model, runtime=runtime)
     terms, items = _terms(add, sub, settings)
     q = _query(text=text, image=_read(image, "--image", settings), audio=_read(audio_file, "--audio", settings),
-               negative_text=negative or [], to=to, terms=terms, **items, **filters)
+               video=_read(video, "--video", settings), negative_text=negative or [], to=to, terms=terms, **items,
+               **filters)
     with _engine(settings, create=False) as engine:
         response = engine.search(q)
     _show(response, as_json, paths_only, preview)

@@ -1022,3 +1022,43 @@ def test_a_file_the_database_refuses_is_failed_beside_one_waiting_for_audio(clip
         report = e.index([folder])
     assert (report.waiting_for_audio, report.added, report.failed) == (1, 0, 1), report
     assert "could not be stored" in dict(report.failures)[str(folder / "zz.txt")]
+
+
+def test_a_video_file_is_a_query(engine: Engine, media: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A clip that is not indexed finds the video it comes from, by its frames and its sound track,
+    on every face; without `to`, videos; a file that is no video is refused with its reason."""
+    import json
+
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from mmsearch import BadInput
+    from mmsearch.api.app import create_app
+    from mmsearch.cli import app
+
+    clip = write_video(tmp_path / "clip.mp4", lambda t: PHOTOS[2], [i / 2 for i in range(8)],
+                       sound(3)[: 4 * RATE])  # the story's photo from 16 s to 24 s, and its sound at 24 s
+    frames_only = engine.runner.embed_video_frames(clip.read_bytes())
+    story = engine.vectors([_item(engine, media / "story.mp4")])["clip.video"]
+    shown = story.vectors[(story.start <= 20.0) & (20.0 < story.end)][0]
+    assert float(frames_only @ shown) / float(np.linalg.norm(shown)) > 0.99  # the same picture, embedded alike
+    hits = engine.search(Query(video=clip.read_bytes(), k=3)).results
+    assert {h.modality for h in hits} == {"video"} and hits[0].path == str(media / "story.mp4")
+    assert 16.0 <= hits[0].start < 30.0
+    photos = engine.search(Query(video=clip.read_bytes(), to="image", k=1)).results
+    assert photos and photos[0].modality == "image"
+    with pytest.raises(BadInput, match="query video: no video stream"):
+        engine.search(Query(video=(media / "bark.m4a").read_bytes()))
+    with pytest.raises(BadInput, match="query video"):
+        engine.search(Query(video=b"not a video at all" * 100))
+    with TestClient(create_app(engine, read_only=True)) as client:
+        r = client.post("/search", files={"video": ("clip.mp4", clip.read_bytes(), "video/mp4")}, data={"k": "3"})
+        assert r.status_code == 200 and [h["id"] for h in r.json()["results"]] == [h.id for h in hits]
+        bad = client.post("/search", files={"video": ("x.mp4", b"garbage" * 50, "video/mp4")})
+        assert bad.status_code == 400 and "query video" in bad.text
+    monkeypatch.setenv("MMSEARCH_MODEL_CONFIG_DIRS", json.dumps([str(CONFIG_DIR)]))
+    monkeypatch.setenv("MMSEARCH_DEVICE", "cpu")
+    out = CliRunner().invoke(app, ["search", "--video", str(clip), "-k", "3", "--json",
+                                   "--catalog", str(engine.catalog.root)])
+    assert out.exit_code == 0, out.output
+    assert [h["id"] for h in json.loads(out.stdout)["results"]] == [h.id for h in hits]

@@ -112,12 +112,12 @@ class SearchRequest(Filters):
     audio_weight: Weight = 1.0
     negative_weight: Weight = 0.5
 
-    def to_query(self, image: bytes | None = None, audio: bytes | None = None) -> Query:
+    def to_query(self, image: bytes | None = None, audio: bytes | None = None, video: bytes | None = None) -> Query:
         """The engine's Query; a check only the Query makes is still a 400 with its reason, never a 500."""
         from mmsearch.engine import _checked
 
         with _checked():
-            return Query(**self.model_dump(), image=image, audio=audio)
+            return Query(**self.model_dump(), image=image, audio=audio, video=video)
 
 
 # An optional upload: a plain binary string in the schema, absent when not sent.
@@ -129,6 +129,8 @@ class SearchForm(SearchRequest):
 
     image: Upload = Field(None, description="Image file as the query (or part of it).")
     audio: Upload = Field(None, description="Audio file as the query (or part of it).")
+    video: Upload = Field(None, description="Video file as the query (or part of it): its frames and its sound "
+                          "track, each averaged.")
 
 
 class SearchPage(SearchResponse):

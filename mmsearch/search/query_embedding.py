@@ -17,6 +17,8 @@ from pydantic import BaseModel
 if TYPE_CHECKING:
     from PIL import Image
 
+    from mmsearch.media.video import VideoInfo
+
 from mmsearch.encoders.base import l2_normalise
 from mmsearch.encoders.encoder_set import SPACES, EncoderSet
 from mmsearch.errors import BadInput
@@ -27,7 +29,8 @@ from mmsearch.search.scoring import QueryVector
 from mmsearch.settings import Settings
 from mmsearch.storage.catalog import Catalog
 
-MAX_QUERY_AUDIO_S = 600  # seconds of a query clip that are read
+MAX_QUERY_AUDIO_S = 600  # seconds of a query clip (or a query video's frames) that are read
+QUERY_FRAME_SIDE = 256  # a query video's frames are scaled to this short side before the model's own prep
 AT_SLACK = 0.5  # seconds past an item's last segment that still point at its end (rounded spans)
 CHECK_WINDOW_S = 30.0  # window of the decode check (any length works: only the decode matters)
 
@@ -94,6 +97,8 @@ class QueryEmbedder:
                 self._decode_image(t.image)
         if q.audio is not None:
             self._check_audio(q.audio)
+        if q.video is not None:
+            self._probe_video(q.video)
         return self._decode_image(q.image) if q.image is not None else None
 
     @staticmethod
@@ -101,7 +106,7 @@ class QueryEmbedder:
         """Whether embedding ``q`` in ``space`` runs that space's model (stored items do not)."""
         mods = SPACES[space][0]
         return bool(((q.has_text or q.negative_text) and "text" in mods) or (q.has_image and "image" in mods)
-                    or (q.has_audio and "audio" in mods))
+                    or ((q.has_audio or q.video is not None) and "audio" in mods))
 
     def embed_queries(self, queries: Sequence[Query], spaces: Sequence[Sequence[str]],
                       images: Sequence[Any] | None = None) -> list[dict[str, QueryVector]]:
@@ -138,6 +143,10 @@ class QueryEmbedder:
             parts.append(q.image_weight * self.embed_image(image if image is not None else q.image))
         if q.audio is not None and "audio" in mods:
             parts.append(q.audio_weight * self.embed_audio(q.audio))
+        if q.video is not None and "image" in mods:
+            parts.append(self.embed_video_frames(q.video))
+        if q.video is not None and "audio" in mods and self._probe_video(q.video).has_audio:
+            parts.append(self.embed_audio(q.video))  # its sound track, as a sound clip is embedded
         for t in q.terms:  # weighted parts; a negative weight subtracts
             if t.text and "text" in mods:
                 parts.append(t.weight * texts[t.text])
@@ -182,6 +191,31 @@ class QueryEmbedder:
                 pass
         except AudioDecodeError as e:
             raise BadInput(f"query audio: {e}") from e
+
+    def _probe_video(self, data: bytes) -> VideoInfo:
+        from mmsearch.media.video import VideoDecodeError, probe
+
+        try:
+            info = probe(io.BytesIO(data))
+        except VideoDecodeError as e:
+            raise BadInput(f"query video: {e}") from e
+        if not info.has_video:
+            raise BadInput("query video: no video stream in the file (a sound goes in audio)")
+        return info
+
+    def embed_video_frames(self, data: bytes) -> np.ndarray:
+        """A query video's frames, sampled as an indexed video's are (one per shot, at least one
+        every ``video_interval`` seconds, up to MAX_QUERY_AUDIO_S in), embedded and averaged."""
+        from mmsearch.media.video import VideoDecodeError, iter_frames
+
+        enc = self.encoders.get("clip")
+        try:
+            frames = [f.image for f in iter_frames(io.BytesIO(data), self.settings.video_interval, QUERY_FRAME_SIDE,
+                                                   until=float(MAX_QUERY_AUDIO_S))]
+        except VideoDecodeError as e:
+            raise BadInput(f"query video: {e}") from e
+        vecs = enc.encode("image", [enc.prepare("image", f) for f in frames])
+        return l2_normalise(vecs.mean(axis=0, keepdims=True))[0]
 
     def embed_audio(self, data: bytes) -> np.ndarray:
         """A query clip longer than one window is the mean of its windows."""

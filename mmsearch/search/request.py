@@ -225,6 +225,8 @@ class Query(Filters):
     text: QueryText = Field(None, description="Text query.")
     image: bytes | None = Field(None, description="Image file content.", exclude=True)
     audio: bytes | None = Field(None, description="Audio file content.", exclude=True)
+    video: bytes | None = Field(None, description="Video file content: its frames (CLIP) and its sound track "
+                                "(CLAP), each averaged, as an indexed video is sampled.", exclude=True)
     item_ids: list[int] = Field(default_factory=list, description="Items whose vectors are the query (liked).")
     negative_ids: list[int] = Field(default_factory=list, description="Items to steer away from (disliked).")
     item_weights: dict[int, Weight] = Field(default_factory=dict, description="Weight of a liked or disliked "
@@ -246,7 +248,8 @@ class Query(Filters):
 
     @property
     def has_image(self) -> bool:
-        return self.image is not None or any(t.image is not None for t in self.terms)
+        """Pictures to embed in CLIP's space: an image, image terms, or a video's frames."""
+        return self.image is not None or self.video is not None or any(t.image is not None for t in self.terms)
 
     @property
     def has_audio(self) -> bool:
@@ -386,6 +389,8 @@ def default_target(q: Query) -> str:
         return q.to
     if q.has_text:
         return "all"
+    if q.video is not None:
+        return "video"
     if q.has_image:
         return "image"
     if q.has_audio:

@@ -141,8 +141,8 @@ class QueryRunner(QueryEmbedder):
         spaces = []
         if q.has_text or q.has_image or q.item_ids:
             spaces.append("clip")
-        if (q.has_text or q.has_audio or q.item_ids) and self.encoders.enabled("clap"):
-            if q.has_audio or q.item_ids or "clap" in recorded:
+        if (q.has_text or q.has_audio or q.video is not None or q.item_ids) and self.encoders.enabled("clap"):
+            if q.has_audio or q.item_ids or "clap" in recorded:  # a video's track only where sounds are
                 spaces.append("clap")
         to = default_target(q)
         if to == "image" or (to == "text" and not q.has_audio and q.has_text):

@@ -44,14 +44,14 @@ def timed(response: Response, page: SearchPage | SimilarBatchResponse | Recommen
 
 
 def run_search(service: Service, req: SearchRequest, image: bytes | None = None,
-               audio: bytes | None = None) -> SearchPage:
+               audio: bytes | None = None, video: bytes | None = None) -> SearchPage:
     """Both faces of /search: the query string and the JSON or multipart body."""
     if audio is not None:
         require_audio(service, "an audio query")
     engine = service.engine()
     for i in req.item_ids:
         engine.item(i)  # NotFound names the first unknown id
-    return _page(engine.search(req.to_query(image=image, audio=audio)), req.k, req.offset)
+    return _page(engine.search(req.to_query(image=image, audio=audio, video=video)), req.k, req.offset)
 
 
 def similar_page(service: Service, item_ids: list[int], f: Filters) -> SearchPage:
@@ -74,17 +74,18 @@ def search_get(q: Annotated[SearchRequest, QueryParam()], response: Response,
 @router.post("/search", response_model=SearchPage, responses=ERRORS, summary="Search",
              openapi_extra=body_schemas("SearchRequest", "SearchForm"))
 async def search_post(request: Request, response: Response, service: ServiceDep) -> SearchPage:
-    """Search by text, an image or audio file, item ids, or a mix of them.
+    """Search by text, an image, audio or video file, item ids, or a mix of them.
 
-    JSON for text and ids; ``multipart/form-data`` to upload an `image` or `audio` file,
+    JSON for text and ids; ``multipart/form-data`` to upload an `image`, `audio` or `video` file,
     with the other fields as form fields. `to` picks the modality returned, `k` and
     `offset` page through the results; `path`, `date_from`/`date_to`, `camera`, `near`,
     `min_size`, `min_duration`/`max_duration`, `ext`, `tags`, `min_score` and `exclude_ids`
     filter, and `dedup` collapses near duplicates."""
     lists = ("item_ids", "negative_text", "exclude_ids", "ext", "tags")
-    fields, files = await read_body(request, ("image", "audio"), lists, service.settings.max_upload_bytes)
+    fields, files = await read_body(request, ("image", "audio", "video"), lists, service.settings.max_upload_bytes)
     req = validate(SearchRequest, fields)
-    page = await run_in_threadpool(run_search, service, req, files.get("image"), files.get("audio"))
+    page = await run_in_threadpool(run_search, service, req, files.get("image"), files.get("audio"),
+                                   files.get("video"))
     timed(response, page)
     return page
 

@@ -26,13 +26,16 @@ let afterClose = null;  // where focus goes when the detail view closes (null: t
 
 const IMAGE_EXT = ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "heic", "heif"];
 const AUDIO_EXT = ["wav", "flac", "ogg", "oga", "mp3", "m4a", "opus"];
+const VIDEO_EXT = ["mp4", "mov", "m4v", "mkv", "webm", "avi"];
 
 function kindOf(file) {
   if (file.type.startsWith("image/")) return "image";
   if (file.type.startsWith("audio/")) return "audio";
+  if (file.type.startsWith("video/")) return "video";
   const ext = file.name.split(".").pop().toLowerCase();
   if (IMAGE_EXT.includes(ext)) return "image";
   if (AUDIO_EXT.includes(ext)) return "audio";
+  if (VIDEO_EXT.includes(ext)) return "video";
   return null;
 }
 
@@ -811,7 +814,7 @@ async function useFile(file) {
   if (!file) return;
   if (!kindOf(file)) {
     statusLine.classList.add("error");
-    statusLine.textContent = `${file.name}: drop an image or a sound file`;
+    statusLine.textContent = `${file.name}: drop an image, a sound or a video file`;
     return;
   }
   state.file = file;  // a file query replaces the text and the "like" query

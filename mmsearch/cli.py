@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -80,6 +81,7 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=_print_ver
 def _settings(catalog: Path, db: str | None, model: str | None = None, audio_model: str | None = None,
               **extra: Any) -> Settings:
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
     from mmsearch.settings import Settings
 
@@ -92,6 +94,11 @@ def _settings(catalog: Path, db: str | None, model: str | None = None, audio_mod
         values["audio_model"] = audio_model
     try:
         return Settings(**values)
+    except SettingsError as e:  # a list or a mapping in the environment that is not JSON
+        field = re.search(r'field "(\w+)"', str(e))
+        name = f"MMSEARCH_{field.group(1).upper()}" if field else "a setting"
+        typer.echo(f"error: {name}: not valid JSON (a list is written '[\"a\", \"b\"]')", err=True)
+        raise typer.Exit(2) from None
     except ValidationError as e:  # a bad flag or environment variable: named, in one line
         err = e.errors()[0]
         name = str(err["loc"][0]) if err["loc"] else ""
@@ -127,7 +134,8 @@ def _engine(settings: Settings, reembed: bool = False, create: bool = True) -> I
 
 # The engine names the fields of a request (as HTTP and Python callers give them); on the command
 # line an error names the flag that fixes it.
-_FLAGS = (("query image: ", "--image: "), ("query audio: ", "--audio: "), ("query video: ", "--video: "), ("like: ", "--like: "),
+_FLAGS = (("query image: ", "--image: "), ("query audio: ", "--audio: "), ("query video: ", "--video: "),
+          ("like: ", "--like: "),
           ("dislike: ", "--dislike: "), ("at: ", "--at: "), ("offset: ", "--offset: "), ("limit: ", "-k: "))
 
 
@@ -288,6 +296,9 @@ def _terms(add: list[str] | None, sub: list[str] | None, settings: Settings) -> 
                     items["item_weights"][item] = weight
                 continue
             kind = kind_of(value.split("?")[0]) if is_url(value) or Path(value).is_file() else None
+            if kind == "video":  # a video is a query of its own, in two spaces: not a weighted term
+                typer.echo(f"error: {flag}: {value} is a video: give it as --video", err=True)
+                raise typer.Exit(2)
             if is_url(value) and kind not in ("image", "audio"):
                 kind = "image"
             if kind in ("image", "audio"):

@@ -185,6 +185,10 @@ def test_a_bad_setting_is_one_line_naming_it(cli, photo_dir: Path, monkeypatch: 
     monkeypatch.setenv("MMSEARCH_BATCH_SIZE", "abc")
     r = cli("stats", ok=False)
     assert r.exit_code == 2 and "MMSEARCH_BATCH_SIZE" in r.stderr and "Traceback" not in r.output
+    monkeypatch.delenv("MMSEARCH_BATCH_SIZE")
+    monkeypatch.setenv("MMSEARCH_CORS_ORIGINS", "http://a.b")  # a list must be JSON
+    r = cli("stats", ok=False)
+    assert r.exit_code == 2 and r.stderr.startswith("error: MMSEARCH_CORS_ORIGINS: not valid JSON")
 
 
 def test_lookup_and_delete_by_path(cli, photo_dir: Path) -> None:  # type: ignore[no-untyped-def]

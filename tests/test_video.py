@@ -958,33 +958,39 @@ def test_videos_that_share_a_moment_are_not_duplicates(clip_spec: str, tmp_path:
 def test_files_with_sound_wait_while_audio_is_off(clip_spec: str, tiny_clap_dir: Path, tmp_path: Path) -> None:
     """A run with audio off over a catalog that holds sound tracks leaves files with sound as they
     are: a changed video keeps its track's vectors (re-embedded without it, it lost them, and the
-    next run with audio saw it unchanged), a new sound-only MP4 is not a failure; the next run with
-    audio on takes them all."""
+    next run with audio saw it unchanged), a new sound-only MP4 is not a failure, a changed note
+    keeps its CLAP vector; the next run with audio on takes them all."""
     import os
 
+    from mmsearch.errors import BadInput
     from mmsearch.settings import Settings
 
     folder = tmp_path / "media"
     folder.mkdir()
     film = write_video(folder / "film.mp4", lambda t: PHOTOS[1], [i / 2 for i in range(12)], sound(1)[: 6 * RATE])
     write_video(folder / "silent.mp4", lambda t: PHOTOS[2], [i / 2 for i in range(8)])
+    (folder / "note.txt").write_text("a dog barks")
     with_audio = Settings(catalog=tmp_path / "catalog", model=clip_spec, model_config_dirs=[CONFIG_DIR], audio=True,
                           audio_model=f"clap:{tiny_clap_dir}", device=DEVICE)
     without = with_audio.model_copy(update={"audio": False})
     with Engine.open(with_audio) as e:
-        assert e.index([folder]).added == 2
+        assert e.index([folder]).added == 3
         track = e.vectors([_item(e, film)])["clap.video"]
     os.utime(film, ns=(film.stat().st_atime_ns, film.stat().st_mtime_ns + 10**9))  # changed, it seems
     os.utime(folder / "silent.mp4", ns=(film.stat().st_atime_ns, film.stat().st_mtime_ns + 10**9))
     write_sound(folder / "memo.mp4", sound(3), "mp4", "aac")
+    (folder / "note.txt").write_text("a dog barks at night")  # a note is in CLAP's space too: it waits
     with Engine.open(without) as e:
         report = e.index([folder])
-        assert (report.updated, report.added, report.failed, report.waiting_for_audio) == (1, 0, 0, 2), report
+        assert (report.updated, report.added, report.failed, report.waiting_for_audio) == (1, 0, 0, 3), report
         assert np.array_equal(e.vectors([_item(e, film)])["clap.video"].ids, track.ids)  # the track is kept
-        assert e.index([folder]).waiting_for_audio == 2  # still waiting, not unchanged
+        assert set(e.vectors([_item(e, folder / "note.txt")])) == {"clip.text", "clap.text"}
+        assert e.index([folder]).waiting_for_audio == 3  # still waiting, not unchanged
+        with pytest.raises(BadInput, match="audio is off"):  # not "add a text query"
+            e.search(Query(text="a dog", to="audio"))
     with Engine.open(with_audio) as e:
         report = e.index([folder])
-        assert (report.updated, report.added, report.waiting_for_audio, report.unchanged) == (1, 1, 0, 1), report
+        assert (report.updated, report.added, report.waiting_for_audio, report.unchanged) == (2, 1, 0, 1), report
         assert set(e.vectors([_item(e, film)])) == {"clip.video", "clap.video"}
         assert e.item(_item(e, folder / "memo.mp4")).modality == "audio"
 
@@ -1009,11 +1015,11 @@ def test_a_file_the_database_refuses_is_failed_beside_one_waiting_for_audio(clip
     with Engine.open(with_audio) as e:
         assert e.index([folder]).added == 1
     os.utime(film, ns=(film.stat().st_atime_ns, film.stat().st_mtime_ns + 10**9))  # waits for audio
-    (folder / "zz.txt").write_text("a note the database refuses")
+    Image.fromarray(PHOTOS[3]).save(folder / "zz.png")  # a photo the database refuses
     real = Catalog.commit_files
 
     def picky(self, records):  # type: ignore[no-untyped-def]
-        if any(r.path.endswith("zz.txt") and not r.error for r in records):
+        if any(r.path.endswith("zz.png") and not r.error for r in records):
             raise StatementError("refused by the database", "INSERT", {}, ValueError("refused"))
         return real(self, records)
 
@@ -1021,7 +1027,7 @@ def test_a_file_the_database_refuses_is_failed_beside_one_waiting_for_audio(clip
     with Engine.open(with_audio.model_copy(update={"audio": False})) as e:
         report = e.index([folder])
     assert (report.waiting_for_audio, report.added, report.failed) == (1, 0, 1), report
-    assert "could not be stored" in dict(report.failures)[str(folder / "zz.txt")]
+    assert "could not be stored" in dict(report.failures)[str(folder / "zz.png")]
 
 
 def test_a_video_file_is_a_query(engine: Engine, media: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -1062,3 +1068,5 @@ def test_a_video_file_is_a_query(engine: Engine, media: Path, tmp_path: Path, mo
                                    "--catalog", str(engine.catalog.root)])
     assert out.exit_code == 0, out.output
     assert [h["id"] for h in json.loads(out.stdout)["results"]] == [h.id for h in hits]
+    term = CliRunner().invoke(app, ["search", "a dog", "--add", str(clip), "--catalog", str(engine.catalog.root)])
+    assert term.exit_code == 2 and "give it as --video" in term.output  # was taken as the text "…/clip.mp4"

@@ -172,9 +172,10 @@ def index_folders(paths: Sequence[Path], writer: CatalogWriter, encoders: Encode
             report.failures = []
             report.skipped = {}
             work = _plan(roots, writer, encoders, spaces, report, retry_failed, area)
-        elif "clap" not in spaces:  # audio is unavailable after all: sounds stay as they are
-            report.waiting_for_audio += sum(p.found.kind == "audio" for p in work)
-            work = [p for p in work if p.found.kind != "audio"]
+        elif "clap" not in spaces:  # audio is unavailable after all: what CLAP embeds waits (see _plan)
+            waits = {"audio", *(("text", "captions") if "clap" in catalog.spaces() else ())}
+            report.waiting_for_audio += sum(p.found.kind in waits for p in work)
+            work = [p for p in work if p.found.kind not in waits]
     if work:
         meter.plan([(p.found.kind, p.found.path, p.found.size) for p in work],
                    lambda modality: [s for s in encoders.spaces_for(modality) if s in (spaces or [])])
@@ -228,6 +229,9 @@ def _plan(roots: list[Path], writer: CatalogWriter, encoders: EncoderSet, spaces
     unread: list[tuple[int, FoundFile]] = []  # unchanged images whose facts were never read
     audio_on = encoders.enabled("clap") and (spaces is None or "clap" in spaces)
     wanted = {"image", "video", *(("audio",) if audio_on else ())}  # what an unnamed file may be taken as
+    # audio off: sounds wait for a run with audio, and so do notes and captions in a catalog that
+    # holds sound (embedded in CLIP's space alone, they would lose their CLAP vectors for good)
+    waiting_kinds = set() if audio_on else {"audio", *(("text", "captions") if "clap" in catalog.spaces() else ())}
     for root in roots:
         root_id = writer.ensure_root(root)
         known = catalog.file_states(root)
@@ -244,7 +248,7 @@ def _plan(roots: list[Path], writer: CatalogWriter, encoders: EncoderSet, spaces
         skips: list[FileRecord] = []
         for path, f in found.items():
             old = known.get(path)
-            if f.kind == "audio" and not audio_on:
+            if f.kind in waiting_kinds:
                 _left_for_audio(report, old, f)
             elif old is not None and old.size == f.size and old.mtime_ns == f.mtime_ns and old.status != "retry" \
                     and not (retry_failed and old.status in ("failed", "skipped")) \
@@ -274,9 +278,10 @@ def _plan(roots: list[Path], writer: CatalogWriter, encoders: EncoderSet, spaces
 
 
 def _left_for_audio(report: IndexReport, old: FileState | None, f: FoundFile) -> None:
-    """A sound file while audio is off: left as it is, counted as waiting where it is new or changed."""
+    """A file CLAP embeds while audio is off: left as it is, counted as waiting where it is new or changed."""
     if old is not None and old.size == f.size and old.mtime_ns == f.mtime_ns:
         report.unchanged += 1
+        report.still_failed += old.status == "failed"
     else:
         report.waiting_for_audio += 1
 

@@ -146,7 +146,7 @@ class QueryEmbedder:
         if q.video is not None and "image" in mods:
             parts.append(self.embed_video_frames(q.video))
         if q.video is not None and "audio" in mods and self._probe_video(q.video).has_audio:
-            parts.append(self.embed_audio(q.video))  # its sound track, as a sound clip is embedded
+            parts.append(self.embed_audio(q.video, "query video: its sound track"))  # as a sound clip is
         for t in q.terms:  # weighted parts; a negative weight subtracts
             if t.text and "text" in mods:
                 parts.append(t.weight * texts[t.text])
@@ -180,7 +180,7 @@ class QueryEmbedder:
         return enc.encode("image", [enc.prepare("image", img)])[0]
 
     @staticmethod
-    def _check_audio(data: bytes) -> None:
+    def _check_audio(data: bytes, label: str = "query audio") -> None:
         """Decode at the file's own rate: the model's rate is not known before the model loads,
         and a query clip is short enough to decode twice."""
         from mmsearch.media.audio import AudioDecodeError, audio_rate, iter_windows
@@ -190,7 +190,7 @@ class QueryEmbedder:
                                   max_seconds=MAX_QUERY_AUDIO_S):
                 pass
         except AudioDecodeError as e:
-            raise BadInput(f"query audio: {e}") from e
+            raise BadInput(f"{label}: {e}") from e
 
     def _probe_video(self, data: bytes) -> VideoInfo:
         from mmsearch.media.video import VideoDecodeError, probe
@@ -217,17 +217,17 @@ class QueryEmbedder:
         vecs = enc.encode("image", [enc.prepare("image", f) for f in frames])
         return l2_normalise(vecs.mean(axis=0, keepdims=True))[0]
 
-    def embed_audio(self, data: bytes) -> np.ndarray:
+    def embed_audio(self, data: bytes, label: str = "query audio") -> np.ndarray:
         """A query clip longer than one window is the mean of its windows."""
         from mmsearch.media.audio import AudioDecodeError, iter_windows
 
-        self._check_audio(data)
+        self._check_audio(data, label)
         enc = self.encoders.get("clap")
         try:
             windows = list(iter_windows(io.BytesIO(data), enc.sample_rate, enc.window_seconds,  # type: ignore[attr-defined]
                                         max_seconds=MAX_QUERY_AUDIO_S))
         except AudioDecodeError as e:
-            raise BadInput(f"query audio: {e}") from e
+            raise BadInput(f"{label}: {e}") from e
         vecs = enc.encode("audio", [enc.prepare("audio", w.samples) for w in windows])
         return l2_normalise(vecs.mean(axis=0, keepdims=True))[0]
 

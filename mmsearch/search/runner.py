@@ -190,7 +190,7 @@ class QueryRunner(QueryEmbedder):
                 reach = self.query_spaces(q, recorded)
                 # inputs are checked before any model loads: a refusal costs milliseconds, not a load
                 images[i] = self.check_inputs(q)
-                _refuse_absent_sounds(q, existing)
+                _refuse_absent_sounds(q, existing, self.encoders)
                 if q.path:
                     path_filter.scans(q.path, self.catalog.roots)  # BadInput for a pattern that cannot match
                 if not self.targets(q, set(reach), existing):  # nothing it asks for is stored: no model
@@ -473,9 +473,12 @@ def dedup(cands: list[_Candidate], store: VectorStore, threshold: float, need: i
     return kept
 
 
-def _refuse_absent_sounds(q: Query, existing: set[str]) -> None:
+def _refuse_absent_sounds(q: Query, existing: set[str], encoders: EncoderSet) -> None:
     """A sound query, or sounds asked for, in a catalog without sounds: refused before the audio
     model loads (or is fetched), with what to do instead of an empty list."""
+    if default_target(q) == "audio" and not encoders.enabled("clap"):
+        raise BadInput("audio is off here (--no-audio, MMSEARCH_AUDIO=false, or the server's setting): "
+                       "sounds cannot be searched")
     sounds = {"clap.audio"} if q.to == "audio" else {"clap.audio", "clap.video"}  # unasked, tracks too
     if (q.has_audio and not any(c.startswith("clap.") for c in existing)) or \
             (default_target(q) == "audio" and not sounds & existing):

@@ -474,13 +474,14 @@ def dedup(cands: list[_Candidate], store: VectorStore, threshold: float, need: i
 
 
 def _refuse_absent_sounds(q: Query, existing: set[str], encoders: EncoderSet) -> None:
-    """A sound query, or sounds asked for, in a catalog without sounds: refused before the audio
-    model loads (or is fetched), with what to do instead of an empty list."""
-    if default_target(q) == "audio" and not encoders.enabled("clap"):
+    """A sound query, or sounds asked for, in a catalog without sounds (or with audio off here):
+    refused before the audio model loads (or is fetched), with what to do instead of an empty list."""
+    has_sounds = any(c.startswith("clap.") for c in existing)
+    if default_target(q) == "audio" and not encoders.enabled("clap") and has_sounds:
         raise BadInput("audio is off here (--no-audio, MMSEARCH_AUDIO=false, or the server's setting): "
                        "sounds cannot be searched")
     sounds = {"clap.audio"} if q.to == "audio" else {"clap.audio", "clap.video"}  # unasked, tracks too
-    if (q.has_audio and not any(c.startswith("clap.") for c in existing)) or \
+    if (q.has_audio and not has_sounds) or \
             (default_target(q) == "audio" and not sounds & existing):
         raise BadInput("no sounds are indexed in this catalog (indexed without audio, or no sound files): "
                        "index a folder with sounds, with audio on (leave out --no-audio; over HTTP the "

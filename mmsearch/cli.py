@@ -156,7 +156,8 @@ def index(
     paths: Annotated[list[Path], typer.Argument(help="Folders to index (recursively), or single files.")],
     catalog: CatalogOpt = DEFAULT_CATALOG, db: DbOpt = None, model: ModelOpt = None,
     audio_model: AudioModelOpt = None,
-    audio: Annotated[bool, typer.Option("--audio/--no-audio", help="Index sound files (CLAP).")] = True,
+    audio: Annotated[Optional[bool], typer.Option("--audio/--no-audio", help="Index sound files (CLAP). "
+                                                  "Default: MMSEARCH_AUDIO, else on.", show_default=False)] = None,
     reembed: Annotated[bool, typer.Option("--reembed", help="Re-embed everything with the given model(s).")] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Try failed files again even if unchanged.")] = False,
     follow_links: Annotated[bool, typer.Option(
@@ -712,7 +713,8 @@ def serve(
     index_root: Annotated[Optional[list[Path]], typer.Option(
         "--index-root", help="A folder the API may index (repeatable); none: no indexing over HTTP.")] = None,
     read_only: Annotated[bool, typer.Option("--read-only", help="Refuse every write.")] = False,
-    audio: Annotated[bool, typer.Option("--audio/--no-audio", help="Serve audio search (CLAP).")] = True,
+    audio: Annotated[Optional[bool], typer.Option("--audio/--no-audio", help="Serve audio search (CLAP). "
+                                                  "Default: MMSEARCH_AUDIO, else on.", show_default=False)] = None,
     batching: Annotated[bool, typer.Option(
         "--batching/--no-batching", help="Embed concurrent text queries together (micro-batching).")] = True,
     log_level: Annotated[Literal["critical", "error", "warning", "info", "debug", "trace"], typer.Option(

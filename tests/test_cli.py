@@ -191,6 +191,19 @@ def test_a_bad_setting_is_one_line_naming_it(cli, photo_dir: Path, monkeypatch: 
     assert r.exit_code == 2 and r.stderr.startswith("error: MMSEARCH_CORS_ORIGINS: not valid JSON")
 
 
+def test_index_reads_audio_from_the_environment(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """MMSEARCH_AUDIO=false (set by the fixture) turns audio off for index as --no-audio does: the
+    flag's default used to override it."""
+    import numpy as np
+    import soundfile as sf
+
+    folder = tmp_path / "sounds"
+    folder.mkdir()
+    sf.write(folder / "tone.wav", np.sin(np.arange(16000) / 8.0).astype(np.float32), 16000)
+    out = json.loads(cli("index", str(folder), "--model", cli.spec, "--json").stdout)
+    assert (out["added"], out["waiting_for_audio"]) == (0, 1) and "skipped_audio" not in out  # no CLAP tried
+
+
 def test_lookup_and_delete_by_path(cli, photo_dir: Path) -> None:  # type: ignore[no-untyped-def]
     cli("index", str(photo_dir), "--model", cli.spec)
     note = photo_dir / "notes" / "dogs.txt"

@@ -33,10 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmsearch import Engine, Settings  # noqa: E402
-from mmsearch.cpus import (
-    available_cpus,  # noqa: E402
-    decode_workers,  # noqa: E402
-)
+from mmsearch.cpus import available_cpus, decode_workers  # noqa: E402
 from mmsearch.indexer.pipeline import frame_side  # noqa: E402
 from mmsearch.media.video import VideoInfo, iter_frames  # noqa: E402
 from mmsearch.media.video_parts import iter_parts  # noqa: E402

@@ -105,6 +105,23 @@ def flickr_images(n: int) -> list[Path]:
     return sorted((FLICKR / "images").glob("*.jpg"))[:n]
 
 
+def refuse_storing(monkeypatch: pytest.MonkeyPatch, suffix: str) -> None:
+    """The catalog refuses any batch of file records holding a successful one for a path ending
+    in ``suffix``, as a database refuses a row it cannot store (a batch fails whole)."""
+    from sqlalchemy.exc import StatementError
+
+    from mmsearch.storage.catalog import Catalog
+
+    real = Catalog.commit_files
+
+    def picky(self, records):  # type: ignore[no-untyped-def]
+        if any(r.path.endswith(suffix) and not r.error for r in records):
+            raise StatementError("refused by the database", "INSERT", {}, ValueError("refused"))
+        return real(self, records)
+
+    monkeypatch.setattr(Catalog, "commit_files", picky)
+
+
 def linked_photos(folder: Path, n: int) -> list[Path]:
     """A folder of n Flickr photos behind symlinks (cheap, and real files to decode). The links
     point out of the folder, so indexing it takes ``follow_links=True``."""

@@ -13,7 +13,7 @@ from PIL import Image
 
 from mmsearch import Engine, Query
 from mmsearch.errors import BadInput, ModelMismatch
-from tests.conftest import flickr_images, linked_photos
+from tests.conftest import flickr_images, linked_photos, refuse_storing
 
 
 @pytest.fixture
@@ -291,18 +291,7 @@ def test_a_bad_name_or_unstorable_file_does_not_stop_the_run(engine: Engine, pho
 
 def test_unstorable_rows_fail_one_file_not_the_batch(engine: Engine, photo_dir: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    from sqlalchemy.exc import StatementError
-
-    from mmsearch.storage.catalog import Catalog
-
-    real = Catalog.commit_files
-
-    def picky(self, records):  # type: ignore[no-untyped-def]
-        if any(r.path.endswith("dogs.txt") and not r.error for r in records):
-            raise StatementError("refused by the database", "INSERT", {}, ValueError("refused"))
-        return real(self, records)
-
-    monkeypatch.setattr(Catalog, "commit_files", picky)
+    refuse_storing(monkeypatch, "dogs.txt")
     report = engine.index([photo_dir])
     assert report.added == 26 and report.failed == 1
     assert "could not be stored" in dict(report.failures)[str(photo_dir / "notes" / "dogs.txt")]

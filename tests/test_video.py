@@ -1002,10 +1002,8 @@ def test_a_file_the_database_refuses_is_failed_beside_one_waiting_for_audio(clip
     file (not written) once shifted the reason onto itself, and the refused file counted as added."""
     import os
 
-    from sqlalchemy.exc import StatementError
-
     from mmsearch.settings import Settings
-    from mmsearch.storage.catalog import Catalog
+    from tests.conftest import refuse_storing
 
     folder = tmp_path / "media"
     folder.mkdir()
@@ -1016,14 +1014,7 @@ def test_a_file_the_database_refuses_is_failed_beside_one_waiting_for_audio(clip
         assert e.index([folder]).added == 1
     os.utime(film, ns=(film.stat().st_atime_ns, film.stat().st_mtime_ns + 10**9))  # waits for audio
     Image.fromarray(PHOTOS[3]).save(folder / "zz.png")  # a photo the database refuses
-    real = Catalog.commit_files
-
-    def picky(self, records):  # type: ignore[no-untyped-def]
-        if any(r.path.endswith("zz.png") and not r.error for r in records):
-            raise StatementError("refused by the database", "INSERT", {}, ValueError("refused"))
-        return real(self, records)
-
-    monkeypatch.setattr(Catalog, "commit_files", picky)
+    refuse_storing(monkeypatch, "zz.png")
     with Engine.open(with_audio.model_copy(update={"audio": False})) as e:
         report = e.index([folder])
     assert (report.waiting_for_audio, report.added, report.failed) == (1, 0, 1), report

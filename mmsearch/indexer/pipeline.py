@@ -38,7 +38,7 @@ from mmsearch.media.notes import FileNotes
 from mmsearch.media.video import frame_unit
 from mmsearch.media.video_parts import VideoParts
 from mmsearch.settings import Settings
-from mmsearch.storage.catalog import FileRecord, FileState, NewItem
+from mmsearch.storage.catalog import Catalog, FileRecord, FileState, NewItem
 from mmsearch.writer import CatalogWriter
 
 Progress = Callable[[int, int], None]  # (files done, files to do)
@@ -172,8 +172,8 @@ def index_folders(paths: Sequence[Path], writer: CatalogWriter, encoders: Encode
             report.failures = []
             report.skipped = {}
             work = _plan(roots, writer, encoders, spaces, report, retry_failed, area)
-        elif "clap" not in spaces:  # audio is unavailable after all: what CLAP embeds waits (see _plan)
-            waits = {"audio", *(("text", "captions") if "clap" in catalog.spaces() else ())}
+        elif "clap" not in spaces:  # audio is unavailable after all: what CLAP embeds waits
+            waits = _waiting_kinds(catalog)
             report.waiting_for_audio += sum(p.found.kind in waits for p in work)
             work = [p for p in work if p.found.kind not in waits]
     if work:
@@ -229,9 +229,7 @@ def _plan(roots: list[Path], writer: CatalogWriter, encoders: EncoderSet, spaces
     unread: list[tuple[int, FoundFile]] = []  # unchanged images whose facts were never read
     audio_on = encoders.enabled("clap") and (spaces is None or "clap" in spaces)
     wanted = {"image", "video", *(("audio",) if audio_on else ())}  # what an unnamed file may be taken as
-    # audio off: sounds wait for a run with audio, and so do notes and captions in a catalog that
-    # holds sound (embedded in CLIP's space alone, they would lose their CLAP vectors for good)
-    waiting_kinds = set() if audio_on else {"audio", *(("text", "captions") if "clap" in catalog.spaces() else ())}
+    waiting_kinds = set() if audio_on else _waiting_kinds(catalog)
     for root in roots:
         root_id = writer.ensure_root(root)
         known = catalog.file_states(root)
@@ -275,6 +273,13 @@ def _plan(roots: list[Path], writer: CatalogWriter, encoders: EncoderSet, spaces
     work = [p for p in work if p.is_update or not _moved(p, writer, gone, report)]
     report.removed += writer.delete_files(sorted(gone)) and len(gone - quiet)
     return work
+
+
+def _waiting_kinds(catalog: Catalog) -> set[str]:
+    """The kinds of file that wait for a run with audio while audio is off: sounds, and notes and
+    captions in a catalog that holds sound (embedded in CLIP's space alone, they would lose their
+    CLAP vectors for good). Videos wait only where they hold sound (SoundWaits)."""
+    return {"audio", *(("text", "captions") if "clap" in catalog.spaces() else ())}
 
 
 def _left_for_audio(report: IndexReport, old: FileState | None, f: FoundFile) -> None:

@@ -108,29 +108,23 @@ def audio_type(head: bytes) -> str | None:
     return "audio/mpeg" if head[:3] == b"ID3" and head[3:4] < b"\x05" else None
 
 
-def audio_signature(head: bytes) -> bool:
-    return audio_type(head) is not None
-
-
 def timed_media_type(head: bytes) -> str | None:
     """The media type of a sound or a video by its first bytes; None where they do not say."""
     return audio_type(head) or video_type(head) or ("video/ogg" if _theora(head) else None)
 
 
 def sniff_kind(path: str) -> str | None:
-    """What a file whose extension names no kind holds: "image" (:func:`sniff_image`), "audio"
-    (:func:`audio_signature`), "video" (a container :func:`video_type` knows, or Ogg Theora; one
-    with sound only becomes a sound item when decoded), or None. Reads a few bytes to a few KiB;
-    never raises."""
+    """What a file whose extension names no kind holds: "image" (:func:`sniff_image`), "audio" or
+    "video" (:func:`timed_media_type`; a video container with sound only becomes a sound item when
+    decoded), or None. Reads a few bytes to a few KiB; never raises."""
     try:
         head = read_head(path)
     except OSError:
         return None
     if sniff_image(path, head):
         return "image"
-    if audio_signature(head):
-        return "audio"
-    return "video" if video_type(head) or _theora(head) else None
+    media_type = timed_media_type(head)
+    return media_type.split("/")[0] if media_type else None
 
 
 def content_kind(path: str, named: str) -> str:

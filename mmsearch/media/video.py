@@ -486,14 +486,6 @@ def libav_reason(e: BaseException) -> str:
     return str(text).strip().rstrip(".")[:160]
 
 
-def media_seconds(path: Path) -> float | None:
-    """A file's duration from its headers (None when unknown or unreadable)."""
-    try:
-        return probe(path).duration
-    except VideoDecodeError:
-        return None
-
-
 def frame_unit(sample: FrameSample, info: VideoInfo) -> Unit:
     """A sampled frame as the unit the image encoder embeds, stored as the video's."""
     from mmsearch.media.decode import Unit

@@ -199,17 +199,16 @@ class Catalog:
         self._require_writable()
         with self.sessions.begin() as s:
             space = s.get(Space, name)
-            if space is None:
-                s.add(Space(name=name, spec=spec, dim=dim))
-                n = s.execute(update(File).where(File.kind.in_(list(kinds))).values(mtime_ns=-1)).rowcount
-                return bool(n)
-            if space.spec == spec and space.dim == dim:
-                if not reembed:
+            same = space is not None and space.spec == spec and space.dim == dim
+            if space is None or same:
+                if same and not reembed:
                     return False
-                # the same model again (new settings, such as a video's interval, or vectors from an
-                # older version): every file is embedded again, its old vectors serving until then
-                s.execute(update(File).where(File.kind.in_(list(kinds))).values(mtime_ns=-1))
-                return True
+                if space is None:
+                    s.add(Space(name=name, spec=spec, dim=dim))
+                # a new space over files already indexed, or the same model again (new settings, such
+                # as a video's interval, or vectors from an older version): files of its kinds are
+                # embedded again, their old vectors serving until then
+                return bool(s.execute(update(File).where(File.kind.in_(list(kinds))).values(mtime_ns=-1)).rowcount)
             if not reembed:
                 flag = "--model" if name == "clip" else "--audio-model"
                 raise ModelMismatch(
